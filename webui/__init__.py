@@ -1,0 +1,3 @@
+"""Stable Studio: a self-hosted image-generation web UI."""
+
+VERSION = "0.1.0"
