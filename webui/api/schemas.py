@@ -1,0 +1,86 @@
+"""HTTP request/response shapes of A1111's ``/sdapi/v1``, with its field names and defaults.
+
+Clients send many fields we accept and ignore (``alwayson_scripts``, ``restore_faces`` ...): the request models
+allow extra keys, but every field we use is typed, and NaN/Infinity are rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Txt2ImgBody(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # older clients send the sampler here
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50  # A1111's API default (the UI's is 20)
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    denoising_strength: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = False
+    enable_hr: bool = False
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+
+class ImagesResponse(BaseModel):
+    images: list[str] | None
+    parameters: dict[str, Any]
+    info: str
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: ProgressState
+    current_image: str | None = None
+    textinfo: str | None = None
+    current_task: str | None = None
+
+
+class SdModelItem(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class PngInfoBody(BaseModel):
+    image: str
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]

@@ -1,0 +1,164 @@
+"""A1111-compatible ``/sdapi/v1`` routes: a thin HTTP layer over the services."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from webui import VERSION
+from webui.api import schemas
+from webui.api.images import decode_image, encode_png
+from webui.errors import (Cancelled, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable, OutOfMemory,
+                          QueueFull, StudioError)
+from webui.infotext import parse_infotext
+from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing, resolve_sampler
+from webui.services.container import Services
+from webui.types import JobState, Txt2ImgRequest
+
+
+def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+    """Map A1111's body (fused sampler names, override_settings) onto our typed request."""
+    overrides = body.override_settings or {}
+    name = body.sampler_name or body.sampler_index or "Euler"
+    try:
+        spec, schedule = resolve_sampler(name, body.scheduler)
+    except ValueError as exc:
+        raise InvalidRequest("sampler_name", str(exc)) from None
+    checkpoint = overrides.get("sd_model_checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise InvalidRequest("override_settings.sd_model_checkpoint", "must be a checkpoint title")
+    return Txt2ImgRequest.parse(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=spec.name, scheduler=schedule,
+        steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
+        batch_size=body.batch_size, n_iter=body.n_iter,
+        clip_skip=overrides.get("CLIP_stop_at_last_layers", services.options.clip_skip),
+        checkpoint=checkpoint, save_images=body.save_images,
+    )
+
+
+def build_router(services: Services) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+
+    @router.get("/sd-models", response_model=list[schemas.SdModelItem])
+    def sd_models() -> list[dict[str, Any]]:
+        return [{"title": i.title, "model_name": i.model_name, "hash": i.short_hash, "sha256": i.sha256,
+                 "filename": str(i.path), "config": None} for i in services.registry.list()]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> dict:
+        services.registry.refresh()
+        return {}
+
+    @router.get("/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        return a1111_samplers_listing()
+
+    @router.get("/schedulers")
+    def schedulers() -> list[dict[str, Any]]:
+        return a1111_schedulers_listing()
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        return services.options.get_all()
+
+    @router.post("/options")
+    def set_options(changes: dict[str, Any]) -> dict:
+        services.options.update(changes)
+        return {}
+
+    @router.post("/txt2img", response_model=schemas.ImagesResponse)
+    def txt2img(body: schemas.Txt2ImgBody) -> dict[str, Any]:
+        request = to_txt2img_request(body, services)
+        result = services.generation.txt2img(request)
+        images = [encode_png(img, text) for img, text in zip(result.images, result.infotexts)] \
+            if body.send_images else []
+        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(result.info)}
+
+    @router.get("/progress", response_model=schemas.ProgressResponse)
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        job = services.queue.current
+        if job is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": schemas.ProgressState(job_count=0),
+                    "current_image": None, "textinfo": None}
+        p = job.progress
+        image = None
+        if p.preview is not None and not skip_current_image:
+            image = encode_png(p.preview)
+        state = schemas.ProgressState(
+            skipped=job.skipped.is_set(), interrupted=job.interrupted.is_set(), job=job.kind,
+            job_count=max(1, p.image_count), job_no=p.image_index, sampling_step=p.step,
+            sampling_steps=p.steps)
+        return {"progress": p.fraction if p.state is JobState.RUNNING else 0.0,
+                "eta_relative": p.eta_seconds or 0.0, "state": state, "current_image": image,
+                "textinfo": p.textinfo, "current_task": job.id}
+
+    @router.post("/interrupt")
+    def interrupt() -> dict:
+        services.queue.interrupt()
+        return {}
+
+    @router.post("/skip")
+    def skip() -> dict:
+        services.queue.skip()
+        return {}
+
+    @router.post("/png-info", response_model=schemas.PngInfoResponse)
+    def png_info(body: schemas.PngInfoBody) -> dict[str, Any]:
+        image = decode_image(body.image, "image")
+        items = {k: v for k, v in image.info.items() if isinstance(v, str)}
+        text = items.pop("parameters", "")
+        parsed = parse_infotext(text) if text else None
+        parameters: dict[str, Any] = {}
+        if parsed is not None:
+            parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params}
+        return {"info": text, "items": items, "parameters": parameters}
+
+    @router.get("/memory")
+    def memory() -> dict[str, Any]:
+        return services.manager.memory_report()
+
+    @router.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        s = services.settings
+        return {"data_dir": str(s.data_dir), "port": s.port, "listen": s.host != "127.0.0.1", "share": s.share,
+                "device": s.device, "precision": s.precision, "memory_profile": s.memory_profile,
+                "allow_pickle": s.allow_pickle, "version": VERSION}
+
+    return router
+
+
+_STATUS = {InvalidRequest: 422, ModelNotFound: 404, ModelLoadError: 422, NoModelAvailable: 409,
+           Cancelled: 409, OutOfMemory: 507, QueueFull: 503}
+
+
+def _error_body(message: str, field: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    # "detail" keeps FastAPI's list-of-errors shape, so clients parse our errors and FastAPI's alike.
+    detail = [{"loc": ["body", *field.split(".")] if field else ["body"], "msg": reason or message,
+               "type": "value_error"}]
+    return {"error": message, "detail": detail}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StudioError)
+    async def studio_error(_request: Request, exc: StudioError) -> JSONResponse:
+        status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+        if isinstance(exc, InvalidRequest):
+            body = _error_body(str(exc), exc.field, exc.reason)
+        else:
+            body = _error_body(str(exc))
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
+        loc = [str(part) for part in first.get("loc", []) if part != "body"]
+        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
+        detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in errors]
+        return JSONResponse({"error": message, "detail": detail}, status_code=422)

@@ -1,0 +1,83 @@
+"""Settings: everything the app needs to know about paths, device and limits.
+
+Built once in ``app.py`` from the command line and passed down explicitly; nothing reads globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+MEMORY_PROFILES = ("auto", "8gb", "4gb", "cpu")
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits that keep one user's request from taking the machine down."""
+
+    max_width: int = 2048
+    max_height: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    queue_size: int = 16
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = REPO_ROOT
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    memory_profile: str = "auto"
+    allow_pickle: bool = False
+    gradio_auth: tuple[tuple[str, str], ...] = ()
+    max_loaded_models: int = 1
+    preview_every: int = 3
+    allow_download: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+    # Folders follow A1111's names so users can point us at their existing data.
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.models_dir / "Stable-diffusion"
+
+    @property
+    def lora_dir(self) -> Path:
+        return self.models_dir / "Lora"
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.models_dir / "VAE"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.data_dir / "embeddings"
+
+    @property
+    def extensions_dir(self) -> Path:
+        return self.data_dir / "extensions"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def hash_cache_file(self) -> Path:
+        return self.data_dir / "cache.json"
+
+    def ensure_dirs(self) -> None:
+        """Create the folders users are told to drop files into."""
+        for path in (self.checkpoints_dir, self.lora_dir, self.vae_dir, self.embeddings_dir,
+                     self.extensions_dir, self.outputs_dir):
+            path.mkdir(parents=True, exist_ok=True)

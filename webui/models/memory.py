@@ -1,0 +1,84 @@
+"""Memory profiles: which of diffusers' memory savers a model gets on which device.
+
+PyTorch SDPA attention is the default everywhere (diffusers uses it automatically); attention slicing on top of
+SDPA is slower, so it is only used where memory is truly short (4 GB). VAE slicing/tiling keep large or batched
+decodes bounded; model offload keeps only the running component on the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    profile: str
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    offload: str = "none"  # "none", "model" or "sequential"
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA; fp32 on CPU, where fp16 kernels are unusably slow (bf16 only when asked)."""
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32" or device.type == "cpu":
+        return torch.float32
+    return torch.float16
+
+
+def resolve_profile(requested: str, device: torch.device) -> str:
+    if device.type == "cpu":
+        return "cpu"
+    if requested != "auto":
+        return requested
+    total = torch.cuda.get_device_properties(device).total_memory
+    if total <= 4.5 * GIB:
+        return "4gb"
+    if total <= 10 * GIB:
+        return "8gb"
+    return "full"
+
+
+def plan_for(profile: str, family: str) -> MemoryPlan:
+    if profile == "cpu":
+        return MemoryPlan(profile, vae_slicing=True)
+    if profile == "full":
+        return MemoryPlan(profile, vae_slicing=True)
+    if profile == "8gb":
+        # SD 1.x/2.x fit entirely (~2.6 GiB peak at 512²); SDXL's UNet + text encoders do not, so offload it.
+        return MemoryPlan(profile, vae_slicing=True, vae_tiling=True,
+                          offload="model" if family == "sdxl" else "none")
+    if profile == "4gb":
+        return MemoryPlan(profile, attention_slicing=True, vae_slicing=True, vae_tiling=True,
+                          offload="sequential" if family == "sdxl" else "model")
+    raise ValueError(f"unknown memory profile {profile!r}")
+
+
+def apply_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
+    """Place a CPU-loaded pipeline on ``device`` following ``plan``."""
+    if plan.vae_slicing:
+        pipe.vae.enable_slicing()
+    if plan.vae_tiling:
+        pipe.vae.enable_tiling()
+    if plan.attention_slicing:
+        pipe.enable_attention_slicing()
+    if device.type == "cuda" and plan.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif device.type == "cuda" and plan.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)

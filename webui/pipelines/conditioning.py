@@ -1,0 +1,130 @@
+"""Prompt text -> CLIP embeddings with A1111 semantics.
+
+Emphasis weights scale each token's embedding (then the mean is restored, as A1111 does); prompts longer than
+75 tokens are split into 75-token chunks that are encoded separately and concatenated, never truncated; ``BREAK``
+starts a new chunk. Conditional and unconditional embeddings are padded to the same number of chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from webui.prompts import parse_prompt_attention
+
+CHUNK_TOKENS = 75
+COMMA_BACKTRACK = 20  # A1111: a chunk overflowing within 20 tokens of a comma breaks at the comma instead
+
+
+@dataclass
+class Chunk:
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor            # [1, 77 * chunks, dim]
+    pooled: torch.Tensor | None     # SDXL only: [1, dim2]
+
+
+def chunk_prompt(tokenizer, text: str) -> list[Chunk]:
+    """Split a prompt into 75-token chunks of (token id, weight), honouring emphasis and BREAK."""
+    parsed = parse_prompt_attention(text)
+    pieces = [piece for piece, _ in parsed]
+    ids_per_piece = tokenizer(pieces, truncation=False, add_special_tokens=False)["input_ids"]
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    chunks: list[Chunk] = []
+    current = Chunk()
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal current, last_comma
+        chunks.append(current)
+        current, last_comma = Chunk(), -1
+
+    for ids, (piece, weight) in zip(ids_per_piece, parsed):
+        if piece == "BREAK" and weight == -1:
+            close()
+            continue
+        for token in ids:
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif len(current.tokens) == CHUNK_TOKENS and last_comma != -1 \
+                    and len(current.tokens) - last_comma <= COMMA_BACKTRACK:
+                # Move the words after the last comma to the next chunk so a phrase is not cut in half.
+                cut = last_comma + 1
+                rest_tokens, rest_weights = current.tokens[cut:], current.weights[cut:]
+                current.tokens, current.weights = current.tokens[:cut], current.weights[:cut]
+                close()
+                current.tokens, current.weights = rest_tokens, rest_weights
+            if len(current.tokens) == CHUNK_TOKENS:
+                close()
+            current.tokens.append(token)
+            current.weights.append(weight)
+    if current.tokens or not chunks:
+        close()
+    return chunks
+
+
+def _chunk_ids(tokenizer, chunk: Chunk, pad_id: int) -> tuple[list[int], list[float]]:
+    pad = CHUNK_TOKENS - len(chunk.tokens)
+    ids = [tokenizer.bos_token_id] + chunk.tokens + [tokenizer.eos_token_id] + [pad_id] * pad
+    weights = [1.0] + chunk.weights + [1.0] + [1.0] * pad
+    return ids, weights
+
+
+def _pad_id(tokenizer) -> int:
+    # CLIP-L pads with end-of-text (A1111, diffusers); OpenCLIP tokenizers pad with "!" (id 0).
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _hidden(encoder, ids: torch.Tensor, clip_skip: int, penultimate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    out = encoder(ids, output_hidden_states=True)
+    if penultimate:  # SDXL conditions on the penultimate layer, without the final norm
+        hidden = out.hidden_states[-(1 + clip_skip)]
+    elif clip_skip > 1:
+        hidden = encoder.final_layer_norm(out.hidden_states[-clip_skip]) if hasattr(encoder, "final_layer_norm") \
+            else encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip])
+    else:
+        hidden = out.last_hidden_state
+    return hidden, out[0] if penultimate else hidden
+
+
+def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    original_mean = z.mean()
+    z = z * weights.reshape(weights.shape + (1,)).to(z.dtype)
+    return z * (original_mean / z.mean())
+
+
+@torch.no_grad()
+def encode(pipe, chunks: list[Chunk], clip_skip: int, device: torch.device) -> Conditioning:
+    """Encode chunks with the pipeline's text encoder(s); SDXL concatenates CLIP-L and OpenCLIP-bigG features."""
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    is_xl = getattr(pipe, "text_encoder_2", None) is not None
+    if is_xl:
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    parts, pooled = [], None
+    for chunk_index, chunk in enumerate(chunks):
+        features = []
+        for enc_index, (tokenizer, encoder) in enumerate(encoders):
+            ids, weights = _chunk_ids(tokenizer, chunk, _pad_id(tokenizer))
+            hidden, pool = _hidden(encoder, torch.tensor([ids], device=device), clip_skip, penultimate=is_xl)
+            features.append(_apply_weights(hidden, torch.tensor([weights], device=hidden.device)))
+            if is_xl and enc_index == 1 and chunk_index == 0:
+                pooled = pool  # A1111 pools the first chunk
+        parts.append(torch.cat(features, dim=-1))
+    return Conditioning(embeds=torch.cat(parts, dim=1), pooled=pooled)
+
+
+def encode_pair(pipe, prompt: str, negative: str, clip_skip: int,
+                device: torch.device) -> tuple[Conditioning, Conditioning]:
+    """Encode prompt and negative prompt, padded to the same number of chunks (diffusers needs equal shapes)."""
+    tokenizer = pipe.tokenizer
+    pos, neg = chunk_prompt(tokenizer, prompt), chunk_prompt(tokenizer, negative)
+    while len(neg) < len(pos):
+        neg.append(Chunk())
+    while len(pos) < len(neg):
+        pos.append(Chunk())
+    return encode(pipe, pos, clip_skip, device), encode(pipe, neg, clip_skip, device)

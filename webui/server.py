@@ -1,0 +1,23 @@
+"""One FastAPI app serving the REST API and the Gradio UI on the same port, over the same services."""
+
+from __future__ import annotations
+
+import gradio as gr
+from fastapi import FastAPI
+
+from webui import VERSION
+from webui.api.sdapi import build_router, install_error_handlers
+from webui.services.container import Services
+from webui.ui.app import CSS, build_ui
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="Stable Studio API", version=VERSION,
+                  description="A1111-compatible `/sdapi/v1` routes over the same job queue as the web UI.")
+    install_error_handlers(app)
+    app.include_router(build_router(services))
+    demo = build_ui(services)
+    demo.queue(max_size=services.settings.limits.queue_size * 4)
+    auth = list(services.settings.gradio_auth) or None
+    return gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, show_error=True,
+                               server_name=services.settings.host, server_port=services.settings.port)

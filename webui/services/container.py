@@ -1,0 +1,46 @@
+"""The services the UI and the API are thin clients of, built once by ``app.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webui.config import Settings
+from webui.models.manager import ModelManager
+from webui.models.registry import ModelRegistry
+from webui.services.downloads import DefaultModelDownloader
+from webui.services.generation import GenerationService
+from webui.services.jobs import JobQueue
+from webui.services.options import OptionsService
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    registry: ModelRegistry
+    manager: ModelManager
+    queue: JobQueue
+    generation: GenerationService
+    options: OptionsService
+    downloads: DefaultModelDownloader
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire the services together; the only place that decides which concrete pieces are used."""
+    from webui.models.registry import HashCache
+    from webui.services.storage import ImageStore
+
+    settings.ensure_dirs()
+    registry = ModelRegistry(settings.checkpoints_dir, HashCache(settings.hash_cache_file))
+    registry.refresh()
+    manager = ModelManager(settings, registry)
+    queue = JobQueue(max_pending=settings.limits.queue_size)
+    store = ImageStore(settings.outputs_dir)
+    return Services(
+        settings=settings,
+        registry=registry,
+        manager=manager,
+        queue=queue,
+        generation=GenerationService(settings, manager, queue, store),
+        options=OptionsService(settings.data_dir / "config.json", manager),
+        downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
+    )

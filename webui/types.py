@@ -1,0 +1,119 @@
+"""Typed requests and results shared by the UI, the REST API and the services.
+
+Requests validate their intrinsic rules here (types, ranges, multiples of 8, finite numbers) so every
+entry point rejects the same bad input with the same message; configurable limits are checked by the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from webui.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = Field(20, ge=1)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    width: int = Field(512, ge=64)
+    height: int = Field(512, ge=64)
+    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    clip_skip: int = Field(1, ge=1, le=12)
+    checkpoint: str | None = None  # title or name; None uses the current model
+    save_images: bool = True
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        # Latents are 1/8 of the image size; other sizes would be silently cropped.
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (got {value})")
+        return value
+
+    @classmethod
+    def parse(cls, **fields: Any) -> "Txt2ImgRequest":
+        """Build a request, turning pydantic's error into an InvalidRequest naming the first bad field."""
+        return validated(cls, fields)
+
+
+def validated(model: type[BaseModel], fields: dict[str, Any]):
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or model.__name__
+        raise InvalidRequest(name, first["msg"]) from None
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of one job, cheap to copy to the UI or the progress endpoint."""
+
+    job_id: str
+    state: JobState
+    step: int = 0
+    steps: int = 0
+    image_index: int = 0
+    image_count: int = 0
+    eta_seconds: float | None = None
+    textinfo: str = ""
+    preview: "Image.Image | None" = None
+    preview_id: int = 0
+
+    @property
+    def fraction(self) -> float:
+        if self.state is JobState.DONE:
+            return 1.0
+        if not self.steps or not self.image_count:
+            return 0.0
+        done = self.image_index * self.steps + self.step
+        return min(1.0, done / (self.steps * self.image_count))
+
+
+@dataclass
+class GenerationResult:
+    images: list["Image.Image"]
+    seeds: list[int]
+    infotexts: list[str]
+    paths: list[Path] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint on disk as the registry sees it (no weights loaded)."""
+
+    path: Path
+    name: str            # file or folder name relative to the checkpoints dir, e.g. "sub/v1-5.safetensors"
+    model_name: str      # name without extension, as A1111 writes "Model:" in infotext
+    kind: str            # "safetensors", "ckpt" or "diffusers"
+    short_hash: str | None  # first 10 hex of sha256 (None for diffusers folders)
+    sha256: str | None
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]" if self.short_hash else self.name

@@ -1,0 +1,111 @@
+"""The Gradio Blocks: the checkpoint bar, the tabs, and the first-run notice. Each tab lives in its own module."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import gradio as gr
+
+from webui import VERSION
+from webui.errors import StudioError
+from webui.services.container import Services
+from webui.ui import pnginfo, txt2img
+
+CSS = """
+.studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
+                border-radius: 8px; }
+.studio-progress { display: flex; gap: 8px; align-items: center; }
+.studio-progress progress { width: 50%; }
+.studio-muted { opacity: 0.7; }
+.studio-params th { text-align: left; padding-right: 12px; vertical-align: top; white-space: nowrap; }
+"""
+
+
+def _titles(services: Services) -> list[str]:
+    return [info.title for info in services.registry.list()]
+
+
+def _notice(services: Services) -> str:
+    if services.registry.list():
+        return ""
+    return (f"**No checkpoint found.** Put a Stable Diffusion `.safetensors` file (or a diffusers folder) in "
+            f"`{services.registry.directory}` and press 🔄, or download Stable Diffusion 1.5 (4.3 GB) below.")
+
+
+def build_ui(services: Services) -> gr.Blocks:
+    with gr.Blocks(title="Stable Studio") as demo:
+        with gr.Row(equal_height=True):
+            selected = services.manager.selected
+            checkpoint = gr.Dropdown(_titles(services), value=selected.title if selected else None,
+                                     label="Stable Diffusion checkpoint", scale=4, elem_id="checkpoint",
+                                     allow_custom_value=False)
+            refresh = gr.Button("🔄", scale=0, min_width=50, elem_id="refresh_checkpoints")
+            status = gr.Markdown(elem_id="model_status")
+        with gr.Group(visible=not services.registry.list()) as first_run:
+            notice = gr.Markdown(_notice(services), elem_id="no_model_notice")
+            download = gr.Button("Download Stable Diffusion 1.5", elem_id="download_default")
+            download_status = gr.Markdown(elem_id="download_status")
+
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
+                t2i = txt2img.build(services, checkpoint)
+            with gr.Tab("PNG Info", id="pnginfo"):
+                pnginfo.build(t2i.form, tabs, "txt2img")
+        gr.Markdown(f"<small>Stable Studio {VERSION} · device {services.manager.device} · "
+                    f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
+
+        def do_refresh(current: str | None):
+            services.registry.refresh()
+            titles = _titles(services)
+            value = current if current in titles else (titles[0] if titles else None)
+            return gr.update(choices=titles, value=value), gr.update(visible=not titles), _notice(services)
+
+        refresh.click(do_refresh, checkpoint, [checkpoint, first_run, notice], api_visibility="private")
+
+        def do_select(title: str | None) -> str:
+            if not title:
+                return ""
+            try:
+                info = services.manager.select(title)
+            except StudioError as exc:
+                return f"⚠ {exc}"
+            return f"Loaded **{info.title}**"
+
+        checkpoint.input(do_select, checkpoint, status, api_visibility="private")
+        download.click(lambda: _download(services), None, download_status, api_visibility="private").then(
+            do_refresh, checkpoint, [checkpoint, first_run, notice], api_visibility="private")
+    return demo
+
+
+def _download(services: Services) -> Iterator[str]:
+    """Stream the default model download's progress into the notice; offline, say so in one line."""
+    available, reason = services.downloads.availability()
+    if not available:
+        yield reason
+        return
+    events: queue.Queue[tuple[str, object]] = queue.Queue()
+
+    def report(done: int, total: int | None) -> None:
+        events.put(("progress", (done, total)))
+
+    def work() -> None:
+        try:
+            events.put(("done", services.downloads.download(progress=report)))
+        except StudioError as exc:
+            events.put(("error", exc))
+
+    threading.Thread(target=work, name="model-download", daemon=True).start()
+    while True:
+        kind, payload = events.get()
+        if kind == "progress":
+            done, total = payload  # type: ignore[misc]
+            of = f" of {total / 1e9:.2f} GB ({done / total:.0%})" if total else ""
+            yield f"Downloading… {done / 1e9:.2f} GB{of}"
+        elif kind == "error":
+            yield f"⚠ {payload}"
+            return
+        else:
+            yield f"Downloaded to `{payload}`. Select it above."
+            return
