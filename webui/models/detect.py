@@ -54,25 +54,25 @@ def read_safetensors_header(path: Path) -> Shapes:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(8)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
-                raise ModelLoadError(
-                    f"{path.name} is a pickle (PyTorch zip/pickle data) with a .safetensors name. Pickles can run "
-                    "code when loaded, so it is refused. Convert it to real safetensors or use the original .ckpt "
-                    "with --allow-pickle if you trust its source.")
-            if len(head) < 8:
-                raise ModelLoadError(f"{path.name} is not a safetensors file: it is only {size} bytes long.")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(_MAX_HEADER, size - 8):
-                raise ModelLoadError(f"{path.name} is not a valid safetensors file (corrupt or truncated header).")
-            raw = fh.read(header_len)
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            plausible = 0 < header_len <= min(_MAX_HEADER, size - 8)
+            raw = fh.read(header_len) if plausible else b""
     except OSError as exc:
         raise ModelLoadError(f"Cannot read {path.name}: {exc.strerror or exc}") from exc
     try:
-        header = json.loads(raw)
-    except ValueError as exc:
-        raise ModelLoadError(f"{path.name} is not a valid safetensors file (header is not JSON).") from exc
+        header = json.loads(raw) if plausible else None
+    except ValueError:
+        header = None
     if not isinstance(header, dict):
-        raise ModelLoadError(f"{path.name} is not a valid safetensors file (unexpected header).")
+        # Only once it fails to parse as safetensors: a valid header length can start with these bytes too.
+        if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise ModelLoadError(
+                f"{path.name} is a pickle (PyTorch zip/pickle data) with a .safetensors name. Pickles can run "
+                "code when loaded, so it is refused. Convert it to real safetensors, or rename it to .ckpt and "
+                "start with --allow-pickle if you trust its source.")
+        if size < 8:
+            raise ModelLoadError(f"{path.name} is not a safetensors file: it is only {size} bytes long.")
+        raise ModelLoadError(f"{path.name} is not a valid safetensors file (corrupt or truncated header).")
     data_size = size - 8 - header_len
     shapes: Shapes = {}
     for name, meta in header.items():

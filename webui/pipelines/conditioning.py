@@ -33,7 +33,7 @@ def chunk_prompt(tokenizer, text: str) -> list[Chunk]:
     """Split a prompt into 75-token chunks of (token id, weight), honouring emphasis and BREAK."""
     parsed = parse_prompt_attention(text)
     pieces = [piece for piece, _ in parsed]
-    ids_per_piece = tokenizer(pieces, truncation=False, add_special_tokens=False)["input_ids"]
+    ids_per_piece = tokenizer(pieces, truncation=False, add_special_tokens=False, verbose=False)["input_ids"]
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     chunks: list[Chunk] = []
     current = Chunk()
@@ -93,9 +93,16 @@ def _hidden(encoder, ids: torch.Tensor, clip_skip: int, penultimate: bool) -> tu
 
 
 def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale token embeddings by their weights, then restore the overall mean as A1111 does."""
+    if bool((weights == 1.0).all()):
+        return z
     original_mean = z.mean()
     z = z * weights.reshape(weights.shape + (1,)).to(z.dtype)
-    return z * (original_mean / z.mean())
+    new_mean = z.mean()
+    # A layer-normed output can have a mean of ~0; dividing by it would turn the prompt into NaNs.
+    if new_mean.abs() < 1e-6 or original_mean.abs() < 1e-6:
+        return z
+    return z * (original_mean / new_mean)
 
 
 @torch.no_grad()

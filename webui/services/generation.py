@@ -16,12 +16,18 @@ from webui.infotext import format_infotext
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
 from webui.pipelines import txt2img
-from webui.samplers import resolve_sampler
+from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.storage import ImageStore
 from webui.types import GenerationResult, Txt2ImgRequest
 
 MAX_SEED = 2**32 - 1
+
+
+def _schedule_label(spec, schedule: str) -> str | None:
+    """Record the schedule that really ran, so the infotext reproduces the image; omit it where it is implicit."""
+    effective = effective_schedule(spec, schedule)
+    return None if effective == "Automatic" else effective
 
 
 class GenerationService:
@@ -93,7 +99,7 @@ class GenerationService:
         params: dict[str, Any] = {
             "Steps": request.steps,
             "Sampler": spec.name,
-            "Schedule type": schedule if schedule != "Automatic" else None,
+            "Schedule type": _schedule_label(spec, schedule),
             "CFG scale": request.cfg_scale,
             "Seed": seed,
             "Size": f"{request.width}x{request.height}",

@@ -31,7 +31,7 @@ def _notice(services: Services) -> str:
     if services.registry.list():
         return ""
     return (f"**No checkpoint found.** Put a Stable Diffusion `.safetensors` file (or a diffusers folder) in "
-            f"`{services.registry.directory}` and press 🔄, or download Stable Diffusion 1.5 (4.3 GB) below.")
+            f"`{services.registry.directory}` and press Refresh, or download Stable Diffusion 1.5 (4.3 GB) below.")
 
 
 def build_ui(services: Services) -> gr.Blocks:
@@ -41,7 +41,7 @@ def build_ui(services: Services) -> gr.Blocks:
             checkpoint = gr.Dropdown(_titles(services), value=selected.title if selected else None,
                                      label="Stable Diffusion checkpoint", scale=4, elem_id="checkpoint",
                                      allow_custom_value=False)
-            refresh = gr.Button("🔄", scale=0, min_width=50, elem_id="refresh_checkpoints")
+            refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="refresh_checkpoints")
             status = gr.Markdown(elem_id="model_status")
         with gr.Group(visible=not services.registry.list()) as first_run:
             notice = gr.Markdown(_notice(services), elem_id="no_model_notice")

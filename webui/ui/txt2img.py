@@ -101,7 +101,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
             cfg = gr.Slider(1, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale")
             with gr.Row():
                 seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="txt2img_seed")
-                random_seed = gr.Button("🎲", scale=0, min_width=50)
+                random_seed = gr.Button("Random", scale=0, min_width=80)
             clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
         with gr.Column():
             progress = gr.HTML(elem_id="txt2img_progress")

@@ -1,0 +1,283 @@
+"""End-to-end tests: the real app (``app.py`` in a subprocess) driven through headless Chromium by Playwright.
+
+These exercise what unit tests cannot: the Gradio front end talking to our handlers over the wire, files landing in
+the data dir, and the interrupt path racing a running job. Generation always uses 64x64 and few steps: the tiny
+test model's VAE downsamples by only 2, so the UI's 512x512 default would be extremely slow on a CPU.
+
+Run just these with ``pytest -m browser``; they skip when no Chromium binary is installed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from tests.conftest import install
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+pytestmark = pytest.mark.browser
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+STARTUP_DEADLINE = 120.0  # seconds for the app to import torch/gradio, build the UI and answer the API
+GENERATE_TIMEOUT = 60_000  # ms
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    found = shutil.which("chromium")
+    if found:
+        return found
+    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 5.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class RunningApp:
+    def __init__(self, url: str, data_dir: Path, log_path: Path, process: subprocess.Popen):
+        self.url = url
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.process = process
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
+
+
+@pytest.fixture(scope="module")
+def chromium_binary() -> str:
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium binary (looked for `chromium` on PATH and /usr/bin/chromium); "
+                    "install Debian's chromium package to run the browser tests")
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[RunningApp]:
+    """The real app on a free port, over a temp data dir holding the tiny single-file checkpoint."""
+    root = tmp_path_factory.mktemp("browser")
+    data_dir = root / "data"
+    install(model_files["single"], data_dir)
+    port = free_port()
+    log_path = root / "app.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--device", "cpu"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    app = RunningApp(f"http://127.0.0.1:{port}", data_dir, log_path, process)
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while http_status(f"{app.url}/sdapi/v1/sd-models") != 200:
+            if process.poll() is not None:
+                pytest.fail(f"app exited with code {process.returncode} during startup:\n{app.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"app did not answer /sdapi/v1/sd-models within {STARTUP_DEADLINE:.0f}s:\n{app.log()}")
+            time.sleep(0.25)
+        yield app
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+PAGE_KEY = pytest.StashKey[object]()
+CONSOLE_KEY = pytest.StashKey[list]()
+
+
+class FailureReporter:
+    """A plugin registered while the module runs: a failed test's report gets the app's log, the browser's console
+    errors and a screenshot (taken while the page still shows the failure) in ``test-artifacts/``."""
+
+    def __init__(self, app: RunningApp):
+        self.app = app
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.when != "call" or not report.failed or getattr(item.module, "__name__", None) != __name__:
+            return
+        report.sections.append(("app log", self.app.log()[-20_000:]))
+        console = item.stash.get(CONSOLE_KEY, None)
+        if console:
+            report.sections.append(("browser console errors", "\n".join(console)))
+        pg = item.stash.get(PAGE_KEY, None)
+        if pg is not None:
+            ARTIFACTS.mkdir(exist_ok=True)
+            try:
+                pg.screenshot(path=str(ARTIFACTS / f"failed-{item.name}.png"), full_page=True)
+            except Exception as exc:  # the page may be gone; the report matters more than the picture
+                report.sections.append(("screenshot", f"could not take one: {exc}"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_failures(request, app_server: RunningApp) -> Iterator[None]:
+    reporter = FailureReporter(app_server)
+    request.config.pluginmanager.register(reporter, f"browser-failures-{id(reporter)}")
+    yield
+    request.config.pluginmanager.unregister(reporter)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_binary) -> Iterator:
+    with playwright_sync.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium_binary, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, app_server: RunningApp, request) -> Iterator:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    console: list[str] = []
+    pg.on("console", lambda msg: console.append(f"[{msg.type}] {msg.text}") if msg.type == "error" else None)
+    request.node.stash[CONSOLE_KEY] = console
+    request.node.stash[PAGE_KEY] = pg
+    pg.goto(app_server.url + "/")
+    expect(pg.locator("#txt2img_generate")).to_be_visible(timeout=30_000)
+    yield pg
+    context.close()
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------------
+
+def set_slider(page, label: str, value: int) -> None:
+    """Type into the number box Gradio shows beside a slider, commit it, and check the slider took it."""
+    box = page.get_by_label(f"number input for {label}", exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+    expect(box).to_have_value(str(value))
+    expect(page.get_by_label(f"range slider for {label}", exact=True)).to_have_value(str(value))
+
+
+def seed_box(page):
+    return page.locator("#txt2img_seed input[type=number]")
+
+
+def set_seed(page, value: int) -> None:
+    box = seed_box(page)
+    box.fill(str(value))
+    box.press("Tab")
+    expect(box).to_have_value(str(value))
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+# --- tests ------------------------------------------------------------------------------------------------------------
+
+def test_txt2img_generates_saves_and_shows_infotext(page, app_server: RunningApp):
+    prompt = "a tiny lighthouse on a rocky shore"
+    set_slider(page, "Width", 64)
+    set_slider(page, "Height", 64)
+    set_slider(page, "Sampling steps", 4)
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    set_seed(page, 1234)
+
+    page.locator("#txt2img_generate").click()
+
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=GENERATE_TIMEOUT)
+    info = page.locator("#txt2img_info textarea")
+    expect(info).to_have_value(re.compile(r"Seed: 1234\b"), timeout=GENERATE_TIMEOUT)
+    expect(info).to_have_value(re.compile(r"Size: 64x64\b"))
+    expect(info).to_have_value(re.compile(re.escape(prompt)))
+    expect(page.locator("#txt2img_progress")).to_contain_text("image(s) in")
+
+    folder = app_server.data_dir / "outputs" / "txt2img-images" / dt.date.today().isoformat()
+    saved = sorted(folder.glob("*-1234.png"))
+    assert saved, f"no PNG for seed 1234 in {folder}: {sorted(p.name for p in folder.glob('*'))}"
+    with Image.open(saved[-1]) as img:
+        assert img.size == (64, 64)
+        parameters = img.info["parameters"]
+    assert prompt in parameters
+    assert "Seed: 1234" in parameters
+    assert "Steps: 4" in parameters
+    screenshot(page, "txt2img.png")
+
+
+PNGINFO_PARAMETERS = ("a cozy cabin\nNegative prompt: blurry\n"
+                      "Steps: 7, Sampler: Euler a, CFG scale: 5.5, Seed: 99, Size: 64x64, Model: x")
+
+
+def test_pnginfo_reads_parameters_and_sends_them_to_txt2img(page, tmp_path):
+    source = tmp_path / "a1111.png"
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", PNGINFO_PARAMETERS)
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(source, pnginfo=meta)
+
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(source))
+
+    expect(page.locator("#pnginfo_text textarea")).to_have_value(PNGINFO_PARAMETERS)
+    expect(page.locator("#pnginfo_table")).to_contain_text("Euler a")
+    screenshot(page, "pnginfo.png")
+
+    page.locator("#pnginfo_send_txt2img").click()
+
+    expect(page.get_by_role("tab", name="txt2img")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a cozy cabin")
+    expect(page.locator("#txt2img_negative_prompt textarea")).to_have_value("blurry")
+    expect(seed_box(page)).to_have_value("99")
+    expect(page.get_by_label("number input for Sampling steps", exact=True)).to_have_value("7")
+    expect(page.get_by_label("number input for Width", exact=True)).to_have_value("64")
+    expect(page.get_by_label("number input for CFG scale", exact=True)).to_have_value("5.5")
+
+
+def test_interrupt_stops_a_long_job_and_server_stays_up(page, app_server: RunningApp):
+    set_slider(page, "Width", 64)
+    set_slider(page, "Height", 64)
+    set_slider(page, "Sampling steps", 150)
+    set_slider(page, "Batch count", 3)
+    page.locator("#txt2img_prompt textarea").fill("interrupt me")
+    set_seed(page, 7)
+
+    page.locator("#txt2img_generate").click()
+    progress = page.locator("#txt2img_progress")
+    expect(progress).to_contain_text("Step", timeout=GENERATE_TIMEOUT)
+    started = time.monotonic()
+    page.locator("#txt2img_interrupt").click()
+
+    # 3 x 150 steps would take minutes on a CPU; an honoured interrupt ends the job within a few steps.
+    expect(progress).to_contain_text("(interrupted)", timeout=30_000)
+    assert time.monotonic() - started < 30
+    assert http_status(f"{app_server.url}/sdapi/v1/sd-models") == 200
