@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,15 +20,40 @@ def main(argv: list[str] | None = None) -> int:
 
     from webui.server import create_app
     from webui.services.container import build_services
+    from webui.share import open_share_link
 
     services = build_services(settings)
-    app = create_app(services)
-    url = f"http://{'127.0.0.1' if settings.host == '127.0.0.1' else settings.host}:{settings.port}"
-    print(f"Stable Studio running on {url}  (API docs: {url}/docs)", flush=True)
-    if not services.registry.list():
-        print(f"No checkpoint yet: put a .safetensors file in {settings.checkpoints_dir}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
-    services.queue.shutdown()
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host=settings.host, port=settings.port,
+                                           log_level="warning"))
+    shown_host = "127.0.0.1" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
+    url = f"http://{shown_host}:{settings.port}"
+
+    def announce() -> None:
+        print(f"Stable Studio running on {url}  (API docs: {url}/docs)", flush=True)
+        if settings.host == "0.0.0.0":
+            print("Listening on all network interfaces (--listen).", flush=True)
+        if not services.registry.list():
+            print(f"No checkpoint yet: put a .safetensors file in {settings.checkpoints_dir}", flush=True)
+        if settings.share:
+            if not settings.gradio_auth:
+                print("WARNING: --share without --gradio-auth makes this UI public to anyone with the link.",
+                      flush=True)
+            try:
+                print(f"Public share link: {open_share_link(settings.port)}", flush=True)
+            except RuntimeError as exc:
+                print(f"Could not create a share link ({exc}); serving locally only.", flush=True)
+
+    def announce_when_started() -> None:
+        while not server.started and not server.should_exit:
+            threading.Event().wait(0.1)
+        if server.started:
+            announce()
+
+    threading.Thread(target=announce_when_started, name="announce", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        services.queue.shutdown()
     return 0
 
 

@@ -261,6 +261,7 @@ def test_pnginfo_reads_parameters_and_sends_them_to_txt2img(page, tmp_path):
     expect(page.get_by_label("number input for Sampling steps", exact=True)).to_have_value("7")
     expect(page.get_by_label("number input for Width", exact=True)).to_have_value("64")
     expect(page.get_by_label("number input for CFG scale", exact=True)).to_have_value("5.5")
+    expect(page.get_by_label("Sampling method", exact=True)).to_have_value("Euler a")
 
 
 def test_interrupt_stops_a_long_job_and_server_stays_up(page, app_server: RunningApp):
@@ -280,4 +281,6 @@ def test_interrupt_stops_a_long_job_and_server_stays_up(page, app_server: Runnin
     # 3 x 150 steps would take minutes on a CPU; an honoured interrupt ends the job within a few steps.
     expect(progress).to_contain_text("(interrupted)", timeout=30_000)
     assert time.monotonic() - started < 30
+    done = re.search(r"(\d+) image\(s\)", progress.inner_text())
+    assert done and int(done.group(1)) < 3, progress.inner_text()
     assert http_status(f"{app_server.url}/sdapi/v1/sd-models") == 200

@@ -29,8 +29,13 @@ def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2Img
     except ValueError as exc:
         raise InvalidRequest("sampler_name", str(exc)) from None
     checkpoint = overrides.get("sd_model_checkpoint")
-    if checkpoint is not None and not isinstance(checkpoint, str):
-        raise InvalidRequest("override_settings.sd_model_checkpoint", "must be a checkpoint title")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str):
+            raise InvalidRequest("override_settings.sd_model_checkpoint", "must be a checkpoint title")
+        try:
+            checkpoint = services.registry.find(checkpoint).title
+        except ModelNotFound as exc:
+            raise InvalidRequest("override_settings.sd_model_checkpoint", str(exc)) from None
     return Txt2ImgRequest.parse(
         prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=spec.name, scheduler=schedule,
         steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,

@@ -4,7 +4,8 @@ diffusers only ships the LDM -> diffusers direction
 (``diffusers.loaders.single_file_utils.convert_ldm_*``). This module is its inverse for
 SD1.x-style models, so that we can write ``.safetensors`` checkpoints in the layout
 A1111 and ``from_single_file`` expect (``model.diffusion_model.*``,
-``first_stage_model.*``, ``cond_stage_model.transformer.text_model.*``).
+``first_stage_model.*``, ``cond_stage_model.transformer.text_model.*``), plus the OpenCLIP
+text encoder layout of SD2.x and SDXL's second encoder (``open_clip_to_ldm``).
 
 Design: every diffusers key is ``<module path>.<param>``. We build a table from
 diffusers module paths to LDM module paths (derived from the model config, so any
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 StateDict = dict[str, Tensor]
@@ -25,6 +27,18 @@ StateDict = dict[str, Tensor]
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+
+# transformers CLIP layer param -> OpenCLIP resblock param (q/k/v are fused separately).
+_OPEN_CLIP_LAYER_RENAMES = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
 
 # ResnetBlock2D parameter names: diffusers -> LDM (UNet ResBlock uses Sequential indices).
 _UNET_RESNET_RENAMES = {
@@ -224,6 +238,61 @@ def clip_to_ldm(state_dict: Mapping[str, Tensor], prefix: str = CLIP_PREFIX) -> 
         if key.startswith("text_model."):
             key = key[len("text_model.") :]
         converted[f"{prefix}text_model.{key}"] = tensor
+    return converted
+
+
+def open_clip_to_ldm(state_dict: Mapping[str, Tensor], prefix: str = OPEN_CLIP_PREFIX,
+                     add_dropped_last_layer: bool = False, seed: int = 0) -> StateDict:
+    """transformers ``CLIPTextModel[WithProjection]`` state dict -> OpenCLIP layout under ``prefix``.
+
+    Inverse of diffusers' ``convert_open_clip_checkpoint``: q/k/v projections are fused into
+    ``attn.in_proj_weight``/``in_proj_bias`` ([q; k; v] rows), ``text_projection.weight`` is
+    stored transposed as ``text_projection`` ([width, projection]).
+
+    SD 2.x conditions on the penultimate layer, so its diffusers text encoder has one layer
+    fewer than the OpenCLIP model in the file. ``add_dropped_last_layer`` appends that final
+    resblock (random weights from ``seed``, same shapes as the last kept one) so the file
+    looks like a real SD 2.x checkpoint; loaders must drop it again.
+    """
+    flat = {k.removeprefix("text_model."): v for k, v in state_dict.items() if not k.endswith("position_ids")}
+    converted: StateDict = {}
+    layers: dict[int, dict[str, Tensor]] = {}
+    unmapped: list[str] = []
+    for key, tensor in flat.items():
+        if key.startswith("encoder.layers."):
+            index, param = key[len("encoder.layers.") :].split(".", 1)
+            layers.setdefault(int(index), {})[param] = tensor
+        elif key == "embeddings.token_embedding.weight":
+            converted[f"{prefix}token_embedding.weight"] = tensor
+        elif key == "embeddings.position_embedding.weight":
+            converted[f"{prefix}positional_embedding"] = tensor
+        elif key.startswith("final_layer_norm."):
+            converted[f"{prefix}ln_final.{key.split('.', 1)[1]}"] = tensor
+        elif key == "text_projection.weight":
+            converted[f"{prefix}text_projection"] = tensor.T.contiguous()
+        else:
+            unmapped.append(key)
+    if unmapped:
+        raise KeyError(f"no OpenCLIP equivalent for {len(unmapped)} keys, e.g. {unmapped[:5]}")
+    if add_dropped_last_layer:
+        if not layers:
+            raise ValueError("cannot add a dropped last layer to a text encoder without layers")
+        generator = torch.Generator().manual_seed(seed)
+        template = layers[max(layers)]
+        layers[max(layers) + 1] = {
+            param: (torch.randn(t.shape, generator=generator) * 0.02).to(t.dtype) for param, t in template.items()
+        }
+    for index, params in sorted(layers.items()):
+        block = f"{prefix}transformer.resblocks.{index}."
+        for kind in ("weight", "bias"):
+            converted[f"{block}attn.in_proj_{kind}"] = torch.cat(
+                [params.pop(f"self_attn.{name}_proj.{kind}") for name in ("q", "k", "v")]
+            )
+        for param, tensor in params.items():
+            module, kind = param.rsplit(".", 1)
+            if module not in _OPEN_CLIP_LAYER_RENAMES:
+                raise KeyError(f"no OpenCLIP equivalent for text encoder layer {index} param {param}")
+            converted[f"{block}{_OPEN_CLIP_LAYER_RENAMES[module]}.{kind}"] = tensor
     return converted
 
 

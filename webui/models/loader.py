@@ -135,7 +135,11 @@ def _text_encoders(spec: detect.ModelSpec, state: dict[str, torch.Tensor],
         weights = _flatten_text_model(convert_ldm_clip_checkpoint(state))
         return [_instantiate(lambda: CLIPTextModel(CLIPTextConfig(**spec.text_configs[0])), weights, dtype)]
     if spec.family == "sd2":
-        return [_open_clip(CLIPTextModel, spec.text_configs[0], state, detect.OPENCLIP_SD2, dtype)]
+        # SD 2.x skips OpenCLIP's last resblock. diffusers' converter only ignores index 23 (full-size ViT-H),
+        # so drop whichever block is last here: smaller or pruned SD 2.x text encoders load strictly too.
+        last = f"{detect.OPENCLIP_SD2}transformer.resblocks.{spec.text_configs[0]['num_hidden_layers']}."
+        kept = {k: v for k, v in state.items() if not k.startswith(last)}
+        return [_open_clip(CLIPTextModel, spec.text_configs[0], kept, detect.OPENCLIP_SD2, dtype)]
     clip_l = _flatten_text_model(convert_ldm_clip_checkpoint(state))
     return [_instantiate(lambda: CLIPTextModel(CLIPTextConfig(**spec.text_configs[0])), clip_l, dtype),
             _open_clip(CLIPTextModelWithProjection, spec.text_configs[1], state, detect.OPENCLIP_SDXL, dtype)]

@@ -1,0 +1,180 @@
+"""The A1111-compatible REST API through FastAPI's TestClient, on the same services as the UI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, PngImagePlugin
+
+from webui.server import create_app
+
+SMALL = {"width": 64, "height": 64, "steps": 3}
+
+
+@pytest.fixture
+def client(services):
+    with TestClient(create_app(services)) as test_client:
+        yield test_client
+
+
+def decode_png(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def test_sd_models_lists_a1111_titles(client, services):
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert [m["model_name"] for m in models] == ["other-sd15", "tiny-sd15"]
+    first = models[0]
+    assert first["title"] == f"other-sd15.safetensors [{first['hash']}]"
+    assert len(first["hash"]) == 10 and first["sha256"].startswith(first["hash"])
+
+
+def test_samplers_and_schedulers_listings(client):
+    names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
+    for expected in ("Euler a", "Euler", "DDIM", "DDPM", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "UniPC",
+                     "LMS", "Heun", "DPM2"):
+        assert expected in names
+    labels = [s["label"] for s in client.get("/sdapi/v1/schedulers").json()]
+    assert "Karras" in labels and "Automatic" in labels
+
+
+def test_txt2img_returns_png_with_infotext_and_info_json(client):
+    body = {"prompt": "a lighthouse", "negative_prompt": "fog", "seed": 77, "sampler_name": "Euler a",
+            "batch_size": 2, **SMALL}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert len(data["images"]) == 2
+    image = decode_png(data["images"][0])
+    assert image.size == (64, 64)
+    assert "Seed: 77," in image.info["parameters"] and image.info["parameters"].startswith("a lighthouse\n")
+    info = json.loads(data["info"])
+    assert info["all_seeds"] == [77, 78]
+    assert info["sampler_name"] == "Euler a"
+    assert info["sd_model_name"] in ("tiny-sd15", "other-sd15")
+    assert len(info["infotexts"]) == 2
+    assert data["parameters"]["prompt"] == "a lighthouse"
+
+
+def test_txt2img_accepts_old_fused_sampler_names_and_override_settings(client):
+    body = {"prompt": "x", "seed": 1, "sampler_name": "DPM++ 2M Karras",
+            "override_settings": {"sd_model_checkpoint": "tiny-sd15", "CLIP_stop_at_last_layers": 2}, **SMALL}
+    data = client.post("/sdapi/v1/txt2img", json=body).json()
+    text = decode_png(data["images"][0]).info["parameters"]
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in text
+    assert "Model: tiny-sd15," in text and "Clip skip: 2" in text
+
+
+def test_txt2img_does_not_save_unless_asked(client, data_dir):
+    client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
+    assert not list((data_dir / "outputs").rglob("*.png"))
+    client.post("/sdapi/v1/txt2img", json={"prompt": "x", "save_images": True, **SMALL})
+    assert len(list((data_dir / "outputs").rglob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"steps": "many"}, "steps"),
+    ({"width": 100}, "width"),
+    ({"width": 4096, "height": 64, "steps": 3}, "width"),
+    ({"cfg_scale": "NaN"}, "cfg_scale"),
+    ({"sampler_name": "Nope"}, "sampler_name"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"seed": -5}, "seed"),
+    ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, "override_settings.sd_model_checkpoint"),
+])
+def test_invalid_txt2img_fields_get_422_naming_the_field(client, body, field):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, **body})
+    assert response.status_code == 422, response.text
+    data = response.json()
+    assert field in data["error"]
+    assert any(field in ".".join(map(str, d["loc"])) for d in data["detail"])
+    assert "Traceback" not in response.text
+
+
+def test_raw_nan_and_infinity_literals_are_rejected(client):
+    raw = '{"prompt": "x", "width": 64, "height": 64, "steps": 3, "cfg_scale": Infinity}'
+    response = client.post("/sdapi/v1/txt2img", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert "cfg_scale" in response.json()["error"]
+
+
+def test_options_switch_checkpoint(client):
+    response = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd15.safetensors"})
+    assert response.status_code == 200
+    options = client.get("/sdapi/v1/options").json()
+    assert options["sd_model_checkpoint"].startswith("tiny-sd15.safetensors [")
+    data = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL}).json()
+    assert json.loads(data["info"])["sd_model_name"] == "tiny-sd15"
+    bad = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "ghost"})
+    assert bad.status_code == 422 and "sd_model_checkpoint" in bad.json()["error"]
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-sd15")
+
+
+def test_progress_and_interrupt_during_a_running_job(client, services):
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 150, "n_iter": 5}
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=client.post("/sdapi/v1/txt2img", json=body)))
+    worker.start()
+    # Wait (on the job's own condition variable) until sampling is under way.
+    while services.queue.current is None:
+        threading.Event().wait(0.05)
+    job = services.queue.current
+    version = 0
+    while job.progress.step < 2:
+        version, _ = job.watch(version, timeout=5)
+    progress = client.get("/sdapi/v1/progress").json()
+    assert 0 < progress["progress"] < 1
+    assert progress["state"]["sampling_steps"] == 150 and progress["state"]["job_count"] == 5
+    assert progress["current_image"] is None or decode_png(progress["current_image"]).size[0] > 0
+    assert client.post("/sdapi/v1/interrupt").status_code == 200
+    worker.join(timeout=120)
+    response = outcome["r"]
+    assert response.status_code == 200
+    info = json.loads(response.json()["info"])
+    assert info["interrupted"] is True and len(response.json()["images"]) == 1
+    idle = client.get("/sdapi/v1/progress").json()
+    assert idle["progress"] == 0 and idle["current_image"] is None
+
+
+def test_png_info_round_trip(client):
+    text = "a cabin\nNegative prompt: blurry\nSteps: 7, Sampler: Euler a, CFG scale: 5.5, Seed: 99, Size: 64x64"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    encoded = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    data = client.post("/sdapi/v1/png-info", json={"image": encoded}).json()
+    assert data["info"] == text
+    assert data["parameters"]["Prompt"] == "a cabin" and data["parameters"]["Seed"] == "99"
+
+
+@pytest.mark.parametrize("image, message", [("%%%not-base64", "not valid base64"),
+                                            (base64.b64encode(b"hello").decode(), "not a readable image")])
+def test_png_info_bad_image_is_422(client, image, message):
+    response = client.post("/sdapi/v1/png-info", json={"image": image})
+    assert response.status_code == 422 and message in response.json()["error"]
+    assert response.json()["error"].startswith("image:")
+
+
+def test_no_model_gives_409_with_instructions(data_dir):
+    from tests.conftest import make_settings
+    from webui.services.container import build_services
+    services = build_services(make_settings(data_dir))
+    try:
+        with TestClient(create_app(services)) as client:
+            response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
+            assert response.status_code == 409
+            assert "No checkpoint found" in response.json()["error"]
+    finally:
+        services.queue.shutdown()
+
+
+def test_ui_and_openapi_served_on_the_same_port(client):
+    assert client.get("/").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/sdapi/v1/txt2img" in paths and "/sdapi/v1/options" in paths

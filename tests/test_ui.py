@@ -1,0 +1,47 @@
+"""The Gradio Blocks build without launching, and the UI's small pure helpers behave."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from tests.conftest import make_settings
+from webui.services.container import build_services
+from webui.types import JobState, Progress
+from webui.ui.app import build_ui
+from webui.ui.txt2img import error_html, progress_html
+
+
+def _labels(demo: gr.Blocks) -> set[str]:
+    return {getattr(block, "label", None) for block in demo.blocks.values()} - {None}
+
+
+def test_ui_builds_with_tabs_and_checkpoint_list(services):
+    demo = build_ui(services)
+    config = demo.get_config_file()
+    tab_names = {c["props"].get("label") for c in config["components"] if c["type"] == "tabitem"}
+    assert {"txt2img", "PNG Info"} <= tab_names
+    dropdown = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checkpoint")
+    assert [choice[0] for choice in dropdown.choices] == [i.title for i in services.registry.list()]
+    assert dropdown.value == services.manager.selected.title
+    assert {"Prompt", "Negative prompt", "Sampling method", "Schedule type", "CFG scale", "Clip skip"} \
+        <= _labels(demo)
+    api_names = {dep.get("api_name") for dep in config["dependencies"]}
+    assert "txt2img" in api_names
+
+
+def test_first_run_without_models_shows_where_to_put_one(data_dir):
+    services = build_services(make_settings(data_dir))
+    try:
+        demo = build_ui(services)
+        notice = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "no_model_notice")
+        assert "No checkpoint found" in notice.value and str(services.registry.directory) in notice.value
+    finally:
+        services.queue.shutdown()
+
+
+def test_progress_and_error_html_are_escaped_and_informative():
+    html = progress_html(Progress(job_id="j", state=JobState.RUNNING, step=5, steps=20, image_index=1,
+                                  image_count=2, eta_seconds=12.4))
+    assert "Step 5/20" in html and "batch 2/2" in html and "ETA 12s" in html and "value='62'" in html
+    assert progress_html(Progress(job_id="j", state=JobState.QUEUED)).count("Waiting in queue") == 1
+    assert "&lt;script&gt;" in error_html("<script>alert(1)</script>")
