@@ -45,3 +45,26 @@ def test_progress_and_error_html_are_escaped_and_informative():
     assert "Step 5/20" in html and "batch 2/2" in html and "ETA 12s" in html and "value='62'" in html
     assert progress_html(Progress(job_id="j", state=JobState.QUEUED)).count("Waiting in queue") == 1
     assert "&lt;script&gt;" in error_html("<script>alert(1)</script>")
+
+
+def test_download_button_says_in_one_line_when_unavailable(data_dir, tmp_path):
+    import socket
+
+    from webui.services.downloads import DefaultModelDownloader, DownloadSpec
+    from webui.ui.app import _download
+
+    services = build_services(make_settings(data_dir))
+    try:
+        assert list(_download(services)) == ["Download disabled by --no-download."]
+        with socket.socket() as s:  # a port nobody listens on stands in for "no network"
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        target = tmp_path / "downloads"
+        target.mkdir()
+        offline = DefaultModelDownloader(target, DownloadSpec(f"http://127.0.0.1:{port}/m.safetensors",
+                                                                "m.safetensors", "0" * 64, 1), timeout=1)
+        messages = list(_download(services.__class__(**{**vars(services), "downloads": offline})))
+        assert len(messages) == 1 and "unavailable" in messages[0] and "\n" not in messages[0]
+        assert not list(target.iterdir())
+    finally:
+        services.queue.shutdown()
