@@ -82,8 +82,10 @@ def _pad_id(tokenizer) -> int:
 
 def _hidden(encoder, ids: torch.Tensor, clip_skip: int, penultimate: bool) -> tuple[torch.Tensor, torch.Tensor]:
     out = encoder(ids, output_hidden_states=True)
-    if penultimate:  # SDXL conditions on the penultimate layer, without the final norm
-        hidden = out.hidden_states[-(1 + clip_skip)]
+    if penultimate:
+        # SDXL conditions on the penultimate layer, without the final norm; like A1111 (by default) it
+        # ignores clip skip, which SDXL was not trained with.
+        hidden = out.hidden_states[-2]
     elif clip_skip > 1:
         hidden = encoder.final_layer_norm(out.hidden_states[-clip_skip]) if hasattr(encoder, "final_layer_norm") \
             else encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip])
