@@ -51,6 +51,30 @@ class Txt2ImgRequest(BaseModel):
         return validated(cls, fields)
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    """img2img, inpainting (with ``mask``) and InstructPix2Pix (8-channel checkpoints), A1111's fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+
+    init_images: list[Any] = Field(min_length=1)  # PIL images
+    resize_mode: int = Field(0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent upscale
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    image_cfg_scale: float = Field(1.5, ge=0.0, le=100.0)  # InstructPix2Pix only
+    mask: Any = None  # PIL image, white = repaint
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(1, ge=0, le=3)  # fill, original, latent noise, latent nothing
+    inpaint_full_res: bool = False  # "only masked": inpaint the masked region at full resolution
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    inpainting_mask_invert: bool = False
+
+    @field_validator("init_images")
+    @classmethod
+    def _images(cls, value: list[Any]) -> list[Any]:
+        if not all(hasattr(image, "size") and hasattr(image, "convert") for image in value):
+            raise ValueError("must be images")
+        return value
+
+
 def validated(model: type[BaseModel], fields: dict[str, Any]):
     try:
         return model(**fields)

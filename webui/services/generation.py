@@ -15,11 +15,12 @@ from webui.errors import InvalidRequest, ModelNotFound
 from webui.infotext import format_infotext
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
-from webui.pipelines import txt2img
+from webui.pipelines import img2img, txt2img
+from webui.pipelines.common import BatchOutput
 from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.storage import ImageStore
-from webui.types import GenerationResult, Txt2ImgRequest
+from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 2**32 - 1
 
@@ -40,10 +41,22 @@ class GenerationService:
     def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
         """Validate against the configured limits and queue the work; returns at once with the job."""
         schedule = self._check(request)
-        return self._queue.submit("txt2img", lambda ctx: self._run_txt2img(ctx, request, schedule))
+        return self._queue.submit("txt2img", lambda ctx: self._run(ctx, request, schedule, _Txt2Img(request)))
 
     def txt2img(self, request: Txt2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_txt2img(request).wait(timeout)
+
+    def submit_img2img(self, request: Img2ImgRequest) -> Job:
+        schedule = self._check(request)
+        if request.mask is not None:
+            init_size = request.init_images[0].size
+            if request.mask.size != init_size:
+                raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init "
+                                             f"image is {init_size[0]}x{init_size[1]}; they must match")
+        return self._queue.submit("img2img", lambda ctx: self._run(ctx, request, schedule, _Img2Img(request)))
+
+    def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
+        return self.submit_img2img(request).wait(timeout)
 
     def _check(self, request: Txt2ImgRequest) -> str:
         limits = self._settings.limits
@@ -65,36 +78,36 @@ class GenerationService:
                 raise InvalidRequest("checkpoint", str(exc)) from None
         return schedule
 
-    def _run_txt2img(self, ctx: JobContext, request: Txt2ImgRequest, schedule: str) -> GenerationResult:
+    def _run(self, ctx: JobContext, request: Txt2ImgRequest, schedule: str, task: "_Task") -> GenerationResult:
+        """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, saving."""
         started = time.time()
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[])
         with self._manager.lease(request.checkpoint) as model:
-            if model.variant != "normal":
-                raise InvalidRequest("checkpoint", f"{model.info.title} is an {model.variant} model; "
-                                                   "use it from img2img.")
+            task.check_model(model)
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break
                 seeds = [base_seed + batch_index * request.batch_size + k for k in range(request.batch_size)]
-                ctx.begin_image(batch_index, request.n_iter, request.steps,
+                ctx.begin_image(batch_index, request.n_iter, task.steps(model),
                                 f"Batch {batch_index + 1} of {request.n_iter}")
-                out = txt2img.run_batch(model, request, seeds, schedule, ctx, self._settings.preview_every)
+                out = task.run_batch(model, batch_index, seeds, schedule, ctx, self._settings.preview_every)
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
                 for image, seed in zip(out.images, seeds):
-                    infotext = self.infotext(model, request, schedule, seed)
+                    infotext = self.infotext(model, request, schedule, seed, task.extra_params(model))
                     result.images.append(image)
                     result.seeds.append(seed)
                     result.infotexts.append(infotext)
                     if request.save_images:
-                        result.paths.append(self._store.save(image, "txt2img", seed, infotext))
+                        result.paths.append(self._store.save(image, task.category, seed, infotext))
             result.interrupted = ctx.interrupted
             result.info = self._info(model, request, result, base_seed, started)
         return result
 
     @staticmethod
-    def infotext(model: LoadedModel, request: Txt2ImgRequest, schedule: str, seed: int) -> str:
+    def infotext(model: LoadedModel, request: Txt2ImgRequest, schedule: str, seed: int,
+                 extra: dict[str, Any] | None = None) -> str:
         spec, _ = resolve_sampler(request.sampler_name, request.scheduler)
         params: dict[str, Any] = {
             "Steps": request.steps,
@@ -106,6 +119,7 @@ class GenerationService:
             "Model hash": model.info.short_hash,
             "Model": model.info.model_name,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+            **(extra or {}),
             "Version": f"studio-{VERSION}",
         }
         return format_infotext(request.prompt, request.negative_prompt, params)
@@ -141,14 +155,78 @@ class GenerationService:
             "sd_vae_hash": None,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
-            "denoising_strength": None,
+            "denoising_strength": getattr(request, "denoising_strength", None),
             "extra_generation_params": {},
             "index_of_first_image": 0,
             "infotexts": result.infotexts,
             "styles": [],
             "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
             "clip_skip": request.clip_skip,
-            "is_using_inpainting_conditioning": False,
+            "is_using_inpainting_conditioning": model.variant == "inpaint",
             "version": f"studio-{VERSION}",
             "interrupted": result.interrupted,
         }
+
+
+class _Task:
+    """What differs between txt2img and img2img inside the shared batch loop."""
+
+    category: str
+
+    def check_model(self, model: LoadedModel) -> None: ...
+    def steps(self, model: LoadedModel) -> int: ...
+    def extra_params(self, model: LoadedModel) -> dict[str, Any]: ...
+    def run_batch(self, model: LoadedModel, batch_index: int, seeds: list[int], schedule: str,
+                  ctx: JobContext, preview_every: int) -> BatchOutput: ...
+
+
+class _Txt2Img(_Task):
+    category = "txt2img"
+
+    def __init__(self, request: Txt2ImgRequest):
+        self.request = request
+
+    def check_model(self, model: LoadedModel) -> None:
+        if model.variant != "normal":
+            raise InvalidRequest("checkpoint", f"{model.info.title} is an {model.variant} model; use it from img2img.")
+
+    def steps(self, model: LoadedModel) -> int:
+        return self.request.steps
+
+    def extra_params(self, model: LoadedModel) -> dict[str, Any]:
+        return {}
+
+    def run_batch(self, model, batch_index, seeds, schedule, ctx, preview_every) -> BatchOutput:
+        return txt2img.run_batch(model, self.request, seeds, schedule, ctx, preview_every)
+
+
+class _Img2Img(_Task):
+    category = "img2img"
+
+    def __init__(self, request: Img2ImgRequest):
+        self.request = request
+
+    def _method(self, model: LoadedModel) -> str:
+        return img2img.method_for(model, self.request.mask is not None)
+
+    def check_model(self, model: LoadedModel) -> None:
+        pass  # every variant has an image-to-image use
+
+    def steps(self, model: LoadedModel) -> int:
+        return img2img.steps_run(self.request.steps, self.request.denoising_strength, self._method(model))
+
+    def extra_params(self, model: LoadedModel) -> dict[str, Any]:
+        method, r = self._method(model), self.request
+        return {
+            "Image CFG scale": r.image_cfg_scale if method == "instruct-pix2pix" else None,
+            "Denoising strength": r.denoising_strength if method != "instruct-pix2pix" else None,
+            "Mask blur": r.mask_blur if method == "inpaint" and r.mask is not None else None,
+            "Inpaint area": "Only masked" if method == "inpaint" and r.inpaint_full_res else None,
+            "Masked area padding": r.inpaint_full_res_padding if method == "inpaint" and r.inpaint_full_res else None,
+        }
+
+    def run_batch(self, model, batch_index, seeds, schedule, ctx, preview_every) -> BatchOutput:
+        method = self._method(model)
+        init = self.request.init_images[batch_index % len(self.request.init_images)]
+        prepared = img2img.prepare(self.request, init, method)
+        return img2img.run_batch(model, self.request, prepared, method, seeds, schedule, ctx, preview_every)
