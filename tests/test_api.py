@@ -178,3 +178,55 @@ def test_ui_and_openapi_served_on_the_same_port(client):
     assert client.get("/").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert "/sdapi/v1/txt2img" in paths and "/sdapi/v1/options" in paths
+
+
+def png_b64(image: Image.Image, data_url: bool = True) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    raw = base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + raw if data_url else raw
+
+
+def test_img2img_with_data_urls_and_mask(client):
+    init = Image.new("RGB", (64, 64), (200, 120, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    body = {"prompt": "x", "init_images": [png_b64(init)], "mask": png_b64(mask, data_url=False),
+            "denoising_strength": 0.9, "mask_blur": 0, "inpaint_full_res": False, "seed": 5, **SMALL}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    out = decode_png(data["images"][0])
+    assert out.size == (64, 64) and out.getpixel((2, 2)) == (200, 120, 40)  # outside the mask: untouched
+    assert "Denoising strength: 0.9" in out.info["parameters"]
+    assert "init_images" not in data["parameters"]
+    assert json.loads(data["info"])["denoising_strength"] == 0.9
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"init_images": []}, "init_images"),
+    ({"init_images": ["@@@"]}, "init_images.0"),
+    ({"init_images": ["aGVsbG8="]}, "init_images.0"),
+    ({"mask": "data:image/png;base64,@@"}, "mask"),
+    ({"denoising_strength": 1.5}, "denoising_strength"),
+    ({"resize_mode": 7}, "resize_mode"),
+])
+def test_img2img_bad_fields_are_422(client, patch, field):
+    body = {"prompt": "x", "init_images": [png_b64(Image.new("RGB", (64, 64)))], **SMALL, **patch}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith(field + ":")
+
+
+def test_img2img_mask_size_mismatch_is_422(client):
+    body = {"init_images": [png_b64(Image.new("RGB", (64, 64)))], "mask": png_b64(Image.new("L", (32, 32))),
+            **SMALL}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 422 and response.json()["error"].startswith("mask: is 32x32")
+
+
+def test_images_past_the_pixel_budget_are_refused_before_decoding(client):
+    huge = png_b64(Image.new("L", (4100, 4100)))  # compresses to a few KB, would be 16.8 MP decoded
+    response = client.post("/sdapi/v1/img2img", json={"init_images": [huge], **SMALL})
+    assert response.status_code == 422
+    assert "over the pixel budget" in response.json()["error"]

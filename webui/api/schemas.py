@@ -40,6 +40,20 @@ class Txt2ImgBody(BaseModel):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
 
 
+class Img2ImgBody(Txt2ImgBody):
+    init_images: list[str] = Field(default_factory=list)  # base64 or data: URLs
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    include_init_images: bool = False
+
+
 class ImagesResponse(BaseModel):
     images: list[str] | None
     parameters: dict[str, Any]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,11 +18,14 @@ from webui.errors import (Cancelled, InvalidRequest, ModelLoadError, ModelNotFou
 from webui.infotext import parse_infotext
 from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing, resolve_sampler
 from webui.services.container import Services
-from webui.types import JobState, Txt2ImgRequest
+from webui.services.jobs import Job
+from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, validated
+
+DISCONNECT_CHECK_SECONDS = 0.5
 
 
-def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
-    """Map A1111's body (fused sampler names, override_settings) onto our typed request."""
+def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, Any]:
+    """Map A1111's body (fused sampler names, override_settings) onto our typed request's fields."""
     overrides = body.override_settings or {}
     name = body.sampler_name or body.sampler_index or "Euler"
     try:
@@ -36,13 +40,48 @@ def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2Img
             checkpoint = services.registry.find(checkpoint).title
         except ModelNotFound as exc:
             raise InvalidRequest("override_settings.sd_model_checkpoint", str(exc)) from None
-    return Txt2ImgRequest.parse(
+    return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=spec.name, scheduler=schedule,
         steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
         batch_size=body.batch_size, n_iter=body.n_iter,
         clip_skip=overrides.get("CLIP_stop_at_last_layers", services.options.clip_skip),
         checkpoint=checkpoint, save_images=body.save_images,
     )
+
+
+def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+    return Txt2ImgRequest.parse(**_common_fields(body, services))
+
+
+def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2ImgRequest:
+    if not body.init_images:
+        raise InvalidRequest("init_images", "at least one image is required")
+    images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(body.init_images)]
+    mask = decode_image(body.mask, "mask") if body.mask else None
+    fields = _common_fields(body, services)
+    return validated(Img2ImgRequest, dict(
+        fields, init_images=images, mask=mask, resize_mode=body.resize_mode,
+        denoising_strength=body.denoising_strength,
+        image_cfg_scale=body.image_cfg_scale if body.image_cfg_scale is not None else 1.5,
+        mask_blur=body.mask_blur, inpainting_fill=body.inpainting_fill, inpaint_full_res=body.inpaint_full_res,
+        inpaint_full_res_padding=body.inpaint_full_res_padding,
+        inpainting_mask_invert=bool(body.inpainting_mask_invert)))
+
+
+async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> GenerationResult:
+    """Wait for a job without blocking the event loop; a client that hangs up does not keep the GPU busy."""
+    while not await anyio.to_thread.run_sync(job.wait_done, DISCONNECT_CHECK_SECONDS):
+        if cancel_on_disconnect and await request.is_disconnected():
+            job.interrupt()
+            raise Cancelled("The client disconnected; the job was cancelled.")
+    return job.wait()
+
+
+def images_response(body: schemas.Txt2ImgBody, result: GenerationResult) -> dict[str, Any]:
+    images = [encode_png(img, text) for img, text in zip(result.images, result.infotexts)] \
+        if body.send_images else []
+    parameters = body.model_dump(exclude={"init_images", "mask"})
+    return {"images": images, "parameters": parameters, "info": json.dumps(result.info)}
 
 
 def build_router(services: Services) -> APIRouter:
@@ -75,13 +114,18 @@ def build_router(services: Services) -> APIRouter:
         services.options.update(changes)
         return {}
 
+    cancel_on_disconnect = services.settings.cancel_on_disconnect
+
     @router.post("/txt2img", response_model=schemas.ImagesResponse)
-    def txt2img(body: schemas.Txt2ImgBody) -> dict[str, Any]:
-        request = to_txt2img_request(body, services)
-        result = services.generation.txt2img(request)
-        images = [encode_png(img, text) for img, text in zip(result.images, result.infotexts)] \
-            if body.send_images else []
-        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(result.info)}
+    async def txt2img(body: schemas.Txt2ImgBody, http: Request) -> dict[str, Any]:
+        job = services.generation.submit_txt2img(to_txt2img_request(body, services))
+        return images_response(body, await finish(job, http, cancel_on_disconnect))
+
+    @router.post("/img2img", response_model=schemas.ImagesResponse)
+    async def img2img(body: schemas.Img2ImgBody, http: Request) -> dict[str, Any]:
+        request = await anyio.to_thread.run_sync(to_img2img_request, body, services)  # image decoding is CPU work
+        job = services.generation.submit_img2img(request)
+        return images_response(body, await finish(job, http, cancel_on_disconnect))
 
     @router.get("/progress", response_model=schemas.ProgressResponse)
     def progress(skip_current_image: bool = False) -> dict[str, Any]:

@@ -59,13 +59,17 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise its error."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._progress.state in
-                                       (JobState.DONE, JobState.FAILED, JobState.CANCELLED), timeout=timeout):
-                raise TimeoutError(f"job {self.id} still running")
+        if not self.wait_done(timeout):
+            raise TimeoutError(f"job {self.id} still running")
         if self.error is not None:
             raise self.error
         return self.result
+
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Block until the job ends or ``timeout`` passes; True when it has ended."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._progress.state in
+                                       (JobState.DONE, JobState.FAILED, JobState.CANCELLED), timeout=timeout)
 
     def interrupt(self) -> None:
         self.interrupted.set()
