@@ -10,10 +10,24 @@ import sys
 import threading
 
 
+def report_exposure(errors: list[str], warnings: list[str]) -> None:
+    """Print exposure problems to stderr in a banner nobody scrolls past."""
+    rule = "=" * 100
+    for label, messages in (("ERROR", errors), ("WARNING", warnings)):
+        for message in messages:
+            print(f"{rule}\n{label}: {message}\n{rule}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from webui.api.security import exposure_problems
     from webui.cli import parse_settings
 
     settings = parse_settings(argv)  # --help exits here, before the heavy imports below
+    # Decide before loading models or binding the port, so a refusal is immediate.
+    errors, warnings = exposure_problems(settings)
+    report_exposure(errors, warnings)
+    if errors:
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn
@@ -35,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         if not services.registry.list():
             print(f"No checkpoint yet: put a .safetensors file in {settings.checkpoints_dir}", flush=True)
         if settings.share:
-            if not settings.gradio_auth:
-                print("WARNING: --share without --gradio-auth makes this UI public to anyone with the link.",
-                      flush=True)
             try:
                 print(f"Public share link: {open_share_link(settings.port)}", flush=True)
             except RuntimeError as exc:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
+from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
 from webui.config import DEVICES, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+
+# What a browser sends in its Origin header: scheme://host[:port], no path, no trailing slash.
+ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also create a public Gradio share link")
     parser.add_argument("--api", action="store_true",
                         help="accepted for A1111 compatibility; the /sdapi/v1 API is always on")
-    parser.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]",
-                        help="require a login for the web UI")
+    add_security_arguments(parser)
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where models run")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="weights precision; auto = fp16 on CUDA, fp32 on CPU")
@@ -37,30 +41,62 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoints kept loaded at once (LRU)")
     parser.add_argument("--queue-size", type=int, default=Limits.queue_size,
                         help="jobs that may wait in the queue before new requests are refused")
+    parser.add_argument("--keep-jobs-on-disconnect", action="store_true",
+                        help="finish API jobs even when the client that asked for them has disconnected")
     parser.add_argument("--no-download", action="store_true",
                         help="hide the offer to download a default model when none is present")
     return parser
 
 
-def parse_auth(value: str | None) -> tuple[tuple[str, str], ...]:
-    if not value:
-        return ()
-    pairs = []
-    for item in value.split(","):
-        user, sep, password = item.strip().partition(":")
-        if not sep or not user or not password:
-            raise argparse.ArgumentTypeError(f"--gradio-auth entries must look like user:password (got {item!r})")
-        pairs.append((user, password))
-    return tuple(pairs)
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security", "logins and browser access; files hold user:pass entries, "
+                                                  "one per line or comma-separated, # starts a comment line")
+    group.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]",
+                       help="require a login for the web UI and its Gradio API")
+    group.add_argument("--gradio-auth-path", type=Path, metavar="PATH", help="read --gradio-auth logins from a file")
+    group.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]",
+                       help="require HTTP Basic auth for every /sdapi route")
+    group.add_argument("--api-auth-file", type=Path, metavar="PATH", help="read --api-auth logins from a file")
+    group.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]",
+                       help="web pages (e.g. https://example.com) allowed to call the server from a browser")
+    group.add_argument("--cors-allow-origins-regex", metavar="REGEX",
+                       help="same as --cors-allow-origins, for origins matching a regular expression")
+    group.add_argument("--insecure-no-auth", action="store_true",
+                       help="serve on the network without any login (dangerous)")
+
+
+def read_auth(inline: str | None, path: Path | None, flag: str) -> Credentials:
+    """Logins from a flag plus its file form; raises CredentialError naming the flag, or the file and line."""
+    pairs = parse_credentials(inline, source=flag) if inline else ()
+    if path is not None:
+        pairs += read_credentials_file(path)
+    return pairs
+
+
+def parse_origins(value: str | None) -> tuple[str, ...]:
+    origins = tuple(item.strip() for item in (value or "").split(",") if item.strip())
+    for origin in origins:
+        if origin != "*" and not ORIGIN_PATTERN.fullmatch(origin):
+            # A trailing slash or a path would silently never match what browsers send.
+            raise argparse.ArgumentTypeError(f"--cors-allow-origins: {origin!r} is not an origin like "
+                                             "https://example.com or http://host:port (no path)")
+    return origins
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        auth = parse_auth(args.gradio_auth)
-    except argparse.ArgumentTypeError as exc:
+        gradio_auth = read_auth(args.gradio_auth, args.gradio_auth_path, "--gradio-auth")
+        api_auth = read_auth(args.api_auth, args.api_auth_file, "--api-auth")
+        cors_origins = parse_origins(args.cors_allow_origins)
+    except (CredentialError, argparse.ArgumentTypeError) as exc:
         parser.error(str(exc))
+    if args.cors_allow_origins_regex is not None:
+        try:
+            re.compile(args.cors_allow_origins_regex)
+        except re.error as exc:
+            parser.error(f"--cors-allow-origins-regex: {exc}")
     if args.max_loaded_models < 1:
         parser.error("--max-loaded-models must be at least 1")
     if args.queue_size < 1:
@@ -68,5 +104,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     return Settings(
         data_dir=args.data_dir.resolve(), host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
         share=args.share, device=args.device, precision=args.precision, memory_profile=args.memory_profile,
-        allow_pickle=args.allow_pickle, gradio_auth=auth, max_loaded_models=args.max_loaded_models,
-        allow_download=not args.no_download, limits=Limits(queue_size=args.queue_size))
+        allow_pickle=args.allow_pickle, max_loaded_models=args.max_loaded_models,
+        allow_download=not args.no_download, limits=Limits(queue_size=args.queue_size),
+        gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
+        cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
+        cancel_on_disconnect=not args.keep_jobs_on_disconnect)

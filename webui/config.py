@@ -38,9 +38,14 @@ class Settings:
     memory_profile: str = "auto"
     allow_pickle: bool = False
     gradio_auth: tuple[tuple[str, str], ...] = ()
+    api_auth: tuple[tuple[str, str], ...] = ()
+    cors_allow_origins: tuple[str, ...] = ()
+    cors_allow_origins_regex: str | None = None
+    insecure_no_auth: bool = False
     max_loaded_models: int = 1
     preview_every: int = 3
     allow_download: bool = True
+    cancel_on_disconnect: bool = True  # a client that hangs up does not keep the GPU busy
     limits: Limits = field(default_factory=Limits)
 
     # Folders follow A1111's names so users can point us at their existing data.

@@ -6,7 +6,9 @@ import gradio as gr
 from fastapi import FastAPI
 
 from webui import VERSION
+from webui.api.listings import build_listings_router
 from webui.api.sdapi import build_router, install_error_handlers
+from webui.api.security import install_security
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
 
@@ -16,8 +18,12 @@ def create_app(services: Services) -> FastAPI:
                   description="A1111-compatible `/sdapi/v1` routes over the same job queue as the web UI.")
     install_error_handlers(app)
     app.include_router(build_router(services))
+    app.include_router(build_listings_router(services))  # before the Gradio mount at "/", which catches the rest
     demo = build_ui(services)
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None
-    return gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, show_error=True,
-                               server_name=services.settings.host, server_port=services.settings.port)
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, show_error=True,
+                              server_name=services.settings.host, server_port=services.settings.port)
+    # Around the whole app, Gradio included: API auth by path, the origin guard on every route.
+    install_security(app, services.settings)
+    return app

@@ -166,10 +166,6 @@ def build_router(services: Services) -> APIRouter:
             parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params}
         return {"info": text, "items": items, "parameters": parameters}
 
-    @router.get("/memory")
-    def memory() -> dict[str, Any]:
-        return services.manager.memory_report()
-
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
         s = services.settings

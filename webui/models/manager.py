@@ -120,5 +120,6 @@ class ModelManager:
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             report["cuda"] = {"free": free, "total": total, "allocated": torch.cuda.memory_allocated(self.device),
-                              "peak": torch.cuda.max_memory_allocated(self.device)}
+                              "peak": torch.cuda.max_memory_allocated(self.device),
+                              "stats": dict(torch.cuda.memory_stats(self.device))}
         return report

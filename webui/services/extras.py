@@ -1,0 +1,110 @@
+"""Extras tab / ``extra-single-image``: resize one image with a plain PIL upscaler, A1111's way. Pure PIL.
+
+Sizes follow A1111's ``Upscaler.upscale``: the result is rounded down to a multiple of 8. "Resize to" with crop
+is a centre crop to exactly the requested size (A1111 pastes onto a black canvas, which can leave a thin black
+edge when the rounding falls short; we crop the source first, which also never builds a huge intermediate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from webui.errors import InvalidRequest
+
+# "None" is A1111's "just resize" entry; its final resize is Lanczos too.
+UPSCALERS: dict[str, Image.Resampling] = {
+    "None": Image.Resampling.LANCZOS,
+    "Lanczos": Image.Resampling.LANCZOS,
+    "Nearest": Image.Resampling.NEAREST,
+}
+MAX_SIDE = 4096
+MAX_PIXELS = 4096 * 4096  # binds only if MAX_SIDE is ever raised; kept so memory stays bounded either way
+
+
+@dataclass(frozen=True)
+class UpscaleSpec:
+    """What to do, validated: ``to_size`` False means scale by ``scale``."""
+
+    to_size: bool = False
+    scale: float = 2.0
+    width: int = 512
+    height: int = 512
+    crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    upscaler_2_visibility: float = 0.0
+
+    def __post_init__(self) -> None:
+        for field in ("upscaler_1", "upscaler_2"):
+            name = getattr(self, field)
+            if name not in UPSCALERS:
+                raise InvalidRequest(field, f"unknown upscaler '{name}'. Available: {', '.join(UPSCALERS)}")
+        if not self.to_size and not self.scale > 0:
+            raise InvalidRequest("upscaling_resize", "must be greater than 0")
+        if self.to_size and (self.width < 1 or self.height < 1):
+            raise InvalidRequest("upscaling_resize_w", "target width and height must be at least 1")
+
+    @property
+    def size_field(self) -> str:
+        """The request field to blame when the result is too large."""
+        return "upscaling_resize_w" if self.to_size else "upscaling_resize"
+
+
+def _floor8(value: float) -> int:
+    # A1111 rounds the destination down to a multiple of 8; tiny images still get at least 8 px.
+    return max(8, int(value) // 8 * 8)
+
+
+def target_size(size: tuple[int, int], spec: UpscaleSpec) -> tuple[int, int]:
+    width, height = size
+    if spec.to_size and spec.crop:
+        return spec.width, spec.height
+    factor = max(spec.width / width, spec.height / height) if spec.to_size else spec.scale
+    return _floor8(width * factor), _floor8(height * factor)
+
+
+def check_size(size: tuple[int, int], field: str) -> None:
+    """Refuse before allocating: a 10x request on a large image would take gigabytes."""
+    width, height = size
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise InvalidRequest(field, f"the result would be {width}x{height}, over the limit of "
+                                    f"{MAX_SIDE}x{MAX_SIDE} ({MAX_PIXELS // 1_000_000} MP)")
+
+
+def _resize(image: Image.Image, size: tuple[int, int], spec: UpscaleSpec, upscaler: str) -> Image.Image:
+    method = UPSCALERS[upscaler]
+    if spec.to_size and spec.crop:
+        return ImageOps.fit(image, size, method=method, centering=(0.5, 0.5))
+    return image.resize(size, resample=method)
+
+
+def _normalise_mode(image: Image.Image) -> Image.Image:
+    # Lanczos needs RGB(A); keep alpha when the input has it (A1111 drops it, nobody wants that).
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    wanted = "RGBA" if has_alpha else "RGB"
+    return image if image.mode == wanted else image.convert(wanted)
+
+
+def upscale(image: Image.Image, spec: UpscaleSpec) -> tuple[Image.Image, dict[str, str]]:
+    """Return the resized image and A1111's postprocessing info (``Postprocess upscale by: 2, ...``)."""
+    size = target_size(image.size, spec)
+    check_size(size, spec.size_field)
+    image = _normalise_mode(image)
+    result = _resize(image, size, spec, spec.upscaler_1)
+    info = {"Postprocess upscale to": f"{spec.width}x{spec.height}"} if spec.to_size \
+        else {"Postprocess upscale by": f"{spec.scale:g}"}
+    info["Postprocess upscaler"] = spec.upscaler_1
+    if spec.upscaler_2 != "None" and spec.upscaler_2_visibility > 0:
+        second = _resize(image, size, spec, spec.upscaler_2)
+        result = Image.blend(result, second, spec.upscaler_2_visibility)
+        info["Postprocess upscaler 2"] = spec.upscaler_2
+    if spec.to_size and spec.crop:
+        info["Postprocess crop to"] = f"{size[0]}x{size[1]}"
+    return result, info
+
+
+def info_text(info: dict[str, str]) -> str:
+    """A1111 joins postprocessing info as ``key: value, ...``."""
+    return ", ".join(f"{key}: {value}" for key, value in info.items())
