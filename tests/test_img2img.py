@@ -127,3 +127,40 @@ def test_masked_region_is_padded_and_has_target_aspect():
     x1, y1, x2, y2 = masked_region(mask, 10, 64, 64)
     assert (x2 - x1) == (y2 - y1) and x1 <= 80 and x2 >= 120
     assert masked_region(Image.new("L", (10, 10)), 4, 64, 64) is None
+
+
+def test_batch_folder_processes_every_image_with_infotext(services, tmp_path):
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    gradient().save(source / "a.png")
+    gradient(80, 64).save(source / "b.jpg")
+    (source / "notes.txt").write_text("skipped")
+    template = Img2ImgRequest(prompt="a cat", denoising_strength=0.5, seed=11, **SMALL)
+    result = services.generation.submit_img2img_batch(template, source, target).wait(timeout=120)
+    assert sorted(p.name for p in target.iterdir()) == ["a.png", "b.png"]
+    text = Image.open(target / "b.png").info["parameters"]
+    assert text.startswith("a cat\n") and "Denoising strength: 0.5" in text
+    assert len(result.images) == 2
+
+
+def test_batch_folder_errors_name_the_field(services, tmp_path):
+    template = Img2ImgRequest(**SMALL)
+    with pytest.raises(InvalidRequest, match="input_dir: .* is not a folder"):
+        services.generation.submit_img2img_batch(template, tmp_path / "missing")
+    with pytest.raises(InvalidRequest, match="input_dir: .* holds no PNG"):
+        services.generation.submit_img2img_batch(template, tmp_path)
+    with pytest.raises(InvalidRequest, match="init_images: at least one image"):
+        services.generation.submit_img2img(template)
+
+
+def test_mask_drawn_in_the_editor_is_the_union_of_painted_layers():
+    from webui.ui.img2img import mask_from_editor
+
+    layer = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).rectangle((4, 4, 10, 10), fill=(255, 255, 255, 255))
+    second = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    ImageDraw.Draw(second).rectangle((20, 20, 25, 25), fill=(255, 255, 255, 200))
+    mask = mask_from_editor({"background": Image.new("RGB", (32, 32)), "layers": [layer, second]})
+    assert mask.getbbox() == (4, 4, 26, 26)
+    assert mask.getpixel((5, 5)) == 255 and mask.getpixel((21, 21)) == 200 and mask.getpixel((15, 15)) == 0
+    assert mask_from_editor({"background": None, "layers": [Image.new("RGBA", (8, 8))]}) is None

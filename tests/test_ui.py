@@ -8,7 +8,7 @@ from tests.conftest import make_settings
 from webui.services.container import build_services
 from webui.types import JobState, Progress
 from webui.ui.app import build_ui
-from webui.ui.txt2img import error_html, progress_html
+from webui.ui.generation_form import error_html, progress_html
 
 
 def _labels(demo: gr.Blocks) -> set[str]:

@@ -56,7 +56,7 @@ class Img2ImgRequest(Txt2ImgRequest):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
 
-    init_images: list[Any] = Field(min_length=1)  # PIL images
+    init_images: list[Any] = Field(default_factory=list)  # PIL images; empty only in a batch template
     resize_mode: int = Field(0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent upscale
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     image_cfg_scale: float = Field(1.5, ge=0.0, le=100.0)  # InstructPix2Pix only

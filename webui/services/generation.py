@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 from typing import Any
+
+from PIL import Image, PngImagePlugin
 
 from webui import VERSION
 from webui.config import Settings
@@ -19,10 +22,11 @@ from webui.pipelines import img2img, txt2img
 from webui.pipelines.common import BatchOutput
 from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.jobs import Job, JobContext, JobQueue
-from webui.services.storage import ImageStore
+from webui.services.storage import ImageStore, write_png_atomic
 from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 2**32 - 1
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def _schedule_label(spec, schedule: str) -> str | None:
@@ -48,6 +52,8 @@ class GenerationService:
 
     def submit_img2img(self, request: Img2ImgRequest) -> Job:
         schedule = self._check(request)
+        if not request.init_images:
+            raise InvalidRequest("init_images", "at least one image is required")
         if request.mask is not None:
             init_size = request.init_images[0].size
             if request.mask.size != init_size:
@@ -57,6 +63,52 @@ class GenerationService:
 
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_img2img(request).wait(timeout)
+
+    def submit_img2img_batch(self, template: Img2ImgRequest, input_dir: Path,
+                             output_dir: Path | None = None) -> Job:
+        """Every image in ``input_dir`` through img2img with the template's settings, in one job.
+
+        Results go to ``output_dir`` (default: the usual img2img outputs) as ``<input name>.png`` with infotext.
+        """
+        schedule = self._check(template)
+        if not input_dir.is_dir():
+            raise InvalidRequest("input_dir", f"{input_dir} is not a folder")
+        files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise InvalidRequest("input_dir", f"{input_dir} holds no PNG, JPEG or WebP images")
+        if output_dir is not None:
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InvalidRequest("output_dir", f"cannot create {output_dir}: {exc.strerror}") from None
+        return self._queue.submit("img2img-batch",
+                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, output_dir))
+
+    def _run_batch_folder(self, ctx: JobContext, template: Img2ImgRequest, schedule: str, files: list[Path],
+                          output_dir: Path | None) -> GenerationResult:
+        total = GenerationResult(images=[], seeds=[], infotexts=[])
+        for path in files:
+            if ctx.interrupted:
+                break
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+            request = template.model_copy(update={"init_images": [image],
+                                                  "save_images": template.save_images and output_dir is None})
+            result = self._run(ctx, request, schedule, _Img2Img(request))
+            for k, (out, text) in enumerate(zip(result.images, result.infotexts)):
+                if output_dir is not None:
+                    name = f"{path.stem}.png" if len(result.images) == 1 else f"{path.stem}-{k}.png"
+                    pnginfo = PngImagePlugin.PngInfo()
+                    pnginfo.add_text("parameters", text)
+                    write_png_atomic(out, output_dir / name, pnginfo)
+                    total.paths.append(output_dir / name)
+            total.paths.extend(result.paths)
+            total.images += result.images
+            total.seeds += result.seeds
+            total.infotexts += result.infotexts
+            total.info = result.info
+        total.interrupted = ctx.interrupted
+        return total
 
     def _check(self, request: Txt2ImgRequest) -> str:
         limits = self._settings.limits

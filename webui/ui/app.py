@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import pnginfo, txt2img
+from webui.ui import img2img, pnginfo, txt2img
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -51,8 +51,10 @@ def build_ui(services: Services) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 t2i = txt2img.build(services, checkpoint)
+            with gr.Tab("img2img", id="img2img"):
+                img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo"):
-                pnginfo.build(t2i.form, tabs, "txt2img")
+                pnginfo.build(t2i, tabs, "txt2img")
         gr.Markdown(f"<small>Stable Studio {VERSION} · device {services.manager.device} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
 

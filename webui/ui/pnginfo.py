@@ -8,7 +8,7 @@ import gradio as gr
 from PIL import Image
 
 from webui.infotext import parse_infotext, read_png_infotext, to_generation_fields
-from webui.ui.txt2img import Txt2ImgForm
+from webui.ui.txt2img import Txt2ImgTab
 
 
 def parameters_table(text: str | None) -> str:
@@ -20,7 +20,7 @@ def parameters_table(text: str | None) -> str:
     return f"<table class='studio-params' id='pnginfo_table'>{body}</table>"
 
 
-def build(txt2img: Txt2ImgForm, tabs: gr.Tabs, txt2img_tab_id: str) -> None:
+def build(txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str) -> None:
     with gr.Row():
         with gr.Column():
             # type="filepath" keeps the uploaded file untouched, text chunks included.
@@ -40,7 +40,7 @@ def build(txt2img: Txt2ImgForm, tabs: gr.Tabs, txt2img_tab_id: str) -> None:
 
     image.change(read, image, [raw, table], api_name="png_info")
 
-    fields = txt2img.components()
+    fields = txt2img.fields()
     targets = [fields[name] for name in ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps",
                                          "cfg_scale", "seed", "width", "height", "clip_skip")]
 

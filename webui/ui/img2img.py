@@ -1,0 +1,141 @@
+"""The img2img tab: img2img, inpainting (drawn or uploaded mask), InstructPix2Pix, batch folders.
+
+The checkpoint decides img2img vs InstructPix2Pix (8-channel models); the Inpaint mode adds a mask. Widgets are
+collected into a typed ``Img2ImgRequest``; the service does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image, ImageChops
+
+from webui.errors import InvalidRequest
+from webui.images import RESIZE_MODES
+from webui.services.container import Services
+from webui.types import Img2ImgRequest
+from webui.ui.generation_form import (Outputs, PromptRow, SettingsForm, build_outputs, build_prompt_row,
+                                      build_settings, named, request_fields, wire)
+
+MODES = ("img2img", "Inpaint", "Batch")
+FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
+
+
+@dataclass
+class InpaintForm:
+    editor: gr.ImageEditor
+    mask_upload: gr.Image
+    mask_blur: gr.Slider
+    inpainting_fill: gr.Radio
+    inpaint_full_res: gr.Radio
+    inpaint_full_res_padding: gr.Slider
+    inpainting_mask_invert: gr.Radio
+
+
+@dataclass
+class Img2ImgTab:
+    row: PromptRow
+    settings: SettingsForm
+    outputs: Outputs
+    image: gr.Image  # the img2img mode's input, also the target of "send to img2img"
+    mode: gr.Radio
+
+
+def mask_from_editor(value: dict | None) -> Image.Image | None:
+    """Union of the painted layers' alpha: what the user drew is what gets repainted."""
+    if not value or not value.get("layers"):
+        return None
+    mask = None
+    for layer in value["layers"]:
+        if layer is not None:
+            alpha = layer.convert("RGBA").getchannel("A")
+            mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
+    if mask is None or mask.getbbox() is None:
+        return None
+    return mask
+
+
+def _inpaint_inputs(values: dict, form: InpaintForm) -> dict[str, Any]:
+    editor = values[form.editor] or {}
+    background = editor.get("background")
+    if background is None:
+        raise InvalidRequest("image", "upload an image to inpaint")
+    mask = values[form.mask_upload] or mask_from_editor(editor)
+    if mask is None:
+        raise InvalidRequest("mask", "paint over the area to change, or upload a mask")
+    if mask.size != background.size:
+        mask = mask.resize(background.size)  # an uploaded mask for the same picture at another resolution
+    return dict(
+        init_images=[background.convert("RGB")], mask=mask, mask_blur=int(values[form.mask_blur]),
+        inpainting_fill=FILL_MODES.index(values[form.inpainting_fill]),
+        inpaint_full_res=values[form.inpaint_full_res] == "Only masked",
+        inpaint_full_res_padding=int(values[form.inpaint_full_res_padding]),
+        inpainting_mask_invert=values[form.inpainting_mask_invert] == "Inpaint not masked")
+
+
+def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
+    row = build_prompt_row("img2img", "make it winter")
+    with gr.Row():
+        with gr.Column():
+            mode = gr.Radio(list(MODES), value="img2img", label="Mode", elem_id="img2img_mode")
+            with gr.Group(visible=True) as img2img_group:
+                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB",
+                                 elem_id="img2img_image", format="png")
+            with gr.Group(visible=False) as inpaint_group:
+                editor = gr.ImageEditor(type="pil", label="Image: paint over the area to change",
+                                        elem_id="img2img_editor", sources=["upload", "clipboard"],
+                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False,
+                                        format="png", image_mode="RGBA")
+                mask_upload = gr.Image(type="pil", label="Or upload a mask (white = repaint)", image_mode="L",
+                                       sources=["upload"], elem_id="img2img_mask", format="png")
+                with gr.Row():
+                    mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
+                    padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
+                fill = gr.Radio(list(FILL_MODES), value="original", label="Masked content")
+                area = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", label="Inpaint area")
+                invert = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
+                                  label="Mask mode")
+            with gr.Group(visible=False) as batch_group:
+                input_dir = gr.Textbox(label="Input folder (on the server)", elem_id="img2img_batch_input")
+                output_dir = gr.Textbox(label="Output folder (empty = outputs/img2img-images)",
+                                        elem_id="img2img_batch_output")
+            resize_mode = gr.Radio(list(RESIZE_MODES.values()), value=RESIZE_MODES[0], label="Resize mode")
+            with gr.Row():
+                denoising = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
+                                      elem_id="img2img_denoising")
+                image_cfg = gr.Slider(0, 5, value=1.5, step=0.05, label="Image CFG scale (InstructPix2Pix)")
+            settings = build_settings(services, "img2img")
+        with gr.Column():
+            outputs = build_outputs("img2img")
+    inpaint = InpaintForm(editor, mask_upload, mask_blur, fill, area, padding, invert)
+
+    mode.change(lambda m: [gr.update(visible=m == name) for name in MODES], mode,
+                [img2img_group, inpaint_group, batch_group], api_visibility="private")
+
+    def submit(values: dict):
+        fields = dict(request_fields(values, settings), prompt=values[row.prompt],
+                      negative_prompt=values[row.negative_prompt], checkpoint=values[checkpoint] or None,
+                      resize_mode=list(RESIZE_MODES.values()).index(values[resize_mode]),
+                      denoising_strength=float(values[denoising]), image_cfg_scale=float(values[image_cfg]))
+        chosen = values[mode]
+        if chosen == "Batch":
+            template = Img2ImgRequest.parse(**fields)  # each file in the folder becomes its init image
+            out = values[output_dir].strip() or None
+            return services.generation.submit_img2img_batch(template, Path(values[input_dir].strip()),
+                                                            Path(out) if out else None)
+        if chosen == "Inpaint":
+            fields.update(_inpaint_inputs(values, inpaint))
+        else:
+            if values[image] is None:
+                raise InvalidRequest("image", "upload an image first")
+            fields["init_images"] = [values[image]]
+        return services.generation.submit_img2img(Img2ImgRequest.parse(**fields))
+
+    inputs = (set(named(settings).values()) | set(named(inpaint).values())
+              | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, resize_mode,
+                 denoising, image_cfg})
+    wire(services, row, outputs, inputs, submit, api_name="img2img")
+    return Img2ImgTab(row, settings, outputs, image, mode)
