@@ -178,14 +178,15 @@ def page(browser, app_server: RunningApp, request) -> Iterator:
 
 # --- helpers ----------------------------------------------------------------------------------------------------------
 
-def set_slider(page, label: str, value: int) -> None:
+def set_slider(page, label: str, value: int, scope: str = "#tab_txt2img") -> None:
     """Type into the number box Gradio shows beside a slider, commit it, and check the slider took it."""
-    box = page.get_by_label(f"number input for {label}", exact=True)
+    area = page.locator(scope)
+    box = area.get_by_label(f"number input for {label}", exact=True)
     box.fill(str(value))
     box.press("Enter")
     box.blur()
     expect(box).to_have_value(str(value))
-    expect(page.get_by_label(f"range slider for {label}", exact=True)).to_have_value(str(value))
+    expect(area.get_by_label(f"range slider for {label}", exact=True)).to_have_value(str(value))
 
 
 def seed_box(page):
@@ -284,3 +285,38 @@ def test_interrupt_stops_a_long_job_and_server_stays_up(page, app_server: Runnin
     done = re.search(r"(\d+) image\(s\)", progress.inner_text())
     assert done and int(done.group(1)) < 3, progress.inner_text()
     assert http_status(f"{app_server.url}/sdapi/v1/sd-models") == 200
+
+
+def test_img2img_inpaints_an_uploaded_image_with_an_uploaded_mask(page, app_server: RunningApp, tmp_path):
+    init = Image.new("RGB", (64, 64), (30, 140, 200))
+    init.save(tmp_path / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+
+    page.get_by_role("tab", name="img2img").click()
+    page.locator("#img2img_mode").get_by_label("Inpaint").check()
+    page.locator("#img2img_editor input[type=file]").set_input_files(str(tmp_path / "init.png"))
+    page.locator("#img2img_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 4), ("Mask blur", 0)):
+        set_slider(page, label, value, scope="#tab_img2img")
+    page.locator("#img2img_prompt textarea").fill("a red door")
+    page.locator("#img2img_generate").click()
+
+    expect(page.locator("#img2img_gallery img").first).to_be_visible(timeout=GENERATE_TIMEOUT)
+    info = page.locator("#img2img_info textarea")
+    expect(info).to_have_value(re.compile(r"Denoising strength: 0.75"), timeout=GENERATE_TIMEOUT)
+    expect(info).to_have_value(re.compile(r"Mask blur: 0"))
+    folder = app_server.data_dir / "outputs" / "img2img-images" / dt.date.today().isoformat()
+    [saved] = sorted(folder.glob("*.png"))
+    with Image.open(saved) as img:
+        assert img.size == (64, 64)
+        assert img.convert("RGB").getpixel((2, 2)) == (30, 140, 200)  # outside the mask: untouched
+        assert "a red door" in img.info["parameters"]
+    screenshot(page, "img2img.png")
+
+
+def test_img2img_without_an_image_says_so(page):
+    page.get_by_role("tab", name="img2img").click()
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#img2img_progress")).to_contain_text("image: upload an image first", timeout=20_000)

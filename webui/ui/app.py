@@ -49,11 +49,11 @@ def build_ui(services: Services) -> gr.Blocks:
             download_status = gr.Markdown(elem_id="download_status")
 
         with gr.Tabs() as tabs:
-            with gr.Tab("txt2img", id="txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build(services, checkpoint)
-            with gr.Tab("img2img", id="img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img.build(services, checkpoint)
-            with gr.Tab("PNG Info", id="pnginfo"):
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build(t2i, tabs, "txt2img")
         gr.Markdown(f"<small>Stable Studio {VERSION} · device {services.manager.device} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
