@@ -27,6 +27,9 @@ DISCONNECT_CHECK_SECONDS = 0.5
 def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, Any]:
     """Map A1111's body (fused sampler names, override_settings) onto our typed request's fields."""
     overrides = body.override_settings or {}
+    if body.script_name:
+        raise InvalidRequest("script_name", f"no script named '{body.script_name}': this server has no "
+                                            "selectable scripts yet (GET /sdapi/v1/scripts lists them)")
     name = body.sampler_name or body.sampler_index or "Euler"
     try:
         spec, schedule = resolve_sampler(name, body.scheduler)
