@@ -86,6 +86,7 @@ def test_txt2img_does_not_save_unless_asked(client, data_dir):
     ({"batch_size": 0}, "batch_size"),
     ({"seed": -5}, "seed"),
     ({"script_name": "x/y plot"}, "script_name"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, "override_settings.sd_model_checkpoint"),
 ])
 def test_invalid_txt2img_fields_get_422_naming_the_field(client, body, field):

@@ -182,3 +182,19 @@ def test_inpainting_checkpoint_is_refused_for_txt2img(data_dir, model_files):
             services.generation.txt2img(Txt2ImgRequest(**SMALL))
     finally:
         services.queue.shutdown()
+
+
+def test_jobs_keep_the_loaded_precision(data_dir, model_files):
+    """A per-job pipeline shares the weights; it must not cast them (diffusers' from_pipe defaults to fp32)."""
+    import torch
+
+    install(model_files["single"], data_dir)
+    services = build_services(make_settings(data_dir, precision="bf16"))
+    try:
+        services.generation.txt2img(Txt2ImgRequest(prompt="x", save_images=False, width=64, height=64, steps=2))
+        with services.manager.lease() as model:
+            assert model.pipe.unet.dtype == torch.bfloat16
+            assert model.pipe.vae.dtype == torch.bfloat16
+            assert model.pipe.text_encoder.dtype == torch.bfloat16
+    finally:
+        services.queue.shutdown()

@@ -43,12 +43,14 @@ def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, A
             checkpoint = services.registry.find(checkpoint).title
         except ModelNotFound as exc:
             raise InvalidRequest("override_settings.sd_model_checkpoint", str(exc)) from None
+    clip_skip = overrides.get("CLIP_stop_at_last_layers", services.options.clip_skip)
+    if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
+        raise InvalidRequest("override_settings.CLIP_stop_at_last_layers", "must be an integer from 1 to 12")
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=spec.name, scheduler=schedule,
         steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
         batch_size=body.batch_size, n_iter=body.n_iter,
-        clip_skip=overrides.get("CLIP_stop_at_last_layers", services.options.clip_skip),
-        checkpoint=checkpoint, save_images=body.save_images,
+        clip_skip=clip_skip, checkpoint=checkpoint, save_images=body.save_images,
     )
 
 

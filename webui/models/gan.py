@@ -79,6 +79,7 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         self.input_nc, self.output_nc, self.ngf = input_nc, output_nc, ngf
         self.size_multiple = 4  # two stride-2 downsamplings
+        self.min_size = 8  # the blocks' ReflectionPad2d(1) needs a bottleneck of at least 2x2
         make_norm = norm_layer(norm)
         use_bias = norm == "instance"  # the release: bias only where the norm does not re-centre (InstanceNorm)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=use_bias), make_norm(ngf),
@@ -141,6 +142,7 @@ class UnetGenerator(nn.Module):
             raise ValueError(f"num_downs must be at least {_UNET_MIN_DOWNS}")
         self.input_nc, self.output_nc, self.ngf = input_nc, output_nc, ngf
         self.size_multiple = 2 ** num_downs  # the bottleneck is 1x1 at that size
+        self.min_size = self.size_multiple
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, norm=norm, innermost=True)
         for _ in range(num_downs - 5):
             block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, use_dropout=use_dropout)

@@ -27,7 +27,8 @@ class BatchOutput:
 def job_pipeline(model: LoadedModel, cls, sampler_name: str, schedule: str):
     """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state."""
     scheduler = build_scheduler(model.scheduler_config, sampler_name, schedule)
-    runner = cls.from_pipe(model.pipe, scheduler=scheduler)
+    # dtype must be passed: from_pipe otherwise casts the shared modules to fp32 in place.
+    runner = cls.from_pipe(model.pipe, scheduler=scheduler, dtype=model.dtype)
     runner.set_progress_bar_config(disable=True)
     return runner
 
