@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 from PIL import Image, PngImagePlugin
 
 from tests.conftest import install
+from webui.models.gan import ResnetGenerator
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -85,10 +87,14 @@ def chromium_binary() -> str:
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[RunningApp]:
-    """The real app on a free port, over a temp data dir holding the tiny single-file checkpoint."""
+    """The real app on a free port, over a temp data dir holding the tiny checkpoint and a tiny CycleGAN."""
     root = tmp_path_factory.mktemp("browser")
     data_dir = root / "data"
     install(model_files["single"], data_dir)
+    (data_dir / "models" / "CycleGAN").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(ResnetGenerator(3, 3, ngf=8, norm="instance", n_blocks=2).state_dict(),
+               data_dir / "models" / "CycleGAN" / "horse2zebra.pth")
     port = free_port()
     log_path = root / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
@@ -296,8 +302,12 @@ def test_img2img_inpaints_an_uploaded_image_with_an_uploaded_mask(page, app_serv
 
     page.get_by_role("tab", name="img2img").click()
     page.locator("#img2img_mode").get_by_label("Inpaint").check()
-    page.locator("#img2img_editor input[type=file]").set_input_files(str(tmp_path / "init.png"))
+    editor = page.locator("#img2img_editor")
+    expect(editor).to_be_visible()
+    editor.locator("input[type=file]").set_input_files(str(tmp_path / "init.png"))
+    expect(editor).not_to_contain_text("Upload an image")  # the editor has taken the picture
     page.locator("#img2img_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
+    expect(page.locator("#img2img_mask img")).to_be_visible()
     for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 4), ("Mask blur", 0)):
         set_slider(page, label, value, scope="#tab_img2img")
     page.locator("#img2img_prompt textarea").fill("a red door")
@@ -320,3 +330,25 @@ def test_img2img_without_an_image_says_so(page):
     page.get_by_role("tab", name="img2img").click()
     page.locator("#img2img_generate").click()
     expect(page.locator("#img2img_progress")).to_contain_text("image: upload an image first", timeout=20_000)
+
+
+def test_style_transfer_then_send_to_img2img(page, app_server: RunningApp, tmp_path):
+    Image.new("RGB", (72, 48), (120, 200, 60)).save(tmp_path / "horse.png")
+    page.get_by_role("tab", name="img2img").click()
+    page.locator("#img2img_mode").get_by_label("Style transfer").check()
+    expect(page.locator("#style_model input")).to_have_value(re.compile(r"CycleGAN/horse2zebra \["))
+    page.locator("#style_image input[type=file]").set_input_files(str(tmp_path / "horse.png"))
+    expect(page.locator("#style_image img")).to_be_visible()
+    page.locator("#style_transfer").click()
+    expect(page.locator("#style_output img")).to_be_visible(timeout=GENERATE_TIMEOUT)
+    expect(page.locator("#style_info")).to_contain_text("Saved to")
+    folder = app_server.data_dir / "outputs" / "img2img-images" / dt.date.today().isoformat()
+    [saved] = folder.glob("*-horse2zebra.png")
+    with Image.open(saved) as img:
+        assert img.size == (72, 48)
+        assert "Style transfer: CycleGAN" in img.info["parameters"]
+    screenshot(page, "style-transfer.png")
+
+    page.locator("#style_send_img2img").click()
+    expect(page.locator("#img2img_mode input[value='img2img']")).to_be_checked()
+    expect(page.locator("#img2img_image img")).to_be_visible()

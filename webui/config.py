@@ -83,6 +83,6 @@ class Settings:
 
     def ensure_dirs(self) -> None:
         """Create the folders users are told to drop files into."""
-        for path in (self.checkpoints_dir, self.lora_dir, self.vae_dir, self.embeddings_dir,
-                     self.extensions_dir, self.outputs_dir):
+        for path in (self.checkpoints_dir, self.lora_dir, self.vae_dir, self.models_dir / "CycleGAN",
+                     self.models_dir / "pix2pix", self.embeddings_dir, self.extensions_dir, self.outputs_dir):
             path.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from webui import VERSION
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import build_router, install_error_handlers
 from webui.api.security import install_security
+from webui.api.studio import build_studio_router
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
 
@@ -18,7 +19,8 @@ def create_app(services: Services) -> FastAPI:
                   description="A1111-compatible `/sdapi/v1` routes over the same job queue as the web UI.")
     install_error_handlers(app)
     app.include_router(build_router(services))
-    app.include_router(build_listings_router(services))  # before the Gradio mount at "/", which catches the rest
+    app.include_router(build_listings_router(services))
+    app.include_router(build_studio_router(services))  # all routers before the Gradio mount at "/", which catches the rest
     demo = build_ui(services)
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None

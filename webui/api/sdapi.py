@@ -73,7 +73,7 @@ def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2Img
         inpainting_mask_invert=bool(body.inpainting_mask_invert)))
 
 
-async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> GenerationResult:
+async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> Any:
     """Wait for a job without blocking the event loop; a client that hangs up does not keep the GPU busy."""
     while not await anyio.to_thread.run_sync(job.wait_done, DISCONNECT_CHECK_SECONDS):
         if cancel_on_disconnect and await request.is_disconnected():

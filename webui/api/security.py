@@ -21,7 +21,7 @@ from webui.config import Settings
 
 Credentials = tuple[tuple[str, str], ...]
 
-API_PREFIX = "/sdapi"
+API_PREFIXES = ("/sdapi", "/studio")  # A1111's API and the project's own
 REALM = "Stable Studio API"
 # Methods a browser lets any page send cross-site (forms, fetch no-cors): the ones a forged request can abuse.
 STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -134,11 +134,11 @@ def error_response(status: int, message: str, header: str, headers: dict[str, st
 
 
 def is_api_path(path: str) -> bool:
-    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in API_PREFIXES)
 
 
 class ApiAuthMiddleware:
-    """HTTP Basic auth on every path under ``/sdapi``: by prefix, so routes added later are covered too."""
+    """HTTP Basic auth on every path under ``/sdapi`` and ``/studio``: by prefix, so later routes are covered too."""
 
     def __init__(self, app: ASGIApp, credentials: Credentials) -> None:
         self.app = app

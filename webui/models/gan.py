@@ -263,8 +263,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ModelLoadError(f"{path.name} refused: not a plain weights file (pickles can run code). "
-                             f"Re-save it as a state dict or convert it to .safetensors. ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{path.name} refused: not a plain weights file (pickles can run code). Re-save it "
+                             f"as a state dict or convert it to .safetensors.{_unsupported_global(exc)}") from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise ModelLoadError(f"{path.name} could not be read: {_first_line(exc)}") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -282,6 +282,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{path.name} could not be read: {_first_line(exc)}") from None
+
+
+def _unsupported_global(exc: BaseException) -> str:
+    # torch's message suggests weights_only=False, which is exactly what we must never do; keep only the culprit.
+    lines = [line.strip() for line in str(exc).splitlines() if "unsupported global" in line.lower()]
+    return f" ({lines[0]})" if lines else ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -52,7 +52,7 @@ def to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
 
 def to_image(y: torch.Tensor) -> Image.Image:
     array = ((y[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8 2-D -> "L", HxWx3 -> "RGB"
 
 
 def _tile_size(tile: int, multiple: int, min_size: int) -> int:

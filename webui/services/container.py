@@ -11,6 +11,7 @@ from webui.services.downloads import DefaultModelDownloader
 from webui.services.generation import GenerationService
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
+from webui.services.style import StyleTransferService
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Services:
     generation: GenerationService
     options: OptionsService
     downloads: DefaultModelDownloader
+    style: StyleTransferService
 
 
 def build_services(settings: Settings) -> Services:
@@ -30,7 +32,8 @@ def build_services(settings: Settings) -> Services:
     from webui.services.storage import ImageStore
 
     settings.ensure_dirs()
-    registry = ModelRegistry(settings.checkpoints_dir, HashCache(settings.hash_cache_file))
+    hashes = HashCache(settings.hash_cache_file)  # one instance: two would overwrite each other's cache file
+    registry = ModelRegistry(settings.checkpoints_dir, hashes)
     registry.refresh()
     manager = ModelManager(settings, registry)
     queue = JobQueue(max_pending=settings.limits.queue_size)
@@ -43,4 +46,5 @@ def build_services(settings: Settings) -> Services:
         generation=GenerationService(settings, manager, queue, store),
         options=OptionsService(settings.data_dir / "config.json", manager),
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
+        style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device),
     )

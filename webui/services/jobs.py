@@ -208,6 +208,9 @@ class JobQueue:
         job._update(state=JobState.RUNNING)
         try:
             job.result = job._work(JobContext(job))
+        except Cancelled as exc:
+            job.error = exc
+            job._update(state=JobState.CANCELLED, textinfo=str(exc))
         except StudioError as exc:
             job.error = exc
             job._update(state=JobState.FAILED, textinfo=str(exc))

@@ -27,13 +27,15 @@ class ImageStore:
     def folder(self, category: str) -> Path:
         return self._root / f"{category}-images" / self._today().isoformat()
 
-    def save(self, image: Image.Image, category: str, seed: int, infotext: str) -> Path:
+    def save(self, image: Image.Image, category: str, seed: int, infotext: str, label: str | None = None) -> Path:
+        """Save as ``NNNNN-SEED.png``, or ``NNNNN-LABEL.png`` for outputs without a seed (style transfer)."""
         folder = self.folder(category)
         folder.mkdir(parents=True, exist_ok=True)
         pnginfo = PngImagePlugin.PngInfo()
         pnginfo.add_text("parameters", infotext)
         with self._lock:
-            path = folder / f"{self._next_number(folder):05d}-{seed}.png"
+            suffix = re.sub(r"[^\w.-]+", "_", label) if label else str(seed)
+            path = folder / f"{self._next_number(folder):05d}-{suffix}.png"
             write_png_atomic(image, path, pnginfo)
         return path
 

@@ -116,8 +116,9 @@ class StyleTransferService:
                               f"try a smaller tile size.") from None
         infotext = format_infotext("", "", {"Style transfer": info.kind, "Model": info.name,
                                             "Model hash": info.short_hash, "Size": f"{image.width}x{image.height}"})
-        # ImageStore names files NNNNN-SEED.png; a GAN has no seed, so 0 stands in.
-        path = self._store.save(image, "img2img", seed=0, infotext=infotext) if request.save else None
+        # A GAN has no seed: the file is named after the model instead (NNNNN-horse2zebra.png).
+        path = self._store.save(image, "img2img", seed=0, infotext=infotext, label=info.name) \
+            if request.save else None
         return StyleTransferResult(image=image, model=info.title, infotext=infotext, path=path)
 
     def _generator(self, info: GanModelInfo) -> nn.Module:

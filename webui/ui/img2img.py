@@ -6,6 +6,7 @@ collected into a typed ``Img2ImgRequest``; the service does the rest.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,15 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageChops
 
-from webui.errors import InvalidRequest
+from webui.errors import InvalidRequest, StudioError
 from webui.images import RESIZE_MODES
 from webui.services.container import Services
+from webui.services.style import StyleTransferRequest
 from webui.types import Img2ImgRequest
 from webui.ui.generation_form import (Outputs, PromptRow, SettingsForm, build_outputs, build_prompt_row,
-                                      build_settings, named, request_fields, wire)
+                                      build_settings, error_html, named, request_fields, wire)
 
-MODES = ("img2img", "Inpaint", "Batch")
+MODES = ("img2img", "Inpaint", "Batch", "Style transfer")
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
 
 
@@ -33,6 +35,55 @@ class InpaintForm:
     inpaint_full_res: gr.Radio
     inpaint_full_res_padding: gr.Slider
     inpainting_mask_invert: gr.Radio
+
+
+@dataclass
+class StyleTransferForm:
+    group: gr.Group
+    model: gr.Dropdown
+    output: gr.Image
+    send: gr.Button
+
+
+def build_style_transfer(services: Services) -> StyleTransferForm:
+    """CycleGAN / pix2pix: one forward pass, no prompt; the result can go on to img2img for refinement."""
+    def titles() -> list[str]:
+        return [m.title for m in services.style.list_models()]
+
+    with gr.Group(visible=False) as group:
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown(titles(), value=(titles() or [None])[0], scale=4, elem_id="style_model",
+                                label="Style model (models/CycleGAN, models/pix2pix)")
+            refresh = gr.Button("Refresh", scale=0, min_width=80)
+        source = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB",
+                          elem_id="style_image", format="png", height=320)
+        run = gr.Button("Transfer style", variant="primary", elem_id="style_transfer")
+        output = gr.Image(type="pil", label="Result", interactive=False, format="png", elem_id="style_output",
+                          height=320)
+        info = gr.HTML(elem_id="style_info")
+        send = gr.Button("Send to img2img", elem_id="style_send_img2img")
+
+    def transfer(model_title: str | None, image: Image.Image | None):
+        try:
+            if not model_title:
+                raise InvalidRequest("model", "no style model: put CycleGAN/pix2pix generators (.pth or "
+                                              ".safetensors) in models/CycleGAN or models/pix2pix and press Refresh")
+            if image is None:
+                raise InvalidRequest("image", "upload an image first")
+            result = services.style.submit(StyleTransferRequest(model=model_title, image=image)).wait()
+        except StudioError as exc:
+            return gr.update(), error_html(str(exc))
+        saved = f" Saved to {result.path.name}." if result.path else ""
+        return result.image, f"<div class='studio-progress'>{html.escape(result.model)}.{saved}</div>"
+
+    def refresh_models(current: str | None):
+        services.style.refresh_models()
+        choices = titles()
+        return gr.update(choices=choices, value=current if current in choices else (choices or [None])[0])
+
+    run.click(transfer, [model, source], [output, info], api_name="style_transfer")
+    refresh.click(refresh_models, model, model, api_visibility="private")
+    return StyleTransferForm(group, model, output, send)
 
 
 @dataclass
@@ -83,14 +134,14 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
             mode = gr.Radio(list(MODES), value="img2img", label="Mode", elem_id="img2img_mode")
             with gr.Group(visible=True) as img2img_group:
                 image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB",
-                                 elem_id="img2img_image", format="png")
+                                 elem_id="img2img_image", format="png", height=360)
             with gr.Group(visible=False) as inpaint_group:
                 editor = gr.ImageEditor(type="pil", label="Image: paint over the area to change",
                                         elem_id="img2img_editor", sources=["upload", "clipboard"],
                                         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False,
                                         format="png", image_mode="RGBA")
                 mask_upload = gr.Image(type="pil", label="Or upload a mask (white = repaint)", image_mode="L",
-                                       sources=["upload"], elem_id="img2img_mask", format="png")
+                                       sources=["upload"], elem_id="img2img_mask", format="png", height=200)
                 with gr.Row():
                     mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
                     padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
@@ -102,18 +153,31 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                 input_dir = gr.Textbox(label="Input folder (on the server)", elem_id="img2img_batch_input")
                 output_dir = gr.Textbox(label="Output folder (empty = outputs/img2img-images)",
                                         elem_id="img2img_batch_output")
-            resize_mode = gr.Radio(list(RESIZE_MODES.values()), value=RESIZE_MODES[0], label="Resize mode")
-            with gr.Row():
-                denoising = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
-                                      elem_id="img2img_denoising")
-                image_cfg = gr.Slider(0, 5, value=1.5, step=0.05, label="Image CFG scale (InstructPix2Pix)")
-            settings = build_settings(services, "img2img")
+            style = build_style_transfer(services)
+            with gr.Group() as diffusion_group:
+                resize_mode = gr.Radio(list(RESIZE_MODES.values()), value=RESIZE_MODES[0], label="Resize mode")
+                with gr.Row():
+                    denoising = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
+                                          elem_id="img2img_denoising")
+                    image_cfg = gr.Slider(0, 5, value=1.5, step=0.05, label="Image CFG scale (InstructPix2Pix)")
+                settings = build_settings(services, "img2img")
         with gr.Column():
             outputs = build_outputs("img2img")
     inpaint = InpaintForm(editor, mask_upload, mask_blur, fill, area, padding, invert)
 
-    mode.change(lambda m: [gr.update(visible=m == name) for name in MODES], mode,
-                [img2img_group, inpaint_group, batch_group], api_visibility="private")
+    def show_mode(chosen: str):
+        groups = [gr.update(visible=chosen == name) for name in MODES]
+        return groups + [gr.update(visible=chosen != "Style transfer")]
+
+    mode.change(show_mode, mode, [img2img_group, inpaint_group, batch_group, style.group, diffusion_group],
+                api_visibility="private")
+
+    def send_to_img2img(result: Image.Image | None):
+        if result is None:
+            return gr.update(), gr.update()
+        return gr.update(value=result), gr.update(value="img2img")
+
+    style.send.click(send_to_img2img, style.output, [image, mode], api_visibility="private")
 
     def submit(values: dict):
         fields = dict(request_fields(values, settings), prompt=values[row.prompt],
