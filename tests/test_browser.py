@@ -304,7 +304,9 @@ def test_img2img_inpaints_an_uploaded_image_with_an_uploaded_mask(page, app_serv
     page.locator("#img2img_mode").get_by_label("Inpaint").check()
     editor = page.locator("#img2img_editor")
     expect(editor).to_be_visible()
-    editor.locator("input[type=file]").set_input_files(str(tmp_path / "init.png"))
+    with page.expect_file_chooser() as chooser:  # as a person does it: click the upload area, pick the file
+        editor.get_by_text("Upload an image").click()
+    chooser.value.set_files(str(tmp_path / "init.png"))
     expect(editor).not_to_contain_text("Upload an image")  # the editor has taken the picture
     page.locator("#img2img_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
     expect(page.locator("#img2img_mask img")).to_be_visible()
