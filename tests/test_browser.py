@@ -9,6 +9,7 @@ Run just these with ``pytest -m browser``; they skip when no Chromium binary is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -85,23 +86,15 @@ def chromium_binary() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[RunningApp]:
-    """The real app on a free port, over a temp data dir holding the tiny checkpoint and a tiny CycleGAN."""
-    root = tmp_path_factory.mktemp("browser")
-    data_dir = root / "data"
-    install(model_files["single"], data_dir)
-    (data_dir / "models" / "CycleGAN").mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(ResnetGenerator(3, 3, ngf=8, norm="instance", n_blocks=2).state_dict(),
-               data_dir / "models" / "CycleGAN" / "horse2zebra.pth")
+@contextlib.contextmanager
+def launch_app(data_dir: Path, log_path: Path, *extra_args: str) -> Iterator[RunningApp]:
+    """Start the real app.py on a free port and wait until its API answers; stop it afterwards."""
     port = free_port()
-    log_path = root / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--device", "cpu"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--device", "cpu",
+             *extra_args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     app = RunningApp(f"http://127.0.0.1:{port}", data_dir, log_path, process)
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE
@@ -119,6 +112,20 @@ def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[Runni
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[RunningApp]:
+    """The real app on a free port, over a temp data dir holding the tiny checkpoint and a tiny CycleGAN."""
+    root = tmp_path_factory.mktemp("browser")
+    data_dir = root / "data"
+    install(model_files["single"], data_dir)
+    (data_dir / "models" / "CycleGAN").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(ResnetGenerator(3, 3, ngf=8, norm="instance", n_blocks=2).state_dict(),
+               data_dir / "models" / "CycleGAN" / "horse2zebra.pth")
+    with launch_app(data_dir, root / "app.log") as app:
+        yield app
 
 
 PAGE_KEY = pytest.StashKey[object]()
@@ -354,3 +361,30 @@ def test_style_transfer_then_send_to_img2img(page, app_server: RunningApp, tmp_p
     page.locator("#style_send_img2img").click()
     expect(page.locator("#img2img_mode input[value='img2img']")).to_be_checked()
     expect(page.locator("#img2img_image img")).to_be_visible()
+
+
+def test_first_run_without_a_checkpoint_then_drop_one_in(browser, tmp_path, model_files):
+    """A new user: the UI says where to put a model, generating explains itself, Refresh finds a dropped file.
+
+    The download offer's offline message is covered in test_ui.py against a closed local port.
+    """
+    data_dir = tmp_path / "data"
+    with launch_app(data_dir, tmp_path / "app.log", "--no-download") as app:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        try:
+            page.goto(app.url)
+            notice = page.locator("#no_model_notice")
+            expect(notice).to_contain_text("No checkpoint found")
+            expect(notice).to_contain_text(str(data_dir / "models" / "Stable-diffusion"))
+            expect(page.locator("#download_default")).to_be_hidden()  # --no-download: no offer (no network here)
+            page.locator("#txt2img_generate").click()
+            expect(page.locator("#txt2img_progress")).to_contain_text("No checkpoint found", timeout=20_000)
+            screenshot(page, "first-run.png")
+
+            install(model_files["single"], data_dir)
+            page.locator("#refresh_checkpoints").click()
+            expect(page.locator("#checkpoint input")).to_have_value(re.compile(r"^tiny-sd15\.safetensors \["))
+            expect(notice).to_be_hidden()
+        finally:
+            context.close()

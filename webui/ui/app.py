@@ -30,8 +30,9 @@ def _titles(services: Services) -> list[str]:
 def _notice(services: Services) -> str:
     if services.registry.list():
         return ""
+    offer = ", or download Stable Diffusion 1.5 (4.3 GB) below" if services.settings.allow_download else ""
     return (f"**No checkpoint found.** Put a Stable Diffusion `.safetensors` file (or a diffusers folder) in "
-            f"`{services.registry.directory}` and press Refresh, or download Stable Diffusion 1.5 (4.3 GB) below.")
+            f"`{services.registry.directory}` and press Refresh{offer}.")
 
 
 def build_ui(services: Services) -> gr.Blocks:
@@ -45,7 +46,8 @@ def build_ui(services: Services) -> gr.Blocks:
             status = gr.Markdown(elem_id="model_status")
         with gr.Group(visible=not services.registry.list()) as first_run:
             notice = gr.Markdown(_notice(services), elem_id="no_model_notice")
-            download = gr.Button("Download Stable Diffusion 1.5", elem_id="download_default")
+            download = gr.Button("Download Stable Diffusion 1.5", elem_id="download_default",
+                                 visible=services.settings.allow_download)
             download_status = gr.Markdown(elem_id="download_status")
 
         with gr.Tabs() as tabs:
@@ -76,7 +78,10 @@ def build_ui(services: Services) -> gr.Blocks:
             return f"Loaded **{info.title}**"
 
         checkpoint.input(do_select, checkpoint, status, api_visibility="private")
-        download.click(lambda: _download(services), None, download_status, api_visibility="private").then(
+        def download_default() -> Iterator[str]:
+            yield from _download(services)  # a generator function, so Gradio streams each progress line
+
+        download.click(download_default, None, download_status, api_visibility="private").then(
             do_refresh, checkpoint, [checkpoint, first_run, notice], api_visibility="private")
     return demo
 
