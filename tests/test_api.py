@@ -232,3 +232,36 @@ def test_images_past_the_pixel_budget_are_refused_before_decoding(client):
     response = client.post("/sdapi/v1/img2img", json={"init_images": [huge], **SMALL})
     assert response.status_code == 422
     assert "over the pixel budget" in response.json()["error"]
+
+
+def test_refresh_checkpoints_finds_a_dropped_file(client, data_dir, model_files):
+    import shutil
+    before = {m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()}
+    shutil.copy2(model_files["single"], data_dir / "models" / "Stable-diffusion" / "dropped.safetensors")
+    assert client.post("/sdapi/v1/refresh-checkpoints").json() == {}
+    after = {m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()}
+    assert after - before == {"dropped"}
+
+
+def test_skip_drops_the_running_batch_via_the_api(client, services):
+    body = {"prompt": "x", "seed": 10, "width": 64, "height": 64, "steps": 60, "n_iter": 2}
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=client.post("/sdapi/v1/txt2img", json=body)))
+    worker.start()
+    while services.queue.current is None:
+        threading.Event().wait(0.05)
+    job, version = services.queue.current, 0
+    while job.progress.step < 2:
+        version, _ = job.watch(version, timeout=5)
+    assert client.post("/sdapi/v1/skip").json() == {}
+    worker.join(timeout=120)
+    assert json.loads(outcome["r"].json()["info"])["all_seeds"] == [11]  # the first batch was skipped
+
+
+def test_cmd_flags_and_bad_option_values(client):
+    flags = client.get("/sdapi/v1/cmd-flags").json()
+    assert flags["listen"] is False and flags["port"] == 7860
+    response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": "two"})
+    assert response.status_code == 422 and "CLIP_stop_at_last_layers" in response.json()["error"]
+    response = client.post("/sdapi/v1/options", json=["not", "a", "dict"])
+    assert response.status_code == 422
