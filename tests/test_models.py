@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 
 import pytest
 import torch

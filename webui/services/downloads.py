@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.error import HTTPError, URLError
+from urllib.error import HTTPError
 from urllib.parse import urlsplit
 
 from webui.errors import Cancelled, DownloadError
@@ -173,7 +173,8 @@ class DefaultModelDownloader:
                 # Nothing left past our offset: the .part is already whole (the sha256 check has the last word).
                 _ProgressThrottle(progress, offset).finish(offset)
                 return
-            raise DownloadError(f"Download of {self.spec.filename} failed: {self.host} answered HTTP {error.code}.")
+            raise DownloadError(
+                f"Download of {self.spec.filename} failed: {self.host} answered HTTP {error.code}.") from None
         except _NETWORK_ERRORS as error:
             raise self._network_error(error) from error
 
