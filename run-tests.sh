@@ -12,5 +12,6 @@ if ! command -v chromium >/dev/null 2>&1; then
         echo "Chromium not found and cannot be installed here: browser tests will be skipped." >&2
     fi
 fi
+.venv/bin/ruff check --quiet .  # pyflakes-level errors and bug patterns; style is left to review
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 exec .venv/bin/python -m pytest -q "$@"
