@@ -66,3 +66,17 @@ def test_out_of_memory_retries_tiled():
 def test_out_of_memory_even_tiled_gives_a_clear_message():
     with pytest.raises(OutOfMemory, match=r"Out of GPU memory while decoding 2 image\(s\) of 64x64, even tiled"):
         decode.decode_latents(_OomVae(fail_tiled=True), torch.zeros(2, 4, 8, 8))
+
+
+def test_out_of_memory_while_sampling_is_explained():
+    from webui.pipelines.common import StepCallback, run_and_decode
+
+    class OomPipeline:
+        vae = None
+
+        def __call__(self, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    listener = type("Listener", (), {"on_step": lambda *a: None, "should_stop": lambda self: False})()
+    with pytest.raises(OutOfMemory, match=r"Out of GPU memory while sampling 4 image\(s\).*--memory-profile"):
+        run_and_decode(OomPipeline(), {"num_images_per_prompt": 4}, StepCallback(listener, 10, 0, "sd1"))

@@ -182,7 +182,7 @@ def build_router(services: Services) -> APIRouter:
 
 
 _STATUS = {InvalidRequest: 422, ModelNotFound: 404, ModelLoadError: 422, NoModelAvailable: 409,
-           Cancelled: 409, OutOfMemory: 507, QueueFull: 503}
+           Cancelled: 409, OutOfMemory: 503, QueueFull: 503}
 
 
 def _error_body(message: str, field: str | None = None, reason: str | None = None) -> dict[str, Any]:

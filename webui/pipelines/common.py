@@ -8,6 +8,7 @@ from typing import Callable, Protocol
 import torch
 from PIL import Image
 
+from webui.errors import OutOfMemory
 from webui.models.loader import LoadedModel
 from webui.pipelines import conditioning, decode
 from webui.samplers import build_scheduler
@@ -73,6 +74,12 @@ class StepCallback:
 
 def run_and_decode(runner, kwargs: dict, callback: StepCallback) -> BatchOutput:
     with torch.inference_mode():
-        result = runner(**kwargs, output_type="latent", **callback.kwargs())
+        try:
+            result = runner(**kwargs, output_type="latent", **callback.kwargs())
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the memory back before the next job, then explain
+            raise OutOfMemory(
+                f"Out of GPU memory while sampling {kwargs.get('num_images_per_prompt', 1)} image(s). Lower the "
+                "size or batch size, or start with --memory-profile 8gb or 4gb.") from None
         images = decode.decode_latents(runner.vae, result.images)
     return BatchOutput(images=decode.to_pil(images), stopped_early=callback.stopped)
