@@ -164,3 +164,15 @@ def test_mask_drawn_in_the_editor_is_the_union_of_painted_layers():
     assert mask.getbbox() == (4, 4, 26, 26)
     assert mask.getpixel((5, 5)) == 255 and mask.getpixel((21, 21)) == 200 and mask.getpixel((15, 15)) == 0
     assert mask_from_editor({"background": None, "layers": [Image.new("RGBA", (8, 8))]}) is None
+
+
+def test_init_images_past_the_pixel_budget_are_refused(data_dir, model_files):
+    from webui.config import Limits
+
+    install(model_files["single"], data_dir)
+    services = build_services(make_settings(data_dir, limits=Limits(max_image_pixels=64 * 64)))
+    try:
+        with pytest.raises(InvalidRequest, match="init_images.0: 65x64 is over this server's limit of 4096 pixels"):
+            services.generation.submit_img2img(Img2ImgRequest(init_images=[gradient(65, 64)], **SMALL))
+    finally:
+        services.queue.shutdown()

@@ -25,6 +25,7 @@ class Limits:
     max_batch_size: int = 8
     max_batch_count: int = 100
     queue_size: int = 16
+    max_image_pixels: int = 4096 * 4096  # uploaded images; checked from the header, before decoding
 
 
 @dataclass(frozen=True)

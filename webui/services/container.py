@@ -46,5 +46,6 @@ def build_services(settings: Settings) -> Services:
         generation=GenerationService(settings, manager, queue, store),
         options=OptionsService(settings.data_dir / "config.json", manager),
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
-        style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device),
+        style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device,
+                                   max_pixels=settings.limits.max_image_pixels),
     )

@@ -54,6 +54,11 @@ class GenerationService:
         schedule = self._check(request)
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
+        budget = self._settings.limits.max_image_pixels
+        for index, image in enumerate(request.init_images):
+            if image.width * image.height > budget:
+                raise InvalidRequest(f"init_images.{index}", f"{image.width}x{image.height} is over this server's "
+                                                             f"limit of {budget} pixels")
         if request.mask is not None:
             init_size = request.init_images[0].size
             if request.mask.size != init_size:
