@@ -149,6 +149,28 @@ def test_txt2img_generates_an_image(family_files, data_dir, family):
     assert f"Model: tiny-{family}," in result.infotexts[0]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_img2img_and_inpainting_run_for_each_family(family_files, data_dir, family):
+    from PIL import Image
+
+    from webui.types import Img2ImgRequest
+
+    install(family_files[family], data_dir)
+    services = build_services(make_settings(data_dir))
+    init = Image.new("RGB", (64, 64), (40, 90, 200))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    try:
+        common = dict(prompt="a fox", init_images=[init], seed=2, width=64, height=64, steps=3, save_images=False)
+        plain = services.generation.img2img(Img2ImgRequest(**common, denoising_strength=0.6))
+        painted = services.generation.img2img(Img2ImgRequest(**common, mask=mask, mask_blur=0,
+                                                             denoising_strength=1.0))
+    finally:
+        services.queue.shutdown()
+    assert plain.images[0].size == (64, 64) and "Denoising strength: 0.6" in plain.infotexts[0]
+    assert painted.images[0].getpixel((2, 2)) == (40, 90, 200)  # outside the mask: untouched
+
+
 def test_sd2_prediction_type_follows_the_yaml_next_to_the_file(family_files, data_dir):
     info = _checkpoint(family_files["sd2"], data_dir)
     assert loader.load(info, torch.float32).scheduler_config["prediction_type"] == "epsilon"

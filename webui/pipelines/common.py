@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -28,8 +29,15 @@ class BatchOutput:
 def job_pipeline(model: LoadedModel, cls, sampler_name: str, schedule: str):
     """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state."""
     scheduler = build_scheduler(model.scheduler_config, sampler_name, schedule)
-    # dtype must be passed: from_pipe otherwise casts the shared modules to fp32 in place.
-    runner = cls.from_pipe(model.pipe, scheduler=scheduler, dtype=model.dtype)
+    # Built from the constructor rather than from_pipe: from_pipe ends with a .to(dtype) of the shared modules
+    # (fp32 unless told otherwise), which would recast the loaded weights and logs warnings on every job.
+    params = inspect.signature(cls.__init__).parameters
+    available = {**model.pipe.components, "scheduler": scheduler}
+    kwargs = {name: available.get(name) for name, p in params.items()
+              if name != "self" and (name in available or p.default is inspect.Parameter.empty)}
+    if "requires_safety_checker" in params:
+        kwargs["requires_safety_checker"] = False
+    runner = cls(**kwargs)
     runner.set_progress_bar_config(disable=True)
     return runner
 

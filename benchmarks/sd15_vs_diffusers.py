@@ -1,0 +1,533 @@
+"""SD1.5 txt2img, side by side in one process: Stable Studio's real path versus vanilla diffusers.
+
+Method (see /work/shared/PERF.md):
+
+* Build the real SD1.5 architecture with RANDOM weights (UNet 859.5 M, VAE 83.7 M, CLIP-L text 123.1 M params)
+  in fp16. Speed and memory depend on the architecture, not on the weight values.
+* Write them as ONE single-file checkpoint in the original LDM layout (``pipeline_components_to_ldm``) into a
+  temporary data dir, the way a user drops a ``.safetensors`` file into ``models/Stable-diffusion``.
+* vanilla: ``StableDiffusionPipeline`` built from the same in-memory modules, ``DPMSolverMultistepScheduler``
+  (DPM++ 2M, Karras sigmas unless ``--schedule`` says otherwise), SDPA attention, ``pipe.to(device)``.
+* ours: ``build_services(Settings(...))`` on that data dir; the checkpoint is loaded by our loader/manager and
+  each image batch goes through ``services.generation.txt2img(Txt2ImgRequest(...))`` (queue, conditioning,
+  scheduler, step callback with previews, decode with its NaN fallback, PIL conversion), ``save_images=False``.
+* Same prompt, size, steps, CFG 7.5, seed and batch on both sides. Each side: 1 warm-up, then ``--runs`` timed
+  runs; median and min seconds per image batch, ``torch.cuda.max_memory_allocated()`` peak (reset between
+  sides, includes the weights), and how many images came out NaN (random fp16 weights can overflow: that does
+  not change the time, but it is reported, never hidden).
+* Order: vanilla FIRST, then ours (vanilla reuses the freshly built modules; they are freed before ours loads
+  the file, so only one copy of the weights is alive at a time).
+* ``--memory-gib`` caps the process with ``torch.cuda.set_per_process_memory_fraction`` to simulate a smaller
+  card: allocations past it raise out-of-memory as on a real card. A side that runs out reports OOM.
+  Note: our ``--profile auto`` reads the card's real total memory, not this cap; pass ``--profile 8gb`` to get
+  what an 8 GB card would get.
+
+Figures are only valid on the device named in the output (and only on a GPU: CPU runs are smoke tests).
+This script is not a test and nothing under ``tests/`` imports it.
+
+    .venv/bin/python benchmarks/sd15_vs_diffusers.py --json /tmp/sd15_vs_diffusers.json
+    .venv/bin/python benchmarks/sd15_vs_diffusers.py --device cpu --size 128 --steps 2 --runs 1   # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GIB = 1024**3
+PROMPT = "a photograph of an astronaut riding a horse, highly detailed"
+SEED = 1234
+CFG = 7.5
+SAMPLER = "DPM++ 2M"
+TOKENIZER_DIR = ROOT / "webui" / "models" / "configs" / "clip_tokenizer"
+SCHEDULER_CONFIG = ROOT / "webui" / "models" / "configs" / "scheduler_config.json"
+EXPECTED_PARAMS_M = {"unet": 859.5, "vae": 83.7, "text_encoder": 123.1}
+
+
+@dataclass
+class SideResult:
+    name: str
+    times_s: list[float] = field(default_factory=list)
+    warmup_s: float | None = None
+    load_s: float | None = None  # ours only: checkpoint file -> ready on the device
+    peak_allocated_gib: float | None = None  # None on CPU
+    images: int = 0  # images checked for NaN (timed runs)
+    nan_images: int = 0
+    unet_calls: int = 0  # UNet forward calls during the timed runs
+    nan_unet_calls: int = 0  # of those, how many returned any NaN
+    vae_fp32_redecodes: int = 0  # ours only: decode retried in fp32 because the fp16 VAE gave NaN
+    attention: str = ""
+    error: str | None = None
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.times_s) if self.times_s else None
+
+    @property
+    def min_s(self) -> float | None:
+        return min(self.times_s) if self.times_s else None
+
+
+# ----------------------------------------------------------------------------------------- arguments
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("auto", "fp16", "bf16", "fp32"), default="auto",
+                        help="both sides; auto = fp16 on CUDA, fp32 on CPU (our resolve_dtype)")
+    parser.add_argument("--size", type=int, default=512, help="width = height in pixels (multiple of 8)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per side, after 1 warm-up")
+    parser.add_argument("--memory-gib", type=float, default=8.0,
+                        help="simulate a card with this much memory (CUDA only); 0 = no cap")
+    parser.add_argument("--profile", choices=("auto", "8gb", "4gb"), default="auto", help="our memory profile")
+    parser.add_argument("--schedule", choices=("Karras", "Automatic"), default="Karras",
+                        help="ours; for DPM++ 2M both mean Karras sigmas, which vanilla then uses too")
+    parser.add_argument("--preview-every", type=int, default=None,
+                        help="ours: live preview every N steps (default: the app's Settings default)")
+    parser.add_argument("--tmp-dir", type=Path, default=None, help="where to write the ~2 GB checkpoint")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    if args.size % 8:
+        parser.error("--size must be a multiple of 8")
+    return args
+
+
+def run_dtype(precision: str, device: torch.device) -> torch.dtype:
+    from webui.models.memory import resolve_dtype
+
+    return resolve_dtype(precision, device)  # the same rule ours applies, so both sides run the same dtype
+
+
+# ------------------------------------------------------------------------------ random SD1.5 weights
+
+
+def build_random_sd15(seed: int = 0) -> dict[str, torch.nn.Module]:
+    """The SD1.5 UNet, VAE and CLIP-L text encoder with their default random init, built in fp16 on the CPU."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # half the RAM and faster init than fp32 then cast
+    try:
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            sample_size=512)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
+    finally:
+        torch.set_default_dtype(previous)
+    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval()}
+
+
+def param_counts_m(components: dict[str, torch.nn.Module]) -> dict[str, float]:
+    return {name: round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for name, m in components.items()}
+
+
+def check_param_counts(counts: dict[str, float]) -> None:
+    for name, expected in EXPECTED_PARAMS_M.items():
+        if abs(counts[name] - expected) > 0.2:
+            raise SystemExit(f"{name} has {counts[name]} M params, expected ~{expected} M: not the SD1.5 architecture")
+
+
+def write_checkpoint(components: dict[str, torch.nn.Module], path: Path) -> Path:
+    """One fp16 ``.safetensors`` file in the original LDM layout, like a pruned SD1.5 release."""
+    from safetensors.torch import save_file
+
+    from webui.models.ldm_convert import pipeline_components_to_ldm
+
+    state = pipeline_components_to_ldm(components["unet"], components["vae"], components["text_encoder"])
+    # safetensors needs contiguous tensors that do not share storage.
+    state = {key: tensor.detach().contiguous().clone() for key, tensor in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path
+
+
+# ---------------------------------------------------------------------------------- device helpers
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{torch.cuda.get_device_name(device)} ({props.total_memory / GIB:.1f} GiB)"
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def set_memory_cap(device: torch.device, gib: float) -> str:
+    if device.type != "cuda" or gib <= 0:
+        return "none"
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, gib * GIB / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return f"{gib:g} GiB (fraction {fraction:.4f} of {total / GIB:.1f} GiB)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+
+
+def is_oom(exc: BaseException) -> bool:
+    from webui.errors import OutOfMemory
+
+    chain = [exc, exc.__cause__, exc.__context__]
+    return any(isinstance(e, (torch.cuda.OutOfMemoryError, OutOfMemory)) for e in chain if e is not None)
+
+
+# -------------------------------------------------------------------------------------- NaN probes
+
+
+class UNetNanProbe:
+    """Counts UNet forward calls and those that returned NaN, without a host sync per step."""
+
+    def __init__(self, unet: torch.nn.Module):
+        self.calls = 0
+        self.nan_calls: torch.Tensor | int = 0
+        self._handle = unet.register_forward_hook(self._hook)
+
+    def _hook(self, _module, _inputs, output) -> None:
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        self.calls += 1
+        self.nan_calls = self.nan_calls + torch.isnan(sample).any().int()
+
+    def reset(self) -> None:
+        self.calls, self.nan_calls = 0, 0
+
+    def nan_count(self) -> int:
+        return int(self.nan_calls)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class RedecodeCounter(logging.Handler):
+    """Counts our decoder's 'VAE produced NaNs; decoding again in fp32' warnings."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "NaN" in record.getMessage():
+            self.count += 1
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def time_side(result: SideResult, run_once: Callable[[], None], runs: int, device: torch.device,
+              after_warmup: Callable[[], None]) -> None:
+    """1 warm-up, ``after_warmup()`` (resets the probes), then ``runs`` timed calls, synchronised on both ends."""
+    sync(device)
+    start = time.perf_counter()
+    run_once()
+    sync(device)
+    result.warmup_s = time.perf_counter() - start
+    after_warmup()
+    for _ in range(runs):
+        sync(device)
+        start = time.perf_counter()
+        run_once()
+        sync(device)
+        result.times_s.append(time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------ vanilla
+
+
+def as_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast only when needed (fp32 on CPU): the modules are built in fp16, like the file."""
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+
+
+def vanilla_pipeline(components: dict[str, torch.nn.Module], dtype: torch.dtype, karras: bool,
+                     device: torch.device):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    base_config = json.loads(SCHEDULER_CONFIG.read_text())  # SD1.5's own scheduler config (PNDM)
+    scheduler = DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++", solver_order=2,
+                                                        use_karras_sigmas=karras)
+    unet, vae, text_encoder = (as_dtype(components[name], dtype) for name in ("unet", "vae", "text_encoder"))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR), unet=unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)  # diffusers' default attention processor on torch 2 is SDPA (AttnProcessor2_0)
+
+
+def run_vanilla(components: dict[str, torch.nn.Module], args: argparse.Namespace, device: torch.device,
+                dtype: torch.dtype) -> SideResult:
+    result = SideResult("vanilla diffusers")
+    reset_peak(device)
+    pipe = probe = None
+    try:
+        pipe = vanilla_pipeline(components, dtype, karras=args.schedule in ("Karras", "Automatic"), device=device)
+        result.attention = type(next(iter(pipe.unet.attn_processors.values()))).__name__
+        probe = UNetNanProbe(pipe.unet)
+        nan_flags: list[np.ndarray] = []
+
+        def run_once() -> None:
+            generator = torch.Generator(device).manual_seed(SEED)
+            with torch.inference_mode():
+                out = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=CFG, height=args.size,
+                           width=args.size, num_images_per_prompt=args.batch, generator=generator,
+                           output_type="np")
+            nan_flags.append(np.isnan(out.images).reshape(len(out.images), -1).any(axis=1))
+            pipe.numpy_to_pil(out.images)  # what output_type="pil" would do: same work as a default call
+
+        time_side(result, run_once, args.runs, device, after_warmup=lambda: (probe.reset(), nan_flags.clear()))
+        result.images = sum(len(f) for f in nan_flags)
+        result.nan_images = int(sum(f.sum() for f in nan_flags))
+        result.unet_calls, result.nan_unet_calls = probe.calls, probe.nan_count()
+        result.peak_allocated_gib = peak_gib(device)
+    except Exception as exc:  # noqa: BLE001 - an OOM side is a result, not a crash
+        result.error = f"{'OOM' if is_oom(exc) else 'ERROR'}: {type(exc).__name__}: {exc}"
+        result.peak_allocated_gib = peak_gib(device)
+        logging.exception("vanilla side failed")
+    finally:
+        if probe is not None:
+            probe.remove()
+        pipe = None  # drop the last reference so main can free the weights
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- ours
+
+
+class OursDecodeProbe:
+    """Wraps our ``decode_latents`` to see the final image tensor (after its fp32 NaN fallback) per batch."""
+
+    def __init__(self):
+        from webui.pipelines import decode
+
+        self._module = decode
+        self._original = decode.decode_latents
+        self.flags: list[torch.Tensor] = []
+        decode.decode_latents = self._wrapped
+
+    def _wrapped(self, vae, latents):
+        images = self._original(vae, latents)
+        self.flags.append(torch.isnan(images).flatten(1).any(dim=1).cpu())
+        return images
+
+    def remove(self) -> None:
+        self._module.decode_latents = self._original
+
+
+def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -> tuple[SideResult, dict]:
+    from webui.config import Settings
+    from webui.services.container import build_services
+    from webui.types import Txt2ImgRequest
+
+    result = SideResult("ours (Stable Studio)")
+    info: dict = {}
+    reset_peak(device)
+    services = probe = decode_probe = None
+    redecodes = RedecodeCounter()
+    logging.getLogger("webui.pipelines.decode").addHandler(redecodes)
+    try:
+        extra = {} if args.preview_every is None else {"preview_every": args.preview_every}
+        settings = Settings(data_dir=checkpoint.parents[2], device=args.device, precision=args.precision,
+                            memory_profile=args.profile, allow_download=False, **extra)
+        start = time.perf_counter()
+        services = build_services(settings)  # includes hashing the file (cached per path/size/mtime)
+        info["startup_incl_hash_s"] = time.perf_counter() - start
+        title = services.registry.list()[0].title
+        start = time.perf_counter()
+        services.manager.select(title)  # loader + manager: file -> components -> memory plan -> device
+        sync(device)
+        result.load_s = time.perf_counter() - start
+        with services.manager.lease() as model:
+            result.attention = type(next(iter(model.pipe.unet.attn_processors.values()))).__name__
+            probe = UNetNanProbe(model.pipe.unet)
+        info.update(profile=services.manager.profile, dtype=str(services.manager.dtype).removeprefix("torch."),
+                    preview_every=settings.preview_every)
+        decode_probe = OursDecodeProbe()
+        request = Txt2ImgRequest(prompt=PROMPT, negative_prompt="", sampler_name=SAMPLER, scheduler=args.schedule,
+                                 steps=args.steps, cfg_scale=CFG, width=args.size, height=args.size, seed=SEED,
+                                 batch_size=args.batch, n_iter=1, save_images=False)
+
+        def run_once() -> None:
+            services.generation.txt2img(request)
+
+        def after_warmup() -> None:
+            probe.reset()
+            decode_probe.flags.clear()
+            redecodes.count = 0
+
+        time_side(result, run_once, args.runs, device, after_warmup)
+        result.images = sum(len(f) for f in decode_probe.flags)
+        result.nan_images = int(sum(int(f.sum()) for f in decode_probe.flags))
+        result.unet_calls, result.nan_unet_calls = probe.calls, probe.nan_count()
+        result.vae_fp32_redecodes = redecodes.count
+        result.peak_allocated_gib = peak_gib(device)
+    except Exception as exc:  # noqa: BLE001 - an OOM side is a result, not a crash
+        result.error = f"{'OOM' if is_oom(exc) else 'ERROR'}: {type(exc).__name__}: {exc}"
+        result.peak_allocated_gib = peak_gib(device)
+        logging.exception("our side failed")
+    finally:
+        logging.getLogger("webui.pipelines.decode").removeHandler(redecodes)
+        if decode_probe is not None:
+            decode_probe.remove()
+        if probe is not None:
+            probe.remove()
+        if services is not None:
+            services.manager.unload_all()
+            services.queue.shutdown()
+        services = None
+    return result, info
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def fmt(value: float | None, spec: str = ".3f", missing: str = "n/a") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def print_table(sides: list[SideResult], header: dict) -> None:
+    for key, value in header.items():
+        print(f"{key:<18} {value}")
+    print()
+    rows = [("side", "median s", "min s", "warm-up s", "peak alloc GiB", "NaN images", "NaN UNet calls",
+             "attention", "status")]
+    for s in sides:
+        rows.append((s.name, fmt(s.median_s), fmt(s.min_s), fmt(s.warmup_s), fmt(s.peak_allocated_gib, ".2f"),
+                     f"{s.nan_images}/{s.images}", f"{s.nan_unet_calls}/{s.unet_calls}", s.attention or "-",
+                     s.error or "ok"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    vanilla, ours = sides
+    if vanilla.median_s and ours.median_s:
+        print(f"\nratio ours/vanilla: median {ours.median_s / vanilla.median_s:.3f}x, "
+              f"min {ours.min_s / vanilla.min_s:.3f}x (< 1 means ours is faster)")
+        if vanilla.peak_allocated_gib and ours.peak_allocated_gib:
+            print(f"peak memory ours/vanilla: {ours.peak_allocated_gib / vanilla.peak_allocated_gib:.3f}x")
+    if ours.load_s is not None:
+        print(f"ours: checkpoint load (file in page cache) {ours.load_s:.2f} s; "
+              f"fp32 VAE re-decodes after fp16 NaN: {ours.vae_fp32_redecodes}")
+    if any(s.nan_images for s in sides):
+        print("note: NaN images come from random fp16 weights overflowing; timing is unaffected, "
+              "but ours may spend extra time on its fp32 VAE re-decode when the VAE (not the UNet) overflows.")
+
+
+def ratios(sides: list[SideResult]) -> dict:
+    vanilla, ours = sides
+    if not (vanilla.median_s and ours.median_s):
+        return {}
+    out = {"median_ours_over_vanilla": ours.median_s / vanilla.median_s,
+           "min_ours_over_vanilla": ours.min_s / vanilla.min_s}
+    if vanilla.peak_allocated_gib and ours.peak_allocated_gib:
+        out["peak_ours_over_vanilla"] = ours.peak_allocated_gib / vanilla.peak_allocated_gib
+    return out
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import diffusers
+    import transformers
+
+    device = torch.device(args.device)
+    dtype = run_dtype(args.precision, device)
+    cap = set_memory_cap(device, args.memory_gib)
+    workdir = Path(tempfile.mkdtemp(prefix="sd15-bench-", dir=args.tmp_dir))
+    header = {
+        "device": device_name(device),
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "workload": f"SD1.5 {args.size}x{args.size}, {args.steps} steps {SAMPLER} ({args.schedule}), "
+                    f"CFG {CFG}, batch {args.batch}, seed {SEED}",
+        "dtype": str(dtype).removeprefix("torch."),
+        "memory cap": cap,
+        "method": f"1 warm-up + {args.runs} timed runs per side; order: vanilla FIRST, then ours",
+    }
+    try:
+        started = time.perf_counter()
+        components = build_random_sd15()
+        counts = param_counts_m(components)
+        check_param_counts(counts)
+        checkpoint = write_checkpoint(components, workdir / "models" / "Stable-diffusion" / "sd15-random.safetensors")
+        header["params (M)"] = ", ".join(f"{k} {v}" for k, v in counts.items())
+        header["checkpoint"] = f"{checkpoint.stat().st_size / GIB:.2f} GiB fp16 LDM single file, random weights " \
+                               f"(built + written in {time.perf_counter() - started:.0f} s)"
+        print(f"[setup] {header['params (M)']}; {header['checkpoint']}", flush=True)
+
+        vanilla = run_vanilla(components, args, device, dtype)
+        print(f"[vanilla] done: median {fmt(vanilla.median_s)} s {vanilla.error or ''}", flush=True)
+        del components
+        free_memory(device)
+        if device.type == "cuda":
+            header["left after vanilla"] = f"{torch.cuda.memory_allocated(device) / GIB:.2f} GiB still allocated " \
+                                           "when ours started (should be ~0)"
+
+        ours, ours_info = run_ours(checkpoint, args, device)
+        print(f"[ours] done: median {fmt(ours.median_s)} s {ours.error or ''}", flush=True)
+        free_memory(device)
+        header["ours"] = ", ".join(f"{k} {v if not isinstance(v, float) else round(v, 2)}"
+                                   for k, v in ours_info.items())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    sides = [vanilla, ours]
+    print_table(sides, header)
+    if args.json:
+        report = {"header": header, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "sides": [dict(asdict(s), median_s=s.median_s, min_s=s.min_s) for s in sides],
+                  "ratios": ratios(sides)}
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"\nJSON written to {args.json}")
+    return 1 if any(s.error for s in sides) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
