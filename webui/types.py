@@ -81,7 +81,7 @@ def validated(model: type[BaseModel], fields: dict[str, Any]):
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first["loc"]) or model.__name__
-        raise InvalidRequest(name, first["msg"]) from None
+        raise InvalidRequest(name, first["msg"].removeprefix("Value error, ")) from None
 
 
 class JobState(str, Enum):

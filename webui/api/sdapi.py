@@ -209,7 +209,8 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
         loc = [str(part) for part in first.get("loc", []) if part != "body"]
-        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
+        reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        message = f"{'.'.join(loc) or 'body'}: {reason}"
         detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in errors]
         return JSONResponse({"error": message, "detail": detail}, status_code=422)
