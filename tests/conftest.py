@@ -26,6 +26,7 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         "other": write_tiny_single_file(root / "other-sd15.safetensors", seed=1),
         "diffusers": write_tiny_diffusers_folder(root / "tiny-diffusers", seed=2),
         "inpaint": write_tiny_single_file(root / "tiny-inpainting.safetensors", seed=3, in_channels=9),
+        "ip2p": write_tiny_single_file(root / "toy-ip2p.safetensors", seed=4, in_channels=8),  # sorts last
     }
 
 

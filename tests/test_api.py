@@ -265,3 +265,22 @@ def test_cmd_flags_and_bad_option_values(client):
     assert response.status_code == 422 and "CLIP_stop_at_last_layers" in response.json()["error"]
     response = client.post("/sdapi/v1/options", json=["not", "a", "dict"])
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize("name, marker", [("toy-ip2p", "Image CFG scale: 2.5"),
+                                          ("tiny-inpainting", "Denoising strength: 0.8")])
+def test_img2img_api_with_instruct_pix2pix_and_inpainting_checkpoints(client, data_dir, model_files, name, marker):
+    from tests.conftest import install
+    install(model_files["ip2p" if "ip2p" in name else "inpaint"], data_dir)
+    client.post("/sdapi/v1/refresh-checkpoints")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    body = {"prompt": "make it winter", "init_images": [png_b64(Image.new("RGB", (64, 64), (10, 200, 10)))],
+            "image_cfg_scale": 2.5, "denoising_strength": 0.8, "seed": 1,
+            "override_settings": {"sd_model_checkpoint": name}, **SMALL}
+    if "inpainting" in name:
+        body.update(mask=png_b64(mask), mask_blur=0, inpaint_full_res=False)
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    text = decode_png(response.json()["images"][0]).info["parameters"]
+    assert marker in text and f"Model: {name}," in text

@@ -120,6 +120,7 @@ def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[Runni
     root = tmp_path_factory.mktemp("browser")
     data_dir = root / "data"
     install(model_files["single"], data_dir)
+    install(model_files["ip2p"], data_dir)
     (data_dir / "models" / "CycleGAN").mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(ResnetGenerator(3, 3, ngf=8, norm="instance", n_blocks=2).state_dict(),
@@ -388,3 +389,52 @@ def test_first_run_without_a_checkpoint_then_drop_one_in(browser, tmp_path, mode
             expect(notice).to_be_hidden()
         finally:
             context.close()
+
+
+def test_img2img_and_batch_modes(page, app_server: RunningApp, tmp_path):
+    Image.new("RGB", (64, 64), (200, 60, 60)).save(tmp_path / "photo.png")
+    page.get_by_role("tab", name="img2img").click()
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 4)):
+        set_slider(page, label, value, scope="#tab_img2img")
+    page.locator("#img2img_image input[type=file]").set_input_files(str(tmp_path / "photo.png"))
+    expect(page.locator("#img2img_image img")).to_be_visible()
+    page.locator("#img2img_prompt textarea").fill("a painting")
+    page.locator("#img2img_generate").click()
+    info = page.locator("#img2img_info textarea")
+    expect(info).to_have_value(re.compile(r"Denoising strength: 0.75"), timeout=GENERATE_TIMEOUT)
+    expect(info).not_to_have_value(re.compile(r"Mask blur"))
+
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for name in ("one", "two"):
+        Image.new("RGB", (64, 64), (20, 120, 90)).save(source / f"{name}.png")
+    page.locator("#img2img_mode").get_by_label("Batch").check()
+    page.locator("#img2img_batch_input textarea").fill(str(source))
+    page.locator("#img2img_batch_output textarea").fill(str(target))
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#img2img_progress")).to_contain_text("2 image(s) in", timeout=GENERATE_TIMEOUT)
+    assert sorted(p.name for p in target.iterdir()) == ["one.png", "two.png"]
+    with Image.open(target / "two.png") as img:
+        assert "a painting" in img.info["parameters"]
+
+
+def test_instruct_pix2pix_checkpoint_from_the_browser(page, app_server: RunningApp, tmp_path):
+    Image.new("RGB", (64, 64), (90, 90, 200)).save(tmp_path / "street.png")
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name=re.compile(r"^toy-ip2p\.safetensors")).click()
+    expect(page.locator("#model_status")).to_contain_text("Loaded toy-ip2p.safetensors", timeout=GENERATE_TIMEOUT)
+    page.get_by_role("tab", name="img2img").click()
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 3)):
+        set_slider(page, label, value, scope="#tab_img2img")
+    page.locator("#img2img_image input[type=file]").set_input_files(str(tmp_path / "street.png"))
+    expect(page.locator("#img2img_image img")).to_be_visible()
+    page.locator("#img2img_prompt textarea").fill("make it winter")
+    page.locator("#img2img_generate").click()
+    info = page.locator("#img2img_info textarea")
+    expect(info).to_have_value(re.compile(r"Image CFG scale: 1.5"), timeout=GENERATE_TIMEOUT)
+    expect(info).to_have_value(re.compile(r"Model: toy-ip2p"))
+    screenshot(page, "instruct-pix2pix.png")
+    # Leave the server's default checkpoint as the other tests expect it.
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name=re.compile(r"^tiny-sd15\.safetensors")).click()
+    expect(page.locator("#model_status")).to_contain_text("Loaded tiny-sd15.safetensors", timeout=GENERATE_TIMEOUT)
