@@ -46,7 +46,7 @@ def test_generates_saves_png_with_infotext(services, data_dir):
 
 
 def test_same_request_and_seed_gives_same_image_different_seed_differs(services):
-    for sampler in ("Euler a", "DPM++ 2M", "DDIM"):
+    for sampler in ("Euler a", "DPM++ 2M", "DDIM", "DPM++ SDE"):
         request = Txt2ImgRequest(prompt="a cat", seed=7, sampler_name=sampler, save_images=False, **SMALL)
         first = services.generation.txt2img(request).images[0]
         again = services.generation.txt2img(request).images[0]

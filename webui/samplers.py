@@ -186,14 +186,13 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         name="DPM++ SDE",
-        # The faithful class is DPMSolverSDEScheduler, but it needs `torchsde`, which this
-        # project's environment doesn't ship. The multistep SDE variant is the closest
-        # dependency-free stand-in (it is the same solver as "DPM++ 2M SDE").
-        scheduler_class="DPMSolverMultistepScheduler",
-        kwargs={"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        # The faithful k-diffusion sampler; its Brownian-tree noise is seeded per image by the pipeline
+        # (noise_sampler_seed), so a seed reproduces its image as in A1111.
+        scheduler_class="DPMSolverSDEScheduler",
+        kwargs={},
         aliases=("k_dpmpp_sde",),
         default_schedule=KARRAS,
-        note="Approximation: DPM++ 2M SDE solver (DPMSolverSDEScheduler needs torchsde).",
+        requires=("torchsde",),
         **_ALL_SCHEDULES,
     ),
     SamplerSpec(

@@ -26,9 +26,11 @@ class BatchOutput:
     stopped_early: bool
 
 
-def job_pipeline(model: LoadedModel, cls, sampler_name: str, schedule: str):
+def job_pipeline(model: LoadedModel, cls, sampler_name: str, schedule: str, seeds: list[int]):
     """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state."""
     scheduler = build_scheduler(model.scheduler_config, sampler_name, schedule)
+    if hasattr(scheduler, "noise_sampler_seed"):
+        scheduler.noise_sampler_seed = list(seeds)  # DPM++ SDE's Brownian noise, one seed per image
     # Built from the constructor rather than from_pipe: from_pipe ends with a .to(dtype) of the shared modules
     # (fp32 unless told otherwise), which would recast the loaded weights and logs warnings on every job.
     params = inspect.signature(cls.__init__).parameters

@@ -119,7 +119,7 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
     if total == 0:  # denoising strength 0: nothing to do, like A1111 the input comes back
         return BatchOutput([finish(prepared, prepared.image) for _ in seeds], stopped_early=False)
     family = "sdxl" if model.family == "sdxl" else "sd"
-    runner = common.job_pipeline(model, _CLASSES[(family, method)], request.sampler_name, schedule)
+    runner = common.job_pipeline(model, _CLASSES[(family, method)], request.sampler_name, schedule, seeds)
     kwargs = dict(
         common.prompt_kwargs(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip),
         image=prepared.image, guidance_scale=request.cfg_scale,
