@@ -30,6 +30,7 @@ def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, A
     if body.script_name:
         raise InvalidRequest("script_name", f"no script named '{body.script_name}': this server has no "
                                             "selectable scripts yet (GET /sdapi/v1/scripts lists them)")
+    _refuse_unsupported(body)
     name = body.sampler_name or body.sampler_index or "Euler"
     try:
         spec, schedule = resolve_sampler(name, body.scheduler)
@@ -52,6 +53,20 @@ def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, A
         batch_size=body.batch_size, n_iter=body.n_iter,
         clip_skip=clip_skip, checkpoint=checkpoint, save_images=body.save_images,
     )
+
+
+def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
+    """Say so rather than silently return something other than what was asked for."""
+    extra = body.model_extra or {}
+    if body.enable_hr:
+        raise InvalidRequest("enable_hr", "hires fix is not supported yet; send enable_hr: false")
+    if body.styles:
+        raise InvalidRequest("styles", f"unknown style(s) {', '.join(map(repr, body.styles))}: this server has "
+                                       "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
+    if body.subseed_strength:
+        raise InvalidRequest("subseed_strength", "variation seeds are not supported yet; send 0")
+    if extra.get("restore_faces"):
+        raise InvalidRequest("restore_faces", "this server has no face restorers (GET /sdapi/v1/face-restorers)")
 
 
 def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
