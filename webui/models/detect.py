@@ -7,14 +7,13 @@ No torch import: a header is JSON, so listing and detection stay cheap.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from webui.errors import ModelLoadError
+from webui.models.safetensors_file import read_header
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -25,7 +24,6 @@ OPENCLIP_SD2 = "cond_stage_model.model."
 CLIP_L_SDXL = "conditioner.embedders.0.transformer."
 OPENCLIP_SDXL = "conditioner.embedders.1.model."
 
-_MAX_HEADER = 100 * 1024 * 1024  # real headers are < 1 MB; larger means garbage, not a checkpoint
 
 
 @dataclass(frozen=True)
@@ -53,19 +51,16 @@ def read_safetensors_header(path: Path) -> Shapes:
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
+            parsed = read_header(fh, size)
+            fh.seek(0)
             head = fh.read(8)
-            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            plausible = 0 < header_len <= min(_MAX_HEADER, size - 8)
-            raw = fh.read(header_len) if plausible else b""
     except OSError as exc:
         raise ModelLoadError(f"Cannot read {path.name}: {exc.strerror or exc}") from exc
-    try:
-        header = json.loads(raw) if plausible else None
-    except ValueError:
-        header = None
-    if not isinstance(header, dict):
+    if parsed is None:
         # Only once it fails to parse as safetensors: a valid header length can start with these bytes too.
-        if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        is_zip = head.startswith(b"PK\x03\x04")  # torch.save's zip format
+        is_pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        if is_zip or is_pickle:
             raise ModelLoadError(
                 f"{path.name} is a pickle (PyTorch zip/pickle data) with a .safetensors name. Pickles can run "
                 "code when loaded, so it is refused. Convert it to real safetensors, or rename it to .ckpt and "
@@ -73,6 +68,7 @@ def read_safetensors_header(path: Path) -> Shapes:
         if size < 8:
             raise ModelLoadError(f"{path.name} is not a safetensors file: it is only {size} bytes long.")
         raise ModelLoadError(f"{path.name} is not a valid safetensors file (corrupt or truncated header).")
+    header, header_len = parsed
     data_size = size - 8 - header_len
     shapes: Shapes = {}
     for name, meta in header.items():

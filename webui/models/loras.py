@@ -7,20 +7,17 @@ bad download.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from webui.models.safetensors_file import read_header, sha256_file
 
 LORA_SUFFIXES = (".safetensors", ".pt")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
-
-_MAX_HEADER = 100 * 1024 * 1024  # real headers are far smaller; larger means garbage
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,21 +41,6 @@ class EmbeddingInfo:
     vectors: int = 0   # how many tokens the embedding stands for
 
 
-def read_header(fh: BinaryIO, size: int) -> tuple[dict[str, Any], int] | None:
-    """Return (header JSON, header length) of a safetensors stream, or None when it is not one."""
-    head = fh.read(8)
-    if len(head) != 8:
-        return None
-    length = struct.unpack("<Q", head)[0]
-    if not 0 < length <= min(_MAX_HEADER, size - 8):
-        return None
-    try:
-        header = json.loads(fh.read(length))
-    except ValueError:  # includes UnicodeDecodeError
-        return None
-    return (header, length) if isinstance(header, dict) else None
-
-
 def parse_metadata(header: dict[str, Any]) -> dict[str, Any]:
     """``__metadata__`` with JSON-object strings decoded, as A1111 does (kohya stores ss_tag_frequency that way)."""
     raw = header.get("__metadata__")
@@ -75,27 +57,18 @@ def parse_metadata(header: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _sha256_from(fh: BinaryIO, offset: int) -> str:
-    digest = hashlib.sha256()
-    fh.seek(offset)
-    while chunk := fh.read(_HASH_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_lora(path: Path) -> tuple[dict[str, Any], str | None]:
     """(metadata, short hash). A1111 hashes a safetensors LoRA's data only, so editing metadata keeps the hash;
     other files are hashed whole. Unreadable files give ({}, None)."""
     try:
-        size = path.stat().st_size
+        if path.suffix.lower() != ".safetensors":
+            return {}, sha256_file(path)[:12]
         with open(path, "rb") as fh:
-            parsed = read_header(fh, size) if path.suffix.lower() == ".safetensors" else None
-            if parsed is None:
-                if path.suffix.lower() == ".safetensors":
-                    return {}, None  # garbage: no data section to hash
-                return {}, _sha256_from(fh, 0)[:12]
-            header, length = parsed
-            return parse_metadata(header), _sha256_from(fh, 8 + length)[:12]
+            parsed = read_header(fh, path.stat().st_size)
+        if parsed is None:
+            return {}, None  # garbage: no data section to hash
+        header, length = parsed
+        return parse_metadata(header), sha256_file(path, offset=8 + length)[:12]
     except OSError:
         return {}, None
 

@@ -6,7 +6,6 @@ mtime (A1111's rule): a restart does not rehash, an edited file is rehashed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -14,20 +13,10 @@ import threading
 from pathlib import Path
 
 from webui.errors import ModelNotFound
+from webui.models.safetensors_file import sha256_file
 from webui.types import CheckpointInfo
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
-_HASH_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
