@@ -52,7 +52,8 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
 
     with gr.Group(visible=False) as group:
         with gr.Row(equal_height=True):
-            model = gr.Dropdown(titles(), value=(titles() or [None])[0], scale=4, elem_id="style_model",
+            choices = titles()
+            model = gr.Dropdown(choices, value=(choices or [None])[0], scale=4, elem_id="style_model",
                                 label="Style model (models/CycleGAN, models/pix2pix)")
             refresh = gr.Button("Refresh", scale=0, min_width=80)
         source = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB",
