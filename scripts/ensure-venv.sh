@@ -13,12 +13,14 @@ if [ ! -x "$root/.venv/bin/python" ]; then
     "$python" -m venv "$root/.venv"
 fi
 stamp="$root/.venv/.requirements.sha256"
-wanted="$(cat "$root/requirements.txt" "$@" | sha256sum | cut -d' ' -f1)"
+nodeps="$root/requirements-nodeps.txt"  # packages whose declared dependencies we replace (see the file)
+wanted="$(cat "$root/requirements.txt" "$nodeps" "$@" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     echo "Installing requirements into .venv (first run takes a few minutes)"
     "$root/.venv/bin/python" -m pip install --quiet --upgrade pip
     args=(-r "$root/requirements.txt")
     for extra in "$@"; do args+=(-r "$extra"); done
     "$root/.venv/bin/python" -m pip install --quiet "${args[@]}"
+    "$root/.venv/bin/python" -m pip install --quiet --no-deps -r "$nodeps"
     echo "$wanted" > "$stamp"
 fi
