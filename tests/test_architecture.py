@@ -23,6 +23,8 @@ FORBIDDEN = {
     "webui.infotext": ("torch", "gradio", "fastapi", "webui.services"),
     "webui.prompts": ("torch", "gradio", "fastapi", "webui.services"),
     "webui.types": ("torch", "gradio", "fastapi", "webui.services", "webui.models"),
+    "webui.provenance": ("torch", "gradio", "fastapi", "webui.services", "webui.ui", "webui.api", "webui.models",
+                         "webui.pipelines"),
 }
 
 

@@ -125,6 +125,7 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    pngs: list[bytes] = field(default_factory=list)  # the final files (provenance applied), one per image
 
 
 @dataclass(frozen=True)

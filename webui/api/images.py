@@ -37,7 +37,16 @@ def decode_image(data: str, field: str, max_pixels: int = MAX_PIXELS) -> Image.I
     return image
 
 
+def png_base64(png: bytes) -> str:
+    """A finished PNG from the services (infotext, AI marker, watermark, C2PA applied) as the API returns it.
+
+    Sent byte for byte: re-encoding would drop the marks and break the C2PA manifest's hash of the file.
+    """
+    return base64.b64encode(png).decode("ascii")
+
+
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
+    """Encode an image that is not a finished output (a progress preview, a plain resize); no provenance marks."""
     pnginfo = None
     if infotext:
         pnginfo = PngImagePlugin.PngInfo()

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from webui import VERSION
 from webui.api import schemas
-from webui.api.images import decode_image, encode_png
+from webui.api.images import decode_image, encode_png, png_base64
 from webui.errors import (Cancelled, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable, OutOfMemory,
                           QueueFull, StudioError)
 from webui.infotext import parse_infotext
@@ -99,8 +99,7 @@ async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> Any:
 
 
 def images_response(body: schemas.Txt2ImgBody, result: GenerationResult) -> dict[str, Any]:
-    images = [encode_png(img, text) for img, text in zip(result.images, result.infotexts)] \
-        if body.send_images else []
+    images = [png_base64(png) for png in result.pngs] if body.send_images else []
     parameters = body.model_dump(exclude={"init_images", "mask"})
     return {"images": images, "parameters": parameters, "info": json.dumps(result.info)}
 

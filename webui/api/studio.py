@@ -1,15 +1,17 @@
-"""The project's own API (``/studio/v1``), for what A1111's has no route for: GAN style transfer."""
+"""The project's own API (``/studio/v1``), for what A1111's has no route for: GAN style transfer, provenance."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from webui.api.images import decode_image, encode_png
+from webui.api.images import decode_image, png_base64
 from webui.api.sdapi import finish
+from webui.provenance.detect import inspect
 from webui.services.container import Services
 from webui.services.style import StyleTransferRequest
 
@@ -38,6 +40,41 @@ class StyleTransferResponse(BaseModel):
     info: str
 
 
+class ProvenanceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="base64 PNG/JPEG/WebP, or a data: URL")
+
+
+class C2paReport(BaseModel):
+    present: bool | None = Field(description="a C2PA manifest is embedded (null: C2PA support missing here)")
+    valid: bool | None = Field(description="its signature and hashes check out (a local key is never 'Trusted')")
+    state: str | None = Field(description="the manifest store's validation_state")
+    problem: str | None
+
+
+class ProvenanceResponse(BaseModel):
+    format: str
+    size: list[int]
+    ai_generated: bool = Field(description="IPTC digital source type trainedAlgorithmicMedia in XMP or PNG text")
+    digital_source_type: str | None
+    watermark: bool | None = Field(description="the invisible watermark was found (null: under 256x256)")
+    watermark_score: float | None = Field(description="fraction of blocks agreeing; about 0.5 when unmarked")
+    c2pa: C2paReport
+    summary: str
+
+
+def _base64_bytes(data: str) -> bytes:
+    """The raw file behind an image field ``decode_image`` has already accepted (C2PA covers the bytes)."""
+    return base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=True)
+
+
+def _provenance_report(data: str, max_pixels: int) -> dict[str, Any]:
+    image = decode_image(data, "image", max_pixels)
+    report = inspect(_base64_bytes(data), image)
+    return {**report.as_dict(), "summary": report.summary()}
+
+
 def build_studio_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/studio/v1", tags=["studio"])
 
@@ -64,6 +101,12 @@ def build_studio_router(services: Services) -> APIRouter:
                                        overlap=body.overlap, save=body.save_images)
         job = services.style.submit(request)
         result = await finish(job, http, services.settings.cancel_on_disconnect)
-        return {"image": encode_png(result.image, result.infotext), "model": result.model, "info": result.infotext}
+        return {"image": png_base64(result.png), "model": result.model, "info": result.infotext}
+
+    @router.post("/provenance", response_model=ProvenanceResponse,
+                 summary="What an image says about its origin: AI-generated marker, invisible watermark, C2PA")
+    async def provenance(body: ProvenanceBody) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(_provenance_report, body.image,
+                                              services.settings.limits.max_image_pixels)
 
     return router

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from webui.config import Settings
 from webui.models.manager import ModelManager
 from webui.models.registry import ModelRegistry
+from webui.provenance.credentials import ContentCredentials
+from webui.provenance.policy import ProvenancePolicy
 from webui.services.downloads import DefaultModelDownloader
 from webui.services.generation import GenerationService
 from webui.services.jobs import JobQueue
@@ -24,6 +26,7 @@ class Services:
     options: OptionsService
     downloads: DefaultModelDownloader
     style: StyleTransferService
+    credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
 
 
 def build_services(settings: Settings) -> Services:
@@ -38,14 +41,22 @@ def build_services(settings: Settings) -> Services:
     manager = ModelManager(settings, registry)
     queue = JobQueue(max_pending=settings.limits.queue_size)
     store = ImageStore(settings.outputs_dir)
+    options = OptionsService(settings.data_dir / "config.json", manager)
+    credentials = ContentCredentials(settings.data_dir / "provenance")
+
+    def provenance() -> ProvenancePolicy:
+        return ProvenancePolicy.from_options(options.get_all())
+
     return Services(
         settings=settings,
         registry=registry,
         manager=manager,
         queue=queue,
-        generation=GenerationService(settings, manager, queue, store),
-        options=OptionsService(settings.data_dir / "config.json", manager),
+        generation=GenerationService(settings, manager, queue, store, credentials, provenance),
+        options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device,
-                                   max_pixels=settings.limits.max_image_pixels),
+                                   max_pixels=settings.limits.max_image_pixels, credentials=credentials,
+                                   provenance=provenance),
+        credentials=credentials,
     )

@@ -8,21 +8,23 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from webui import VERSION
 from webui.config import Settings
 from webui.errors import InvalidRequest, ModelNotFound
-from webui.infotext import format_infotext
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
 from webui.pipelines import img2img, txt2img
 from webui.pipelines.common import BatchOutput
+from webui.provenance.credentials import ContentCredentials
+from webui.provenance.encode import finish_png
+from webui.provenance.policy import ProvenancePolicy
 from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.jobs import Job, JobContext, JobQueue
-from webui.services.storage import ImageStore, write_png_atomic
+from webui.services.storage import ImageStore, write_bytes_atomic
 from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 2**32 - 1
@@ -36,22 +38,27 @@ def _schedule_label(spec, schedule: str) -> str | None:
 
 
 class GenerationService:
-    def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, store: ImageStore):
+    def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, store: ImageStore,
+                 credentials: ContentCredentials | None = None,
+                 provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy):
         self._settings = settings
         self._manager = manager
         self._queue = queue
         self._store = store
+        self._credentials = credentials
+        self._provenance = provenance  # read per job, so a settings change applies to the next job
 
     def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
         """Validate against the configured limits and queue the work; returns at once with the job."""
-        schedule = self._check(request)
-        return self._queue.submit("txt2img", lambda ctx: self._run(ctx, request, schedule, _Txt2Img(request)))
+        schedule, policy = self._check(request), self._provenance()
+        return self._queue.submit("txt2img",
+                                  lambda ctx: self._run(ctx, request, schedule, _Txt2Img(request), policy))
 
     def txt2img(self, request: Txt2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_txt2img(request).wait(timeout)
 
     def submit_img2img(self, request: Img2ImgRequest) -> Job:
-        schedule = self._check(request)
+        schedule, policy = self._check(request), self._provenance()
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
         budget = self._settings.limits.max_image_pixels
@@ -64,7 +71,8 @@ class GenerationService:
             if request.mask.size != init_size:
                 raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init "
                                              f"image is {init_size[0]}x{init_size[1]}; they must match")
-        return self._queue.submit("img2img", lambda ctx: self._run(ctx, request, schedule, _Img2Img(request)))
+        return self._queue.submit("img2img",
+                                  lambda ctx: self._run(ctx, request, schedule, _Img2Img(request), policy))
 
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_img2img(request).wait(timeout)
@@ -75,7 +83,7 @@ class GenerationService:
 
         Results go to ``output_dir`` (default: the usual img2img outputs) as ``<input name>.png`` with infotext.
         """
-        schedule = self._check(template)
+        schedule, policy = self._check(template), self._provenance()
         if not input_dir.is_dir():
             raise InvalidRequest("input_dir", f"{input_dir} is not a folder")
         files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
@@ -87,10 +95,11 @@ class GenerationService:
             except OSError as exc:
                 raise InvalidRequest("output_dir", f"cannot create {output_dir}: {exc.strerror}") from None
         return self._queue.submit("img2img-batch",
-                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, output_dir))
+                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, output_dir,
+                                                                     policy))
 
     def _run_batch_folder(self, ctx: JobContext, template: Img2ImgRequest, schedule: str, files: list[Path],
-                          output_dir: Path | None) -> GenerationResult:
+                          output_dir: Path | None, policy: ProvenancePolicy) -> GenerationResult:
         total = GenerationResult(images=[], seeds=[], infotexts=[])
         for path in files:
             if ctx.interrupted:
@@ -99,16 +108,15 @@ class GenerationService:
                 image = opened.convert("RGB")
             request = template.model_copy(update={"init_images": [image],
                                                   "save_images": template.save_images and output_dir is None})
-            result = self._run(ctx, request, schedule, _Img2Img(request))
-            for k, (out, text) in enumerate(zip(result.images, result.infotexts)):
+            result = self._run(ctx, request, schedule, _Img2Img(request), policy)
+            for k, png in enumerate(result.pngs):
                 if output_dir is not None:
                     name = f"{path.stem}.png" if len(result.images) == 1 else f"{path.stem}-{k}.png"
-                    pnginfo = PngImagePlugin.PngInfo()
-                    pnginfo.add_text("parameters", text)
-                    write_png_atomic(out, output_dir / name, pnginfo)
+                    write_bytes_atomic(png, output_dir / name)
                     total.paths.append(output_dir / name)
             total.paths.extend(result.paths)
             total.images += result.images
+            total.pngs += result.pngs
             total.seeds += result.seeds
             total.infotexts += result.infotexts
             total.info = result.info
@@ -135,8 +143,9 @@ class GenerationService:
                 raise InvalidRequest("checkpoint", str(exc)) from None
         return schedule
 
-    def _run(self, ctx: JobContext, request: Txt2ImgRequest, schedule: str, task: "_Task") -> GenerationResult:
-        """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, saving."""
+    def _run(self, ctx: JobContext, request: Txt2ImgRequest, schedule: str, task: "_Task",
+             policy: ProvenancePolicy) -> GenerationResult:
+        """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, provenance, saving."""
         started = time.time()
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[])
@@ -152,19 +161,23 @@ class GenerationService:
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
                 for image, seed in zip(out.images, seeds):
-                    infotext = self.infotext(model, request, schedule, seed, task.extra_params(model))
-                    result.images.append(image)
+                    params = self.infotext_params(model, request, schedule, seed, task.extra_params(model))
+                    final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
+                                       self._credentials, title=f"Stable Studio {task.category}, seed {seed}")
+                    result.images.append(final.image)
+                    result.pngs.append(final.png)
                     result.seeds.append(seed)
-                    result.infotexts.append(infotext)
+                    result.infotexts.append(final.infotext)
                     if request.save_images:
-                        result.paths.append(self._store.save(image, task.category, seed, infotext))
+                        result.paths.append(self._store.save(final.png, task.category, seed))
             result.interrupted = ctx.interrupted
             result.info = self._info(model, request, result, base_seed, started)
         return result
 
     @staticmethod
-    def infotext(model: LoadedModel, request: Txt2ImgRequest, schedule: str, seed: int,
-                 extra: dict[str, Any] | None = None) -> str:
+    def infotext_params(model: LoadedModel, request: Txt2ImgRequest, schedule: str, seed: int,
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The infotext's parameters line; ``finish_png`` adds what provenance was applied and formats it."""
         spec, _ = resolve_sampler(request.sampler_name, request.scheduler)
         params: dict[str, Any] = {
             "Steps": request.steps,
@@ -179,7 +192,7 @@ class GenerationService:
             **(extra or {}),
             "Version": f"studio-{VERSION}",
         }
-        return format_infotext(request.prompt, request.negative_prompt, params)
+        return params
 
     @staticmethod
     def _info(model: LoadedModel, request: Txt2ImgRequest, result: GenerationResult, base_seed: int,

@@ -1,7 +1,8 @@
 """Saving generated images the way A1111 users expect to find them.
 
-``outputs/txt2img-images/YYYY-MM-DD/NNNNN-SEED.png`` with the infotext in the PNG ``parameters`` chunk. Files are
-written to a temporary name in the same folder and renamed, so a crash or a full disk never leaves half an image.
+``outputs/txt2img-images/YYYY-MM-DD/NNNNN-SEED.png``, holding the final PNG bytes made by
+``webui.provenance.encode.finish_png`` (infotext, AI marker, watermark, C2PA manifest). Files are written to a
+temporary name in the same folder and renamed, so a crash or a full disk never leaves half an image.
 """
 
 from __future__ import annotations
@@ -27,22 +28,34 @@ class ImageStore:
     def folder(self, category: str) -> Path:
         return self._root / f"{category}-images" / self._today().isoformat()
 
-    def save(self, image: Image.Image, category: str, seed: int, infotext: str, label: str | None = None) -> Path:
-        """Save as ``NNNNN-SEED.png``, or ``NNNNN-LABEL.png`` for outputs without a seed (style transfer)."""
+    def save(self, png: bytes, category: str, seed: int, label: str | None = None) -> Path:
+        """Save finished PNG bytes as ``NNNNN-SEED.png``, or ``NNNNN-LABEL.png`` for outputs without a seed
+        (style transfer). The bytes are written as given: re-encoding would drop the signed C2PA manifest."""
         folder = self.folder(category)
         folder.mkdir(parents=True, exist_ok=True)
-        pnginfo = PngImagePlugin.PngInfo()
-        pnginfo.add_text("parameters", infotext)
         with self._lock:
             suffix = re.sub(r"[^\w.-]+", "_", label) if label else str(seed)
             path = folder / f"{self._next_number(folder):05d}-{suffix}.png"
-            write_png_atomic(image, path, pnginfo)
+            write_bytes_atomic(png, path)
         return path
 
     @staticmethod
     def _next_number(folder: Path) -> int:
         numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := _NUMBERED.match(name))]
         return max(numbers, default=-1) + 1
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_png_atomic(image: Image.Image, path: Path, pnginfo: PngImagePlugin.PngInfo | None = None) -> None:

@@ -9,16 +9,19 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
 from torch import nn
 
 from webui.errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemory
-from webui.infotext import format_infotext
 from webui.models.gan import GanModelInfo, GanRegistry, GeneratorSpec, load_generator
 from webui.models.registry import HashCache
 from webui.pipelines.style_transfer import transfer
+from webui.provenance.credentials import ContentCredentials
+from webui.provenance.encode import finish_png
+from webui.provenance.policy import ProvenancePolicy
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.storage import ImageStore
 
@@ -53,17 +56,22 @@ class StyleTransferResult:
     model: str            # the model's title, "CycleGAN/horse2zebra [0123456789]"
     infotext: str
     path: Path | None     # where it was saved, None when save=False
+    png: bytes = b""      # the final file, provenance applied (what is saved and what the API returns)
 
 
 class StyleTransferService:
     def __init__(self, models_dir: Path, queue: JobQueue, store: ImageStore, hash_cache: HashCache | None = None,
-                 *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS):
+                 *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS,
+                 credentials: ContentCredentials | None = None,
+                 provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy):
         self._registry = GanRegistry(models_dir, hash_cache)
         self._registry.refresh()
         self._queue = queue
         self._store = store
         self._device = torch.device(device)
         self._max_pixels = max_pixels
+        self._credentials = credentials
+        self._provenance = provenance
         self._lock = threading.Lock()
         self._cached: tuple[tuple[str, int, int], nn.Module, GeneratorSpec] | None = None
 
@@ -84,7 +92,8 @@ class StyleTransferService:
             info = self._registry.find(request.model)
         except ModelNotFound as exc:
             raise InvalidRequest("model", str(exc)) from None
-        return self._queue.submit("style-transfer", lambda ctx: self._work(ctx, request, info))
+        policy = self._provenance()
+        return self._queue.submit("style-transfer", lambda ctx: self._work(ctx, request, info, policy))
 
     def run(self, request: StyleTransferRequest, timeout: float | None = None) -> StyleTransferResult:
         return self.submit(request).wait(timeout)
@@ -100,7 +109,8 @@ class StyleTransferService:
             raise InvalidRequest("image", f"{width}x{height} is {width * height / 1e6:.1f} MP, over this server's "
                                           f"limit of {self._max_pixels / 1e6:.1f} MP")
 
-    def _work(self, ctx: JobContext, request: StyleTransferRequest, info: GanModelInfo) -> StyleTransferResult:
+    def _work(self, ctx: JobContext, request: StyleTransferRequest, info: GanModelInfo,
+              policy: ProvenancePolicy) -> StyleTransferResult:
         generator = self._generator(info)
         ctx.begin_image(0, 1, steps=0, text=f"Style transfer: {info.title}")
 
@@ -114,12 +124,14 @@ class StyleTransferService:
         except torch.cuda.OutOfMemoryError:
             raise OutOfMemory(f"Out of GPU memory running {info.key} with {request.tile}px tiles; "
                               f"try a smaller tile size.") from None
-        infotext = format_infotext("", "", {"Style transfer": info.kind, "Model": info.name,
-                                            "Model hash": info.short_hash, "Size": f"{image.width}x{image.height}"})
+        params = {"Style transfer": info.kind, "Model": info.name, "Model hash": info.short_hash,
+                  "Size": f"{image.width}x{image.height}"}
+        final = finish_png(image, "", "", params, policy, self._credentials,
+                           title=f"Stable Studio style transfer, {info.name}")
         # A GAN has no seed: the file is named after the model instead (NNNNN-horse2zebra.png).
-        path = self._store.save(image, "img2img", seed=0, infotext=infotext, label=info.name) \
-            if request.save else None
-        return StyleTransferResult(image=image, model=info.title, infotext=infotext, path=path)
+        path = self._store.save(final.png, "img2img", seed=0, label=info.name) if request.save else None
+        return StyleTransferResult(image=final.image, model=info.title, infotext=final.infotext, path=path,
+                                   png=final.png)
 
     def _generator(self, info: GanModelInfo) -> nn.Module:
         try:
