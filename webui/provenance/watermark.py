@@ -11,6 +11,9 @@ Two choices differ from the package's defaults, both measured (see README, "Prov
   gave 73-89% of blocks agreeing with the payload (PNG and JPEG q90/q75); unmarked ones 48-53%; with at least
   1,024 blocks per image, the 62% threshold is over seven standard deviations from chance.
 
+Its weak spot stays: in a perfectly flat area every coefficient of a block is equal, so a mark quantised
+downwards (or clipped at white) is read from a neighbour; flat near-white or saturated fills read as unmarked.
+
 The package refuses images under 256x256 pixels (too few blocks); ``embed`` then returns None and the caller
 records in the infotext that the watermark was skipped.
 """
