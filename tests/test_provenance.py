@@ -270,10 +270,11 @@ def test_detect_command_reports_each_file(tmp_path, capsys):
 def test_detect_command_names_unreadable_files_and_exits_2(tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
-    assert provenance_command(["detect", str(text), str(tmp_path / "missing.png")]) == 2
+    assert provenance_command(["detect", str(text), str(tmp_path / "missing.png"), "/dev/zero"]) == 2
     err = capsys.readouterr().err
     assert f"{text}: cannot read: not a readable PNG, JPEG or WebP image" in err
     assert "missing.png: cannot read: No such file or directory" in err
+    assert "/dev/zero: cannot read: not a regular file" in err  # returns at once instead of reading forever
 
 
 # --------------------------------------------------------------------------- C2PA (needs the c2pa_manifest module)

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for path in args.files:
         try:
-            if not path.is_file():  # a FIFO or /dev/zero would never end
+            if path.exists() and not path.is_file():  # a FIFO or /dev/zero would never end
                 raise ValueError("not a regular file")
             report = inspect(path.read_bytes())
         except (OSError, ValueError) as exc:
