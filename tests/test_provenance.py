@@ -22,7 +22,7 @@ from webui.provenance.encode import finish_png
 from webui.provenance.policy import NONE, ProvenancePolicy
 from webui.server import create_app
 from webui.services.style import StyleTransferRequest
-from webui.types import Txt2ImgRequest
+from webui.types import Img2ImgRequest, Txt2ImgRequest
 
 AI = marker.TRAINED_ALGORITHMIC_MEDIA
 ALL_OFF = {"provenance_ai_marker": False, "provenance_watermark": False, "provenance_c2pa": False}
@@ -131,6 +131,18 @@ def test_each_mark_turns_off_alone(services):
     image = Image.open(io.BytesIO(saved_png(result)))
     assert marker.TEXT_KEY not in image.info and "xmp" not in image.info
     assert "Watermark skipped" in params_of(result.infotexts[0])  # the others still apply
+
+
+def test_img2img_batch_folder_outputs_are_marked(services, data_dir):
+    source, target = data_dir / "batch-in", data_dir / "outputs" / "batch-out"  # inside the data dir
+    source.mkdir(parents=True)
+    generated_like(64, 1, 1.0).save(source / "a.png")
+    template = Img2ImgRequest(prompt="a cat", denoising_strength=0.5, seed=11, width=64, height=64, steps=2)
+    result = services.generation.submit_img2img_batch(template, source, target).wait(timeout=120)
+    data = (target / "a.png").read_bytes()
+    assert data == result.pngs[0]
+    image = Image.open(io.BytesIO(data))
+    assert image.info[marker.TEXT_KEY] == AI and "Watermark skipped" in params_of(image.info["parameters"])
 
 
 @pytest.mark.parametrize("options, expected", [
