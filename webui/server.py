@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gradio as gr
+from gradio.utils import get_upload_folder as gradio_upload_folder
 from fastapi import FastAPI
 
 from webui import VERSION
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import build_router, install_error_handlers
-from webui.api.security import install_security
+from webui.api.security import API_PREFIXES, install_security
 from webui.api.studio import build_studio_router
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
+from webui.ui.upload_guard import UploadGuardMiddleware
 
 
 def create_app(services: Services) -> FastAPI:
@@ -25,7 +27,10 @@ def create_app(services: Services) -> FastAPI:
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, show_error=True,
+                              run_history=False,  # Gradio's run history can upload runs to a Hub bucket: never
                               server_name=services.settings.host, server_port=services.settings.port)
+    # Gradio events may only name files uploaded to Gradio (see upload_guard for why Gradio does not check here).
+    app.add_middleware(UploadGuardMiddleware, upload_root=gradio_upload_folder(), skip_prefixes=API_PREFIXES)
     # Around the whole app, Gradio included: API auth by path, the origin guard on every route.
     install_security(app, services.settings)
     return app
