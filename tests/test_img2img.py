@@ -129,8 +129,8 @@ def test_masked_region_is_padded_and_has_target_aspect():
     assert masked_region(Image.new("L", (10, 10)), 4, 64, 64) is None
 
 
-def test_batch_folder_processes_every_image_with_infotext(services, tmp_path):
-    source, target = tmp_path / "in", tmp_path / "out"
+def test_batch_folder_processes_every_image_with_infotext(services, data_dir):
+    source, target = data_dir / "in", data_dir / "out"
     source.mkdir()
     gradient().save(source / "a.png")
     gradient(80, 64).save(source / "b.jpg")
@@ -143,12 +143,13 @@ def test_batch_folder_processes_every_image_with_infotext(services, tmp_path):
     assert len(result.images) == 2
 
 
-def test_batch_folder_errors_name_the_field(services, tmp_path):
+def test_batch_folder_errors_name_the_field(services, data_dir):
     template = Img2ImgRequest(**SMALL)
-    with pytest.raises(InvalidRequest, match="input_dir: .* is not a folder"):
-        services.generation.submit_img2img_batch(template, tmp_path / "missing")
-    with pytest.raises(InvalidRequest, match="input_dir: .* holds no PNG"):
-        services.generation.submit_img2img_batch(template, tmp_path)
+    with pytest.raises(InvalidRequest, match="input_dir: not an existing folder"):
+        services.generation.submit_img2img_batch(template, data_dir / "missing")
+    (data_dir / "empty").mkdir()
+    with pytest.raises(InvalidRequest, match="input_dir: holds no PNG"):
+        services.generation.submit_img2img_batch(template, "empty")
     with pytest.raises(InvalidRequest, match="init_images: at least one image"):
         services.generation.submit_img2img(template)
 

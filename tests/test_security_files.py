@@ -154,3 +154,112 @@ def test_gradio_file_route_serves_no_server_file(client, secret_file):
 def test_gradio_run_history_is_off(client):
     # Gradio's run history can push every run to a Hub bucket named by whoever connects it.
     assert client.post("/gradio_api/run-history/connect", json={}).status_code in (404, 405)
+
+
+# --- img2img Batch: server folders ------------------------------------------------------------------------------
+
+from webui.errors import InvalidRequest  # noqa: E402
+from webui.services.folders import FolderPolicy, folder_policy  # noqa: E402
+from webui.types import Img2ImgRequest  # noqa: E402
+
+TINY = dict(width=64, height=64, steps=2, seed=3)
+
+
+@pytest.fixture
+def policy_dirs(tmp_path) -> tuple[Path, Path, Path]:
+    """(data dir with an image folder, an extra root, a private folder outside both)."""
+    data, extra, private = tmp_path / "data", tmp_path / "extra", tmp_path / "private"
+    for folder in (data / "in", extra, private):
+        folder.mkdir(parents=True)
+    for folder in (data / "in", extra, private):
+        Image.new("RGB", (8, 8)).save(folder / "x.png")
+    return data, extra, private
+
+
+def test_batch_input_outside_the_roots_is_refused_alike_for_every_variant(policy_dirs):
+    data, extra, private = policy_dirs
+    policy = FolderPolicy.build(data)
+    (data / "escape").symlink_to(private)
+    messages = set()
+    for text in (str(private), "../private", f"{data}/../private", "escape", "/", "/etc", "/proc/self", "/dev",
+                 str(data / "missing"), str(private / "missing"), "~", "in/../../private", str(data / "in" / "x.png")):
+        with pytest.raises(InvalidRequest) as caught:
+            policy.input_files(text)
+        messages.add(str(caught.value))
+    # One message for all: whether a folder exists elsewhere is not revealed.
+    assert messages == {"input_dir: not an existing folder this server may use: enter a folder inside the data dir"}
+    assert [p.name for p in policy.input_files("in")] == ["x.png"]
+    assert [p.name for p in policy.input_files(str(data / "in"))] == ["x.png"]
+
+
+def test_extra_roots_come_only_from_the_start_up_flag(policy_dirs, tmp_path):
+    from webui.cli import parse_settings
+
+    data, extra, private = policy_dirs
+    settings = parse_settings(["--data-dir", str(data), "--batch-dirs", str(extra)])
+    policy = folder_policy(settings)
+    assert [p.name for p in policy.input_files(str(extra))] == ["x.png"]
+    with pytest.raises(InvalidRequest):
+        policy.input_files(str(private))
+
+
+def test_symlinked_files_leading_out_are_skipped(policy_dirs):
+    data, _, private = policy_dirs
+    (data / "in" / "stolen.png").symlink_to(private / "x.png")
+    (data / "in" / "zero.png").symlink_to("/dev/zero")
+    assert [p.name for p in FolderPolicy.build(data).input_files("in")] == ["x.png"]
+
+
+def test_batch_output_outside_the_roots_is_refused_and_nothing_is_created(policy_dirs):
+    data, _, private = policy_dirs
+    policy = FolderPolicy.build(data)
+    for text in (str(private / "new"), "../private/new", "/tmp/batch-out-never"):
+        with pytest.raises(InvalidRequest, match="^output_dir: not an existing folder"):
+            policy.output_folder(text)
+    assert not (private / "new").exists() and not Path("/tmp/batch-out-never").exists()
+    assert policy.output_folder("outputs/batch").is_dir()
+
+
+def test_batch_never_overwrites_existing_files(services, data_dir):
+    source, target = data_dir / "in", data_dir / "out"
+    source.mkdir()
+    target.mkdir()
+    Image.new("RGB", (64, 64), "green").save(source / "a.png")
+    (target / "a.png").write_bytes(b"my precious file")
+    template = Img2ImgRequest(prompt="x", **TINY)
+    result = services.generation.submit_img2img_batch(template, "in", "out").wait(timeout=120)
+    assert (target / "a.png").read_bytes() == b"my precious file"
+    assert [p.name for p in result.paths] == ["a-1.png"]
+
+
+@pytest.mark.parametrize("flags, enabled", [
+    ([], True), (["--listen", "--insecure-no-auth"], False),
+    (["--listen", "--insecure-no-auth", "--enable-remote-folders"], True),
+])
+def test_batch_folders_are_off_when_exposed_unless_opted_in(tmp_path, flags, enabled):
+    from webui.cli import parse_settings
+
+    policy = folder_policy(parse_settings(["--data-dir", str(tmp_path), *flags]))
+    assert policy.enabled is enabled
+    if not enabled:
+        with pytest.raises(InvalidRequest, match="--enable-remote-folders"):
+            policy.input_files("in")
+
+
+def test_exposed_server_hides_batch_in_the_ui_and_refuses_it_through_gradio(tmp_path, model_files):
+    from tests.conftest import install
+
+    data = tmp_path / "data"
+    install(model_files["single"], data)
+    (data / "in").mkdir()
+    Image.new("RGB", (64, 64)).save(data / "in" / "a.png")
+    services = build_services(make_settings(data, host="0.0.0.0", insecure_no_auth=True))
+    try:
+        with TestClient(create_app(services), base_url=BASE_URL) as c:
+            config = c.get("/config").json()
+            radios = [comp for comp in config["components"] if comp.get("props", {}).get("elem_id") == "img2img_mode"]
+            assert radios and "Batch" not in str(radios[0]["props"]["choices"])
+        with pytest.raises(InvalidRequest, match="--enable-remote-folders"):
+            services.generation.submit_img2img_batch(Img2ImgRequest(**TINY), "in")
+    finally:
+        services.queue.shutdown()

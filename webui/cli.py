@@ -63,6 +63,11 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
                        help="same as --cors-allow-origins, for origins matching a regular expression")
     group.add_argument("--insecure-no-auth", action="store_true",
                        help="serve on the network without any login (dangerous)")
+    group.add_argument("--batch-dirs", metavar="DIR[,DIR2]",
+                       help="folders img2img Batch may read and write besides the data dir")
+    group.add_argument("--enable-remote-folders", action="store_true",
+                       help="with --listen or --share, still allow features that read or write server folders "
+                            "(img2img Batch); off by default because every user could then reach them")
 
 
 def read_auth(inline: str | None, path: Path | None, flag: str) -> Credentials:
@@ -81,6 +86,14 @@ def parse_origins(value: str | None) -> tuple[str, ...]:
             raise argparse.ArgumentTypeError(f"--cors-allow-origins: {origin!r} is not an origin like "
                                              "https://example.com or http://host:port (no path)")
     return origins
+
+
+def parse_folders(value: str | None, parser: argparse.ArgumentParser) -> tuple[Path, ...]:
+    folders = tuple(Path(item.strip()).expanduser().resolve() for item in (value or "").split(",") if item.strip())
+    for folder in folders:
+        if not folder.is_dir():
+            parser.error(f"--batch-dirs: {folder} is not a folder")
+    return folders
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
@@ -108,4 +121,5 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         allow_download=not args.no_download, limits=Limits(queue_size=args.queue_size),
         gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
-        cancel_on_disconnect=not args.keep_jobs_on_disconnect)
+        cancel_on_disconnect=not args.keep_jobs_on_disconnect,
+        batch_dirs=parse_folders(args.batch_dirs, parser), enable_remote_folders=args.enable_remote_folders)

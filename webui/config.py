@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMORY_PROFILES = ("auto", "8gb", "4gb", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class Settings:
     allow_download: bool = True
     cancel_on_disconnect: bool = True  # a client that hangs up does not keep the GPU busy
     limits: Limits = field(default_factory=Limits)
+    batch_dirs: tuple[Path, ...] = ()       # folders img2img Batch may use besides the data dir
+    enable_remote_folders: bool = False     # allow server-folder features while exposed (--listen/--share)
+
+    @property
+    def exposed(self) -> bool:
+        """Reachable from beyond this machine (--listen or --share)."""
+        return self.share or self.host not in LOOPBACK_HOSTS
 
     # Folders follow A1111's names so users can point us at their existing data.
     @property

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -132,7 +131,9 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     row = build_prompt_row("img2img", "make it winter")
     with gr.Row():
         with gr.Column():
-            mode = gr.Radio(list(MODES), value="img2img", label="Mode", elem_id="img2img_mode")
+            # Batch names server folders: hidden when the server is exposed and the operator did not opt in.
+            modes = [m for m in MODES if m != "Batch" or services.generation.batch_folders_enabled]
+            mode = gr.Radio(modes, value="img2img", label="Mode", elem_id="img2img_mode")
             with gr.Group(visible=True) as img2img_group:
                 image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB",
                                  elem_id="img2img_image", format="png", height=360)
@@ -151,9 +152,10 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                 invert = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
                                   label="Mask mode")
             with gr.Group(visible=False) as batch_group:
-                input_dir = gr.Textbox(label="Input folder (on the server)", elem_id="img2img_batch_input")
-                output_dir = gr.Textbox(label="Output folder (empty = outputs/img2img-images)",
-                                        elem_id="img2img_batch_output")
+                input_dir = gr.Textbox(label="Input folder on the server (inside the data dir, or --batch-dirs)",
+                                       elem_id="img2img_batch_input")
+                output_dir = gr.Textbox(label="Output folder (empty = outputs/img2img-images; existing files are "
+                                              "kept)", elem_id="img2img_batch_output")
             style = build_style_transfer(services)
             with gr.Group() as diffusion_group:
                 resize_mode = gr.Radio(list(RESIZE_MODES.values()), value=RESIZE_MODES[0], label="Resize mode")
@@ -188,9 +190,8 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
         chosen = values[mode]
         if chosen == "Batch":
             template = Img2ImgRequest.parse(**fields)  # each file in the folder becomes its init image
-            out = values[output_dir].strip() or None
-            return services.generation.submit_img2img_batch(template, Path(values[input_dir].strip()),
-                                                            Path(out) if out else None)
+            return services.generation.submit_img2img_batch(template, values[input_dir] or "",
+                                                            values[output_dir] or None)
         if chosen == "Inpaint":
             fields.update(_inpaint_inputs(values, inpaint))
         else:
