@@ -259,7 +259,21 @@ def test_exposed_server_hides_batch_in_the_ui_and_refuses_it_through_gradio(tmp_
             config = c.get("/config").json()
             radios = [comp for comp in config["components"] if comp.get("props", {}).get("elem_id") == "img2img_mode"]
             assert radios and "Batch" not in str(radios[0]["props"]["choices"])
+            banners = [comp for comp in config["components"]
+                       if comp.get("props", {}).get("elem_id") == "exposure_banner"]
+            assert banners and "reachable" in str(banners[0]["props"]["value"])
         with pytest.raises(InvalidRequest, match="--enable-remote-folders"):
             services.generation.submit_img2img_batch(Img2ImgRequest(**TINY), "in")
     finally:
         services.queue.shutdown()
+
+
+def test_exposed_server_says_who_can_reach_it():
+    from webui.config import Settings
+    from webui.ui.app import exposure_banner
+
+    assert exposure_banner(Settings()) == ""
+    text = exposure_banner(Settings(host="0.0.0.0", share=True, gradio_auth=(("a", "b"),)))
+    assert "--listen" in text and "share link" in text
+    assert "web UI asks for a login" in text and "API asks for NO login" in text
+    assert "img2img Batch) are off" in text
