@@ -52,7 +52,8 @@ def exposure_banner(settings) -> str:
 
 
 def build_ui(services: Services) -> gr.Blocks:
-    with gr.Blocks(title="Stable Studio") as demo:
+    # Uploads (with their original metadata) and result copies in Gradio's cache go after a day, and on restart.
+    with gr.Blocks(title="Stable Studio", delete_cache=(3600, 24 * 3600)) as demo:
         banner = exposure_banner(services.settings)
         if banner:
             gr.Markdown(banner, elem_id="exposure_banner", elem_classes=["studio-error"])
