@@ -59,7 +59,7 @@ def codes(entries: list[dict]) -> set[str]:
     return {entry["code"] for entry in entries}
 
 
-REMOTE_MANIFEST = {"title": "remote", "assertions": [{"label": "c2pa.actions", "data": {"actions": [
+OTHER_MANIFEST = {"title": "other", "assertions": [{"label": "c2pa.actions", "data": {"actions": [
     {"action": "c2pa.created", "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA}]}}]}
 
 
@@ -238,7 +238,7 @@ def test_reading_never_fetches_a_remote_manifest(key_dir, signed):
         info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, (folder / CHAIN_FILE).read_bytes(),
                                    (folder / KEY_FILE).read_bytes(), None)
         out = io.BytesIO()
-        with c2pa.Signer.from_info(info) as remote_signer, c2pa.Builder(REMOTE_MANIFEST) as builder:
+        with c2pa.Signer.from_info(info) as remote_signer, c2pa.Builder(OTHER_MANIFEST) as builder:
             builder.set_no_embed()
             builder.set_remote_url(url)
             # c2pa writes the URL into an XMP packet of its own; it cannot add it to our minimal one
@@ -253,3 +253,21 @@ def test_reading_never_fetches_a_remote_manifest(key_dir, signed):
     assert hits == []
     assert store["validation_state"] == "Invalid" and "active_manifest" not in store
     assert "remote" in store["validation_status"][0]["explanation"]
+
+
+def test_jpeg_credentials_are_read_too_and_a_resave_drops_them(key_dir, signed):
+    """The detect route gets JPEGs as well; re-encoding strips Content Credentials (the watermark is what survives)."""
+    import c2pa
+
+    folder = key_dir / KEY_FOLDER
+    info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, (folder / CHAIN_FILE).read_bytes(),
+                               (folder / KEY_FILE).read_bytes(), None)
+    jpeg, out = io.BytesIO(), io.BytesIO()
+    Image.open(io.BytesIO(signed)).convert("RGB").save(jpeg, "JPEG", quality=90)
+    with c2pa.Signer.from_info(info) as jpeg_signer, c2pa.Builder(OTHER_MANIFEST) as builder:
+        builder.sign(jpeg_signer, "image/jpeg", io.BytesIO(jpeg.getvalue()), out)
+    assert read_manifest(out.getvalue())["validation_state"] == "Valid"
+
+    resaved = io.BytesIO()
+    Image.open(io.BytesIO(signed)).save(resaved, "PNG")
+    assert read_manifest(resaved.getvalue()) is None
