@@ -128,6 +128,17 @@ def test_one_changed_pixel_byte_is_reported_as_a_hash_mismatch(signer):
     assert "assertion.dataHash.mismatch" in codes(store["validation_status"])
 
 
+@pytest.mark.parametrize("offset", [100, 400, 1000], ids=["box", "assertion", "claim"])
+def test_a_changed_manifest_byte_reads_as_invalid(signed, offset):
+    # (Bytes of the signature's padding are covered by nothing, by design of C2PA: not tested here.)
+    data = bytearray(signed)
+    _, pos, length = next(c for c in png_chunks(signed) if c[0] == b"caBX")
+    data[pos + 8 + offset] ^= 0xFF
+    data[pos + 8 + length:pos + 12 + length] = struct.pack(">I", zlib.crc32(bytes(data[pos + 4:pos + 8 + length])))
+    store = read_manifest(bytes(data))
+    assert store is not None and store["validation_state"] == "Invalid"
+
+
 def test_key_is_made_once_private_and_reused_across_restarts(signer, signed, key_dir):
     folder = key_dir / KEY_FOLDER
     assert sorted(p.name for p in key_dir.iterdir()) == [KEY_FOLDER]  # no staging folder left behind
