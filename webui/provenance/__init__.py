@@ -1,0 +1,1 @@
+"""Provenance of generated images: markers, watermark, Content Credentials."""
