@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     finally:
         services.queue.shutdown()
+        services.registry.close()  # a checkpoint hash still running in a request thread stops at its next chunk
     return 0
 
 

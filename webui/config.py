@@ -48,6 +48,7 @@ class Settings:
     allow_download: bool = True
     cancel_on_disconnect: bool = True  # a client that hangs up does not keep the GPU busy
     limits: Limits = field(default_factory=Limits)
+    allow_external_model_links: bool = False  # symlinks in model folders may point outside them
 
     # Folders follow A1111's names so users can point us at their existing data.
     @property
