@@ -7,6 +7,7 @@ the run, not a timing assert.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -401,3 +402,80 @@ def test_api_refuses_a_path_as_checkpoint_with_422(services):
             assert response.status_code == 422
             assert response.json()["error"].startswith(f"sd_model_checkpoint: Checkpoint '{query}' not found")
     assert services.manager.loaded_titles() == []
+
+
+# ------------------------------------------------------------------------- the default after a restart
+
+def test_last_used_checkpoint_is_the_default_after_a_restart(data_dir, model_files):
+    install(model_files["single"], data_dir)
+    install(model_files["other"], data_dir)
+    first = build_services(make_settings(data_dir))
+    try:
+        assert first.manager.selected.name == "other-sd15.safetensors"  # alphabetically first
+        first.manager.select("tiny-sd15")
+    finally:
+        first.queue.shutdown()
+    saved = json.loads((data_dir / "last-checkpoint.json").read_text())
+    assert saved["name"] == "tiny-sd15.safetensors"
+
+    second = build_services(make_settings(data_dir))  # a restart over the same data dir
+    try:
+        assert second.manager.selected.name == "tiny-sd15.safetensors"
+        assert second.options.get_all()["sd_model_checkpoint"].startswith("tiny-sd15.safetensors [")
+    finally:
+        second.queue.shutdown()
+
+
+def test_a_leased_default_is_remembered_but_a_per_request_override_is_not(data_dir, model_files):
+    install(model_files["single"], data_dir)
+    install(model_files["other"], data_dir)
+    registry = ModelRegistry(ckpt_dir(data_dir), HashCache(data_dir / "cache.json"))
+    registry.refresh()
+    manager = ModelManager(make_settings(data_dir), registry)
+    with manager.lease() as model:
+        assert model.info.name == "other-sd15.safetensors"
+    with manager.lease("tiny-sd15"):
+        pass
+    restarted = ModelManager(make_settings(data_dir), registry)
+    assert restarted.selected.name == "other-sd15.safetensors"
+    assert json.loads((data_dir / "last-checkpoint.json").read_text())["name"] == "other-sd15.safetensors"
+
+
+def test_default_skips_broken_and_inpainting_models(data_dir, model_files):
+    folder = ckpt_dir(data_dir)
+    write(folder / "a-broken.safetensors", model_files["single"].read_bytes()[:5000])
+    install(model_files["inpaint"], data_dir)       # tiny-inpainting: txt2img would refuse it
+    install(model_files["single"], data_dir)        # tiny-sd15
+    registry = ModelRegistry(folder, HashCache(data_dir / "cache.json"))
+    names = [i.name for i in registry.refresh()]
+    assert names[:2] == ["a-broken.safetensors", "tiny-inpainting.safetensors"]
+    manager = ModelManager(make_settings(data_dir), registry)
+    assert manager.selected.name == "tiny-sd15.safetensors"
+
+    # Only unusual models: the first is still offered, so the UI has something to show.
+    (folder / "tiny-sd15.safetensors").unlink()
+    registry.refresh()
+    assert ModelManager(make_settings(data_dir), registry).selected.name == "a-broken.safetensors"
+
+
+def test_a_remembered_checkpoint_that_is_gone_or_a_damaged_memory_falls_back(data_dir, model_files):
+    install(model_files["inpaint"], data_dir)
+    install(model_files["single"], data_dir)
+    registry = ModelRegistry(ckpt_dir(data_dir), HashCache(data_dir / "cache.json"))
+    registry.refresh()
+    memory = data_dir / "last-checkpoint.json"
+    for content in ('{"name": "deleted.safetensors"}', "{not json", '["a list"]', '{"name": 42}'):
+        memory.write_text(content)
+        assert ModelManager(make_settings(data_dir), registry).selected.name == "tiny-sd15.safetensors"
+
+
+def test_failing_to_remember_never_fails_the_switch(data_dir, model_files, caplog):
+    install(model_files["single"], data_dir)
+    registry = ModelRegistry(ckpt_dir(data_dir), HashCache(data_dir / "cache.json"))
+    registry.refresh()
+    (data_dir / "last-checkpoint.json").mkdir()  # the atomic rename onto it fails, as on a broken disk
+    manager = ModelManager(make_settings(data_dir), registry)
+    with caplog.at_level(logging.WARNING):
+        assert manager.select("tiny-sd15").name == "tiny-sd15.safetensors"
+    assert "Could not remember the last checkpoint" in caplog.text
+    assert [p.name for p in data_dir.iterdir() if p.name.startswith(".last-checkpoint")] == []  # no temp left

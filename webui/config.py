@@ -83,6 +83,10 @@ class Settings:
     def hash_cache_file(self) -> Path:
         return self.data_dir / "cache.json"
 
+    @property
+    def last_checkpoint_file(self) -> Path:
+        return self.data_dir / "last-checkpoint.json"
+
     def ensure_dirs(self) -> None:
         """Create the folders users are told to drop files into."""
         for path in (self.checkpoints_dir, self.lora_dir, self.vae_dir, self.models_dir / "CycleGAN",
