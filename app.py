@@ -37,8 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     from webui.share import open_share_link
 
     services = build_services(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host=settings.host, port=settings.port,
-                                           log_level="warning"))
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+            # uvicorn waits for running requests before it returns; a refresh hashing a large checkpoint
+            # would hold the exit for minutes, so stop hashing as soon as the signal arrives.
+            services.registry.close()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(create_app(services), host=settings.host, port=settings.port,
+                                   log_level="warning"))
     shown_host = "127.0.0.1" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     url = f"http://{shown_host}:{settings.port}"
 
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     finally:
         services.queue.shutdown()
+        services.registry.close()  # also when run() ended without a signal
     return 0
 
 

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="finish API jobs even when the client that asked for them has disconnected")
     parser.add_argument("--no-download", action="store_true",
                         help="hide the offer to download a default model when none is present")
+    parser.add_argument("--allow-external-model-links", action="store_true",
+                        help="follow symbolic links in model folders (checkpoints, LoRA, VAE, embeddings, "
+                             "CycleGAN/pix2pix) that point outside them, e.g. to models kept on another disk; "
+                             "without it such links are skipped and logged")
     return parser
 
 
@@ -122,4 +126,5 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
         cancel_on_disconnect=not args.keep_jobs_on_disconnect,
-        batch_dirs=parse_folders(args.batch_dirs, parser), enable_remote_folders=args.enable_remote_folders)
+        batch_dirs=parse_folders(args.batch_dirs, parser), enable_remote_folders=args.enable_remote_folders,
+        allow_external_model_links=args.allow_external_model_links)

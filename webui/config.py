@@ -49,6 +49,7 @@ class Settings:
     allow_download: bool = True
     cancel_on_disconnect: bool = True  # a client that hangs up does not keep the GPU busy
     limits: Limits = field(default_factory=Limits)
+    allow_external_model_links: bool = False  # symlinks in model folders may point outside them
     batch_dirs: tuple[Path, ...] = ()       # folders img2img Batch may use besides the data dir
     enable_remote_folders: bool = False     # allow server-folder features while exposed (--listen/--share)
 
@@ -89,6 +90,10 @@ class Settings:
     @property
     def hash_cache_file(self) -> Path:
         return self.data_dir / "cache.json"
+
+    @property
+    def last_checkpoint_file(self) -> Path:
+        return self.data_dir / "last-checkpoint.json"
 
     def ensure_dirs(self) -> None:
         """Create the folders users are told to drop files into."""
