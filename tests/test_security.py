@@ -27,7 +27,7 @@ from webui.services.container import build_services
 REPO_ROOT = Path(__file__).resolve().parent.parent
 API_LOGIN = (("alice", "s3cret"),)
 UI_LOGIN = (("bob", "hunter2"),)
-SELF = "http://testserver"  # the origin TestClient's requests come from
+SELF = "http://127.0.0.1:7860"  # the origin the test clients' requests come from (a Host the server accepts)
 FOREIGN = "https://evil.example"
 
 
@@ -40,7 +40,7 @@ def serve(data_dir: Path, **settings) -> Iterator[TestClient]:
     """The whole app over services with no checkpoint: every route answers fast (generation is a quick 409)."""
     services = build_services(make_settings(data_dir, **settings))
     try:
-        with TestClient(create_app(services)) as client:
+        with TestClient(create_app(services), base_url=SELF) as client:
             yield client
     finally:
         services.queue.shutdown()
@@ -257,7 +257,7 @@ def test_foreign_origin_cannot_change_state(tmp_path):
         assert client.post("/sdapi/v1/interrupt", headers={"Origin": SELF}).status_code == 200
         assert client.post("/sdapi/v1/interrupt").status_code == 200  # curl, Python clients: no Origin header
         # Behind a TLS proxy the page is https while the proxy talks http to us.
-        assert client.post("/sdapi/v1/interrupt", headers={"Origin": "https://testserver",
+        assert client.post("/sdapi/v1/interrupt", headers={"Origin": "https://127.0.0.1:7860",
                                                            "X-Forwarded-Proto": "https"}).status_code == 200
         read = client.get("/sdapi/v1/samplers", headers={"Origin": FOREIGN})
         assert read.status_code == 200 and "access-control-allow-origin" not in read.headers
