@@ -318,9 +318,11 @@ def asgi_call(client: TestClient, method: str, path: str, headers: list[tuple[by
 
 def test_flags_set_hosts_and_limits():
     settings = parse_settings(["--listen", "--allowed-hosts", "Studio.LAN., .example.org, 192.168.1.5, [fe80::1]",
-                               "--max-request-mb", "8", "--max-upload-mb", "2"])
+                               "--max-request-mb", "8", "--max-upload-mb", "2", "--insecure-api-no-auth",
+                               "--insecure-ui-no-auth"])
     assert settings.allowed_hosts == ("studio.lan", ".example.org", "192.168.1.5", "fe80::1")
     assert settings.limits.max_request_bytes == 8 * 1024 * 1024 and settings.limits.max_upload_bytes == 2 * 1024 * 1024
+    assert settings.insecure_api_no_auth and settings.insecure_ui_no_auth and not settings.insecure_no_auth
     defaults = parse_settings([])
     assert defaults.allowed_hosts == () and defaults.limits.max_request_bytes == Limits().max_request_bytes
 

@@ -71,6 +71,12 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
                             "machine's LAN name or a reverse proxy's name); a leading dot (.example.com) also "
                             "allows every subdomain; other names get 421 (DNS rebinding protection). With --listen, "
                             "IP addresses are always accepted")
+    group.add_argument("--insecure-api-no-auth", action="store_true",
+                       help="with --listen or --share and --gradio-auth: leave the /sdapi API and its /docs open "
+                            "to anyone who can reach the server, without --api-auth (dangerous)")
+    group.add_argument("--insecure-ui-no-auth", action="store_true",
+                       help="with --listen or --share and --api-auth: leave the web UI open to anyone who can "
+                            "reach the server, without --gradio-auth (dangerous)")
     group.add_argument("--max-request-mb", type=int, default=Limits.max_request_bytes // MIB,
                        help="largest request body in MiB (API JSON with base64 images, uploads); larger ones get "
                             "413 before they are read")
@@ -134,4 +140,5 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
                       max_upload_bytes=args.max_upload_mb * MIB),
         gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
-        cancel_on_disconnect=not args.keep_jobs_on_disconnect, allowed_hosts=allowed_hosts)
+        cancel_on_disconnect=not args.keep_jobs_on_disconnect, allowed_hosts=allowed_hosts,
+        insecure_api_no_auth=args.insecure_api_no_auth, insecure_ui_no_auth=args.insecure_ui_no_auth)

@@ -48,6 +48,8 @@ class Settings:
     cors_allow_origins_regex: str | None = None
     insecure_no_auth: bool = False
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback (DNS-rebinding defence)
+    insecure_api_no_auth: bool = False  # exposed with a UI login but an open API
+    insecure_ui_no_auth: bool = False  # exposed with an API login but an open UI
     max_loaded_models: int = 1
     preview_every: int = 3
     allow_download: bool = True

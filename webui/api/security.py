@@ -104,6 +104,37 @@ def exposure_problems(settings: Settings) -> tuple[list[str], list[str]]:
     exposed = _exposure(settings)
     if not exposed:
         return errors, warnings
+    # Each side without a login needs its own explicit opt-out; --insecure-no-auth opts out of both.
+    ui_opt_out = settings.insecure_no_auth or settings.insecure_ui_no_auth
+    api_opt_out = settings.insecure_no_auth or settings.insecure_api_no_auth
+    if not settings.gradio_auth and not settings.api_auth:
+        if ui_opt_out and api_opt_out:
+            warnings.append(f"{exposed} WITHOUT any login (--insecure-no-auth): anyone who can reach it can "
+                            "generate images, switch models and read your outputs.")
+        else:
+            errors.append(f"Refusing to start: {exposed} without any login.\n"
+                          "Anyone who can reach it could generate images, switch models and read your outputs.\n"
+                          "Add --gradio-auth USER:PASS (web UI) and --api-auth USER:PASS (/sdapi API),\n"
+                          "or pass --insecure-no-auth to serve on the network without any login (dangerous).")
+    elif not settings.api_auth:
+        if api_opt_out:
+            warnings.append(f"{exposed}: the web UI asks for a login but the /sdapi API is open to anyone "
+                            "(--insecure-api-no-auth): they can generate images and switch models.")
+        else:
+            errors.append(f"Refusing to start: {exposed} and the web UI asks for a login, but the /sdapi API "
+                          "(and its /docs) would be open to anyone: they could generate images and switch "
+                          "models.\nAdd --api-auth USER:PASS, or pass --insecure-api-no-auth to leave the API "
+                          "open (dangerous).")
+    elif not settings.gradio_auth:
+        if ui_opt_out:
+            warnings.append(f"{exposed}: the /sdapi API asks for a login but the web UI and its Gradio API are open "
+                            "to anyone (--insecure-ui-no-auth): they can generate images and read your outputs.")
+        else:
+            errors.append(f"Refusing to start: {exposed} and the /sdapi API asks for a login, but the web UI "
+                          "and its Gradio API would be open to anyone: they could generate images and read your "
+                          "outputs.\nAdd --gradio-auth USER:PASS, or pass --insecure-ui-no-auth to leave the UI "
+                          "open (dangerous).")
+    return errors, warnings
     if not settings.gradio_auth and not settings.api_auth:
         if settings.insecure_no_auth:
             warnings.append(f"{exposed} WITHOUT any login (--insecure-no-auth): anyone who can reach it can "
