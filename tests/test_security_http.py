@@ -28,7 +28,8 @@ UPLOAD_LIMIT = 1024
 CHUNK = 16 * 1024
 PAGES = ["/", "/config", "/gradio_api/info", "/sdapi/v1/options", "/docs"]
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
-                    "content-security-policy": "frame-ancestors 'none'", "referrer-policy": "same-origin"}
+                    "content-security-policy": "frame-ancestors 'none'", "referrer-policy": "same-origin",
+                    "cross-origin-resource-policy": "same-origin"}
 
 
 @contextmanager
@@ -317,12 +318,15 @@ def asgi_call(client: TestClient, method: str, path: str, headers: list[tuple[by
 # --- flags ------------------------------------------------------------------------------------------------------------
 
 def test_flags_set_hosts_and_limits():
-    settings = parse_settings(["--listen", "--allowed-hosts", "Studio.LAN., .example.org, 192.168.1.5, [fe80::1]",
+    settings = parse_settings(["--listen", "--allowed-hosts", "Studio.LAN., .example.org, 192.168.1.5, [FE80::0001]",
                                "--max-request-mb", "8", "--max-upload-mb", "2", "--insecure-api-no-auth",
                                "--insecure-ui-no-auth"])
     assert settings.allowed_hosts == ("studio.lan", ".example.org", "192.168.1.5", "fe80::1")
     assert settings.limits.max_request_bytes == 8 * 1024 * 1024 and settings.limits.max_upload_bytes == 2 * 1024 * 1024
     assert settings.insecure_api_no_auth and settings.insecure_ui_no_auth and not settings.insecure_no_auth
+    hosts = HostPolicy(settings.allowed_hosts)  # as bound to loopback: listed addresses only
+    assert hosts.problem("[fe80::1]:7860") is None and hosts.problem("192.168.1.5") is None
+    assert hosts.problem("192.168.1.6")[0] == 421
     defaults = parse_settings([])
     assert defaults.allowed_hosts == () and defaults.limits.max_request_bytes == Limits().max_request_bytes
 

@@ -33,11 +33,13 @@ class HostError(ValueError):
 
 
 def normalize_name(text: str) -> str:
-    """Lower case, brackets off IPv6 literals, one trailing dot off (``studio.lan.`` is the same name)."""
+    """Lower case, one trailing dot off (``studio.lan.`` is the same name), IP addresses in canonical form
+    without brackets (``[FE80::0001]`` is ``fe80::1``)."""
     name = text.strip().lower()
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
-    return name.removesuffix(".")
+    address = ip_literal(name)
+    return str(address) if address is not None else name.removesuffix(".")
 
 
 def ip_literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -63,7 +65,7 @@ def split_host_header(value: str) -> str | None:
         address, bracket, rest = value[1:].partition("]")
         if not bracket or (rest and not (rest.startswith(":") and PORT_PATTERN.fullmatch(rest[1:]))):
             return None
-        return address.lower() if isinstance(ip_literal(address), ipaddress.IPv6Address) else None
+        return normalize_name(address) if isinstance(ip_literal(address), ipaddress.IPv6Address) else None
     name, colon, port = value.partition(":")
     if colon and not PORT_PATTERN.fullmatch(port):
         return None  # also refuses unbracketed IPv6, which no browser sends

@@ -266,6 +266,8 @@ SECURITY_HEADERS = {
     # Referrers reach only our own routes. Not no-referrer: under it the Fetch standard sends "Origin: null" on a
     # page's own non-CORS POSTs (forms), which the origin guard refuses.
     "referrer-policy": "same-origin",
+    # Other sites cannot even embed our responses (<img src=".../gradio_api/file=...">); CORS fetches are unaffected.
+    "cross-origin-resource-policy": "same-origin",
 }
 FRAME_ANCESTORS = "frame-ancestors 'none'"  # the CSP form of X-Frame-Options; no script policy (Gradio needs inline)
 
