@@ -119,6 +119,18 @@ def test_rebinding_page_cannot_change_options_or_call_gradio_events(local):
     assert local.get("/sdapi/v1/options").json() == before
 
 
+def test_logins_do_not_open_a_rebound_host(secured):
+    # A rebinding page runs in the user's browser, which holds the UI cookie and may hold the API login.
+    assert secured.post("/login", data={"username": "bob", "password": "hunter2"}).status_code == 200
+    try:
+        for path in ("/config", "/gradio_api/info", "/sdapi/v1/options", "/docs"):
+            assert secured.get(path, headers=basic(*API_LOGIN[0])).status_code == 200, path  # logged in to both
+            rebound = secured.get(path, headers={"Host": "rebind.example:7860", **basic(*API_LOGIN[0])})
+            assert_refused(rebound, 421, ["header", "host"])
+    finally:
+        secured.cookies.clear()  # the module's other tests expect a client without the UI login
+
+
 def test_websockets_are_checked_for_host_and_origin(local):
     for headers in ({"Host": "rebind.example:7860"}, {"Origin": "https://evil.example"}, {"Origin": "null"}):
         with pytest.raises(WebSocketDisconnect) as refused:
