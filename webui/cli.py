@@ -58,7 +58,7 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
                        help="require a login for the web UI and its Gradio API")
     group.add_argument("--gradio-auth-path", type=Path, metavar="PATH", help="read --gradio-auth logins from a file")
     group.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]",
-                       help="require HTTP Basic auth for every /sdapi route")
+                       help="require HTTP Basic auth for every /sdapi and /studio route and the API docs")
     group.add_argument("--api-auth-file", type=Path, metavar="PATH", help="read --api-auth logins from a file")
     group.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]",
                        help="web pages (e.g. https://example.com) allowed to call the server from a browser")
