@@ -27,6 +27,10 @@ class Limits:
     max_batch_count: int = 100
     queue_size: int = 16
     max_image_pixels: int = 4096 * 4096  # uploaded images; checked from the header, before decoding
+    # Any request body, refused before parsing. 64 MiB holds a 4096x4096 photo as base64 PNG (about 30-50 MB) or
+    # two incompressible 2048x2048 images; a 100 MB JSON body is refused unread.
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = 50 * 1024 * 1024  # one file uploaded through the web UI (Gradio's max_file_size)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = ()
     cors_allow_origins_regex: str | None = None
     insecure_no_auth: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback (DNS-rebinding defence)
+    insecure_api_no_auth: bool = False  # exposed with a UI login but an open API
+    insecure_ui_no_auth: bool = False  # exposed with an API login but an open UI
     max_loaded_models: int = 1
     preview_every: int = 3
     allow_download: bool = True
