@@ -8,6 +8,7 @@ from pathlib import Path
 
 from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
 from webui.config import DEVICES, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+from webui.image_io import DEFAULT_FORMATS, OPTIONAL_FORMATS, parse_image_formats
 
 # What a browser sends in its Origin header: scheme://host[:port], no path, no trailing slash.
 ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="finish API jobs even when the client that asked for them has disconnected")
     parser.add_argument("--no-download", action="store_true",
                         help="hide the offer to download a default model when none is present")
+    parser.add_argument("--image-formats", default=",".join(DEFAULT_FORMATS), metavar="FORMAT[,FORMAT2]",
+                        help="image formats accepted from uploads, the API and batch folders; may add "
+                             f"{', '.join(OPTIONAL_FORMATS)} (formats that run external programs, such as EPS, "
+                             "are never accepted)")
     return parser
 
 
@@ -101,11 +106,15 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--max-loaded-models must be at least 1")
     if args.queue_size < 1:
         parser.error("--queue-size must be at least 1")
+    try:
+        image_formats = parse_image_formats(args.image_formats)
+    except ValueError as exc:
+        parser.error(f"--image-formats: {exc}")
     return Settings(
         data_dir=args.data_dir.resolve(), host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
         share=args.share, device=args.device, precision=args.precision, memory_profile=args.memory_profile,
         allow_pickle=args.allow_pickle, max_loaded_models=args.max_loaded_models,
-        allow_download=not args.no_download, limits=Limits(queue_size=args.queue_size),
+        allow_download=not args.no_download, limits=Limits(queue_size=args.queue_size, image_formats=image_formats),
         gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
         cancel_on_disconnect=not args.keep_jobs_on_disconnect)

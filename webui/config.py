@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webui.image_io import DEFAULT_FORMATS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MEMORY_PROFILES = ("auto", "8gb", "4gb", "cpu")
@@ -26,6 +28,7 @@ class Limits:
     max_batch_count: int = 100
     queue_size: int = 16
     max_image_pixels: int = 4096 * 4096  # uploaded images; checked from the header, before decoding
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names any input may be; see webui/image_io.py
 
 
 @dataclass(frozen=True)
