@@ -156,9 +156,9 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                                       image_mode=None, elem_id="img2img_image", format="png", height=360)
             with gr.Group(visible=False) as inpaint_group:
                 editor = UploadedImageEditor(type="filepath", label="Image: paint over the area to change",
-                                        elem_id="img2img_editor", sources=["upload", "clipboard"],
-                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False,
-                                        format="png", image_mode="RGBA")
+                                             elem_id="img2img_editor", sources=["upload", "clipboard"],
+                                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                             layers=False, format="png", image_mode="RGBA")
                 mask_upload = UploadedImage(type="filepath", label="Or upload a mask (white = repaint)",
                                             image_mode=None, sources=["upload"], elem_id="img2img_mask",
                                             format="png", height=200)
