@@ -575,3 +575,23 @@ def test_batch_folder_files_open_through_the_same_rules(stack):
     with pytest.raises(InvalidRequest, match=r"^input_dir: b\.png: EPS images are not accepted") as caught:
         job.wait()
     assert str(stack.data_dir) not in str(caught.value)
+
+
+def gradio_call(client: TestClient, api_name: str, data: list) -> str:
+    """POST /gradio_api/call/<name>, then read its event stream; returns the stream's text."""
+    started = client.post(f"/gradio_api/call/{api_name}", json={"data": data})
+    assert started.status_code == 200, started.text
+    return client.get(f"/gradio_api/call/{api_name}/{started.json()['event_id']}").text
+
+
+@pytest.mark.parametrize("name", ["eps", "zTXt bomb", "12000x12000 claim", "truncated png"])
+def test_png_info_through_the_gradio_event_api(stack, name):
+    """The whole Gradio path: upload, then the png_info event with that file, as a browser or client does it."""
+    _, data, message = HOSTILE[HOSTILE_IDS.index(name)]
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", INFOTEXT)
+    for content, expected in ((data, html.escape(message)), (encoded("PNG", pnginfo=meta), "Euler a")):
+        uploaded_paths = stack.client.post("/gradio_api/upload", files={"files": ("upload.png", content)}).json()
+        stream = gradio_call(stack.client, "png_info",
+                             [{"path": uploaded_paths[0], "meta": {"_type": "gradio.FileData"}}])
+        assert "event: complete" in stream and expected in stream, stream
