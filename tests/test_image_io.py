@@ -122,6 +122,8 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG images are not accepted"),
     ("text", b"just some words, not an image\n", "is not a readable image (PNG, JPEG or WebP expected)"),
     ("empty", b"", "is empty"),
+    ("broken png header", PngImagePlugin._MAGIC + b"garbage!" * 4, "is not a readable image (PNG, JPEG or WebP"),
+    ("broken webp", b"RIFF\x20\x00\x00\x00WEBPVP8 " + b"\x01" * 24, "is not a readable image"),
     ("truncated png", truncated_png(), "damaged or truncated"),
     ("100000x100000 claim", png_claiming(100_000, 100_000), "over the pixel budget"),
     ("12000x12000 claim", png_claiming(12_000, 12_000), "is 12000x12000, over the pixel budget of 16777216"),
