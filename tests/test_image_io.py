@@ -502,6 +502,16 @@ def test_png_info_tab_reads_parameters_from_png_and_jpeg(demo, tmp_path):
         assert raw == INFOTEXT and "Euler a" in table
 
 
+def test_png_info_tab_survives_damaged_exif(demo, tmp_path):
+    exif = Image.Exif()
+    exif[ExifTags.IFD.Exif] = {ExifTags.Base.UserComment: b"UNICODE\0" + INFOTEXT.encode("utf-16-be")}
+    data = encoded("JPEG", exif=exif)
+    tiff_header = b"II*\x00" if b"II*\x00" in data else b"MM\x00*"
+    path = uploaded(tmp_path, "damaged.jpg", data.replace(tiff_header, b"XX\x00*", 1))
+    raw, table = handler(demo, "png_info").fn(path)
+    assert raw == "" and "carries no generation parameters" in table
+
+
 def test_upload_widgets_hand_over_the_file_without_decoding_it(demo, tmp_path):
     """Gradio's own preprocessing opens every upload with all Pillow formats; ours must not open it at all."""
     missing = str(tmp_path / "never-written.eps")  # Gradio's preprocessing would fail opening it

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -294,7 +295,10 @@ def _infotext_from_image(image: Image.Image) -> str | None:
 
 
 def _exif_user_comment(image: Image.Image) -> str | None:
-    exif_ifd = image.getexif().get_ifd(ExifTags.IFD.Exif)
+    try:
+        exif_ifd = image.getexif().get_ifd(ExifTags.IFD.Exif)
+    except (SyntaxError, ValueError, OSError, EOFError, IndexError, struct.error):
+        return None  # damaged EXIF (Pillow parses it lazily, here): no infotext, not a crash
     raw = exif_ifd.get(ExifTags.Base.UserComment)
     if isinstance(raw, str):
         return raw.rstrip("\x00") or None
