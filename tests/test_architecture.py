@@ -23,6 +23,7 @@ FORBIDDEN = {
     "webui.infotext": ("torch", "gradio", "fastapi", "webui.services"),
     "webui.prompts": ("torch", "gradio", "fastapi", "webui.services"),
     "webui.types": ("torch", "gradio", "fastapi", "webui.services", "webui.models"),
+    "webui.image_io": ("torch", "gradio", "fastapi", "webui.services", "webui.models", "webui.pipelines"),
 }
 
 

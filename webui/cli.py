@@ -9,6 +9,7 @@ from pathlib import Path
 from webui.api.hosts import HostError, parse_allowed_host
 from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
 from webui.config import DEVICES, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+from webui.image_io import DEFAULT_FORMATS, OPTIONAL_FORMATS, parse_image_formats
 
 MIB = 1024 * 1024
 
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="follow symbolic links in model folders (checkpoints, LoRA, VAE, embeddings, "
                              "CycleGAN/pix2pix) that point outside them, e.g. to models kept on another disk; "
                              "without it such links are skipped and logged")
+    parser.add_argument("--image-formats", default=",".join(DEFAULT_FORMATS), metavar="FORMAT[,FORMAT2]",
+                        help="image formats accepted from uploads, the API and batch folders; may add "
+                             f"{', '.join(OPTIONAL_FORMATS)} (formats that run external programs, such as EPS, "
+                             "are never accepted)")
     return parser
 
 
@@ -148,13 +153,17 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     for flag, value in (("--max-request-mb", args.max_request_mb), ("--max-upload-mb", args.max_upload_mb)):
         if value < 1:
             parser.error(f"{flag} must be at least 1")
+    try:
+        image_formats = parse_image_formats(args.image_formats)
+    except ValueError as exc:
+        parser.error(f"--image-formats: {exc}")
     return Settings(
         data_dir=args.data_dir.resolve(), host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
         share=args.share, device=args.device, precision=args.precision, memory_profile=args.memory_profile,
         allow_pickle=args.allow_pickle, max_loaded_models=args.max_loaded_models,
         allow_download=not args.no_download,
         limits=Limits(queue_size=args.queue_size, max_request_bytes=args.max_request_mb * MIB,
-                      max_upload_bytes=args.max_upload_mb * MIB),
+                      max_upload_bytes=args.max_upload_mb * MIB, image_formats=image_formats),
         gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
         cancel_on_disconnect=not args.keep_jobs_on_disconnect,

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webui.image_io import DEFAULT_FORMATS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MEMORY_PROFILES = ("auto", "8gb", "4gb", "cpu")
@@ -31,6 +33,7 @@ class Limits:
     # two incompressible 2048x2048 images; a 100 MB JSON body is refused unread.
     max_request_bytes: int = 64 * 1024 * 1024
     max_upload_bytes: int = 50 * 1024 * 1024  # one file uploaded through the web UI (Gradio's max_file_size)
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names any input may be; see webui/image_io.py
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,8 @@ def build_listings_router(services: Services) -> APIRouter:
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     def extra_single_image(body: ExtrasSingleImageBody) -> dict[str, str]:
         spec = upscale_spec(body)  # validate names before decoding the image
-        source = decode_image(body.image, "image", services.settings.limits.max_image_pixels)
+        limits = services.settings.limits
+        source = decode_image(body.image, "image", limits.max_image_pixels, formats=limits.image_formats)
         result, info = extras.upscale(source, spec)
         # Keep the source's generation parameters, as A1111's extras output does.
         parameters = source.info.get("parameters")

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 
 from webui import VERSION
 from webui.config import Settings
 from webui.errors import InvalidRequest, ModelNotFound
+from webui.image_io import open_image
 from webui.infotext import format_infotext
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
@@ -96,8 +97,9 @@ class GenerationService:
         for path in files:
             if ctx.interrupted:
                 break
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
+            limits = self._settings.limits
+            image = open_image(path, f"input_dir: {path.name}", max_pixels=limits.max_image_pixels,
+                               formats=limits.image_formats).convert("RGB")
             request = template.model_copy(update={"init_images": [image],
                                                   "save_images": template.save_images and output_dir is None})
             result = self._run(ctx, request, schedule, _Img2Img(request))

@@ -76,7 +76,7 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                pnginfo.build(t2i, tabs, "txt2img")
+                pnginfo.build(t2i, tabs, "txt2img", services.settings.limits)
         gr.Markdown(f"<small>Stable Studio {VERSION} · device {services.manager.device} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
 
