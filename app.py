@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from urllib.parse import urlsplit
 
 
 def report_exposure(errors: list[str], warnings: list[str]) -> None:
@@ -32,26 +33,43 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from webui.api.hosts import HostError, HostPolicy
     from webui.server import create_app
     from webui.services.container import build_services
     from webui.share import open_share_link
 
     services = build_services(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host=settings.host, port=settings.port,
-                                           log_level="warning"))
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+            # uvicorn waits for running requests before it returns; a refresh hashing a large checkpoint
+            # would hold the exit for minutes, so stop hashing as soon as the signal arrives.
+            services.registry.close()
+            super().handle_exit(sig, frame)
+
+    hosts = HostPolicy.from_settings(settings)  # kept here: the share link's host joins it once known
+    server = Server(uvicorn.Config(create_app(services, hosts), host=settings.host, port=settings.port,
+                                   log_level="warning"))
     shown_host = "127.0.0.1" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     url = f"http://{shown_host}:{settings.port}"
 
     def announce() -> None:
         print(f"Stable Studio running on {url}  (API docs: {url}/docs)", flush=True)
         if settings.host == "0.0.0.0":
-            print("Listening on all network interfaces (--listen).", flush=True)
+            print("Listening on all network interfaces (--listen): reach it by this machine's IP address"
+                  + (f" or by {', '.join(settings.allowed_hosts)}" if settings.allowed_hosts else
+                     "; to use a host name, list it with --allowed-hosts"), flush=True)
+        elif settings.allowed_hosts:
+            print(f"Also answering to: {', '.join(settings.allowed_hosts)} (--allowed-hosts)", flush=True)
         if not services.registry.list():
             print(f"No checkpoint yet: put a .safetensors file in {settings.checkpoints_dir}", flush=True)
         if settings.share:
             try:
-                print(f"Public share link: {open_share_link(settings.port)}", flush=True)
-            except RuntimeError as exc:
+                link = open_share_link(settings.port)
+                # The tunnel forwards the public name as Host: answer to it (and accept it as an Origin).
+                hosts.add(urlsplit(link).hostname or "")
+                print(f"Public share link: {link}", flush=True)
+            except (RuntimeError, HostError) as exc:
                 print(f"Could not create a share link ({exc}); serving locally only.", flush=True)
 
     def announce_when_started() -> None:
@@ -65,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     finally:
         services.queue.shutdown()
+        services.registry.close()  # also when run() ended without a signal
     return 0
 
 

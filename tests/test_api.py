@@ -18,7 +18,7 @@ SMALL = {"width": 64, "height": 64, "steps": 3}
 
 @pytest.fixture
 def client(services):
-    with TestClient(create_app(services)) as test_client:
+    with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as test_client:
         yield test_client
 
 
@@ -172,7 +172,7 @@ def test_no_model_gives_409_with_instructions(data_dir):
     from webui.services.container import build_services
     services = build_services(make_settings(data_dir))
     try:
-        with TestClient(create_app(services)) as client:
+        with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
             response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
             assert response.status_code == 409
             assert "No checkpoint found" in response.json()["error"]

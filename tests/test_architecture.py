@@ -25,6 +25,7 @@ FORBIDDEN = {
     "webui.types": ("torch", "gradio", "fastapi", "webui.services", "webui.models"),
     "webui.provenance": ("torch", "gradio", "fastapi", "webui.services", "webui.ui", "webui.api", "webui.models",
                          "webui.pipelines"),
+    "webui.image_io": ("torch", "gradio", "fastapi", "webui.services", "webui.models", "webui.pipelines"),
 }
 
 

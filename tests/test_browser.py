@@ -404,12 +404,16 @@ def test_img2img_and_batch_modes(page, app_server: RunningApp, tmp_path):
     expect(info).to_have_value(re.compile(r"Denoising strength: 0.75"), timeout=GENERATE_TIMEOUT)
     expect(info).not_to_have_value(re.compile(r"Mask blur"))
 
-    source, target = tmp_path / "in", tmp_path / "out"
+    # Batch folders live inside the data dir (or --batch-dirs); a relative name starts there.
+    source, target = app_server.data_dir / "batch-in", app_server.data_dir / "batch-out"
     source.mkdir()
     for name in ("one", "two"):
         Image.new("RGB", (64, 64), (20, 120, 90)).save(source / f"{name}.png")
     page.locator("#img2img_mode").get_by_label("Batch").check()
-    page.locator("#img2img_batch_input textarea").fill(str(source))
+    page.locator("#img2img_batch_input textarea").fill(str(tmp_path))  # outside: refused, nothing revealed
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#img2img_progress")).to_contain_text("input_dir: not an existing folder this server may use")
+    page.locator("#img2img_batch_input textarea").fill("batch-in")
     page.locator("#img2img_batch_output textarea").fill(str(target))
     page.locator("#img2img_generate").click()
     expect(page.locator("#img2img_progress")).to_contain_text("2 image(s) in", timeout=GENERATE_TIMEOUT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -129,8 +131,8 @@ def test_masked_region_is_padded_and_has_target_aspect():
     assert masked_region(Image.new("L", (10, 10)), 4, 64, 64) is None
 
 
-def test_batch_folder_processes_every_image_with_infotext(services, tmp_path):
-    source, target = tmp_path / "in", tmp_path / "out"
+def test_batch_folder_processes_every_image_with_infotext(services, data_dir):
+    source, target = data_dir / "in", data_dir / "out"
     source.mkdir()
     gradient().save(source / "a.png")
     gradient(80, 64).save(source / "b.jpg")
@@ -143,27 +145,35 @@ def test_batch_folder_processes_every_image_with_infotext(services, tmp_path):
     assert len(result.images) == 2
 
 
-def test_batch_folder_errors_name_the_field(services, tmp_path):
+def test_batch_folder_errors_name_the_field(services, data_dir):
     template = Img2ImgRequest(**SMALL)
-    with pytest.raises(InvalidRequest, match="input_dir: .* is not a folder"):
-        services.generation.submit_img2img_batch(template, tmp_path / "missing")
-    with pytest.raises(InvalidRequest, match="input_dir: .* holds no PNG"):
-        services.generation.submit_img2img_batch(template, tmp_path)
+    with pytest.raises(InvalidRequest, match="input_dir: not an existing folder"):
+        services.generation.submit_img2img_batch(template, data_dir / "missing")
+    (data_dir / "empty").mkdir()
+    with pytest.raises(InvalidRequest, match="input_dir: holds no PNG"):
+        services.generation.submit_img2img_batch(template, "empty")
     with pytest.raises(InvalidRequest, match="init_images: at least one image"):
         services.generation.submit_img2img(template)
 
 
-def test_mask_drawn_in_the_editor_is_the_union_of_painted_layers():
+def test_mask_drawn_in_the_editor_is_the_union_of_painted_layers(tmp_path):
+    from webui.image_io import open_image
     from webui.ui.img2img import mask_from_editor
 
     layer = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
     ImageDraw.Draw(layer).rectangle((4, 4, 10, 10), fill=(255, 255, 255, 255))
     second = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
     ImageDraw.Draw(second).rectangle((20, 20, 25, 25), fill=(255, 255, 255, 200))
-    mask = mask_from_editor({"background": Image.new("RGB", (32, 32)), "layers": [layer, second]})
+    # The editor hands over files (Gradio's cache) or bytes (its blob upload), as PNGs.
+    layer.save(tmp_path / "layer.png")
+    buffer = io.BytesIO()
+    second.save(buffer, format="PNG")
+    mask = mask_from_editor({"background": str(tmp_path / "layer.png"),
+                             "layers": [str(tmp_path / "layer.png"), buffer.getvalue()]}, open_image)
     assert mask.getbbox() == (4, 4, 26, 26)
     assert mask.getpixel((5, 5)) == 255 and mask.getpixel((21, 21)) == 200 and mask.getpixel((15, 15)) == 0
-    assert mask_from_editor({"background": None, "layers": [Image.new("RGBA", (8, 8))]}) is None
+    Image.new("RGBA", (8, 8)).save(tmp_path / "empty.png")
+    assert mask_from_editor({"background": None, "layers": [str(tmp_path / "empty.png")]}, open_image) is None
 
 
 def test_init_images_past_the_pixel_budget_are_refused(data_dir, model_files):

@@ -44,8 +44,8 @@ def test_hash_cache_avoids_rehash_until_file_changes(data_dir, model_files, monk
 
     calls = []
     import webui.models.registry as registry_module
-    real = registry_module.sha256_file
-    monkeypatch.setattr(registry_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = registry_module.hash_file
+    monkeypatch.setattr(registry_module, "hash_file", lambda p, **kw: calls.append(p) or real(p, **kw))
     make_registry(data_dir)  # a "restart": same path, size and mtime
     assert calls == []
     with open(path, "ab") as fh:  # an edited file is rehashed

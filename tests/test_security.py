@@ -27,7 +27,7 @@ from webui.services.container import build_services
 REPO_ROOT = Path(__file__).resolve().parent.parent
 API_LOGIN = (("alice", "s3cret"),)
 UI_LOGIN = (("bob", "hunter2"),)
-SELF = "http://testserver"  # the origin TestClient's requests come from
+SELF = "http://127.0.0.1:7860"  # the origin the test clients' requests come from (a Host the server accepts)
 FOREIGN = "https://evil.example"
 
 
@@ -40,7 +40,7 @@ def serve(data_dir: Path, **settings) -> Iterator[TestClient]:
     """The whole app over services with no checkpoint: every route answers fast (generation is a quick 409)."""
     services = build_services(make_settings(data_dir, **settings))
     try:
-        with TestClient(create_app(services)) as client:
+        with TestClient(create_app(services), base_url=SELF) as client:
             yield client
     finally:
         services.queue.shutdown()
@@ -205,29 +205,38 @@ def test_basic_auth_header_parsing(header, expected):
 
 # --- exposure ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("listen, share, ui, api, insecure, error, warning", [
-    (False, False, False, False, False, None, None),
-    (False, False, False, False, True, None, None),
-    (True, False, False, False, False, "--listen", None),
-    (False, True, False, False, False, "--share", None),
-    (True, True, False, False, False, "--listen serves on all network interfaces (0.0.0.0) and --share", None),
-    (True, False, False, False, True, None, "WITHOUT any login"),
-    (False, True, False, False, True, None, "WITHOUT any login"),
-    (True, False, True, False, False, None, "/sdapi API is open"),
-    (False, True, True, False, False, None, "/sdapi API is open"),
-    (True, False, False, True, False, None, "web UI and its Gradio API are open"),
-    (False, True, False, True, True, None, "web UI and its Gradio API are open"),
-    (True, True, True, True, False, None, None),
+@pytest.mark.parametrize("listen, share, ui, api, opt_out, error, warning", [
+    (False, False, False, False, (), None, None),
+    (False, False, False, False, ("insecure_no_auth",), None, None),
+    (True, False, False, False, (), "--listen", None),
+    (False, True, False, False, (), "--share", None),
+    (True, True, False, False, (), "--listen serves on all network interfaces (0.0.0.0) and --share", None),
+    (True, False, False, False, ("insecure_no_auth",), None, "WITHOUT any login"),
+    (False, True, False, False, ("insecure_no_auth",), None, "WITHOUT any login"),
+    (True, False, False, False, ("insecure_api_no_auth",), "--insecure-no-auth", None),  # one opt-out, both open
+    (True, False, False, False, ("insecure_api_no_auth", "insecure_ui_no_auth"), None, "WITHOUT any login"),
+    # One login only: the other side refuses to start unless opted out explicitly.
+    (True, False, True, False, (), "--insecure-api-no-auth", None),
+    (False, True, True, False, (), "--insecure-api-no-auth", None),
+    (False, True, True, False, ("insecure_ui_no_auth",), "--insecure-api-no-auth", None),  # the wrong opt-out
+    (True, False, True, False, ("insecure_api_no_auth",), None, "/sdapi API is open"),
+    (False, True, True, False, ("insecure_no_auth",), None, "/sdapi API is open"),
+    (True, False, False, True, (), "--insecure-ui-no-auth", None),
+    (False, True, False, True, (), "--insecure-ui-no-auth", None),
+    (True, False, False, True, ("insecure_ui_no_auth",), None, "web UI and its Gradio API are open"),
+    (False, True, False, True, ("insecure_no_auth",), None, "web UI and its Gradio API are open"),
+    (True, True, True, True, (), None, None),
+    (False, False, True, False, (), None, None),  # local only: one login is the user's choice
 ])
-def test_exposure_matrix(tmp_path, listen, share, ui, api, insecure, error, warning):
+def test_exposure_matrix(tmp_path, listen, share, ui, api, opt_out, error, warning):
     settings = make_settings(tmp_path, host="0.0.0.0" if listen else "127.0.0.1", share=share,
                              gradio_auth=UI_LOGIN if ui else (), api_auth=API_LOGIN if api else (),
-                             insecure_no_auth=insecure)
+                             **{flag: True for flag in opt_out})
     errors, warnings = exposure_problems(settings)
     if error is None:
         assert errors == []
     else:
-        assert len(errors) == 1 and error in errors[0] and "--insecure-no-auth" in errors[0]
+        assert len(errors) == 1 and error in errors[0] and errors[0].startswith("Refusing to start")
     if warning is None:
         assert warnings == []
     else:
@@ -238,12 +247,14 @@ def test_cors_wildcard_is_warned_about(tmp_path):
     assert "every web page" in exposure_problems(make_settings(tmp_path, cors_allow_origins=("*",)))[1][0]
 
 
-def test_app_refuses_to_listen_without_a_login_before_loading_anything(tmp_path):
+@pytest.mark.parametrize("argv, opt_out", [(["--listen"], "--insecure-no-auth"),
+                                           (["--share", "--gradio-auth", "bob:pw"], "--insecure-api-no-auth")])
+def test_app_refuses_to_expose_an_open_side_before_loading_anything(tmp_path, argv, opt_out):
     data_dir = tmp_path / "data"
-    result = subprocess.run([sys.executable, "app.py", "--listen", "--data-dir", str(data_dir)], cwd=REPO_ROOT,
+    result = subprocess.run([sys.executable, "app.py", *argv, "--data-dir", str(data_dir)], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert "--insecure-no-auth" in result.stderr and "Refusing to start" in result.stderr
+    assert opt_out in result.stderr and "Refusing to start" in result.stderr
     assert not data_dir.exists()  # services (which create the folders and load models) were never built
 
 
@@ -257,7 +268,7 @@ def test_foreign_origin_cannot_change_state(tmp_path):
         assert client.post("/sdapi/v1/interrupt", headers={"Origin": SELF}).status_code == 200
         assert client.post("/sdapi/v1/interrupt").status_code == 200  # curl, Python clients: no Origin header
         # Behind a TLS proxy the page is https while the proxy talks http to us.
-        assert client.post("/sdapi/v1/interrupt", headers={"Origin": "https://testserver",
+        assert client.post("/sdapi/v1/interrupt", headers={"Origin": "https://127.0.0.1:7860",
                                                            "X-Forwarded-Proto": "https"}).status_code == 200
         read = client.get("/sdapi/v1/samplers", headers={"Origin": FOREIGN})
         assert read.status_code == 200 and "access-control-allow-origin" not in read.headers

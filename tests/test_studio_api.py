@@ -20,7 +20,7 @@ def client(services, data_dir):
     generator = ResnetGenerator(3, 3, ngf=8, norm="instance", n_blocks=2)
     torch.save(generator.state_dict(), data_dir / "models" / "CycleGAN" / "horse2zebra.pth")
     services.style.refresh_models()
-    with TestClient(create_app(services)) as test_client:
+    with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as test_client:
         yield test_client
 
 

@@ -6,8 +6,12 @@ import argparse
 import re
 from pathlib import Path
 
+from webui.api.hosts import HostError, parse_allowed_host
 from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
 from webui.config import DEVICES, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+from webui.image_io import DEFAULT_FORMATS, OPTIONAL_FORMATS, parse_image_formats
+
+MIB = 1024 * 1024
 
 # What a browser sends in its Origin header: scheme://host[:port], no path, no trailing slash.
 ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")
@@ -45,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="finish API jobs even when the client that asked for them has disconnected")
     parser.add_argument("--no-download", action="store_true",
                         help="hide the offer to download a default model when none is present")
+    parser.add_argument("--allow-external-model-links", action="store_true",
+                        help="follow symbolic links in model folders (checkpoints, LoRA, VAE, embeddings, "
+                             "CycleGAN/pix2pix) that point outside them, e.g. to models kept on another disk; "
+                             "without it such links are skipped and logged")
+    parser.add_argument("--image-formats", default=",".join(DEFAULT_FORMATS), metavar="FORMAT[,FORMAT2]",
+                        help="image formats accepted from uploads, the API and batch folders; may add "
+                             f"{', '.join(OPTIONAL_FORMATS)} (formats that run external programs, such as EPS, "
+                             "are never accepted)")
     return parser
 
 
@@ -55,7 +67,7 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
                        help="require a login for the web UI and its Gradio API")
     group.add_argument("--gradio-auth-path", type=Path, metavar="PATH", help="read --gradio-auth logins from a file")
     group.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]",
-                       help="require HTTP Basic auth for every /sdapi route")
+                       help="require HTTP Basic auth for every /sdapi and /studio route and the API docs")
     group.add_argument("--api-auth-file", type=Path, metavar="PATH", help="read --api-auth logins from a file")
     group.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]",
                        help="web pages (e.g. https://example.com) allowed to call the server from a browser")
@@ -63,6 +75,27 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
                        help="same as --cors-allow-origins, for origins matching a regular expression")
     group.add_argument("--insecure-no-auth", action="store_true",
                        help="serve on the network without any login (dangerous)")
+    group.add_argument("--batch-dirs", metavar="DIR[,DIR2]",
+                       help="folders img2img Batch may read and write besides the data dir")
+    group.add_argument("--enable-remote-folders", action="store_true",
+                       help="with --listen or --share, still allow features that read or write server folders "
+                            "(img2img Batch); off by default because every user could then reach them")
+    group.add_argument("--allowed-hosts", metavar="NAME[,NAME2]",
+                       help="host names the server answers to besides localhost, 127.0.0.1 and [::1] (e.g. the "
+                            "machine's LAN name or a reverse proxy's name); a leading dot (.example.com) also "
+                            "allows every subdomain; other names get 421 (DNS rebinding protection). With --listen, "
+                            "IP addresses are always accepted")
+    group.add_argument("--insecure-api-no-auth", action="store_true",
+                       help="with --listen or --share and --gradio-auth: leave the /sdapi API and its /docs open "
+                            "to anyone who can reach the server, without --api-auth (dangerous)")
+    group.add_argument("--insecure-ui-no-auth", action="store_true",
+                       help="with --listen or --share and --api-auth: leave the web UI open to anyone who can "
+                            "reach the server, without --gradio-auth (dangerous)")
+    group.add_argument("--max-request-mb", type=int, default=Limits.max_request_bytes // MIB,
+                       help="largest request body in MiB (API JSON with base64 images, uploads); larger ones get "
+                            "413 before they are read")
+    group.add_argument("--max-upload-mb", type=int, default=Limits.max_upload_bytes // MIB,
+                       help="largest file uploaded through the web UI, in MiB")
 
 
 def read_auth(inline: str | None, path: Path | None, flag: str) -> Credentials:
@@ -83,6 +116,21 @@ def parse_origins(value: str | None) -> tuple[str, ...]:
     return origins
 
 
+def parse_folders(value: str | None, parser: argparse.ArgumentParser) -> tuple[Path, ...]:
+    folders = tuple(Path(item.strip()).expanduser().resolve() for item in (value or "").split(",") if item.strip())
+    for folder in folders:
+        if not folder.is_dir():
+            parser.error(f"--batch-dirs: {folder} is not a folder")
+    return folders
+
+
+def parse_allowed_hosts(value: str | None) -> tuple[str, ...]:
+    try:
+        return tuple(parse_allowed_host(item) for item in (value or "").split(",") if item.strip())
+    except HostError as exc:
+        raise argparse.ArgumentTypeError(f"--allowed-hosts: {exc}") from None
+
+
 def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -90,6 +138,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         gradio_auth = read_auth(args.gradio_auth, args.gradio_auth_path, "--gradio-auth")
         api_auth = read_auth(args.api_auth, args.api_auth_file, "--api-auth")
         cors_origins = parse_origins(args.cors_allow_origins)
+        allowed_hosts = parse_allowed_hosts(args.allowed_hosts)
     except (CredentialError, argparse.ArgumentTypeError) as exc:
         parser.error(str(exc))
     if args.cors_allow_origins_regex is not None:
@@ -101,11 +150,24 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--max-loaded-models must be at least 1")
     if args.queue_size < 1:
         parser.error("--queue-size must be at least 1")
+    for flag, value in (("--max-request-mb", args.max_request_mb), ("--max-upload-mb", args.max_upload_mb)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1")
+    try:
+        image_formats = parse_image_formats(args.image_formats)
+    except ValueError as exc:
+        parser.error(f"--image-formats: {exc}")
     return Settings(
         data_dir=args.data_dir.resolve(), host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
         share=args.share, device=args.device, precision=args.precision, memory_profile=args.memory_profile,
         allow_pickle=args.allow_pickle, max_loaded_models=args.max_loaded_models,
-        allow_download=not args.no_download, limits=Limits(queue_size=args.queue_size),
+        allow_download=not args.no_download,
+        limits=Limits(queue_size=args.queue_size, max_request_bytes=args.max_request_mb * MIB,
+                      max_upload_bytes=args.max_upload_mb * MIB, image_formats=image_formats),
         gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
-        cancel_on_disconnect=not args.keep_jobs_on_disconnect)
+        cancel_on_disconnect=not args.keep_jobs_on_disconnect,
+        batch_dirs=parse_folders(args.batch_dirs, parser), enable_remote_folders=args.enable_remote_folders,
+        allow_external_model_links=args.allow_external_model_links,
+        allowed_hosts=allowed_hosts,
+        insecure_api_no_auth=args.insecure_api_no_auth, insecure_ui_no_auth=args.insecure_ui_no_auth)

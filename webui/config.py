@@ -8,11 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webui.image_io import DEFAULT_FORMATS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MEMORY_PROFILES = ("auto", "8gb", "4gb", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class Limits:
     max_batch_count: int = 100
     queue_size: int = 16
     max_image_pixels: int = 4096 * 4096  # uploaded images; checked from the header, before decoding
+    # Any request body, refused before parsing. 64 MiB holds a 4096x4096 photo as base64 PNG (about 30-50 MB) or
+    # two incompressible 2048x2048 images; a 100 MB JSON body is refused unread.
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = 50 * 1024 * 1024  # one file uploaded through the web UI (Gradio's max_file_size)
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names any input may be; see webui/image_io.py
 
 
 @dataclass(frozen=True)
@@ -43,11 +51,22 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = ()
     cors_allow_origins_regex: str | None = None
     insecure_no_auth: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback (DNS-rebinding defence)
+    insecure_api_no_auth: bool = False  # exposed with a UI login but an open API
+    insecure_ui_no_auth: bool = False  # exposed with an API login but an open UI
     max_loaded_models: int = 1
     preview_every: int = 3
     allow_download: bool = True
     cancel_on_disconnect: bool = True  # a client that hangs up does not keep the GPU busy
     limits: Limits = field(default_factory=Limits)
+    allow_external_model_links: bool = False  # symlinks in model folders may point outside them
+    batch_dirs: tuple[Path, ...] = ()       # folders img2img Batch may use besides the data dir
+    enable_remote_folders: bool = False     # allow server-folder features while exposed (--listen/--share)
+
+    @property
+    def exposed(self) -> bool:
+        """Reachable from beyond this machine (--listen or --share)."""
+        return self.share or self.host not in LOOPBACK_HOSTS
 
     # Folders follow A1111's names so users can point us at their existing data.
     @property
@@ -81,6 +100,10 @@ class Settings:
     @property
     def hash_cache_file(self) -> Path:
         return self.data_dir / "cache.json"
+
+    @property
+    def last_checkpoint_file(self) -> Path:
+        return self.data_dir / "last-checkpoint.json"
 
     def ensure_dirs(self) -> None:
         """Create the folders users are told to drop files into."""

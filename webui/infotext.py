@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from PIL import ExifTags, Image
 
+from webui.image_io import DEFAULT_MAX_PIXELS, open_image
 from webui.samplers import find_sampler, normalize_schedule, split_fused_sampler_name
 
 __all__ = [
@@ -273,15 +275,16 @@ def _size_fields(params: Mapping[str, str]) -> dict[str, object]:
 # -------------------------------------------------------------------- reading images
 
 
-def read_png_infotext(source: str | os.PathLike[str] | Image.Image) -> str | None:
+def read_png_infotext(source: str | os.PathLike[str] | Image.Image, *,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """The infotext embedded in an image file (or open PIL image), or None if it has none.
 
-    PNG keeps it in a "parameters" text chunk; JPEG and WebP in the EXIF UserComment.
+    PNG keeps it in a "parameters" text chunk; JPEG and WebP in the EXIF UserComment. Files are opened
+    through ``webui.image_io`` (PNG/JPEG/WebP only, pixel budget, capped text chunks): raises InvalidRequest.
     """
     if isinstance(source, Image.Image):
         return _infotext_from_image(source)
-    with Image.open(source) as image:
-        return _infotext_from_image(image)
+    return _infotext_from_image(open_image(source, "image", max_pixels=max_pixels, keep_metadata=True))
 
 
 def _infotext_from_image(image: Image.Image) -> str | None:
@@ -292,7 +295,10 @@ def _infotext_from_image(image: Image.Image) -> str | None:
 
 
 def _exif_user_comment(image: Image.Image) -> str | None:
-    exif_ifd = image.getexif().get_ifd(ExifTags.IFD.Exif)
+    try:
+        exif_ifd = image.getexif().get_ifd(ExifTags.IFD.Exif)
+    except (SyntaxError, ValueError, OSError, EOFError, IndexError, struct.error):
+        return None  # damaged EXIF (Pillow parses it lazily, here): no infotext, not a crash
     raw = exif_ifd.get(ExifTags.Base.UserComment)
     if isinstance(raw, str):
         return raw.rstrip("\x00") or None

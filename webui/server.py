@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import gradio as gr
+from gradio.utils import get_upload_folder as gradio_upload_folder
 from fastapi import FastAPI
 
 from webui import VERSION
+from webui.api.hosts import HostPolicy
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import build_router, install_error_handlers
-from webui.api.security import install_security
+from webui.api.security import API_PREFIXES, install_security
 from webui.api.studio import build_studio_router
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
+from webui.ui.upload_guard import UploadGuardMiddleware
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
+    """The whole app; ``hosts`` (built from the settings when None) is the Host allow-list, which the caller keeps
+    to add the share link's host once it is known."""
     app = FastAPI(title="Stable Studio API", version=VERSION,
                   description="A1111-compatible `/sdapi/v1` routes over the same job queue as the web UI.")
     install_error_handlers(app)
@@ -25,7 +30,12 @@ def create_app(services: Services) -> FastAPI:
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, show_error=True,
-                              server_name=services.settings.host, server_port=services.settings.port)
-    # Around the whole app, Gradio included: API auth by path, the origin guard on every route.
-    install_security(app, services.settings)
+                              run_history=False,  # Gradio's run history can upload runs to a Hub bucket: never
+                              server_name=services.settings.host, server_port=services.settings.port,
+                              max_file_size=services.settings.limits.max_upload_bytes)
+    # Gradio events may only name files uploaded to Gradio (see upload_guard for why Gradio does not check here).
+    app.add_middleware(UploadGuardMiddleware, upload_root=gradio_upload_folder(), skip_prefixes=API_PREFIXES,
+                       max_body=services.settings.limits.max_request_bytes)
+    # Around the whole app, Gradio included: Host check, body limit, API auth by path, origin guard, headers.
+    install_security(app, services.settings, hosts)
     return app

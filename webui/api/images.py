@@ -5,16 +5,23 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections.abc import Iterable
 
 from PIL import Image, PngImagePlugin
 
 from webui.errors import InvalidRequest
+from webui.image_io import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, open_image
 
-MAX_PIXELS = 4096 * 4096
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 
 
-def decode_image(data: str, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Accept plain base64 or a ``data:image/...;base64,`` URL (webuiapi sends the latter)."""
+def decode_image(data: str, field: str, max_pixels: int = MAX_PIXELS, *,
+                 formats: Iterable[str] = DEFAULT_FORMATS, keep_metadata: bool = False) -> Image.Image:
+    """Accept plain base64 or a ``data:image/...;base64,`` URL (webuiapi sends the latter).
+
+    Opened by ``webui.image_io.open_image``: allow-listed formats, pixel budget from the header, capped PNG
+    text, EXIF/XMP dropped unless ``keep_metadata`` (PNG Info).
+    """
     if not isinstance(data, str) or not data:
         raise InvalidRequest(field, "expected a base64-encoded image")
     if data.startswith("data:"):
@@ -23,18 +30,7 @@ def decode_image(data: str, field: str, max_pixels: int = MAX_PIXELS) -> Image.I
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(field, "is not valid base64") from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-        # Check the size from the header before decoding any pixels: a tiny file can claim a huge image.
-        if image.width * image.height > max_pixels:
-            raise InvalidRequest(field, f"image of {image.width}x{image.height} is over the pixel budget "
-                                        f"of {max_pixels} pixels")
-        image.load()
-    except InvalidRequest:
-        raise
-    except (OSError, ValueError, Image.DecompressionBombError):
-        raise InvalidRequest(field, "is not a readable image (PNG, JPEG or WebP expected)") from None
-    return image
+    return open_image(raw, field, max_pixels=max_pixels, formats=formats, keep_metadata=keep_metadata)
 
 
 def png_base64(png: bytes) -> str:

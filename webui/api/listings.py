@@ -138,6 +138,7 @@ def build_listings_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
     # The container has no LoRA registry yet: this one lives in the router's closure (scans on first request).
     loras = getattr(services, "loras", None) or build_lora_registry(services.settings)
+    links = services.settings.allow_external_model_links
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict[str, Any]]:
@@ -150,7 +151,8 @@ def build_listings_router(services: Services) -> APIRouter:
     @router.get("/sd-vae", response_model=list[SdVaeItem])
     def sd_vae() -> list[dict[str, Any]]:
         # A1111 names a VAE by its file name with extension; "filename" is the full path.
-        return [{"model_name": p.name, "filename": str(p)} for p in list_vaes(services.settings.vae_dir)]
+        vaes = list_vaes(services.settings.vae_dir, allow_external_links=links)
+        return [{"model_name": p.name, "filename": str(p)} for p in vaes]
 
     @router.get("/loras", response_model=list[LoraItem])
     def list_loras() -> list[dict[str, Any]]:
@@ -167,7 +169,7 @@ def build_listings_router(services: Services) -> APIRouter:
         # Nothing applies embeddings yet, so every file is "skipped" (A1111's word for "present, not loaded").
         skipped = {e.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                             "shape": e.shape, "vectors": e.vectors}
-                   for e in list_embeddings(services.settings.embeddings_dir)}
+                   for e in list_embeddings(services.settings.embeddings_dir, allow_external_links=links)}
         return {"loaded": {}, "skipped": skipped}
 
     @router.get("/prompt-styles", response_model=list[PromptStyleItem])
@@ -197,7 +199,8 @@ def build_listings_router(services: Services) -> APIRouter:
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     def extra_single_image(body: ExtrasSingleImageBody) -> dict[str, str]:
         spec = upscale_spec(body)  # validate names before decoding the image
-        source = decode_image(body.image, "image", services.settings.limits.max_image_pixels)
+        limits = services.settings.limits
+        source = decode_image(body.image, "image", limits.max_image_pixels, formats=limits.image_formats)
         result, info = extras.upscale(source, spec)
         # Keep the source's generation parameters, as A1111's extras output does.
         parameters = source.info.get("parameters")

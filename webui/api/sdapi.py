@@ -76,9 +76,10 @@ def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2Img
 def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2ImgRequest:
     if not body.init_images:
         raise InvalidRequest("init_images", "at least one image is required")
-    budget = services.settings.limits.max_image_pixels
-    images = [decode_image(data, f"init_images.{i}", budget) for i, data in enumerate(body.init_images)]
-    mask = decode_image(body.mask, "mask", budget) if body.mask else None
+    budget, formats = services.settings.limits.max_image_pixels, services.settings.limits.image_formats
+    images = [decode_image(data, f"init_images.{i}", budget, formats=formats)
+              for i, data in enumerate(body.init_images)]
+    mask = decode_image(body.mask, "mask", budget, formats=formats) if body.mask else None
     fields = _common_fields(body, services)
     return validated(Img2ImgRequest, dict(
         fields, init_images=images, mask=mask, resize_mode=body.resize_mode,
@@ -177,7 +178,9 @@ def build_router(services: Services) -> APIRouter:
 
     @router.post("/png-info", response_model=schemas.PngInfoResponse)
     def png_info(body: schemas.PngInfoBody) -> dict[str, Any]:
-        image = decode_image(body.image, "image", services.settings.limits.max_image_pixels)
+        limits = services.settings.limits
+        image = decode_image(body.image, "image", limits.max_image_pixels, formats=limits.image_formats,
+                             keep_metadata=True)  # PNG Info reports the text chunks as sent
         items = {k: v for k, v in image.info.items() if isinstance(v, str)}
         text = items.pop("parameters", "")
         parsed = parse_infotext(text) if text else None

@@ -95,8 +95,9 @@ def build_studio_router(services: Services) -> APIRouter:
     @router.post("/style-transfer", response_model=StyleTransferResponse,
                  summary="One forward pass of a CycleGAN/pix2pix generator, at the input's resolution")
     async def style_transfer(body: StyleTransferBody, http: Request) -> dict[str, Any]:
-        image = await anyio.to_thread.run_sync(decode_image, body.image, "image",
-                                               services.settings.limits.max_image_pixels)
+        limits = services.settings.limits
+        image = await anyio.to_thread.run_sync(
+            lambda: decode_image(body.image, "image", limits.max_image_pixels, formats=limits.image_formats))
         request = StyleTransferRequest(model=body.model, image=image.convert("RGB"), tile=body.tile,
                                        overlap=body.overlap, save=body.save_images)
         job = services.style.submit(request)

@@ -14,7 +14,7 @@ Norm layers follow the release's ``get_norm_layer``:
 
 from __future__ import annotations
 
-import os
+import logging
 import pickle
 import threading
 from dataclasses import dataclass
@@ -25,7 +25,11 @@ import torch
 from torch import nn
 
 from webui.errors import ModelLoadError, ModelNotFound
-from webui.models.registry import HashCache, sha256_file
+from webui.models.folder_scan import ModelFolder
+from webui.models.registry import HashCache
+from webui.models.safetensors_file import FileChanged, NotRegularFile, sha256_file
+
+log = logging.getLogger(__name__)
 
 NormKind = Literal["instance", "batch", "none"]
 GanKind = Literal["CycleGAN", "pix2pix"]
@@ -350,12 +354,19 @@ _RELEASE_FILES = {"latest_net_G": "", "latest_net_G_A": "_AtoB", "latest_net_G_B
 
 
 class GanRegistry:
-    """Generators in ``models/CycleGAN`` and ``models/pix2pix``: loose files and release-style folders."""
+    """Generators in ``models/CycleGAN`` and ``models/pix2pix``: loose files and release-style folders.
+
+    Scanned by ``folder_scan.ModelFolder`` rules: regular files only, links must stay inside their folder unless
+    ``allow_external_links``; a file that cannot be hashed is left out and logged.
+    """
 
     KINDS: tuple[GanKind, ...] = ("CycleGAN", "pix2pix")
 
-    def __init__(self, models_dir: Path, hash_cache: HashCache | None = None):
+    def __init__(self, models_dir: Path, hash_cache: HashCache | None = None, *,
+                 allow_external_links: bool = False):
         self._dirs = {kind: models_dir / kind for kind in self.KINDS}
+        self._folders = {kind: ModelFolder(path, allow_external_links=allow_external_links)
+                         for kind, path in self._dirs.items()}
         self._hash = hash_cache.sha256 if hash_cache is not None else sha256_file
         self._lock = threading.Lock()
         self._items: list[GanModelInfo] = []
@@ -365,8 +376,15 @@ class GanRegistry:
         return dict(self._dirs)
 
     def refresh(self) -> list[GanModelInfo]:
-        items = [GanModelInfo(name, kind, path, self._hash(path))
-                 for kind, folder in self._dirs.items() for name, path in _candidates(folder)]
+        items: list[GanModelInfo] = []
+        for kind, folder in self._folders.items():
+            for name, path in _candidates(folder):
+                try:
+                    items.append(GanModelInfo(name, kind, path, self._hash(path)))
+                except (FileChanged, NotRegularFile) as exc:
+                    log.warning("Skipped %s: %s", path, exc)
+                except OSError as exc:
+                    log.warning("Skipped %s: unreadable: %s", path, exc.strerror or exc)
         items.sort(key=lambda info: (info.kind, info.name.lower()))
         with self._lock:
             self._items = items
@@ -391,26 +409,26 @@ class GanRegistry:
         raise ModelNotFound(f"Style transfer model '{query}' not found. Available: {known}")
 
 
-def _candidates(folder: Path) -> list[tuple[str, Path]]:
-    if not folder.is_dir():
-        return []
-    found: list[tuple[str, Path]] = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue
-        path = Path(entry.path)
-        if entry.is_file() and path.suffix.lower() in GAN_SUFFIXES:
-            found.append((path.stem, path))
-        elif entry.is_dir():
-            found.extend(_release_folder(path))
+def _candidates(folder: ModelFolder) -> list[tuple[str, Path]]:
+    # Top level only: loose files, and every sub-folder as a possible release folder.
+    scan = folder.scan(GAN_SUFFIXES, recursive=False, claim_dir=lambda path: True)
+    found = [(path.stem, path) for path in scan.files]
+    for sub in scan.dirs:
+        found.extend(_release_folder(folder, sub))
     return found
 
 
-def _release_folder(folder: Path) -> list[tuple[str, Path]]:
+def _release_folder(folder: ModelFolder, sub: Path) -> list[tuple[str, Path]]:
     found = []
     for stem, suffix in _RELEASE_FILES.items():
         for ext in GAN_SUFFIXES:
-            if (folder / f"{stem}{ext}").is_file():
-                found.append((folder.name + suffix, folder / f"{stem}{ext}"))
-                break
+            path = sub / f"{stem}{ext}"
+            if not path.is_symlink() and not path.exists():
+                continue
+            problem = folder.check_file(path)
+            if problem:
+                log.warning("Skipped %s: %s", path, problem[1])
+                continue
+            found.append((sub.name + suffix, path))
+            break
     return found

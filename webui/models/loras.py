@@ -2,19 +2,20 @@
 
 No torch import: a safetensors header is 8 bytes of length plus JSON, so listing stays cheap even for a folder
 of hundreds of LoRAs. A file we cannot read is still listed (with empty metadata): a listing never crashes on one
-bad download.
+bad download. What may be listed at all (regular files only, links inside the folder unless allowed) is decided
+by ``folder_scan.ModelFolder``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webui.models.safetensors_file import read_header, sha256_file
+from webui.models.folder_scan import ModelFolder
+from webui.models.safetensors_file import StopToken, open_regular, read_header, sha256_file
 
 LORA_SUFFIXES = (".safetensors", ".pt")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -57,18 +58,18 @@ def parse_metadata(header: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _read_lora(path: Path) -> tuple[dict[str, Any], str | None]:
+def _read_lora(path: Path, stop: StopToken | None = None) -> tuple[dict[str, Any], str | None]:
     """(metadata, short hash). A1111 hashes a safetensors LoRA's data only, so editing metadata keeps the hash;
-    other files are hashed whole. Unreadable files give ({}, None)."""
+    other files are hashed whole. Unreadable files (or files that change while hashed) give ({}, None)."""
     try:
         if path.suffix.lower() != ".safetensors":
-            return {}, sha256_file(path)[:12]
-        with open(path, "rb") as fh:
+            return {}, sha256_file(path, stop=stop)[:12]
+        with open_regular(path) as fh:
             parsed = read_header(fh, path.stat().st_size)
         if parsed is None:
             return {}, None  # garbage: no data section to hash
         header, length = parsed
-        return parse_metadata(header), sha256_file(path, offset=8 + length)[:12]
+        return parse_metadata(header), sha256_file(path, offset=8 + length, stop=stop)[:12]
     except OSError:
         return {}, None
 
@@ -78,13 +79,8 @@ def lora_hash(path: Path) -> str | None:
     return _read_lora(path)[1]
 
 
-def _walk(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    found: list[Path] = []
-    for root, dirs, files in os.walk(directory, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root) / f for f in files if f.lower().endswith(suffixes) and not f.startswith("."))
+def _walk(directory: Path, suffixes: tuple[str, ...], allow_external_links: bool) -> list[Path]:
+    found = ModelFolder(directory, allow_external_links=allow_external_links).scan(suffixes).files
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix().lower())
 
 
@@ -92,8 +88,10 @@ class LoraRegistry:
     """Scans ``models/Lora`` recursively. Hashes are remembered per (path, size, mtime), so a rescan after adding
     one file reads only that file."""
 
-    def __init__(self, lora_dir: Path):
+    def __init__(self, lora_dir: Path, *, allow_external_links: bool = False):
         self._dir = lora_dir
+        self._allow_external_links = allow_external_links
+        self._stop = threading.Event()  # set by close(): a hash in progress stops at its next chunk
         self._lock = threading.Lock()
         self._items: list[LoraInfo] | None = None  # None: never scanned; list() scans on first use
         self._cache: dict[tuple[str, int, int], tuple[dict[str, Any], str | None]] = {}
@@ -102,8 +100,12 @@ class LoraRegistry:
     def directory(self) -> Path:
         return self._dir
 
+    def close(self) -> None:
+        """Stop hashing for good (app shutdown): a refresh running now raises HashCancelled."""
+        self._stop.set()
+
     def refresh(self) -> list[LoraInfo]:
-        items = [self._describe(path) for path in _walk(self._dir, LORA_SUFFIXES)]
+        items = [self._describe(path) for path in _walk(self._dir, LORA_SUFFIXES, self._allow_external_links)]
         live = {str(i.path) for i in items}
         with self._lock:
             self._items = items
@@ -136,7 +138,7 @@ class LoraRegistry:
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
-            hit = _read_lora(path)
+            hit = _read_lora(path, self._stop)
             with self._lock:
                 self._cache[key] = hit
         return hit
@@ -161,7 +163,7 @@ def _describe_embedding(path: Path) -> EmbeddingInfo:
     if path.suffix.lower() != ".safetensors":
         return EmbeddingInfo(name=path.stem, path=path)  # a pickle: reading it would mean unpickling
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             parsed = read_header(fh, path.stat().st_size)
     except OSError:
         parsed = None
@@ -174,6 +176,7 @@ def _describe_embedding(path: Path) -> EmbeddingInfo:
     return EmbeddingInfo(name=path.stem, path=path, shape=width, vectors=vectors)
 
 
-def scan_embeddings(embeddings_dir: Path) -> list[EmbeddingInfo]:
-    """Every embedding file under ``embeddings/`` (recursive), readable or not."""
-    return [_describe_embedding(path) for path in _walk(embeddings_dir, EMBEDDING_SUFFIXES)]
+def scan_embeddings(embeddings_dir: Path, *, allow_external_links: bool = False) -> list[EmbeddingInfo]:
+    """Every embedding file under ``embeddings/`` (recursive), readable or not; see ``folder_scan`` for what
+    is left out."""
+    return [_describe_embedding(path) for path in _walk(embeddings_dir, EMBEDDING_SUFFIXES, allow_external_links)]

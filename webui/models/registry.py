@@ -1,22 +1,32 @@
 """The checkpoint registry: which models exist on disk, their A1111 titles and hashes.
 
 Hashing a 2-7 GB file takes seconds, so sha256 values are cached in ``cache.json`` keyed by path, size and
-mtime (A1111's rule): a restart does not rehash, an edited file is rehashed.
+mtime (A1111's rule): a restart does not rehash, an edited file is rehashed. Hashing is bounded and stops when
+the cache is closed (app shutdown); what may be listed at all is decided by ``folder_scan.ModelFolder``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
 from pathlib import Path
 
 from webui.errors import ModelNotFound
-from webui.models.safetensors_file import sha256_file
+from webui.models.folder_scan import ModelFolder, Skipped
+from webui.models.safetensors_file import FileChanged, NotRegularFile, hash_file, sha256_file
 from webui.types import CheckpointInfo
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+MIN_CHECKPOINT_BYTES = 8  # a safetensors header's length field alone; smaller is an empty or partial download
+
+__all__ = ["CHECKPOINT_SUFFIXES", "HashCache", "ModelRegistry", "atomic_write_text", "sha256_file"]
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,10 +43,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 class HashCache:
     """sha256 per file, remembered across restarts while path, size and mtime are unchanged."""
 
-    def __init__(self, cache_file: Path):
+    def __init__(self, cache_file: Path, stop: threading.Event | None = None):
         self._file = cache_file
         self._lock = threading.Lock()
         self._entries: dict[str, dict] = self._read()
+        # Checked between chunks: once set (by close(), or by an owner sharing the event), hashing stops.
+        self._stop = stop if stop is not None else threading.Event()
+
+    def close(self) -> None:
+        """Stop hashing for good (app shutdown): running and later ``sha256`` calls raise HashCancelled."""
+        self._stop.set()
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -52,10 +68,15 @@ class HashCache:
             entry = self._entries.get(key)
             if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
                 return entry["sha256"]
-        value = sha256_file(path)
+        value, hashed = hash_file(path, stop=self._stop)
         with self._lock:
-            self._entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": value}
-            atomic_write_text(self._file, json.dumps({"hashes-sha256": self._entries}, indent=1))
+            # the stat of the bytes actually hashed, so a file edited since the stat above is rehashed next time
+            self._entries[key] = {"size": hashed.st_size, "mtime": hashed.st_mtime, "sha256": value}
+            text = json.dumps({"hashes-sha256": self._entries}, indent=1)
+            try:
+                atomic_write_text(self._file, text)
+            except OSError as exc:  # a read-only or full disk costs a rehash at the next start, not the model
+                log.warning("Could not save the hash cache %s: %s", self._file, exc.strerror or exc)
         return value
 
 
@@ -64,46 +85,63 @@ def _is_diffusers_folder(path: Path) -> bool:
 
 
 class ModelRegistry:
-    """Scans ``models/Stable-diffusion`` (recursively) for single-file checkpoints and diffusers folders."""
+    """Scans ``models/Stable-diffusion`` (recursively) for single-file checkpoints and diffusers folders.
 
-    def __init__(self, checkpoints_dir: Path, hash_cache: HashCache):
+    Entries that cannot be models (FIFOs, devices, empty files, links leaving the folder unless allowed, files
+    that change while hashed) are left out of the listing, logged, and reported by ``skipped()`` and by
+    ``find()`` when asked for by name.
+    """
+
+    def __init__(self, checkpoints_dir: Path, hash_cache: HashCache, *, allow_external_links: bool = False):
         self._dir = checkpoints_dir
+        self._folder = ModelFolder(checkpoints_dir, allow_external_links=allow_external_links,
+                                   min_size=MIN_CHECKPOINT_BYTES)
         self._hashes = hash_cache
         self._lock = threading.Lock()
         self._items: list[CheckpointInfo] = []
+        self._skipped: list[Skipped] = []
 
     @property
     def directory(self) -> Path:
         return self._dir
 
+    def close(self) -> None:
+        """Stop any hash in progress (app shutdown); a refresh running now raises HashCancelled."""
+        self._hashes.close()
+
     def refresh(self) -> list[CheckpointInfo]:
-        items = [self._describe(path) for path in self._candidates()]
+        scan = self._folder.scan(CHECKPOINT_SUFFIXES, claim_dir=_is_diffusers_folder)
+        items: list[CheckpointInfo] = []
+        skipped = list(scan.skipped)
+        for path in scan.dirs + scan.files:
+            try:
+                items.append(self._describe(path))
+            except (FileChanged, NotRegularFile) as exc:
+                skipped.append(Skipped(path, str(exc)))
+                log.warning("Skipped %s: %s", path, exc)
+            except OSError as exc:
+                skipped.append(Skipped(path, "unreadable"))
+                log.warning("Skipped %s: unreadable: %s", path, exc.strerror or exc)
         items.sort(key=lambda info: info.name.lower())
         with self._lock:
             self._items = items
+            self._skipped = skipped
         return list(items)
 
     def list(self) -> list[CheckpointInfo]:
         with self._lock:
             return list(self._items)
 
-    def _candidates(self) -> list[Path]:
-        if not self._dir.is_dir():
-            return []
-        found: list[Path] = []
-        for root, dirs, files in os.walk(self._dir):
-            root_path = Path(root)
-            for d in list(dirs):
-                if _is_diffusers_folder(root_path / d):
-                    found.append(root_path / d)
-                    dirs.remove(d)  # its subfolders are components, not checkpoints
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found.extend(root_path / f for f in files
-                         if f.lower().endswith(CHECKPOINT_SUFFIXES) and not f.startswith("."))
-        return found
+    def skipped(self) -> list[tuple[str, str]]:
+        """(name relative to the folder, reason) of entries the last refresh left out."""
+        with self._lock:
+            return [(self._relative(s.path), s.reason) for s in self._skipped]
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self._dir).as_posix()
 
     def _describe(self, path: Path) -> CheckpointInfo:
-        name = path.relative_to(self._dir).as_posix()
+        name = self._relative(path)
         if path.is_dir():
             return CheckpointInfo(path=path, name=name, model_name=path.name, kind="diffusers",
                                   short_hash=None, sha256=None)
@@ -129,4 +167,6 @@ class ModelRegistry:
                 if matches(info):
                     return info
         known = ", ".join(i.title for i in items) or "none (put .safetensors files in " f"{self._dir})"
-        raise ModelNotFound(f"Checkpoint '{query}' not found. Available: {known}")
+        why = next((f" ({name} is in the folder but was skipped: {reason})" for name, reason in self.skipped()
+                    if query.split(" [")[0] in (name, Path(name).name, Path(name).stem)), "")
+        raise ModelNotFound(f"Checkpoint '{query}' not found{why}. Available: {known}")

@@ -36,7 +36,8 @@ def build_services(settings: Settings) -> Services:
 
     settings.ensure_dirs()
     hashes = HashCache(settings.hash_cache_file)  # one instance: two would overwrite each other's cache file
-    registry = ModelRegistry(settings.checkpoints_dir, hashes)
+    registry = ModelRegistry(settings.checkpoints_dir, hashes,
+                             allow_external_links=settings.allow_external_model_links)
     registry.refresh()
     manager = ModelManager(settings, registry)
     queue = JobQueue(max_pending=settings.limits.queue_size)
@@ -56,7 +57,8 @@ def build_services(settings: Settings) -> Services:
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device,
-                                   max_pixels=settings.limits.max_image_pixels, credentials=credentials,
-                                   provenance=provenance),
+                                   max_pixels=settings.limits.max_image_pixels,
+                                   allow_external_links=settings.allow_external_model_links,
+                                   credentials=credentials, provenance=provenance),
         credentials=credentials,
     )

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from PIL import Image
-
 from webui import VERSION
 from webui.config import Settings
 from webui.errors import InvalidRequest, ModelNotFound
+from webui.image_io import open_image
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
 from webui.pipelines import img2img, txt2img
@@ -23,12 +22,12 @@ from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
 from webui.samplers import effective_schedule, resolve_sampler
+from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.storage import ImageStore, write_bytes_atomic
 from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 2**32 - 1
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def _schedule_label(spec, schedule: str) -> str | None:
@@ -47,6 +46,7 @@ class GenerationService:
         self._store = store
         self._credentials = credentials
         self._provenance = provenance  # read per job, so a settings change applies to the next job
+        self._folders = folder_policy(settings)
 
     def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
         """Validate against the configured limits and queue the work; returns at once with the job."""
@@ -77,26 +77,25 @@ class GenerationService:
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_img2img(request).wait(timeout)
 
-    def submit_img2img_batch(self, template: Img2ImgRequest, input_dir: Path,
-                             output_dir: Path | None = None) -> Job:
+    def submit_img2img_batch(self, template: Img2ImgRequest, input_dir: str | Path,
+                             output_dir: str | Path | None = None) -> Job:
         """Every image in ``input_dir`` through img2img with the template's settings, in one job.
 
-        Results go to ``output_dir`` (default: the usual img2img outputs) as ``<input name>.png`` with infotext.
+        Both folders must lie inside the allowed roots (see webui/services/folders.py). Results go to
+        ``output_dir`` (default: the usual img2img outputs) as ``<input name>.png`` with infotext, never
+        overwriting a file already there.
         """
         schedule, policy = self._check(template), self._provenance()
-        if not input_dir.is_dir():
-            raise InvalidRequest("input_dir", f"{input_dir} is not a folder")
-        files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise InvalidRequest("input_dir", f"{input_dir} holds no PNG, JPEG or WebP images")
-        if output_dir is not None:
-            try:
-                output_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise InvalidRequest("output_dir", f"cannot create {output_dir}: {exc.strerror}") from None
+        files = self._folders.input_files(str(input_dir), "input_dir")
+        target = None
+        if output_dir is not None and str(output_dir).strip():
+            target = self._folders.output_folder(str(output_dir), "output_dir")
         return self._queue.submit("img2img-batch",
-                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, output_dir,
-                                                                     policy))
+                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, target, policy))
+
+    @property
+    def batch_folders_enabled(self) -> bool:
+        return self._folders.enabled
 
     def _run_batch_folder(self, ctx: JobContext, template: Img2ImgRequest, schedule: str, files: list[Path],
                           output_dir: Path | None, policy: ProvenancePolicy) -> GenerationResult:
@@ -104,16 +103,17 @@ class GenerationService:
         for path in files:
             if ctx.interrupted:
                 break
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
+            limits = self._settings.limits
+            image = open_image(path, f"input_dir: {path.name}", max_pixels=limits.max_image_pixels,
+                               formats=limits.image_formats).convert("RGB")
             request = template.model_copy(update={"init_images": [image],
                                                   "save_images": template.save_images and output_dir is None})
             result = self._run(ctx, request, schedule, _Img2Img(request), policy)
             for k, png in enumerate(result.pngs):
                 if output_dir is not None:
-                    name = f"{path.stem}.png" if len(result.images) == 1 else f"{path.stem}-{k}.png"
-                    write_bytes_atomic(png, output_dir / name)
-                    total.paths.append(output_dir / name)
+                    target = unused_name(output_dir, path.stem if len(result.images) == 1 else f"{path.stem}-{k}")
+                    write_bytes_atomic(png, target)
+                    total.paths.append(target)
             total.paths.extend(result.paths)
             total.images += result.images
             total.pngs += result.pngs

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.config import Settings
+from webui.models.folder_scan import ModelFolder
 from webui.models.loras import EmbeddingInfo, LoraInfo, LoraRegistry, scan_embeddings
 
 __all__ = ["EmbeddingInfo", "LoraInfo", "LoraRegistry", "build_lora_registry", "list_vaes", "list_embeddings",
@@ -21,20 +22,18 @@ _MEMINFO = Path("/proc/meminfo")
 
 def build_lora_registry(settings: Settings) -> LoraRegistry:
     """A registry over ``models/Lora``; it scans on first use, so building it costs nothing at startup."""
-    return LoraRegistry(settings.lora_dir)
+    return LoraRegistry(settings.lora_dir, allow_external_links=settings.allow_external_model_links)
 
 
-def list_vaes(vae_dir: Path) -> list[Path]:
-    """VAE files under ``models/VAE`` (recursive), sorted by file name as A1111's dropdown is."""
-    if not vae_dir.is_dir():
-        return []
-    found = [p for p in vae_dir.rglob("*")
-             if p.is_file() and p.suffix.lower() in VAE_SUFFIXES and not p.name.startswith(".")]
+def list_vaes(vae_dir: Path, *, allow_external_links: bool = False) -> list[Path]:
+    """VAE files under ``models/VAE`` (recursive), sorted by file name as A1111's dropdown is; regular files
+    only, links inside the folder unless allowed (see ``folder_scan``)."""
+    found = ModelFolder(vae_dir, allow_external_links=allow_external_links).scan(VAE_SUFFIXES).files
     return sorted(found, key=lambda p: (p.name.lower(), str(p)))
 
 
-def list_embeddings(embeddings_dir: Path) -> list[EmbeddingInfo]:
-    return scan_embeddings(embeddings_dir)
+def list_embeddings(embeddings_dir: Path, *, allow_external_links: bool = False) -> list[EmbeddingInfo]:
+    return scan_embeddings(embeddings_dir, allow_external_links=allow_external_links)
 
 
 def _meminfo_bytes(text: str) -> dict[str, int]:

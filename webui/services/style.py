@@ -62,9 +62,10 @@ class StyleTransferResult:
 class StyleTransferService:
     def __init__(self, models_dir: Path, queue: JobQueue, store: ImageStore, hash_cache: HashCache | None = None,
                  *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS,
+                 allow_external_links: bool = False,
                  credentials: ContentCredentials | None = None,
                  provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy):
-        self._registry = GanRegistry(models_dir, hash_cache)
+        self._registry = GanRegistry(models_dir, hash_cache, allow_external_links=allow_external_links)
         self._registry.refresh()
         self._queue = queue
         self._store = store

@@ -35,8 +35,28 @@ def _notice(services: Services) -> str:
             f"`{services.registry.directory}` and press Refresh{offer}.")
 
 
+def exposure_banner(settings) -> str:
+    """Who can reach this server, shown on every page while it is exposed beyond this machine."""
+    if not settings.exposed:
+        return ""
+    ways = []
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        ways.append(f"every machine that can reach this computer's port {settings.port} (--listen)")
+    if settings.share:
+        ways.append("anyone with the public share link (--share)")
+    ui = "a login" if settings.gradio_auth else "NO login"
+    api = "a login" if settings.api_auth else "NO login"
+    folders = "on" if settings.enable_remote_folders else "off"
+    return (f"⚠ **This server is reachable by {' and '.join(ways)}.** The web UI asks for {ui}; the API asks for "
+            f"{api}. Server folders (img2img Batch) are {folders}.")
+
+
 def build_ui(services: Services) -> gr.Blocks:
-    with gr.Blocks(title="Stable Studio") as demo:
+    # Uploads (with their original metadata) and result copies in Gradio's cache go after a day, and on restart.
+    with gr.Blocks(title="Stable Studio", delete_cache=(3600, 24 * 3600)) as demo:
+        banner = exposure_banner(services.settings)
+        if banner:
+            gr.Markdown(banner, elem_id="exposure_banner", elem_classes=["studio-error"])
         with gr.Row(equal_height=True):
             selected = services.manager.selected
             checkpoint = gr.Dropdown(_titles(services), value=selected.title if selected else None,
@@ -56,7 +76,7 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                pnginfo.build(t2i, tabs, "txt2img")
+                pnginfo.build(t2i, tabs, "txt2img", services.settings.limits)
         gr.Markdown(f"<small>Stable Studio {VERSION} · device {services.manager.device} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
 

@@ -7,29 +7,40 @@ collected into a typed ``Img2ImgRequest``; the service does the rest.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import gradio as gr
 from PIL import Image, ImageChops
 
 from webui.errors import InvalidRequest, StudioError
+from webui.image_io import open_image
 from webui.images import RESIZE_MODES
 from webui.services.container import Services
 from webui.services.style import StyleTransferRequest
 from webui.types import Img2ImgRequest
+from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
 from webui.ui.generation_form import (Outputs, PromptRow, SettingsForm, build_outputs, build_prompt_row,
                                       build_settings, error_html, named, request_fields, wire)
 
 MODES = ("img2img", "Inpaint", "Batch", "Style transfer")
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
 
+Opener = Callable[[ImageSource, str], Image.Image]
+
+
+def image_opener(services: Services) -> Opener:
+    """``open_image`` with this server's limits: every upload on this tab is opened through it."""
+    limits = services.settings.limits
+    return partial(open_image, max_pixels=limits.max_image_pixels, formats=limits.image_formats)
+
 
 @dataclass
 class InpaintForm:
-    editor: gr.ImageEditor
-    mask_upload: gr.Image
+    editor: UploadedImageEditor
+    mask_upload: UploadedImage
     mask_blur: gr.Slider
     inpainting_fill: gr.Radio
     inpaint_full_res: gr.Radio
@@ -41,7 +52,7 @@ class InpaintForm:
 class StyleTransferForm:
     group: gr.Group
     model: gr.Dropdown
-    output: gr.Image
+    output: UploadedImage
     send: gr.Button
 
 
@@ -50,27 +61,30 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
     def titles() -> list[str]:
         return [m.title for m in services.style.list_models()]
 
+    open_upload = image_opener(services)
+
     with gr.Group(visible=False) as group:
         with gr.Row(equal_height=True):
             choices = titles()
             model = gr.Dropdown(choices, value=(choices or [None])[0], scale=4, elem_id="style_model",
                                 label="Style model (models/CycleGAN, models/pix2pix)")
             refresh = gr.Button("Refresh", scale=0, min_width=80)
-        source = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB",
-                          elem_id="style_image", format="png", height=320)
+        source = UploadedImage(type="filepath", label="Image", sources=["upload", "clipboard"], image_mode=None,
+                               elem_id="style_image", format="png", height=320)
         run = gr.Button("Transfer style", variant="primary", elem_id="style_transfer")
-        output = gr.Image(type="pil", label="Result", interactive=False, format="png", elem_id="style_output",
-                          height=320)
+        output = UploadedImage(type="filepath", label="Result", interactive=False, format="png",
+                               elem_id="style_output", height=320)
         info = gr.HTML(elem_id="style_info")
         send = gr.Button("Send to img2img", elem_id="style_send_img2img")
 
-    def transfer(model_title: str | None, image: Image.Image | None):
+    def transfer(model_title: str | None, upload: ImageSource | None):
         try:
             if not model_title:
                 raise InvalidRequest("model", "no style model: put CycleGAN/pix2pix generators (.pth or "
                                               ".safetensors) in models/CycleGAN or models/pix2pix and press Refresh")
-            if image is None:
+            if upload is None:
                 raise InvalidRequest("image", "upload an image first")
+            image = open_upload(upload, "image").convert("RGB")
             result = services.style.submit(StyleTransferRequest(model=model_title, image=image)).wait()
         except StudioError as exc:
             return gr.update(), error_html(str(exc))
@@ -92,30 +106,33 @@ class Img2ImgTab:
     row: PromptRow
     settings: SettingsForm
     outputs: Outputs
-    image: gr.Image  # the img2img mode's input, also the target of "send to img2img"
+    image: UploadedImage  # the img2img mode's input, also the target of "send to img2img"
     mode: gr.Radio
 
 
-def mask_from_editor(value: dict | None) -> Image.Image | None:
+def mask_from_editor(value: dict | None, open_upload: Opener) -> Image.Image | None:
     """Union of the painted layers' alpha: what the user drew is what gets repainted."""
     if not value or not value.get("layers"):
         return None
     mask = None
     for layer in value["layers"]:
         if layer is not None:
-            alpha = layer.convert("RGBA").getchannel("A")
+            alpha = open_upload(layer, "mask").convert("RGBA").getchannel("A")
             mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
     if mask is None or mask.getbbox() is None:
         return None
     return mask
 
 
-def _inpaint_inputs(values: dict, form: InpaintForm) -> dict[str, Any]:
+def _inpaint_inputs(values: dict, form: InpaintForm, open_upload: Opener) -> dict[str, Any]:
     editor = values[form.editor] or {}
-    background = editor.get("background")
-    if background is None:
+    if editor.get("background") is None:
         raise InvalidRequest("image", "upload an image to inpaint")
-    mask = values[form.mask_upload] or mask_from_editor(editor)
+    background = open_upload(editor["background"], "image")
+    uploaded_mask = values[form.mask_upload]
+    # An uploaded mask reads as greyscale (alpha ignored), as the widget's image_mode="L" used to make it.
+    mask = (open_upload(uploaded_mask, "mask").convert("L") if uploaded_mask is not None
+            else mask_from_editor(editor, open_upload))
     if mask is None:
         raise InvalidRequest("mask", "paint over the area to change, or upload a mask")
     if mask.size != background.size:
@@ -132,17 +149,20 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     row = build_prompt_row("img2img", "make it winter")
     with gr.Row():
         with gr.Column():
-            mode = gr.Radio(list(MODES), value="img2img", label="Mode", elem_id="img2img_mode")
+            # Batch names server folders: hidden when the server is exposed and the operator did not opt in.
+            modes = [m for m in MODES if m != "Batch" or services.generation.batch_folders_enabled]
+            mode = gr.Radio(modes, value="img2img", label="Mode", elem_id="img2img_mode")
             with gr.Group(visible=True) as img2img_group:
-                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB",
-                                 elem_id="img2img_image", format="png", height=360)
+                image = UploadedImage(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                      image_mode=None, elem_id="img2img_image", format="png", height=360)
             with gr.Group(visible=False) as inpaint_group:
-                editor = gr.ImageEditor(type="pil", label="Image: paint over the area to change",
-                                        elem_id="img2img_editor", sources=["upload", "clipboard"],
-                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), layers=False,
-                                        format="png", image_mode="RGBA")
-                mask_upload = gr.Image(type="pil", label="Or upload a mask (white = repaint)", image_mode="L",
-                                       sources=["upload"], elem_id="img2img_mask", format="png", height=200)
+                editor = UploadedImageEditor(type="filepath", label="Image: paint over the area to change",
+                                             elem_id="img2img_editor", sources=["upload", "clipboard"],
+                                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                             layers=False, format="png", image_mode="RGBA")
+                mask_upload = UploadedImage(type="filepath", label="Or upload a mask (white = repaint)",
+                                            image_mode=None, sources=["upload"], elem_id="img2img_mask",
+                                            format="png", height=200)
                 with gr.Row():
                     mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
                     padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
@@ -151,9 +171,10 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                 invert = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
                                   label="Mask mode")
             with gr.Group(visible=False) as batch_group:
-                input_dir = gr.Textbox(label="Input folder (on the server)", elem_id="img2img_batch_input")
-                output_dir = gr.Textbox(label="Output folder (empty = outputs/img2img-images)",
-                                        elem_id="img2img_batch_output")
+                input_dir = gr.Textbox(label="Input folder on the server (inside the data dir, or --batch-dirs)",
+                                       elem_id="img2img_batch_input")
+                output_dir = gr.Textbox(label="Output folder (empty = outputs/img2img-images; existing files are "
+                                              "kept)", elem_id="img2img_batch_output")
             style = build_style_transfer(services)
             with gr.Group() as diffusion_group:
                 resize_mode = gr.Radio(list(RESIZE_MODES.values()), value=RESIZE_MODES[0], label="Resize mode")
@@ -173,12 +194,14 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     mode.change(show_mode, mode, [img2img_group, inpaint_group, batch_group, style.group, diffusion_group],
                 api_visibility="private")
 
-    def send_to_img2img(result: Image.Image | None):
+    def send_to_img2img(result: ImageSource | None):  # the style result's file in Gradio's cache
         if result is None:
             return gr.update(), gr.update()
         return gr.update(value=result), gr.update(value="img2img")
 
     style.send.click(send_to_img2img, style.output, [image, mode], api_visibility="private")
+
+    open_upload = image_opener(services)
 
     def submit(values: dict):
         fields = dict(request_fields(values, settings), prompt=values[row.prompt],
@@ -188,15 +211,14 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
         chosen = values[mode]
         if chosen == "Batch":
             template = Img2ImgRequest.parse(**fields)  # each file in the folder becomes its init image
-            out = values[output_dir].strip() or None
-            return services.generation.submit_img2img_batch(template, Path(values[input_dir].strip()),
-                                                            Path(out) if out else None)
+            return services.generation.submit_img2img_batch(template, values[input_dir] or "",
+                                                            values[output_dir] or None)
         if chosen == "Inpaint":
-            fields.update(_inpaint_inputs(values, inpaint))
+            fields.update(_inpaint_inputs(values, inpaint, open_upload))
         else:
             if values[image] is None:
                 raise InvalidRequest("image", "upload an image first")
-            fields["init_images"] = [values[image]]
+            fields["init_images"] = [open_upload(values[image], "image").convert("RGB")]
         return services.generation.submit_img2img(Img2ImgRequest.parse(**fields))
 
     inputs = (set(named(settings).values()) | set(named(inpaint).values())

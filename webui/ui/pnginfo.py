@@ -5,9 +5,13 @@ from __future__ import annotations
 import html
 
 import gradio as gr
-from PIL import Image
 
+from webui.config import Limits
+from webui.errors import InvalidRequest
+from webui.image_io import open_image
 from webui.infotext import parse_infotext, read_png_infotext, to_generation_fields
+from webui.ui.generation_form import error_html
+from webui.ui.image_inputs import ImageSource, UploadedImage
 from webui.ui.txt2img import Txt2ImgTab
 
 
@@ -20,23 +24,32 @@ def parameters_table(text: str | None) -> str:
     return f"<table class='studio-params' id='pnginfo_table'>{body}</table>"
 
 
-def build(txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str) -> None:
+def read_parameters(upload: ImageSource | None, limits: Limits) -> tuple[str, str]:
+    """The PNG Info handler: (raw infotext, HTML table), or ("", a red error) for a refused file."""
+    if not upload:
+        return "", ""
+    try:
+        image = open_image(upload, "image", max_pixels=limits.max_image_pixels, formats=limits.image_formats,
+                           keep_metadata=True)
+    except InvalidRequest as exc:
+        return "", error_html(str(exc))
+    text = read_png_infotext(image)
+    return text or "", parameters_table(text)
+
+
+def build(txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str, limits: Limits) -> None:
     with gr.Row():
         with gr.Column():
-            # type="filepath" keeps the uploaded file untouched, text chunks included.
-            image = gr.Image(label="Source image", type="filepath", sources=["upload", "clipboard"],
-                             elem_id="pnginfo_image")
+            # The upload's own file, text chunks included; opened only through webui.image_io.
+            image = UploadedImage(label="Source image", type="filepath", image_mode=None,
+                                  sources=["upload", "clipboard"], elem_id="pnginfo_image")
         with gr.Column():
             raw = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_text")
             table = gr.HTML()
             send = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
 
-    def read(path: str | None) -> tuple[str, str]:
-        if not path:
-            return "", ""
-        with Image.open(path) as img:
-            text = read_png_infotext(img)
-        return text or "", parameters_table(text)
+    def read(upload: ImageSource | None) -> tuple[str, str]:
+        return read_parameters(upload, limits)
 
     image.change(read, image, [raw, table], api_name="png_info")
 
