@@ -94,7 +94,8 @@ def test_prompt_over_the_token_limit_gets_422_with_the_count(bare, field):
 def test_over_long_prompts_are_refused_before_anything_is_queued(loaded):
     _, services = loaded
     cases = [("a cat, " * 600, "1800 tokens"), ("x" * 40_000, "40000 characters"),
-             ("a BREAK " * 40, "40 chunks of 75 tokens")]
+             ("a BREAK " * 40, "40 BREAK keywords"), ("(a" * 2000, "2000 emphasis brackets"),
+             ("a BREAK " * 26 + "a, " * 400, "splits into 37 chunks of 75 tokens")]
     for prompt, message in cases:
         with pytest.raises(InvalidRequest, match=message) as refused:
             services.generation.submit_txt2img(Txt2ImgRequest(prompt=prompt, **SMALL))

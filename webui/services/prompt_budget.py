@@ -3,10 +3,13 @@
 A prompt is first capped in characters, so that tokenizing it is itself cheap, then tokenized with the shipped
 CLIP tokenizer and split into 75-token chunks exactly as conditioning does (emphasis, ``BREAK``, comma
 backtracking). Every chunk is one more text-encoder pass and 77 more cross-attention keys in every UNet step.
+Emphasis brackets and ``BREAK`` keywords are counted first, with plain string scans: parsing emphasis costs about
+brackets x pieces, and the job parses its prompts again for every batch.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 
 from transformers import CLIPTokenizer
@@ -15,6 +18,8 @@ from webui.config import Limits
 from webui.errors import InvalidRequest
 from webui.models.loader import TOKENIZER_DIR
 from webui.pipelines.conditioning import CHUNK_TOKENS, COMMA_BACKTRACK, chunk_prompt
+
+_BREAK = re.compile(r"\bBREAK\b")  # the keyword as webui.prompts splits on it
 
 
 class PromptBudget:
@@ -47,6 +52,15 @@ class PromptBudget:
                                         f"{self._max_chars} characters")
         if not text:
             return
+        # Each opening bracket can weight at most one token: more brackets than allowed tokens is never a prompt.
+        brackets = text.count("(") + text.count("[")
+        if brackets > self._max_tokens:
+            raise InvalidRequest(field, f"{brackets} emphasis brackets (\"(\" and \"[\") is over this server's limit "
+                                        f"of {self._max_tokens}")
+        breaks = len(_BREAK.findall(text))
+        if breaks >= self._max_chunks:
+            raise InvalidRequest(field, f"{breaks} BREAK keywords is over this server's limit of "
+                                        f"{self._max_chunks - 1} (each starts a chunk of {CHUNK_TOKENS} tokens)")
         tokens, chunks = self.count(text)
         if tokens > self._max_tokens:
             raise InvalidRequest(field, f"{tokens} tokens is over this server's limit of {self._max_tokens} "
