@@ -395,6 +395,8 @@ def test_surrogates_in_keys_and_echoed_names_never_give_500(bare, path, text, qu
 def test_lone_surrogate_refused_on_the_ui_path_too():
     with pytest.raises(InvalidRequest, match="prompt: contains invalid Unicode"):
         Txt2ImgRequest.parse(prompt="a \udcff cat")
+    with pytest.raises(InvalidRequest, match="model: contains invalid Unicode"):
+        StyleTransferRequest(model="\udcff", image=Image.new("RGB", (8, 8)))
 
 
 HOSTILE_NUMBERS = ["1e308", "-1e308", "-1", "-0", "0", str(2**64), str(-(2**64)), "NaN", "Infinity", "-Infinity",

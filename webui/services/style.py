@@ -22,6 +22,7 @@ from webui.models.registry import HashCache
 from webui.pipelines.style_transfer import transfer
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.storage import ImageStore
+from webui.types import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class StyleTransferRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise InvalidRequest("model", "choose a style transfer model")
+        if (problem := text_problem(self.model)) is not None:
+            raise InvalidRequest("model", problem)
         if not isinstance(self.image, Image.Image):
             raise InvalidRequest("image", "an image is required")
         if min(self.image.size) < 1:
