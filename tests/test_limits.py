@@ -382,7 +382,8 @@ def test_lone_surrogates_and_nan_get_422_naming_the_field(bare, path, text, fiel
 @pytest.mark.parametrize("path, text, quoted", [
     ("/sdapi/v1/txt2img", f'{{"prompt": "ok", "{SURROGATE}": 1}}', "\\udcff: key contains invalid Unicode"),
     ("/sdapi/v1/options", f'{{"{SURROGATE}": 1}}', "\\udcff: unknown option"),
-    ("/studio/v1/style-transfer", f'{{"model": "{SURROGATE}", "image": "{png_b64()}"}}', "\\udcff"),
+    ("/studio/v1/style-transfer", f'{{"model": "{SURROGATE}", "image": "{png_b64()}"}}',
+     "model: contains invalid Unicode"),
     ("/studio/v1/style-transfer", f'{{"model": "m", "image": "{png_b64()}", "{SURROGATE}": 1}}', "body: "),
 ])
 def test_surrogates_in_keys_and_echoed_names_never_give_500(bare, path, text, quoted):
