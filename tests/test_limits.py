@@ -294,7 +294,8 @@ def test_a_config_file_with_unknown_or_invalid_keys_still_starts(tmp_path, caplo
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "config.json").write_text(json.dumps({
-        "samples_format": "jpg", "junk": "x" * 1000, "CLIP_stop_at_last_layers": "two", "jpeg_quality": 95}))
+        "samples_format": "jpg", "junk": "x" * 1000, "CLIP_stop_at_last_layers": "two", "jpeg_quality": 95,
+        "sd_model_checkpoint": "last-used.safetensors"}))
     with caplog.at_level(logging.WARNING):
         services = build_services(make_settings(data_dir))
     try:
@@ -302,6 +303,10 @@ def test_a_config_file_with_unknown_or_invalid_keys_still_starts(tmp_path, caplo
         assert options["samples_format"] == "jpg" and options["jpeg_quality"] == 95
         assert options["CLIP_stop_at_last_layers"] == 1 and "junk" not in options
         assert "junk: unknown option" in caplog.text and "CLIP_stop_at_last_layers" in caplog.text
+        services.options.update({"jpeg_quality": 90})
+        stored = json.loads((data_dir / "config.json").read_text())
+        assert "junk" not in stored and stored["jpeg_quality"] == 90
+        assert stored["sd_model_checkpoint"] == "last-used.safetensors"  # kept for whoever restores it
     finally:
         services.queue.shutdown()
     (data_dir / "config.json").write_text("[1, 2")  # not even JSON

@@ -143,7 +143,11 @@ class OptionsService:
         kept: dict[str, Any] = {}
         for key, value in data.items():
             if key == CHECKPOINT_KEY:
-                continue  # the model manager decides which checkpoint is selected
+                # Kept as written (so rewriting the file preserves it); the model manager decides which
+                # checkpoint is selected, and get_all() reports that.
+                if isinstance(value, str) and len(value) <= 1024 and text_problem(value) is None:
+                    kept[key] = value
+                continue
             option = OPTIONS.get(key)
             try:
                 if option is None:
