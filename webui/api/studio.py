@@ -36,6 +36,7 @@ class StyleTransferResponse(BaseModel):
     image: str = Field(description="base64 PNG at the input's resolution, with infotext")
     model: str
     info: str
+    warnings: list[str] = Field(default_factory=list, description="e.g. why the image was not saved")
 
 
 def build_studio_router(services: Services) -> APIRouter:
@@ -65,6 +66,7 @@ def build_studio_router(services: Services) -> APIRouter:
                                        overlap=body.overlap, save=body.save_images)
         job = services.style.submit(request)
         result = await finish(job, http, services.settings.cancel_on_disconnect)
-        return {"image": encode_png(result.image, result.infotext), "model": result.model, "info": result.infotext}
+        return {"image": encode_png(result.image, result.infotext), "model": result.model, "info": result.infotext,
+                "warnings": list(result.warnings)}
 
     return router
