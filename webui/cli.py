@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue-size", type=int, default=Limits.queue_size,
                         help="jobs that may wait in the queue before new requests are refused")
     parser.add_argument("--keep-jobs-on-disconnect", action="store_true",
-                        help="finish API jobs even when the client that asked for them has disconnected")
+                        help="finish jobs (API and UI) even when the client that asked for them has disconnected")
     parser.add_argument("--no-download", action="store_true",
                         help="hide the offer to download a default model when none is present")
     parser.add_argument("--allow-external-model-links", action="store_true",
@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image formats accepted from uploads, the API and batch folders; may add "
                              f"{', '.join(OPTIONAL_FORMATS)} (formats that run external programs, such as EPS, "
                              "are never accepted)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens,
+                        help="longest prompt (and negative prompt) accepted, in CLIP tokens (75 per chunk)")
+    parser.add_argument("--max-job-pixels", type=int, default=Limits.max_job_pixels,
+                        help="largest width x height x batch size x batch count of one job")
+    parser.add_argument("--max-job-seconds", type=float, default=Limits.max_job_seconds,
+                        help="a running job is stopped after this many seconds, keeping the images done; 0 = no "
+                             "limit")
+    parser.add_argument("--max-style-tile", type=int, default=Limits.max_style_tile,
+                        help="largest style transfer tile in pixels (memory grows with its square)")
     return parser
 
 
@@ -157,13 +166,21 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         image_formats = parse_image_formats(args.image_formats)
     except ValueError as exc:
         parser.error(f"--image-formats: {exc}")
+    for flag, value, least in (("--max-prompt-tokens", args.max_prompt_tokens, 75),
+                               ("--max-job-pixels", args.max_job_pixels, 64 * 64),
+                               ("--max-job-seconds", args.max_job_seconds, 0),
+                               ("--max-style-tile", args.max_style_tile, 64)):
+        if not value >= least:  # also refuses nan
+            parser.error(f"{flag} must be at least {least}")
     return Settings(
         data_dir=args.data_dir.resolve(), host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
         share=args.share, device=args.device, precision=args.precision, memory_profile=args.memory_profile,
         allow_pickle=args.allow_pickle, max_loaded_models=args.max_loaded_models,
         allow_download=not args.no_download,
         limits=Limits(queue_size=args.queue_size, max_request_bytes=args.max_request_mb * MIB,
-                      max_upload_bytes=args.max_upload_mb * MIB, image_formats=image_formats),
+                      max_upload_bytes=args.max_upload_mb * MIB, image_formats=image_formats,
+                      max_prompt_tokens=args.max_prompt_tokens, max_job_pixels=args.max_job_pixels,
+                      max_job_seconds=args.max_job_seconds, max_style_tile=args.max_style_tile),
         gradio_auth=gradio_auth, api_auth=api_auth, cors_allow_origins=cors_origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex, insecure_no_auth=args.insecure_no_auth,
         cancel_on_disconnect=not args.keep_jobs_on_disconnect,

@@ -34,6 +34,15 @@ class Limits:
     max_request_bytes: int = 64 * 1024 * 1024
     max_upload_bytes: int = 50 * 1024 * 1024  # one file uploaded through the web UI (Gradio's max_file_size)
     image_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names any input may be; see webui/image_io.py
+    # A1111 splits prompts into 75-token chunks; 20 chunks is about twice the longest prompts seen in shared
+    # A1111 infotexts, while a 1 MB prompt (thousands of chunks) held the only worker for minutes.
+    max_prompt_tokens: int = 75 * 20
+    max_prompt_chars: int = 32_768  # checked first, so tokenizing itself stays cheap
+    # width x height x batch_size x n_iter of one job: 128 images at 512x512, 32 at 1024x1024.
+    max_job_pixels: int = 2048 * 2048 * 8
+    max_job_seconds: float = 30 * 60  # a running job past this is stopped like Interrupt, keeping what is done
+    # Style transfer runs one generator pass per tile; a 4096 px tile took ~15 GB, a 1024 px tile about 1 GB.
+    max_style_tile: int = 1024
 
 
 @dataclass(frozen=True)

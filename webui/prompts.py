@@ -71,14 +71,27 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     pieces: list[_Piece] = []
     round_open: list[int] = []  # index into `pieces` where each open "(" starts
     square_open: list[int] = []
+    # Text appended with no bracket in between always gets the same multipliers, so it is joined at once (the
+    # final merge would join it anyway): each bracket then multiplies at most one piece per later bracket, not
+    # one per escape or text run, which made long prompts quadratic (seconds for 32k characters).
+    since = 0  # len(pieces) at the last bracket
+
+    def add(new: list[_Piece]) -> None:
+        for piece in new:
+            last = pieces[-1] if len(pieces) > since else None
+            if last is not None and not last.is_break and not piece.is_break:
+                last.text += piece.text
+            else:
+                pieces.append(piece)
 
     for match in _RE_ATTENTION.finditer(text):
         token, weight_text = match.group(0), match.group(1)
         weight = _parse_weight(weight_text)
 
         if token.startswith("\\"):
-            pieces.append(_Piece(token[1:]))
-        elif token == "(":
+            add([_Piece(token[1:])])
+            continue
+        if token == "(":
             round_open.append(len(pieces))
         elif token == "[":
             square_open.append(len(pieces))
@@ -86,14 +99,16 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             _multiply_from(pieces, round_open.pop(), weight)
         elif weight_text is not None and round_open:
             # Malformed number: keep it as text, then close the bracket like a plain ")".
-            pieces.append(_Piece(token[:-1]))
+            add([_Piece(token[:-1])])
             _multiply_from(pieces, round_open.pop(), _ROUND_MULTIPLIER)
         elif token == ")" and round_open:
             _multiply_from(pieces, round_open.pop(), _ROUND_MULTIPLIER)
         elif token == "]" and square_open:
             _multiply_from(pieces, square_open.pop(), _SQUARE_MULTIPLIER)
         else:
-            pieces.extend(_split_breaks(token))
+            add(_split_breaks(token))
+            continue
+        since = len(pieces)
 
     # Unbalanced brackets apply up to the end of the prompt.
     for start in round_open:

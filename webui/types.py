@@ -6,6 +6,7 @@ entry point rejects the same bad input with the same message; configurable limit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,52 @@ from webui.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from PIL import Image
+
+LONE_SURROGATE = "contains invalid Unicode (lone surrogate)"
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be used as text, or None.
+
+    JSON's ``\\udcff`` escape decodes to a lone surrogate, which no encoder (UTF-8 responses, PNG text chunks,
+    the tokenizer) accepts: refused up front rather than failing as a 500 halfway through a job.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return LONE_SURROGATE
+    return None
+
+
+def safe_label(value: str) -> str:
+    """``value`` with anything unencodable escaped, for echoing a user's key or name back in a message."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def find_bad_value(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The first string or number anywhere in a decoded JSON value that no response could carry back.
+
+    Returns ``(dotted path, reason)``: lone surrogates in strings (or keys) and NaN/Infinity (Python's JSON
+    parser accepts those literals, and Starlette refuses to send them back).
+    """
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:  # iterative: a deeply nested body must not hit the recursion limit
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if (problem := text_problem(item)) is not None:
+                return where or "body", problem
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return where or "body", "must be a finite number"
+        elif isinstance(item, dict):
+            for key, sub in reversed(list(item.items())):
+                name = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and text_problem(key) is not None:
+                    return safe_label(name), f"key {LONE_SURROGATE}"
+                stack.append((name, sub))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}.{i}" if where else str(i), sub) for i, sub in reversed(list(enumerate(item))))
+    return None
 
 
 class Txt2ImgRequest(BaseModel):
@@ -36,6 +83,13 @@ class Txt2ImgRequest(BaseModel):
     clip_skip: int = Field(1, ge=1, le=12)
     checkpoint: str | None = None  # title or name; None uses the current model
     save_images: bool = True
+
+    @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        if value is not None and (problem := text_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("width", "height")
     @classmethod
@@ -126,6 +180,7 @@ class GenerationResult:
     info: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
     pngs: list[bytes] = field(default_factory=list)  # the final files (provenance applied), one per image
+    warnings: list[str] = field(default_factory=list)  # e.g. why images were not saved; never in the infotext
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from webui.api.images import decode_image, encode_png
+from webui.api.schemas import ApiBody
 from webui.errors import InvalidRequest
 from webui.services import extras
 from webui.services.container import Services
@@ -87,8 +88,8 @@ class MemoryResponse(BaseModel):
     cuda: dict[str, Any]
 
 
-class ExtrasSingleImageBody(BaseModel):
-    """A1111's ``ExtrasSingleImageRequest`` with its defaults and bounds."""
+class ExtrasSingleImageBody(ApiBody):
+    """A1111's ``ExtrasSingleImageRequest`` with its defaults and bounds (A1111 caps the factor at 8 too)."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
@@ -97,9 +98,9 @@ class ExtrasSingleImageBody(BaseModel):
     gfpgan_visibility: float = Field(default=0, ge=0, le=1)
     codeformer_visibility: float = Field(default=0, ge=0, le=1)
     codeformer_weight: float = Field(default=0, ge=0, le=1)
-    upscaling_resize: float = Field(default=2, gt=0)
-    upscaling_resize_w: int = Field(default=512, ge=1)
-    upscaling_resize_h: int = Field(default=512, ge=1)
+    upscaling_resize: float = Field(default=2, gt=0, le=extras.MAX_SCALE)
+    upscaling_resize_w: int = Field(default=512, ge=1, le=extras.MAX_SIDE)
+    upscaling_resize_h: int = Field(default=512, ge=1, le=extras.MAX_SIDE)
     upscaling_crop: bool = True
     upscaler_1: str = "None"
     upscaler_2: str = "None"

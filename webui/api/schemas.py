@@ -1,17 +1,35 @@
 """HTTP request/response shapes of A1111's ``/sdapi/v1``, with its field names and defaults.
 
 Clients send many fields we accept and ignore (``alwayson_scripts``, ``restore_faces`` ...): the request models
-allow extra keys, but every field we use is typed, and NaN/Infinity are rejected.
+allow extra keys, but every field we use is typed, and NaN/Infinity are rejected, in extra keys too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from webui.errors import InvalidRequest
+from webui.types import find_bad_value
 
 
-class Txt2ImgBody(BaseModel):
+class ApiBody(BaseModel):
+    """A request body whose every string (keys included) and number could be echoed back in a response.
+
+    Checked on the raw JSON before field validation, so extra keys that are echoed in ``parameters`` are covered
+    too; raises InvalidRequest (422 naming the field) rather than a ValueError, whose location would be the body.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unsendable_values(cls, data: Any) -> Any:
+        if (bad := find_bad_value(data)) is not None:
+            raise InvalidRequest(*bad)
+        return data
+
+
+class Txt2ImgBody(ApiBody):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     prompt: str = ""
@@ -90,7 +108,7 @@ class SdModelItem(BaseModel):
     config: str | None = None
 
 
-class PngInfoBody(BaseModel):
+class PngInfoBody(ApiBody):
     image: str
 
 

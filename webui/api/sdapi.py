@@ -19,7 +19,7 @@ from webui.infotext import parse_infotext
 from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing, resolve_sampler
 from webui.services.container import Services
 from webui.services.jobs import Job
-from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, validated
+from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, safe_label, validated
 
 DISCONNECT_CHECK_SECONDS = 0.5
 
@@ -139,13 +139,14 @@ def build_router(services: Services) -> APIRouter:
 
     @router.post("/txt2img", response_model=schemas.ImagesResponse)
     async def txt2img(body: schemas.Txt2ImgBody, http: Request) -> dict[str, Any]:
-        job = services.generation.submit_txt2img(to_txt2img_request(body, services))
+        # Off the event loop: checking the prompt's length tokenizes it (tens of milliseconds, more for odd text).
+        job = await anyio.to_thread.run_sync(services.generation.submit_txt2img, to_txt2img_request(body, services))
         return images_response(body, await finish(job, http, cancel_on_disconnect))
 
     @router.post("/img2img", response_model=schemas.ImagesResponse)
     async def img2img(body: schemas.Img2ImgBody, http: Request) -> dict[str, Any]:
         request = await anyio.to_thread.run_sync(to_img2img_request, body, services)  # image decoding is CPU work
-        job = services.generation.submit_img2img(request)
+        job = await anyio.to_thread.run_sync(services.generation.submit_img2img, request)
         return images_response(body, await finish(job, http, cancel_on_disconnect))
 
     @router.get("/progress", response_model=schemas.ProgressResponse)
@@ -205,6 +206,9 @@ _STATUS = {InvalidRequest: 422, ModelNotFound: 404, ModelLoadError: 422, NoModel
 
 def _error_body(message: str, field: str | None = None, reason: str | None = None) -> dict[str, Any]:
     # "detail" keeps FastAPI's list-of-errors shape, so clients parse our errors and FastAPI's alike.
+    # Messages may quote what the client sent; escape what UTF-8 cannot carry so the error itself never 500s.
+    message, field = safe_label(message), safe_label(field) if field else None
+    reason = safe_label(reason) if reason else None
     detail = [{"loc": ["body", *field.split(".")] if field else ["body"], "msg": reason or message,
                "type": "value_error"}]
     return {"error": message, "detail": detail}
@@ -225,9 +229,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
-        loc = [str(part) for part in first.get("loc", []) if part != "body"]
-        reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        loc = [safe_label(str(part)) for part in first.get("loc", []) if part != "body"]
+        reason = safe_label(str(first.get("msg", "invalid value")).removeprefix("Value error, "))
         message = f"{'.'.join(loc) or 'body'}: {reason}"
-        detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in errors]
+        detail = [{"loc": [safe_label(p) if isinstance(p, str) else p for p in e.get("loc", [])],
+                   "msg": safe_label(str(e.get("msg", ""))), "type": e.get("type", "")} for e in errors]
         return JSONResponse({"error": message, "detail": detail}, status_code=422)

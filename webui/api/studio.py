@@ -38,6 +38,7 @@ class StyleTransferResponse(BaseModel):
     image: str = Field(description="base64 PNG at the input's resolution, with infotext")
     model: str
     info: str
+    warnings: list[str] = Field(default_factory=list, description="e.g. why the image was not saved")
 
 
 class ProvenanceBody(BaseModel):
@@ -102,7 +103,8 @@ def build_studio_router(services: Services) -> APIRouter:
                                        overlap=body.overlap, save=body.save_images)
         job = services.style.submit(request)
         result = await finish(job, http, services.settings.cancel_on_disconnect)
-        return {"image": png_base64(result.png), "model": result.model, "info": result.infotext}
+        return {"image": png_base64(result.png), "model": result.model, "info": result.infotext,
+                "warnings": list(result.warnings)}
 
     @router.post("/provenance", response_model=ProvenanceResponse,
                  summary="What an image says about its origin: AI-generated marker, invisible watermark, C2PA")

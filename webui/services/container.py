@@ -40,7 +40,7 @@ def build_services(settings: Settings) -> Services:
                              allow_external_links=settings.allow_external_model_links)
     registry.refresh()
     manager = ModelManager(settings, registry)
-    queue = JobQueue(max_pending=settings.limits.queue_size)
+    queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds)
     store = ImageStore(settings.outputs_dir)
     options = OptionsService(settings.data_dir / "config.json", manager)
     credentials = ContentCredentials(settings.data_dir / "provenance")
@@ -57,7 +57,8 @@ def build_services(settings: Settings) -> Services:
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device,
-                                   max_pixels=settings.limits.max_image_pixels,
+                                   max_pixels=min(settings.limits.max_image_pixels, settings.limits.max_job_pixels),
+                                   max_tile=settings.limits.max_style_tile,
                                    allow_external_links=settings.allow_external_model_links,
                                    credentials=credentials, provenance=provenance),
         credentials=credentials,

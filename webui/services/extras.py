@@ -20,6 +20,7 @@ UPSCALERS: dict[str, Image.Resampling] = {
     "Nearest": Image.Resampling.NEAREST,
 }
 MAX_SIDE = 4096
+MAX_SCALE = 8.0  # A1111's bound; also keeps width * scale finite (1e308 overflowed into a 500)
 MAX_PIXELS = 4096 * 4096  # binds only if MAX_SIDE is ever raised; kept so memory stays bounded either way
 
 
@@ -41,10 +42,12 @@ class UpscaleSpec:
             name = getattr(self, field)
             if name not in UPSCALERS:
                 raise InvalidRequest(field, f"unknown upscaler '{name}'. Available: {', '.join(UPSCALERS)}")
-        if not self.to_size and not self.scale > 0:
-            raise InvalidRequest("upscaling_resize", "must be greater than 0")
-        if self.to_size and (self.width < 1 or self.height < 1):
-            raise InvalidRequest("upscaling_resize_w", "target width and height must be at least 1")
+        if not self.to_size and not 0 < self.scale <= MAX_SCALE:  # also refuses nan
+            raise InvalidRequest("upscaling_resize", f"must be greater than 0 and at most {MAX_SCALE:g}")
+        if self.to_size:
+            for field, value in (("upscaling_resize_w", self.width), ("upscaling_resize_h", self.height)):
+                if not 1 <= value <= MAX_SIDE:
+                    raise InvalidRequest(field, f"must be from 1 to {MAX_SIDE}")
 
     @property
     def size_field(self) -> str:

@@ -5,6 +5,7 @@ The Gradio UI, the REST API and the tests all call this; none of them touches mo
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -24,10 +25,16 @@ from webui.provenance.policy import ProvenancePolicy
 from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import Job, JobContext, JobQueue
+from webui.services.prompt_budget import PromptBudget
 from webui.services.storage import ImageStore, write_bytes_atomic
 from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 
+log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
+
+
+def _pixels(count: int) -> str:
+    return f"{count / 1e6:.1f} MP" if count >= 100_000 else f"{count} pixels"
 
 
 def _schedule_label(spec, schedule: str) -> str | None:
@@ -47,6 +54,7 @@ class GenerationService:
         self._credentials = credentials
         self._provenance = provenance  # read per job, so a settings change applies to the next job
         self._folders = folder_policy(settings)
+        self._prompts = PromptBudget(settings.limits)
 
     def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
         """Validate against the configured limits and queue the work; returns at once with the job."""
@@ -132,6 +140,9 @@ class GenerationService:
                                     ("n_iter", request.n_iter, limits.max_batch_count)):
             if value > limit:
                 raise InvalidRequest(field, f"{value} is over this server's limit of {limit}")
+        self._check_job_pixels(request)
+        self._prompts.check("prompt", request.prompt)
+        self._prompts.check("negative_prompt", request.negative_prompt)
         try:
             _, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         except ValueError as exc:
@@ -142,6 +153,28 @@ class GenerationService:
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
         return schedule
+
+    def _check_job_pixels(self, request: Txt2ImgRequest) -> None:
+        """One budget for the whole job, so many allowed sizes cannot multiply into hours of GPU time."""
+        budget = self._settings.limits.max_job_pixels
+        total = request.width * request.height * request.batch_size * request.n_iter
+        if total > budget:
+            # Blame the field the user most likely wants to lower.
+            field = "n_iter" if request.n_iter > 1 else "batch_size" if request.batch_size > 1 else "width"
+            raise InvalidRequest(field, f"width x height x batch_size x n_iter = {request.width}x{request.height}"
+                                        f"x{request.batch_size}x{request.n_iter} = {_pixels(total)}, over this "
+                                        f"server's per-job budget of {_pixels(budget)}")
+
+    def _save(self, result: GenerationResult, png: bytes, category: str, seed: int) -> None:
+        """Save one finished PNG; a full disk or unwritable outputs folder costs the file, never the image."""
+        try:
+            result.paths.append(self._store.save(png, category, seed))
+        except OSError as exc:
+            log.warning("Could not save a %s image: %s", category, exc)
+            reason = exc.strerror or type(exc).__name__
+            warning = f"Image not saved to the outputs folder ({reason}); it is only returned here."
+            if warning not in result.warnings:
+                result.warnings.append(warning)
 
     def _run(self, ctx: JobContext, request: Txt2ImgRequest, schedule: str, task: "_Task",
              policy: ProvenancePolicy) -> GenerationResult:
@@ -169,8 +202,10 @@ class GenerationService:
                     result.seeds.append(seed)
                     result.infotexts.append(final.infotext)
                     if request.save_images:
-                        result.paths.append(self._store.save(final.png, task.category, seed))
+                        self._save(result, final.png, task.category, seed)
             result.interrupted = ctx.interrupted
+            if ctx.limit_message:
+                result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
             result.info = self._info(model, request, result, base_seed, started)
         return result
 
@@ -235,6 +270,7 @@ class GenerationService:
             "is_using_inpainting_conditioning": model.variant == "inpaint",
             "version": f"studio-{VERSION}",
             "interrupted": result.interrupted,
+            "warnings": list(result.warnings),
         }
 
 

@@ -1,7 +1,8 @@
 """One job queue for the GPU: UI, Gradio API and REST all submit here; one worker runs one job at a time.
 
 Each job has an id, a progress snapshot, and interrupt/skip flags. Watchers block on a condition variable that
-is notified on every progress change, so nobody polls with sleep.
+is notified on every progress change, so nobody polls with sleep. A running job past the queue's per-job time
+limit is interrupted exactly as Interrupt does it (the work sees it at its next step check), never killed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.started_at: float | None = None
+        self.time_limit: float | None = None  # seconds; set when the per-job limit stopped this job
+
+    @property
+    def limit_message(self) -> str | None:
+        """What to tell the user when the server's time limit, not a person, stopped the job."""
+        if self.time_limit is None:
+            return None
+        return f"stopped after {self.time_limit:g} s (the server's per-job limit)"
 
     @property
     def progress(self) -> Progress:
@@ -84,10 +93,13 @@ class Job:
 class JobContext:
     """What running work sees of its job: report progress, check for interrupt/skip."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, time_limit: float | None = None, clock: Callable[[], float] = time.monotonic):
         self._job = job
         self._preview_id = 0
         self._image_started: float | None = None
+        self._clock = clock
+        self._time_limit = time_limit
+        self._deadline = clock() + time_limit if time_limit else None
 
     @property
     def job_id(self) -> str:
@@ -110,12 +122,24 @@ class JobContext:
         self._job._update(**changes)
 
     def should_stop(self) -> bool:
-        """True when the current image should end: the job was interrupted or this image skipped."""
+        """True when the current image should end: the job was interrupted (or ran out of time) or this image
+        skipped."""
+        self._check_deadline()
         return self._job.interrupted.is_set() or self._job.skipped.is_set()
 
     @property
     def interrupted(self) -> bool:
+        self._check_deadline()
         return self._job.interrupted.is_set()
+
+    @property
+    def limit_message(self) -> str | None:
+        return self._job.limit_message
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and not self._job.interrupted.is_set() and self._clock() >= self._deadline:
+            self._job.time_limit = self._time_limit
+            self._job.interrupted.set()
 
     def consume_skip(self) -> bool:
         was = self._job.skipped.is_set()
@@ -124,8 +148,13 @@ class JobContext:
 
 
 class JobQueue:
-    def __init__(self, max_pending: int = 16):
+    def __init__(self, max_pending: int = 16, max_job_seconds: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """``max_job_seconds``: a running job is interrupted past it (None or 0: no limit); ``clock`` is what the
+        limit is measured with (tests pass their own)."""
         self._max_pending = max_pending
+        self._max_job_seconds = max_job_seconds or None
+        self._clock = clock
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._current: Job | None = None
@@ -197,17 +226,17 @@ class JobQueue:
         while (job := self._next()) is not None:
             try:
                 if job.progress.state is JobState.QUEUED:
-                    self._execute(job)
+                    self._execute(job, JobContext(job, self._max_job_seconds, self._clock))
             finally:
                 with self._lock:
                     self._current = None
 
     @staticmethod
-    def _execute(job: Job) -> None:
+    def _execute(job: Job, ctx: JobContext) -> None:
         job.started_at = time.monotonic()
         job._update(state=JobState.RUNNING)
         try:
-            job.result = job._work(JobContext(job))
+            job.result = job._work(ctx)
         except Cancelled as exc:
             job.error = exc
             job._update(state=JobState.CANCELLED, textinfo=str(exc))
@@ -219,4 +248,5 @@ class JobQueue:
             job.error = exc
             job._update(state=JobState.FAILED, textinfo=f"Internal error: {exc}")
         else:
-            job._update(state=JobState.DONE, step=job.progress.steps)
+            changes = {"textinfo": job.limit_message} if job.limit_message else {}
+            job._update(state=JobState.DONE, step=job.progress.steps, **changes)

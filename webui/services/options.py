@@ -1,26 +1,124 @@
-"""Runtime options as A1111's ``/sdapi/v1/options`` exposes them.
+"""Runtime options as A1111's ``/sdapi/v1/options`` exposes them, typed and bounded.
 
-Only a few keys change behaviour here (checkpoint, clip skip); others are stored and echoed so clients that set
-them keep working. Stored in ``config.json`` under the data dir, written atomically.
+Only the options in ``OPTIONS`` are accepted, each with its type and limits; anything else is refused with a 422
+naming the key, so a client can neither fill ``config.json`` with arbitrary data nor set an option this server
+would silently ignore under a misspelt name. The table holds the A1111 v1.10 names that clients commonly set.
+
+Honoured here: ``sd_model_checkpoint`` (switches the model), ``CLIP_stop_at_last_layers`` (the API's default clip
+skip) and the ``provenance_*`` / ``safety_checker`` switches (read by the image writers). The other A1111 names are
+stored and echoed so that clients which set them keep working. Stored in ``config.json`` under the data dir,
+written atomically; unknown or invalid entries found there at start-up are dropped with a log line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from webui.errors import InvalidRequest, ModelNotFound
 from webui.models.manager import ModelManager
 from webui.models.registry import atomic_write_text
+from webui.types import safe_label, text_problem
 
-DEFAULTS: dict[str, Any] = {
-    "CLIP_stop_at_last_layers": 1,
-    "samples_save": True,
-    "samples_format": "png",
-    "sd_vae": "Automatic",
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "sd_model_checkpoint"  # not stored as a value: the manager's selection is the truth
+MAX_TEXT = 256  # option strings are names (a VAE file, a format), never documents
+
+
+@dataclass(frozen=True)
+class Option:
+    """One accepted option: its type, default and bounds (numbers) or choices (strings)."""
+
+    type: type
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def check(self, key: str, value: Any) -> Any:
+        """The value to store, or InvalidRequest naming ``key``."""
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise InvalidRequest(key, "must be true or false")
+            return value
+        if self.type is str:
+            return self._check_text(key, value)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number or (isinstance(value, float) and not math.isfinite(value)):
+            raise InvalidRequest(key, f"must be a number{self._range()}")
+        if self.type is int and isinstance(value, float) and not value.is_integer():
+            raise InvalidRequest(key, f"must be an integer{self._range()}")
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise InvalidRequest(key, f"must be{self._range()}")
+        return int(value) if self.type is int else float(value)
+
+    def _check_text(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidRequest(key, "must be a string")
+        if len(value) > MAX_TEXT:
+            raise InvalidRequest(key, f"is {len(value)} characters long; at most {MAX_TEXT} are accepted")
+        if (problem := text_problem(value)) is not None:
+            raise InvalidRequest(key, problem)
+        if self.choices and value not in self.choices:
+            raise InvalidRequest(key, f"must be one of {', '.join(self.choices)}")
+        return value
+
+    def _range(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f" from {self.minimum:g} to {self.maximum:g}"
+        return f" of at least {self.minimum:g}" if self.minimum is not None else ""
+
+
+OPTIONS: dict[str, Option] = {
+    # Honoured by this server.
+    "CLIP_stop_at_last_layers": Option(int, 1, 1, 12),
+    "provenance_ai_marker": Option(bool, True),   # "AI-generated" marker in XMP and PNG text
+    "provenance_watermark": Option(bool, True),   # invisible DWT-DCT watermark
+    "provenance_c2pa": Option(bool, True),        # signed C2PA manifest
+    "safety_checker": Option(bool, False),        # blur images a local classifier flags
+    # A1111 names clients set; stored and echoed.
+    "samples_save": Option(bool, True),
+    "samples_format": Option(str, "png", choices=("png", "jpg", "jpeg", "webp")),
+    "sd_vae": Option(str, "Automatic"),
+    "sd_unet": Option(str, "Automatic"),
+    "eta_noise_seed_delta": Option(int, 0, 0, 2**32 - 1),
+    "eta_ddim": Option(float, 0.0, 0, 1),
+    "eta_ancestral": Option(float, 1.0, 0, 1),
+    "s_churn": Option(float, 0.0, 0, 100),
+    "s_tmin": Option(float, 0.0, 0, 10),
+    "s_tmax": Option(float, 0.0, 0, 999),
+    "s_noise": Option(float, 1.0, 0, 1.1),
+    "randn_source": Option(str, "GPU", choices=("GPU", "CPU", "NV")),
+    "token_merging_ratio": Option(float, 0.0, 0, 0.9),
+    "sd_checkpoint_cache": Option(int, 0, 0, 10),
+    "sd_vae_checkpoint_cache": Option(int, 0, 0, 10),
+    "save_to_dirs": Option(bool, True),
+    "grid_save": Option(bool, True),
+    "return_grid": Option(bool, True),
+    "enable_pnginfo": Option(bool, True),
+    "jpeg_quality": Option(int, 80, 1, 100),
+    "webp_lossless": Option(bool, False),
+    "live_previews_enable": Option(bool, True),
+    "show_progress_every_n_steps": Option(int, 10, -1, 32),
+    "img2img_color_correction": Option(bool, False),
+    "img2img_fix_steps": Option(bool, False),
+    "add_model_hash_to_info": Option(bool, True),
+    "add_model_name_to_info": Option(bool, True),
+    "do_not_show_images": Option(bool, False),
 }
+DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
+
+
+def _key_label(key: Any) -> str:
+    """A key as it may be quoted back: bounded in length, unencodable characters escaped."""
+    text = safe_label(str(key))
+    return text if len(text) <= 64 else text[:64] + "…"
 
 
 class OptionsService:
@@ -31,41 +129,80 @@ class OptionsService:
         self._values = {**DEFAULTS, **self._read()}
 
     def _read(self) -> dict[str, Any]:
+        """The stored options that are still valid; a hand-edited or older file never stops the server."""
         try:
             data = json.loads(self._file.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as exc:
+            log.warning("Ignoring %s: %s", self._file, exc)
+            return {}
+        if not isinstance(data, dict):
+            log.warning("Ignoring %s: not a JSON object", self._file)
+            return {}
+        kept: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == CHECKPOINT_KEY:
+                # Kept as written (so rewriting the file preserves it); the model manager decides which
+                # checkpoint is selected, and get_all() reports that.
+                if isinstance(value, str) and len(value) <= 1024 and text_problem(value) is None:
+                    kept[key] = value
+                continue
+            option = OPTIONS.get(key)
+            try:
+                if option is None:
+                    raise InvalidRequest(_key_label(key), "unknown option")
+                kept[key] = option.check(key, value)
+            except InvalidRequest as exc:
+                log.warning("Dropping option from %s: %s", self._file, exc)
+        return kept
 
     def get_all(self) -> dict[str, Any]:
         selected = self._manager.selected
         with self._lock:
             values = dict(self._values)
-        values["sd_model_checkpoint"] = selected.title if selected else None
+        values[CHECKPOINT_KEY] = selected.title if selected else None
         return values
+
+    def value(self, key: str) -> Any:
+        """One option's current value (its default until set); KeyError for a name not in ``OPTIONS``."""
+        default = OPTIONS[key].default
+        with self._lock:
+            return self._values.get(key, default)
 
     @property
     def clip_skip(self) -> int:
-        with self._lock:
-            return int(self._values.get("CLIP_stop_at_last_layers", 1))
+        return int(self.value("CLIP_stop_at_last_layers"))
 
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply options; a model switch loads the model now so a bad file is reported to the caller."""
-        changes = dict(changes)
-        if "CLIP_stop_at_last_layers" in changes:
-            value = changes["CLIP_stop_at_last_layers"]
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
-                raise InvalidRequest("CLIP_stop_at_last_layers", "must be an integer from 1 to 12")
-        checkpoint = changes.pop("sd_model_checkpoint", None)
+        """Apply options, all or none: every key is checked before anything changes. A model switch loads the
+        model now so a bad file is reported to the caller."""
+        if not isinstance(changes, dict):
+            raise InvalidRequest("body", "expected a JSON object of option names to values")
+        checked: dict[str, Any] = {}
+        checkpoint = None
+        for key, value in changes.items():
+            if key == CHECKPOINT_KEY:
+                if value is not None and not (isinstance(value, str) and text_problem(value) is None
+                                              and len(value) <= 1024):
+                    raise InvalidRequest(CHECKPOINT_KEY, "must be a checkpoint title")
+                checkpoint = value
+                continue
+            option = OPTIONS.get(key)
+            if option is None:
+                raise InvalidRequest(_key_label(key), "unknown option. This server accepts: "
+                                                      f"{', '.join([CHECKPOINT_KEY, *OPTIONS])}")
+            checked[key] = option.check(key, value)
         if checkpoint is not None:
-            if not isinstance(checkpoint, str):
-                raise InvalidRequest("sd_model_checkpoint", "must be a checkpoint title")
             try:
                 self._manager.select(checkpoint)
             except ModelNotFound as exc:
-                raise InvalidRequest("sd_model_checkpoint", str(exc)) from None
-        with self._lock:
-            self._values.update(changes)
-            persisted = {k: v for k, v in self._values.items()}
-            atomic_write_text(self._file, json.dumps(persisted, indent=1))
+                raise InvalidRequest(CHECKPOINT_KEY, str(exc)) from None
+        if checked:
+            with self._lock:
+                self._values.update(checked)
+                try:
+                    atomic_write_text(self._file, json.dumps(self._values, indent=1))
+                except OSError as exc:  # a full or read-only disk: the options still apply until restart
+                    log.warning("Could not save options to %s: %s", self._file, exc)
         return self.get_all()

@@ -14,8 +14,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
-
 _NUMBERED = re.compile(r"^(\d{5,})-")
 
 
@@ -50,19 +48,6 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_png_atomic(image: Image.Image, path: Path, pnginfo: PngImagePlugin.PngInfo | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG", pnginfo=pnginfo)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -6,6 +6,7 @@ reloaded when another model is asked for or its file changes on disk.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,14 @@ from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.storage import ImageStore
+from webui.types import text_problem
+
+log = logging.getLogger(__name__)
 
 MAX_PIXELS = 4096 * 4096  # 16 MP: the output accumulators of a tiled run are ~16 bytes per pixel
-MIN_TILE, MAX_TILE = 64, 4096
+MIN_TILE, MAX_TILE = 64, 4096  # what a request may say at all; the server's own cap is lower (below)
+# A generator's activations grow with the tile's area: a 4096 px tile took ~15 GB, 1024 px about 1 GB.
+DEFAULT_MAX_TILE = 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class StyleTransferRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise InvalidRequest("model", "choose a style transfer model")
+        if (problem := text_problem(self.model)) is not None:
+            raise InvalidRequest("model", problem)
         if not isinstance(self.image, Image.Image):
             raise InvalidRequest("image", "an image is required")
         if min(self.image.size) < 1:
@@ -55,14 +63,15 @@ class StyleTransferResult:
     image: Image.Image
     model: str            # the model's title, "CycleGAN/horse2zebra [0123456789]"
     infotext: str
-    path: Path | None     # where it was saved, None when save=False
+    path: Path | None     # where it was saved, None when save=False or saving failed
+    warnings: tuple[str, ...] = ()  # e.g. why it was not saved
     png: bytes = b""      # the final file, provenance applied (what is saved and what the API returns)
 
 
 class StyleTransferService:
     def __init__(self, models_dir: Path, queue: JobQueue, store: ImageStore, hash_cache: HashCache | None = None,
                  *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS,
-                 allow_external_links: bool = False,
+                 max_tile: int = DEFAULT_MAX_TILE, allow_external_links: bool = False,
                  credentials: ContentCredentials | None = None,
                  provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy):
         self._registry = GanRegistry(models_dir, hash_cache, allow_external_links=allow_external_links)
@@ -73,6 +82,7 @@ class StyleTransferService:
         self._max_pixels = max_pixels
         self._credentials = credentials
         self._provenance = provenance
+        self._max_tile = max_tile
         self._lock = threading.Lock()
         self._cached: tuple[tuple[str, int, int], nn.Module, GeneratorSpec] | None = None
 
@@ -89,6 +99,8 @@ class StyleTransferService:
     def submit(self, request: StyleTransferRequest) -> Job:
         """Validate, then queue; returns at once with the job (its result is a StyleTransferResult)."""
         self._check_size(request.image)
+        if request.tile > self._max_tile:
+            raise InvalidRequest("tile", f"{request.tile} is over this server's limit of {self._max_tile} pixels")
         try:
             info = self._registry.find(request.model)
         except ModelNotFound as exc:
@@ -117,7 +129,7 @@ class StyleTransferService:
 
         def on_tile(done: int, total: int) -> None:
             if ctx.interrupted:
-                raise Cancelled("Style transfer interrupted.")
+                raise Cancelled(f"Style transfer {ctx.limit_message or 'interrupted'}.")
             ctx.on_step(done, total)
 
         try:
@@ -129,10 +141,17 @@ class StyleTransferService:
                   "Size": f"{image.width}x{image.height}"}
         final = finish_png(image, "", "", params, policy, self._credentials,
                            title=f"Stable Studio style transfer, {info.name}")
-        # A GAN has no seed: the file is named after the model instead (NNNNN-horse2zebra.png).
-        path = self._store.save(final.png, "img2img", seed=0, label=info.name) if request.save else None
+        path, warnings = None, ()
+        if request.save:
+            try:
+                # A GAN has no seed: the file is named after the model instead (NNNNN-horse2zebra.png).
+                path = self._store.save(final.png, "img2img", seed=0, label=info.name)
+            except OSError as exc:  # a full disk costs the file, never the result
+                log.warning("Could not save a style transfer image: %s", exc)
+                warnings = (f"Image not saved to the outputs folder ({exc.strerror or type(exc).__name__}); "
+                            "it is only returned here.",)
         return StyleTransferResult(image=final.image, model=info.title, infotext=final.infotext, path=path,
-                                   png=final.png)
+                                   warnings=warnings, png=final.png)
 
     def _generator(self, info: GanModelInfo) -> nn.Module:
         try:

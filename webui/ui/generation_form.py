@@ -142,8 +142,16 @@ def build_outputs(prefix: str) -> Outputs:
     return Outputs(progress, preview, gallery, info)
 
 
-def stream_job(submit: Callable[[], Job]) -> Iterator[tuple[Any, ...]]:
-    """Yield (progress, preview, gallery, info, job id) updates from submission to the finished job."""
+def warnings_html(warnings: list[str]) -> str:
+    return "".join(f"<div class='studio-warning' role='status'>⚠ {html.escape(w)}</div>" for w in warnings)
+
+
+def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True) -> Iterator[tuple[Any, ...]]:
+    """Yield (progress, preview, gallery, info, job id) updates from submission to the finished job.
+
+    When the browser goes away Gradio closes this generator (GeneratorExit at a ``yield``, from its queue's
+    iterator reset); the job is then interrupted, as the API does for a client that hangs up.
+    """
     started = time.monotonic()
     try:
         job = submit()
@@ -151,13 +159,18 @@ def stream_job(submit: Callable[[], Job]) -> Iterator[tuple[Any, ...]]:
         yield error_html(str(exc)), gr.update(visible=False), gr.update(), gr.update(), None
         return
     version, shown_preview = 0, 0
-    while not job.finished:
-        version, p = job.watch(version, timeout=WATCH_TIMEOUT)
-        preview_update = gr.update()
-        if p.preview is not None and p.preview_id != shown_preview:
-            shown_preview = p.preview_id
-            preview_update = gr.update(value=p.preview, visible=True)
-        yield progress_html(p), preview_update, gr.update(), gr.update(), job.id
+    try:
+        while not job.finished:
+            version, p = job.watch(version, timeout=WATCH_TIMEOUT)
+            preview_update = gr.update()
+            if p.preview is not None and p.preview_id != shown_preview:
+                shown_preview = p.preview_id
+                preview_update = gr.update(value=p.preview, visible=True)
+            yield progress_html(p), preview_update, gr.update(), gr.update(), job.id
+    except GeneratorExit:
+        if cancel_on_disconnect:
+            job.interrupt()
+        raise
     try:
         result = job.wait()
     except StudioError as exc:
@@ -165,8 +178,9 @@ def stream_job(submit: Callable[[], Job]) -> Iterator[tuple[Any, ...]]:
         return
     note = " (interrupted)" if result.interrupted else ""
     done = (f"<div class='studio-progress'>{len(result.images)} image(s) in "
-            f"{time.monotonic() - started:.1f}s{note}</div>")
-    images = [str(p) for p in result.paths] if result.paths else result.images
+            f"{time.monotonic() - started:.1f}s{note}</div>") + warnings_html(result.warnings)
+    # Paths let the browser fetch the saved files; any image that was not saved is sent itself.
+    images = [str(p) for p in result.paths] if len(result.paths) == len(result.images) else result.images
     yield done, gr.update(visible=False), images, "\n\n".join(result.infotexts[:1]), None
 
 
@@ -176,7 +190,7 @@ def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, subm
     job_id = gr.State(None)
 
     def generate(values: dict) -> Iterator[tuple[Any, ...]]:
-        yield from stream_job(lambda: submit(values))
+        yield from stream_job(lambda: submit(values), services.settings.cancel_on_disconnect)
 
     def interrupt(jid: str | None) -> None:
         if jid:  # only this session's job, never someone else's

@@ -23,7 +23,7 @@ from webui.services.style import StyleTransferRequest
 from webui.types import Img2ImgRequest
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
 from webui.ui.generation_form import (Outputs, PromptRow, SettingsForm, build_outputs, build_prompt_row,
-                                      build_settings, error_html, named, request_fields, wire)
+                                      build_settings, error_html, named, request_fields, warnings_html, wire)
 
 MODES = ("img2img", "Inpaint", "Batch", "Style transfer")
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
@@ -89,7 +89,8 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
         except StudioError as exc:
             return gr.update(), error_html(str(exc))
         saved = f" Saved to {result.path.name}." if result.path else ""
-        return result.image, f"<div class='studio-progress'>{html.escape(result.model)}.{saved}</div>"
+        return result.image, (f"<div class='studio-progress'>{html.escape(result.model)}.{saved}</div>"
+                              + warnings_html(list(result.warnings)))
 
     def refresh_models(current: str | None):
         services.style.refresh_models()
