@@ -10,14 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-try:  # TODO(merge): c2pa_manifest comes with the hard-c2pa branch; drop this guard when both have landed.
-    import webui.provenance.c2pa_manifest as c2pa_manifest
-except ModuleNotFoundError as exc:
-    if exc.name != "webui.provenance.c2pa_manifest":
-        raise
-    c2pa_manifest = None
-
-_MISSING = "C2PA support is not installed"
+from webui.provenance import c2pa_manifest
 
 
 class CredentialsUnavailable(Exception):
@@ -47,16 +40,13 @@ class ContentCredentials:
         if self._signer is not None:
             return self._signer
         if self._problem is None:
-            if c2pa_manifest is None:
-                self._problem = _MISSING
-            else:
-                try:
-                    self._signer = c2pa_manifest.C2paSigner(self._key_dir)
-                    return self._signer
-                except c2pa_manifest.C2paUnavailable as exc:
-                    self._problem = str(exc) or "the c2pa library cannot be used"
-                except Exception as exc:  # e.g. an unwritable key folder: costs the manifest, not the image
-                    self._problem = f"cannot set up the signing key in {self._key_dir}: {exc}"
+            try:
+                self._signer = c2pa_manifest.C2paSigner(self._key_dir)
+                return self._signer
+            except c2pa_manifest.C2paUnavailable as exc:
+                self._problem = str(exc) or "the c2pa library cannot be used"
+            except Exception as exc:  # e.g. an unwritable key folder: costs the manifest, not the image
+                self._problem = f"cannot set up the signing key in {self._key_dir}: {exc}"
         raise CredentialsUnavailable(self._problem)
 
 
@@ -66,20 +56,19 @@ def read_credentials(png: bytes) -> dict[str, Any]:
     ``valid`` means the manifest's signature and hashes check out; a locally made certificate is never "trusted"
     by others, so "untrusted signer" alone does not make it invalid.
     """
-    if c2pa_manifest is None:
-        return {"present": None, "valid": None, "state": None, "problem": _MISSING}
     try:
         store = c2pa_manifest.read_manifest(png)
     except c2pa_manifest.C2paUnavailable as exc:
-        return {"present": None, "valid": None, "state": None, "problem": str(exc) or _MISSING}
+        return {"present": None, "valid": None, "state": None, "problem": str(exc) or "C2PA cannot be read here"}
     except Exception as exc:  # a corrupt or hostile manifest in an uploaded file is a finding, not a crash
         return {"present": True, "valid": False, "state": "Invalid", "problem": f"unreadable manifest: {exc}"}
     if store is None:
         return {"present": False, "valid": None, "state": None, "problem": None}
     state = store.get("validation_state")
-    if state is not None:
-        valid = state in ("Valid", "Trusted")
-    else:  # older manifest stores list only failures
-        codes = [s.get("code") for s in store.get("validation_status") or [] if isinstance(s, dict)]
-        valid = all(code == "signingCredential.untrusted" for code in codes)
-    return {"present": True, "valid": valid, "state": state, "problem": None}
+    failures = [s for s in store.get("validation_status") or []
+                if isinstance(s, dict) and s.get("code") != "signingCredential.untrusted"]
+    valid = state in ("Valid", "Trusted") if state is not None else not failures  # older stores: failures only
+    problem = None
+    if not valid and failures:
+        problem = str(failures[0].get("explanation") or failures[0].get("code"))[:300]
+    return {"present": True, "valid": valid, "state": state, "problem": problem}
