@@ -71,7 +71,7 @@ def _base64_bytes(data: str) -> bytes:
 
 
 def _provenance_report(data: str, max_pixels: int) -> dict[str, Any]:
-    image = decode_image(data, "image", max_pixels)
+    image = decode_image(data, "image", max_pixels, keep_metadata=True)  # the metadata is what is examined
     report = inspect(_base64_bytes(data), image)
     return {**report.as_dict(), "summary": report.summary()}
 

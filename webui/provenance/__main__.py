@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from webui.errors import InvalidRequest
 from webui.provenance.detect import inspect
 
 
@@ -26,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
             if path.exists() and not path.is_file():  # a FIFO or /dev/zero would never end
                 raise ValueError("not a regular file")
             report = inspect(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        except (OSError, ValueError, InvalidRequest) as exc:
+            if isinstance(exc, InvalidRequest):
+                reason = exc.reason
+            else:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             print(f"{path}: cannot read: {reason}", file=sys.stderr)
             status = 2
             continue

@@ -1,22 +1,20 @@
 """Read back what an image says about itself: AI marker, invisible watermark, C2PA manifest.
 
-Used by ``python -m webui.provenance detect`` and ``POST /studio/v1/provenance``. Only PNG, JPEG and WebP are
-opened (no format that makes Pillow run external programs).
+Used by ``python -m webui.provenance detect`` and ``POST /studio/v1/provenance``. Files are opened by
+``webui.image_io`` like every other upload (PNG, JPEG and WebP only), keeping the metadata this module reads.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from PIL import Image
 
+from webui import image_io
+from webui.image_io import DEFAULT_MAX_PIXELS
 from webui.provenance import marker, watermark
 from webui.provenance.credentials import read_credentials
-
-FORMATS = ("PNG", "JPEG", "WEBP")
-
 
 @dataclass(frozen=True)
 class ProvenanceReport:
@@ -54,14 +52,14 @@ class ProvenanceReport:
 def inspect(data: bytes, image: Image.Image | None = None) -> ProvenanceReport:
     """Report on an image file's bytes; ``image`` is the same file already opened (and checked) by the caller.
 
-    Raises ``ValueError`` when the bytes are not a PNG, JPEG or WebP image.
+    Raises ``InvalidRequest`` when the bytes are not an acceptable image.
     """
     if image is None:
         image = open_image(data)
     source_type = marker.read_source_type(image.info)
     reading = watermark.detect(image)
     return ProvenanceReport(
-        format=image.format or "",
+        format=image.format or _format_of(data),
         size=image.size,
         ai_generated=marker.is_ai_generated(source_type),
         digital_source_type=source_type,
@@ -71,12 +69,20 @@ def inspect(data: bytes, image: Image.Image | None = None) -> ProvenanceReport:
     )
 
 
-def open_image(data: bytes, max_pixels: int = 4096 * 4096) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-        if image.width * image.height > max_pixels:  # from the header, before decoding
-            raise ValueError(f"{image.width}x{image.height} is over {max_pixels} pixels")
-        image.load()
-    except (OSError, Image.DecompressionBombError):
-        raise ValueError("not a readable PNG, JPEG or WebP image") from None
-    return image
+def _format_of(data: bytes) -> str:
+    """The container format from its magic bytes (the guarded reader hands back a copy without ``format``)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return ""
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open with the app's guarded reader (allow-listed formats, pixel budget, capped text), metadata kept.
+
+    Raises ``InvalidRequest`` (field "image") when the bytes are not an acceptable image.
+    """
+    return image_io.open_image(data, "image", max_pixels=max_pixels, keep_metadata=True)
