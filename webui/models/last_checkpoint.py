@@ -11,7 +11,7 @@ import logging
 import threading
 from pathlib import Path
 
-from webui.models.registry import atomic_write_text
+from webui.atomic import atomic_write_text
 from webui.types import CheckpointInfo
 
 log = logging.getLogger(__name__)

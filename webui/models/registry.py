@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 
+from webui.atomic import atomic_write_text
 from webui.errors import ModelNotFound
 from webui.models.folder_scan import ModelFolder, Skipped
 from webui.models.safetensors_file import FileChanged, NotRegularFile, hash_file, sha256_file
@@ -25,19 +24,6 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 MIN_CHECKPOINT_BYTES = 8  # a safetensors header's length field alone; smaller is an empty or partial download
 
 __all__ = ["CHECKPOINT_SUFFIXES", "HashCache", "ModelRegistry", "atomic_write_text", "sha256_file"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class HashCache:

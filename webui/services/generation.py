@@ -112,8 +112,12 @@ class GenerationService:
             if ctx.interrupted:
                 break
             limits = self._settings.limits
-            image = open_image(path, f"input_dir: {path.name}", max_pixels=limits.max_image_pixels,
-                               formats=limits.image_formats).convert("RGB")
+            try:
+                image = open_image(path, f"input_dir: {path.name}", max_pixels=limits.max_image_pixels,
+                                   formats=limits.image_formats).convert("RGB")
+            except InvalidRequest as exc:
+                total.warnings.append(f"Skipped {exc}")  # one bad file does not cost the rest of the folder
+                continue
             request = template.model_copy(update={"init_images": [image],
                                                   "save_images": template.save_images and output_dir is None})
             result = self._run(ctx, request, schedule, _Img2Img(request), policy)
@@ -127,8 +131,11 @@ class GenerationService:
             total.pngs += result.pngs
             total.seeds += result.seeds
             total.infotexts += result.infotexts
+            total.warnings += [w for w in result.warnings if w not in total.warnings]
             total.info = result.info
         total.interrupted = ctx.interrupted
+        if total.info:
+            total.info["warnings"] = list(total.warnings)
         return total
 
     def _check(self, request: Txt2ImgRequest) -> str:

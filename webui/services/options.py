@@ -22,7 +22,7 @@ from typing import Any
 
 from webui.errors import InvalidRequest, ModelNotFound
 from webui.models.manager import ModelManager
-from webui.models.registry import atomic_write_text
+from webui.atomic import atomic_write_text
 from webui.types import safe_label, text_problem
 
 log = logging.getLogger(__name__)
