@@ -14,6 +14,7 @@ from typing import Any, Callable
 from webui import VERSION
 from webui.config import Settings
 from webui.errors import InvalidRequest, ModelNotFound
+from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
@@ -26,7 +27,7 @@ from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.prompt_budget import PromptBudget
-from webui.services.storage import ImageStore, write_bytes_atomic
+from webui.services.storage import ImageStore
 from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class GenerationService:
             for k, png in enumerate(result.pngs):
                 if output_dir is not None:
                     target = unused_name(output_dir, path.stem if len(result.images) == 1 else f"{path.stem}-{k}")
-                    write_bytes_atomic(png, target)
+                    atomic_write_bytes(target, png)
                     total.paths.append(target)
             total.paths.extend(result.paths)
             total.images += result.images

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
+
+from webui.atomic import atomic_write_bytes
 
 _NUMBERED = re.compile(r"^(\d{5,})-")
 
@@ -34,23 +35,10 @@ class ImageStore:
         with self._lock:
             suffix = re.sub(r"[^\w.-]+", "_", label) if label else str(seed)
             path = folder / f"{self._next_number(folder):05d}-{suffix}.png"
-            write_bytes_atomic(png, path)
+            atomic_write_bytes(path, png)
         return path
 
     @staticmethod
     def _next_number(folder: Path) -> int:
         numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := _NUMBERED.match(name))]
         return max(numbers, default=-1) + 1
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
