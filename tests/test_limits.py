@@ -61,7 +61,7 @@ def bare(tmp_path_factory) -> Iterator[tuple[TestClient, Services]]:
     """The whole app with no checkpoint: validation answers fast, and a valid job fails at once with a 409."""
     services = build_services(make_settings(tmp_path_factory.mktemp("bare")))
     try:
-        with TestClient(create_app(services)) as client:
+        with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
             yield client, services
     finally:
         services.queue.shutdown()
@@ -74,7 +74,7 @@ def loaded(tmp_path_factory, model_files) -> Iterator[tuple[TestClient, Services
     install(model_files["single"], data_dir)
     services = build_services(make_settings(data_dir))
     try:
-        with TestClient(create_app(services)) as client:
+        with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
             yield client, services
     finally:
         services.queue.shutdown()
