@@ -13,6 +13,7 @@ from webui.services.downloads import DefaultModelDownloader
 from webui.services.generation import GenerationService
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
+from webui.services.safety import SafetyService
 from webui.services.style import StyleTransferService
 
 
@@ -42,7 +43,9 @@ def build_services(settings: Settings) -> Services:
     manager = ModelManager(settings, registry)
     queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds)
     store = ImageStore(settings.outputs_dir)
-    options = OptionsService(settings.data_dir / "config.json", manager)
+    safety = SafetyService(settings.models_dir, manager.device, manager.dtype)
+    options = OptionsService(settings.data_dir / "config.json", manager,
+                             requirements={"safety_checker": lambda on: safety.status() if on else None})
     credentials = ContentCredentials(settings.data_dir / "provenance")
 
     def provenance() -> ProvenancePolicy:
@@ -53,7 +56,7 @@ def build_services(settings: Settings) -> Services:
         registry=registry,
         manager=manager,
         queue=queue,
-        generation=GenerationService(settings, manager, queue, store, credentials, provenance),
+        generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from webui import VERSION
 from webui.config import Settings
-from webui.errors import InvalidRequest, ModelNotFound
+from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
 from webui.models.loader import LoadedModel
@@ -27,6 +27,7 @@ from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import Job, JobContext, JobQueue
 from webui.services.prompt_budget import PromptBudget
+from webui.services.safety import SafetyService
 from webui.services.storage import ImageStore
 from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
 
@@ -47,8 +48,10 @@ def _schedule_label(spec, schedule: str) -> str | None:
 class GenerationService:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, store: ImageStore,
                  credentials: ContentCredentials | None = None,
-                 provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy):
+                 provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy,
+                 safety: SafetyService | None = None):
         self._settings = settings
+        self._safety = safety
         self._manager = manager
         self._queue = queue
         self._store = store
@@ -201,8 +204,11 @@ class GenerationService:
                 out = task.run_batch(model, batch_index, seeds, schedule, ctx, self._settings.preview_every)
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
-                for image, seed in zip(out.images, seeds):
+                images, verdicts = self._review(out.images, policy, result)
+                for image, seed, verdict in zip(images, seeds, verdicts):
                     params = self.infotext_params(model, request, schedule, seed, task.extra_params(model))
+                    if verdict:
+                        params["Safety checker"] = verdict
                     final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
                                        self._credentials, title=f"Stable Studio {task.category}, seed {seed}")
                     result.images.append(final.image)
@@ -216,6 +222,22 @@ class GenerationService:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
             result.info = self._info(model, request, result, base_seed, started)
         return result
+
+    def _review(self, images: list, policy: ProvenancePolicy, result: GenerationResult) -> tuple[list, list]:
+        """The safety checker's pass when it is on: flagged images blurred; ``None`` verdicts when it is off."""
+        if not policy.safety_check:
+            return images, [None] * len(images)
+        try:
+            if self._safety is None:
+                raise ModelLoadError("no safety checker is configured on this server")
+            review = self._safety.review(images)
+        except ModelLoadError as exc:
+            # Not silent: the images carry "Safety checker: unavailable" and the job reports why.
+            warning = f"The safety checker is on but could not run: {exc}"
+            if warning not in result.warnings:
+                result.warnings.append(warning)
+            return images, ["unavailable"] * len(images)
+        return review.images, review.verdicts
 
     @staticmethod
     def infotext_params(model: LoadedModel, request: Txt2ImgRequest, schedule: str, seed: int,

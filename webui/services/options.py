@@ -18,7 +18,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from webui.errors import InvalidRequest, ModelNotFound
 from webui.models.manager import ModelManager
@@ -122,9 +122,12 @@ def _key_label(key: Any) -> str:
 
 
 class OptionsService:
-    def __init__(self, config_file: Path, manager: ModelManager):
+    def __init__(self, config_file: Path, manager: ModelManager,
+                 requirements: dict[str, Callable[[Any], str | None]] | None = None):
         self._file = config_file
         self._manager = manager
+        # Per key: what a value needs that is not in its type (e.g. the safety checker's weights); None = met.
+        self._requirements = requirements or {}
         self._lock = threading.Lock()
         self._values = {**DEFAULTS, **self._read()}
 
@@ -193,6 +196,9 @@ class OptionsService:
                 raise InvalidRequest(_key_label(key), "unknown option. This server accepts: "
                                                       f"{', '.join([CHECKPOINT_KEY, *OPTIONS])}")
             checked[key] = option.check(key, value)
+            unmet = self._requirements.get(key, lambda _value: None)(checked[key])
+            if unmet:
+                raise InvalidRequest(key, unmet)
         if checkpoint is not None:
             try:
                 self._manager.select(checkpoint)
