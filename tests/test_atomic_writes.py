@@ -54,3 +54,19 @@ def test_a_failed_write_leaves_no_temp_file_behind(tmp_path):
     with pytest.raises(OSError):
         atomic_write_text(target, "{}")
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_the_image_store_sweeps_what_a_killed_save_left(tmp_path):
+    from webui.services.storage import ImageStore
+
+    store = ImageStore(tmp_path)
+    folder = store.folder("txt2img")
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".00007-1.png.abc.tmp", folder / ".00008-1.png.def.tmp"
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"half an image")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    path = store.save(b"\x89PNG whole", "txt2img", seed=1)
+    assert not stale.exists() and fresh.exists()  # a fresh one may be another process's save in progress
+    assert path.read_bytes() == b"\x89PNG whole"

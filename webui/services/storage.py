@@ -13,7 +13,7 @@ import re
 import threading
 from pathlib import Path
 
-from webui.atomic import atomic_write_bytes
+from webui.atomic import atomic_write_bytes, remove_stale_temp_files
 
 _NUMBERED = re.compile(r"^(\d{5,})-")
 
@@ -23,6 +23,7 @@ class ImageStore:
         self._root = outputs_dir
         self._today = today
         self._lock = threading.Lock()  # numbering must not race between concurrent savers
+        self._swept: set[Path] = set()  # folders already cleared of temp files a killed process left
 
     def folder(self, category: str) -> Path:
         return self._root / f"{category}-images" / self._today().isoformat()
@@ -33,6 +34,9 @@ class ImageStore:
         folder = self.folder(category)
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
+            if folder not in self._swept:
+                remove_stale_temp_files(folder)
+                self._swept.add(folder)
             suffix = re.sub(r"[^\w.-]+", "_", label) if label else str(seed)
             path = folder / f"{self._next_number(folder):05d}-{suffix}.png"
             atomic_write_bytes(path, png)
