@@ -442,3 +442,49 @@ def test_instruct_pix2pix_checkpoint_from_the_browser(page, app_server: RunningA
     page.locator("#checkpoint input").click()
     page.get_by_role("option", name=re.compile(r"^tiny-sd15\.safetensors")).click()
     expect(page.locator("#model_status")).to_contain_text("Loaded tiny-sd15.safetensors", timeout=GENERATE_TIMEOUT)
+
+
+def test_hostile_uploads_get_a_clear_message_and_pages_carry_security_headers(page, app_server: RunningApp,
+                                                                               tmp_path):
+    # An EPS would make Pillow run Ghostscript; it is refused by name, in the page, and the server stays up.
+    eps = tmp_path / "poster.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(eps))
+    expect(page.locator(".studio-error").first).to_contain_text("image: EPS images are not accepted",
+                                                                timeout=20_000)
+    screenshot(page, "pnginfo-eps-refused.png")
+    response = page.request.get(app_server.url + "/")
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    # A file outside Gradio's uploads cannot be named by an event, even from the page's own origin.
+    refused = page.request.post(app_server.url + "/gradio_api/call/png_info", data={
+        "data": [{"path": str(app_server.data_dir / "config.json"), "meta": {"_type": "gradio.FileData"}}]},
+        headers={"Origin": app_server.url})
+    assert refused.status == 403
+
+
+def test_exposed_server_asks_for_a_login_and_says_who_can_reach_it(browser, tmp_path, model_files):
+    data_dir = tmp_path / "data"
+    install(model_files["single"], data_dir)
+    with launch_app(data_dir, tmp_path / "app.log", "--listen", "--gradio-auth", "ann:pw-ann",
+                    "--api-auth", "bot:pw-bot") as app:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        try:
+            page.goto(app.url)
+            page.get_by_label("username").fill("ann")
+            page.get_by_label("password").fill("pw-ann")
+            page.get_by_role("button", name="Login").click()
+            banner = page.locator("#exposure_banner")
+            expect(banner).to_contain_text("reachable by every machine", timeout=30_000)
+            expect(banner).to_contain_text("img2img Batch) are off")
+            page.get_by_role("tab", name="img2img").click()
+            expect(page.locator("#img2img_mode").get_by_label("Inpaint")).to_be_visible()
+            expect(page.locator("#img2img_mode").get_by_label("Batch")).to_have_count(0)
+            screenshot(page, "exposed-banner.png")
+            # The UI login does not open the API, nor its docs.
+            assert page.request.get(app.url + "/sdapi/v1/options").status == 401
+            assert page.request.get(app.url + "/docs").status == 401
+        finally:
+            context.close()

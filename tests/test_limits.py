@@ -482,12 +482,11 @@ def test_unwritable_outputs_keep_the_style_transfer_result(style_models, tmp_pat
     assert result.warnings and "not saved" in result.warnings[0]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, where this machine allows mounting one (root, no container restrictions)."""
+def _tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs, where this machine allows mounting one (root, no container restrictions)."""
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                           capture_output=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
@@ -495,6 +494,26 @@ def tiny_disk(tmp_path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path) -> Iterator[Path]:
+    yield from _tmpfs(tmp_path, "size=64k")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path) -> Iterator[Path]:
+    yield from _tmpfs(tmp_path, "size=64k,ro")  # read-only for root too, unlike chmod
+
+
+def test_read_only_outputs_return_the_images_with_a_warning(loaded, read_only_disk):
+    _, services = loaded
+    generation = GenerationService(services.settings, services.manager, services.queue,
+                                   ImageStore(read_only_disk / "outputs"))
+    result = generation.txt2img(Txt2ImgRequest(prompt="a cat", n_iter=2, seed=1, **SMALL), timeout=120)
+    assert len(result.images) == 2 and result.paths == []
+    assert result.warnings == ["Image not saved to the outputs folder (Read-only file system); it is only "
+                               "returned here."]
 
 
 def test_a_full_disk_returns_the_images_and_leaves_no_partial_file(loaded, tiny_disk):
@@ -516,6 +535,6 @@ def test_a_full_disk_returns_the_images_and_leaves_no_partial_file(loaded, tiny_
     assert result.warnings == ["Image not saved to the outputs folder (No space left on device); it is only "
                                "returned here."]
     written = list((tiny_disk / "outputs").rglob("*"))
-    assert not [p for p in written if p.name.startswith(".tmp-")]
+    assert not [p for p in written if p.name.startswith(".")]  # no temp file (".<name>.<random>.tmp") left
     for path in result.paths:
         Image.open(path).load()  # whatever was saved is a whole image
