@@ -245,7 +245,7 @@ def test_unknown_option_is_refused_and_nothing_is_stored(bare):
     client, services = bare
     config = services.settings.data_dir / "config.json"
     before = config.read_bytes() if config.exists() else None
-    for body in ({"outdir_samples": "/etc"}, {"x" * 1_000_000: 1}, {"jpeg_quality": 90, "my_secret_blob": "y"}):
+    for body in ({"outdir_samples": "/etc"}, {"x" * 1_000_000: 1}, {"jpeg_quality": 80, "my_secret_blob": "y"}):
         response = client.post("/sdapi/v1/options", json=body)
         assert response.status_code == 422
         message = error(response)
@@ -279,33 +279,46 @@ def test_a1111_options_clients_set_are_accepted_and_stored(bare):
     assert {k: defaults[k] for k in ("provenance_ai_marker", "provenance_watermark", "provenance_c2pa",
                                      "safety_checker")} == {"provenance_ai_marker": True, "provenance_watermark": True,
                                                             "provenance_c2pa": True, "safety_checker": False}
-    changes = {"samples_format": "webp", "eta_noise_seed_delta": 31337, "CLIP_stop_at_last_layers": 2,
+    # A client that posts back the whole dict it read is fine.
+    assert client.post("/sdapi/v1/options", json=defaults).status_code == 200
+    changes = {"samples_format": "png", "eta_noise_seed_delta": 0, "CLIP_stop_at_last_layers": 2,
                "s_noise": 1, "provenance_c2pa": False}
     assert client.post("/sdapi/v1/options", json=changes).json() == {}
     options = client.get("/sdapi/v1/options").json()
     assert {k: options[k] for k in changes} == {**changes, "s_noise": 1.0}
     assert services.options.value("provenance_c2pa") is False and services.options.clip_skip == 2
     stored = json.loads((services.settings.data_dir / "config.json").read_text())
-    assert stored["eta_noise_seed_delta"] == 31337 and set(stored) <= set(OPTIONS)
+    assert stored["CLIP_stop_at_last_layers"] == 2 and set(stored) <= set(OPTIONS)
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1, "provenance_c2pa": True})
+
+
+@pytest.mark.parametrize("key, value", [("samples_format", "jpg"), ("eta_noise_seed_delta", 31337),
+                                        ("randn_source", "NV"), ("samples_save", False)])
+def test_a1111_options_we_do_not_honour_are_refused_not_stored(bare, key, value):
+    client, _ = bare
+    response = client.post("/sdapi/v1/options", json={key: value})
+    assert response.status_code == 422
+    assert error(response).startswith(f"{key}: {value!r} is not supported by this server yet")
+    assert client.get("/sdapi/v1/options").json()[key] != value
 
 
 def test_a_config_file_with_unknown_or_invalid_keys_still_starts(tmp_path, caplog):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "config.json").write_text(json.dumps({
-        "samples_format": "jpg", "junk": "x" * 1000, "CLIP_stop_at_last_layers": "two", "jpeg_quality": 95,
+        "samples_format": "jpg", "junk": "x" * 1000, "CLIP_stop_at_last_layers": "two", "jpeg_quality": 80,
         "sd_model_checkpoint": "last-used.safetensors"}))
     with caplog.at_level(logging.WARNING):
         services = build_services(make_settings(data_dir))
     try:
         options = services.options.get_all()
-        assert options["samples_format"] == "jpg" and options["jpeg_quality"] == 95
+        assert options["samples_format"] == "png" and options["jpeg_quality"] == 80  # jpg is not honoured: dropped
         assert options["CLIP_stop_at_last_layers"] == 1 and "junk" not in options
         assert "junk: unknown option" in caplog.text and "CLIP_stop_at_last_layers" in caplog.text
-        services.options.update({"jpeg_quality": 90})
+        assert "samples_format: 'jpg' is not supported" in caplog.text
+        services.options.update({"CLIP_stop_at_last_layers": 2})
         stored = json.loads((data_dir / "config.json").read_text())
-        assert "junk" not in stored and stored["jpeg_quality"] == 90
+        assert "junk" not in stored and stored["CLIP_stop_at_last_layers"] == 2
         assert stored["sd_model_checkpoint"] == "last-used.safetensors"  # kept for whoever restores it
     finally:
         services.queue.shutdown()

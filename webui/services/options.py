@@ -40,9 +40,18 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    honoured: bool = False  # False: an A1111 name we accept only at the value this server actually uses
 
     def check(self, key: str, value: Any) -> Any:
         """The value to store, or InvalidRequest naming ``key``."""
+        value = self._typed(key, value)
+        if not self.honoured and value != self.default:
+            # Storing it would claim a behaviour we do not have (a JPEG format, another noise source...).
+            raise InvalidRequest(key, f"{value!r} is not supported by this server yet; it works as "
+                                      f"{self.default!r} (clients may send that value back unchanged)")
+        return value
+
+    def _typed(self, key: str, value: Any) -> Any:
         if self.type is bool:
             if not isinstance(value, bool):
                 raise InvalidRequest(key, "must be true or false")
@@ -77,12 +86,13 @@ class Option:
 
 OPTIONS: dict[str, Option] = {
     # Honoured by this server.
-    "CLIP_stop_at_last_layers": Option(int, 1, 1, 12),
-    "provenance_ai_marker": Option(bool, True),   # "AI-generated" marker in XMP and PNG text
-    "provenance_watermark": Option(bool, True),   # invisible DWT-DCT watermark
-    "provenance_c2pa": Option(bool, True),        # signed C2PA manifest
-    "safety_checker": Option(bool, False),        # blur images a local classifier flags
-    # A1111 names clients set; stored and echoed.
+    "CLIP_stop_at_last_layers": Option(int, 1, 1, 12, honoured=True),
+    "provenance_ai_marker": Option(bool, True, honoured=True),   # "AI-generated" marker in XMP and PNG text
+    "provenance_watermark": Option(bool, True, honoured=True),   # invisible DWT-DCT watermark
+    "provenance_c2pa": Option(bool, True, honoured=True),        # signed C2PA manifest
+    "safety_checker": Option(bool, False, honoured=True),        # blur images a local classifier flags
+    # A1111 names clients send (often the whole GET /options dict back): accepted at the value this server uses,
+    # refused at any other, so nobody believes a setting took effect when it did not.
     "samples_save": Option(bool, True),
     "samples_format": Option(str, "png", choices=("png", "jpg", "jpeg", "webp")),
     "sd_vae": Option(str, "Automatic"),
