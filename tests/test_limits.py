@@ -551,3 +551,22 @@ def test_a_full_disk_returns_the_images_and_leaves_no_partial_file(loaded, tiny_
     assert not [p for p in written if p.name.startswith(".")]  # no temp file (".<name>.<random>.tmp") left
     for path in result.paths:
         Image.open(path).load()  # whatever was saved is a whole image
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"samples_format": "jpg"}, "override_settings.samples_format"),
+    ({"provenance_watermark": False}, "override_settings.provenance_watermark"),
+    ({"no_such_option": 1}, "override_settings.no_such_option"),
+])
+def test_override_settings_are_never_silently_ignored(bare, overrides, field):
+    client, _ = bare
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "override_settings": overrides})
+    assert response.status_code == 422 and error(response).startswith(f"{field}: ")
+
+
+def test_override_settings_at_the_current_value_are_accepted(loaded):
+    client, _ = loaded
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                                       "override_settings": {"samples_format": "png",
+                                                                             "provenance_watermark": True}})
+    assert response.status_code == 200, response.text

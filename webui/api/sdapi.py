@@ -22,11 +22,13 @@ from webui.services.jobs import Job
 from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, safe_label, validated
 
 DISCONNECT_CHECK_SECONDS = 0.5
+PER_REQUEST_OVERRIDES = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers"})
 
 
 def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, Any]:
     """Map A1111's body (fused sampler names, override_settings) onto our typed request's fields."""
     overrides = body.override_settings or {}
+    services.options.check_overrides(overrides, PER_REQUEST_OVERRIDES)
     if body.script_name:
         raise InvalidRequest("script_name", f"no script named '{body.script_name}': this server has no "
                                             "selectable scripts yet (GET /sdapi/v1/scripts lists them)")

@@ -183,6 +183,20 @@ class OptionsService:
         with self._lock:
             return self._values.get(key, default)
 
+    def check_overrides(self, overrides: dict[str, Any], per_request: frozenset[str]) -> None:
+        """A1111's ``override_settings``: the keys in ``per_request`` are applied by the caller; any other key is
+        accepted only at its current value (it changes nothing), so no override is silently ignored."""
+        for key, value in overrides.items():
+            if key in per_request:
+                continue
+            field = f"override_settings.{_key_label(key)}"
+            option = OPTIONS.get(key)
+            if option is None:
+                raise InvalidRequest(field, "unknown option")
+            if option._typed(field, value) != self.value(key):
+                raise InvalidRequest(field, "cannot be changed per request on this server yet; "
+                                            f"send {self.value(key)!r} or leave it out")
+
     @property
     def clip_skip(self) -> int:
         return int(self.value("CLIP_stop_at_last_layers"))
