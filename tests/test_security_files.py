@@ -18,6 +18,7 @@ from gradio.utils import get_upload_folder
 from PIL import Image, PngImagePlugin
 
 from tests.conftest import make_settings
+from tests.test_security import serve
 from webui.server import create_app
 from webui.services.container import build_services
 
@@ -39,24 +40,16 @@ def secret_file(tmp_path_factory) -> Path:
     return path
 
 
-def _serve(data_dir: Path, **settings) -> Iterator[TestClient]:
-    services = build_services(make_settings(data_dir, **settings))
-    try:
-        with TestClient(create_app(services), base_url=BASE_URL) as client:
-            yield client
-    finally:
-        services.queue.shutdown()
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory) -> Iterator[TestClient]:
-    yield from _serve(tmp_path_factory.mktemp("data"))
+    with serve(tmp_path_factory.mktemp("data")) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def logged_in(tmp_path_factory) -> Iterator[TestClient]:
     """A logged-in UI user (--gradio-auth) is as untrusted about files as anyone."""
-    for c in _serve(tmp_path_factory.mktemp("data-auth"), gradio_auth=(("ann", "pw-ann"),)):
+    with serve(tmp_path_factory.mktemp("data-auth"), gradio_auth=(("ann", "pw-ann"),)) as c:
         response = c.post("/login", data={"username": "ann", "password": "pw-ann"})
         assert response.status_code == 200, response.text
         yield c

@@ -135,22 +135,6 @@ def exposure_problems(settings: Settings) -> tuple[list[str], list[str]]:
                           "outputs.\nAdd --gradio-auth USER:PASS, or pass --insecure-ui-no-auth to leave the UI "
                           "open (dangerous).")
     return errors, warnings
-    if not settings.gradio_auth and not settings.api_auth:
-        if settings.insecure_no_auth:
-            warnings.append(f"{exposed} WITHOUT any login (--insecure-no-auth): anyone who can reach it can "
-                            "generate images, switch models and read your outputs.")
-        else:
-            errors.append(f"Refusing to start: {exposed} without any login.\n"
-                          "Anyone who can reach it could generate images, switch models and read your outputs.\n"
-                          "Add --gradio-auth USER:PASS (web UI) and --api-auth USER:PASS (/sdapi API),\n"
-                          "or pass --insecure-no-auth to serve on the network without any login (dangerous).")
-    elif not settings.api_auth:
-        warnings.append(f"{exposed}: the web UI asks for a login but the /sdapi API is open to anyone "
-                        "(add --api-auth USER:PASS).")
-    elif not settings.gradio_auth:
-        warnings.append(f"{exposed}: the /sdapi API asks for a login but the web UI and its Gradio API are open "
-                        "to anyone (add --gradio-auth USER:PASS).")
-    return errors, warnings
 
 
 def _exposure(settings: Settings) -> str | None:
