@@ -98,7 +98,7 @@ def launch_app(data_dir: Path, log_path: Path, *extra_args: str) -> Iterator[Run
     app = RunningApp(f"http://127.0.0.1:{port}", data_dir, log_path, process)
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE
-        while http_status(f"{app.url}/sdapi/v1/sd-models") != 200:
+        while http_status(f"{app.url}/sdapi/v1/sd-models") not in (200, 401):  # 401: it answers, behind --api-auth
             if process.poll() is not None:
                 pytest.fail(f"app exited with code {process.returncode} during startup:\n{app.log()}")
             if time.monotonic() > deadline:
