@@ -6,6 +6,7 @@ A cheap stand-in for an import-linter contract: parse every module's imports wit
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,57 @@ def test_import_direction(module, path):
 
 def test_nothing_imports_app_py():
     assert all("app" not in _imports(path) for _, path in _modules())
+
+
+# --- one device owner: nothing but webui/models/device.py (and the memory plan it applies) moves weights ---------
+
+DEVICE_OWNERS = {"webui.models.device", "webui.models.memory"}
+_WEIGHTS = re.compile(r"(model|pipe|pipeline|unet|vae|text_encoder\w*|encoder|decoder|generator|checker|net|module"
+                      r"|lora|upscaler|weights)s?$", re.IGNORECASE)
+_PLACEMENT = {"enable_model_cpu_offload", "enable_sequential_cpu_offload", "to_empty", "cuda"}
+
+
+def _receiver(node: ast.expr) -> str:
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Call):  # model.eval().to(device): the object the chain started from
+        return _receiver(node.func.value) if isinstance(node.func, ast.Attribute) else _receiver(node.func)
+    return ""
+
+
+def _names_a_device(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str) and node.value.split(":")[0] in ("cuda", "cpu", "mps", "meta")
+    text = ast.unparse(node)
+    return "device" in text.lower() or "cuda" in text.lower()
+
+
+def weight_placements(source: str) -> list[str]:
+    """Calls that put weights on a device: ``<model>.to(<device>)``, ``.cuda()``, offload hooks."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        method, receiver = node.func.attr, _receiver(node.func.value)
+        if method in _PLACEMENT or (method == "to" and _WEIGHTS.search(receiver) and (
+                any(_names_a_device(a) for a in node.args) or any(k.arg == "device" for k in node.keywords))):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_placement_check_catches_a_violation():
+    assert weight_placements("generator = load(path)\nmodel = generator.to(self._device)\n")
+    assert weight_placements("pipe.enable_model_cpu_offload(device=device)")
+    assert weight_placements("checker._model.to('cuda')")
+    assert weight_placements("return cls(model.eval().to(device), processor)")
+    assert not weight_placements("latents = latents.to(device, dtype=dtype)\nmodel = model.to(dtype=dtype)")
+
+
+@pytest.mark.parametrize("module, path", _modules(), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_only_the_device_owner_places_weights(module, path):
+    if module in DEVICE_OWNERS:
+        return
+    assert not weight_placements(path.read_text()), f"{module} moves weights to a device itself; use " \
+                                                   "DeviceOwner.resident() (webui/models/device.py)"

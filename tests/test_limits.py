@@ -29,7 +29,7 @@ from webui.models.registry import HashCache
 from webui.server import create_app
 from webui.services.container import Services, build_services
 from webui.services.generation import GenerationService
-from webui.services.jobs import JobQueue
+from webui.services.jobs import JobKind, JobQueue
 from webui.services.options import OPTIONS
 from webui.services.storage import ImageStore
 from webui.services.style import StyleTransferRequest, StyleTransferService
@@ -169,13 +169,15 @@ def test_a_job_past_the_time_limit_is_stopped_like_interrupt():
                 done += 1
             return done
 
-        job = queue.submit("test", work)
+        queue.register(JobKind("test", lambda ctx, _request: work(ctx)))
+        job = queue.submit("test")
         assert job.wait(30) == 3  # checks at 10, 20, 30 s passed; the one at 40 s stopped it
         assert job.progress.state is JobState.DONE and job.interrupted.is_set()
         assert job.progress.textinfo == "stopped after 35 s (the server's per-job limit)"
         untimed = JobQueue(max_pending=2, max_job_seconds=0, clock=lambda: next(clock))
         try:
-            assert untimed.submit("test", lambda ctx: ctx.interrupted).wait(30) is False
+            untimed.register(JobKind("test", lambda ctx, _request: ctx.interrupted))
+            assert untimed.submit("test").wait(30) is False
         finally:
             untimed.shutdown()
     finally:
@@ -186,7 +188,7 @@ def test_generation_past_the_time_limit_keeps_what_was_done(loaded, tmp_path):
     _, services = loaded
     # The clock jumps past the limit once the second batch has begun, wherever the checks happen to fall.
     queue = JobQueue(max_pending=2, max_job_seconds=600, clock=lambda: 1e9 if (
-        (job := queue.current) is not None and job.progress.image_index >= 1) else 0.0)
+        (job := queue.current) is not None and job.progress.image_index >= 1) else 0.0, devices=[services.manager])
     generation = GenerationService(services.settings, services.manager, queue, ImageStore(tmp_path / "outputs"))
     try:
         result = generation.txt2img(Txt2ImgRequest(prompt="a cat", n_iter=3, seed=5, **SMALL), timeout=120)

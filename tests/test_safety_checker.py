@@ -76,7 +76,7 @@ def selective(tmp_path_factory) -> StableDiffusionSafetyChecker:
 
 
 def load(folder: Path) -> SafetyChecker:
-    return SafetyChecker.from_folder(folder, "cpu", torch.float32)
+    return SafetyChecker.from_folder(folder, torch.float32)
 
 
 def test_status_says_what_is_missing_and_where(tmp_path):
@@ -101,7 +101,7 @@ def test_status_is_none_when_the_weights_are_there(tmp_path):
 @pytest.mark.parametrize("threshold, expected", [(ALWAYS, True), (NEVER, False)], ids=["flag-all", "flag-none"])
 def test_thresholds_decide_the_verdict(tmp_path, threshold, expected, dtype):
     folder = save(tiny_checker(concept=threshold), tmp_path / "safety_checker")
-    checker = SafetyChecker.from_folder(folder, "cpu", dtype)
+    checker = SafetyChecker.from_folder(folder, dtype)
     images = [noise_image(), gradient_image(), noise_image(2).convert("L"), noise_image(3).convert("RGBA")]
     assert checker.check(images) == [expected] * 4
 

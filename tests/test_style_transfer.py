@@ -22,7 +22,7 @@ from webui.pipelines import style_transfer
 from webui.pipelines.style_transfer import pad_reflect, tile_starts, transfer
 from webui.services.jobs import JobQueue
 from webui.services.storage import ImageStore
-from webui.services.style import StyleTransferRequest, StyleTransferService
+from webui.services.style import STYLE_GENERATOR, StyleTransferRequest, StyleTransferService
 
 TINY_SPECS = {
     "resnet-instance": GeneratorSpec("resnet", ngf=8, input_nc=3, output_nc=3, norm="instance", n_blocks=2),
@@ -312,9 +312,12 @@ def test_service_saves_png_with_infotext(style_service):
 
 def test_service_caches_the_generator_and_skips_saving(style_service):
     info = style_service.registry.find("pix2pix/facades")
-    assert style_service._generator(info) is style_service._generator(info)
     job = style_service.submit(StyleTransferRequest(model=info.title, image=gradient_image(40, 40), save=False))
     result = job.wait(60)
+    owner = style_service._queue.device_owners[0]  # the one CPU worker of this bare queue
+    generator = owner.resident(STYLE_GENERATOR, lambda: pytest.fail("rebuilt"), kind="gan",
+                               version=(str(info.path), info.path.stat().st_mtime_ns, info.path.stat().st_size))
+    assert owner.names("gan") == [STYLE_GENERATOR] and generator is not None  # kept loaded, not rebuilt
     assert result.path is None and result.image.size == (40, 40) and "pix2pix" in result.infotext
     assert job.kind == "style-transfer"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from webui.api.hosts import HostError, parse_allowed_host
 from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
-from webui.config import DEVICES, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+from webui.config import DEVICE_LIST, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
 from webui.image_io import DEFAULT_FORMATS, OPTIONAL_FORMATS, parse_image_formats
 
 MIB = 1024 * 1024
@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api", action="store_true",
                         help="accepted for A1111 compatibility; the /sdapi/v1 API is always on")
     add_security_arguments(parser)
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="where models run")
+    parser.add_argument("--device", default="auto",
+                        help="where models run: auto, cpu, cuda, cuda:N, or a comma-separated list "
+                             "(cuda:0,cuda:1) to run one job per device at once")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="weights precision; auto = fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--memory-profile", choices=MEMORY_PROFILES, default="auto",
@@ -155,6 +157,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             re.compile(args.cors_allow_origins_regex)
         except re.error as exc:
             parser.error(f"--cors-allow-origins-regex: {exc}")
+    if not DEVICE_LIST.fullmatch(args.device.replace(" ", "")):
+        parser.error(f"--device: {args.device!r} is not auto, cpu, cuda, cuda:N or a comma-separated list of them")
     if args.max_loaded_models < 1:
         parser.error("--max-loaded-models must be at least 1")
     if args.queue_size < 1:
@@ -174,7 +178,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             parser.error(f"{flag} must be at least {least}")
     return Settings(
         data_dir=args.data_dir.resolve(), host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
-        share=args.share, device=args.device, precision=args.precision, memory_profile=args.memory_profile,
+        share=args.share, device=args.device.replace(" ", ""), precision=args.precision, memory_profile=args.memory_profile,
         allow_pickle=args.allow_pickle, max_loaded_models=args.max_loaded_models,
         allow_download=not args.no_download,
         limits=Limits(queue_size=args.queue_size, max_request_bytes=args.max_request_mb * MIB,

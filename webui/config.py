@@ -5,6 +5,7 @@ Built once in ``app.py`` from the command line and passed down explicitly; nothi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMORY_PROFILES = ("auto", "8gb", "4gb", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+# --device: one of DEVICES (cpu/cuda optionally with an index), or a comma-separated list of them.
+DEVICE_LIST = re.compile(r"(auto|cpu(:\d+)?|cuda(:\d+)?)(,(cpu(:\d+)?|cuda(:\d+)?))*")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -51,7 +54,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
-    device: str = "auto"
+    device: str = "auto"  # see DEVICE_LIST; one worker per device
     precision: str = "auto"
     memory_profile: str = "auto"
     allow_pickle: bool = False

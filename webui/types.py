@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -129,6 +129,16 @@ class Img2ImgRequest(Txt2ImgRequest):
         return value
 
 
+class Img2ImgBatchRequest(BaseModel):
+    """img2img over every image of a server folder, with the template's settings (paths checked by the service)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    template: Img2ImgRequest
+    input_dir: str
+    output_dir: str | None = None
+
+
 def validated(model: type[BaseModel], fields: dict[str, Any]):
     try:
         return model(**fields)
@@ -141,9 +151,11 @@ def validated(model: type[BaseModel], fields: dict[str, Any]):
 class JobState(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # only in the history: the process ended while the job ran
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,7 @@ class Progress:
     textinfo: str = ""
     preview: "Image.Image | None" = None
     preview_id: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)  # named figures: a training job's loss, lr
 
     @property
     def fraction(self) -> float:

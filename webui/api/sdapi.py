@@ -133,8 +133,14 @@ def build_router(services: Services) -> APIRouter:
         return services.options.get_all()
 
     @router.post("/options")
-    def set_options(changes: dict[str, Any]) -> dict:
-        services.options.update(changes)
+    async def set_options(changes: dict[str, Any], http: Request) -> dict:
+        # A checkpoint switch is a job on the queue; like A1111, answer once it has loaded (or failed).
+        switch = await anyio.to_thread.run_sync(services.options.update, changes)
+        if switch is not None:
+            try:
+                await finish(switch, http, cancel_on_disconnect=False)  # a switch is not undone by hanging up
+            except ModelLoadError as exc:
+                raise InvalidRequest("sd_model_checkpoint", str(exc)) from None
         return {}
 
     cancel_on_disconnect = services.settings.cancel_on_disconnect

@@ -29,6 +29,32 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_devices(requested: str) -> list[torch.device]:
+    """``--device``: "auto", "cpu", "cuda", or a comma-separated list ("cuda:0,cuda:1"; "cpu:0,cpu:1" gives two CPU
+    workers, for tests). One worker runs per device. Raises ValueError naming a device that is not there."""
+    parts = [part.strip() for part in requested.split(",") if part.strip()] or ["auto"]
+    devices: list[torch.device] = []
+    for part in parts:
+        if part == "auto":
+            device = resolve_device("auto")
+        else:
+            try:
+                device = torch.device(part)
+            except RuntimeError:
+                raise ValueError(f"unknown device {part!r} (use cpu, cuda, cuda:N or a comma-separated list)") \
+                    from None
+            if device.type not in ("cpu", "cuda"):
+                raise ValueError(f"unsupported device {part!r}: this build runs on cpu and cuda")
+            if device.type == "cuda":
+                count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+                if (device.index or 0) >= count:
+                    raise ValueError(f"{part}: this machine has {count} CUDA device(s)")
+        if device in devices:
+            raise ValueError(f"{part} is listed twice")
+        devices.append(device)
+    return devices
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """fp16 on CUDA; fp32 on CPU, where fp16 kernels are unusably slow (bf16 only when asked)."""
     if precision == "fp16":

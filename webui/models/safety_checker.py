@@ -47,18 +47,15 @@ def _missing_files(folder: Path) -> str | None:
 
 
 class SafetyChecker:
-    """A loaded checker. ``from_folder`` places it on ``device`` itself for now; the model manager will own
-    that placement (and unloading) in a later change."""
+    """A loaded checker, built on the CPU; the device's owner (webui/models/device.py) places it and unloads it."""
 
-    def __init__(self, model: StableDiffusionSafetyChecker, processor: CLIPImageProcessorPil,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: StableDiffusionSafetyChecker, processor: CLIPImageProcessorPil, dtype: torch.dtype):
         self._model = model
         self._processor = processor
-        self._device = device
         self._dtype = dtype
 
     @classmethod
-    def from_folder(cls, folder: Path, device, dtype) -> "SafetyChecker":
+    def from_folder(cls, folder: Path, dtype: torch.dtype) -> "SafetyChecker":
         """Load ``folder`` (config.json + model.safetensors) offline; raise ModelLoadError saying what is wrong."""
         folder = Path(folder)
         problem = _missing_files(folder)
@@ -79,8 +76,7 @@ class SafetyChecker:
             raise ModelLoadError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE} "
                                  f"(not the safety-checker release?): {shown}.")
         processor = CLIPImageProcessorPil.from_pretrained(PREPROCESSOR_DIR, local_files_only=True)
-        device = torch.device(device)
-        return cls(model.eval().to(device), processor, device, dtype)
+        return cls(model.eval(), processor, dtype)
 
     @torch.inference_mode()
     def check(self, images: list[Image.Image]) -> list[bool]:
@@ -89,10 +85,11 @@ class SafetyChecker:
         for start in range(0, len(images), _BATCH):
             batch = [image.convert("RGB") for image in images[start:start + _BATCH]]
             pixels = self._processor(images=batch, return_tensors="pt")["pixel_values"]
-            pixels = pixels.to(self._device, self._dtype)
+            device = next(self._model.parameters()).device  # wherever the owner placed it
+            pixels = pixels.to(device, self._dtype)
             # forward_onnx returns the verdict as a tensor and blacks out its second argument in place:
             # give it a throwaway so that only the verdict is used.
-            scratch = torch.zeros(len(batch), 1, device=self._device, dtype=self._dtype)
+            scratch = torch.zeros(len(batch), 1, device=device, dtype=self._dtype)
             _, has_unsafe_concept = self._model.forward_onnx(pixels, scratch)
             flagged.extend(bool(value) for value in has_unsafe_concept.tolist())
         return flagged

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from webui.config import Settings
-from webui.models.manager import ModelManager
+from webui.models.device import DeviceOwner
+from webui.models.last_checkpoint import LastCheckpoint
+from webui.models.manager import Loader, ModelManager
+from webui.models.memory import resolve_devices
 from webui.models.registry import ModelRegistry
+from webui.models.selection import CheckpointSelection
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
+from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
 from webui.services.generation import GenerationService
 from webui.services.jobs import JobQueue
@@ -21,8 +26,10 @@ from webui.services.style import StyleTransferService
 class Services:
     settings: Settings
     registry: ModelRegistry
-    manager: ModelManager
+    manager: ModelManager              # the first device's; ``devices`` has one per device
+    devices: tuple[ModelManager, ...]
     queue: JobQueue
+    checkpoints: CheckpointService
     generation: GenerationService
     options: OptionsService
     downloads: DefaultModelDownloader
@@ -30,8 +37,9 @@ class Services:
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
 
 
-def build_services(settings: Settings) -> Services:
-    """Wire the services together; the only place that decides which concrete pieces are used."""
+def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
+    """Wire the services together; the only place that decides which concrete pieces are used. ``load`` replaces
+    the checkpoint loader (tests share tiny models between runs through it)."""
     from webui.models.registry import HashCache
     from webui.services.storage import ImageStore
 
@@ -40,12 +48,19 @@ def build_services(settings: Settings) -> Services:
     registry = ModelRegistry(settings.checkpoints_dir, hashes,
                              allow_external_links=settings.allow_external_model_links)
     registry.refresh()
-    manager = ModelManager(settings, registry)
-    queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds)
+    selection = CheckpointSelection(registry, LastCheckpoint(settings.last_checkpoint_file))
+    extra = {"load": load} if load is not None else {}
+    devices = tuple(ModelManager(settings, registry, owner=DeviceOwner(device), selection=selection, **extra)
+                    for device in resolve_devices(settings.device))
+    manager = devices[0]
+    queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds,
+                     devices=devices)
+    checkpoints = CheckpointService(registry, queue)
     store = ImageStore(settings.outputs_dir)
-    safety = SafetyService(settings.models_dir, manager.device, manager.dtype)
+    safety = SafetyService(settings.models_dir, manager.dtype)
     options = OptionsService(settings.data_dir / "config.json", manager,
-                             requirements={"safety_checker": lambda on: safety.status() if on else None})
+                             requirements={"safety_checker": lambda on: safety.status() if on else None},
+                             switch=checkpoints.submit_switch)
     credentials = ContentCredentials(settings.data_dir / "provenance")
 
     def provenance() -> ProvenancePolicy:
@@ -55,11 +70,13 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         registry=registry,
         manager=manager,
+        devices=devices,
         queue=queue,
+        checkpoints=checkpoints,
         generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
-        style=StyleTransferService(settings.models_dir, queue, store, hashes, device=manager.device,
+        style=StyleTransferService(settings.models_dir, queue, store, hashes,
                                    max_pixels=min(settings.limits.max_image_pixels, settings.limits.max_job_pixels),
                                    max_tile=settings.limits.max_style_tile,
                                    allow_external_links=settings.allow_external_model_links,

@@ -25,11 +25,11 @@ from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
 from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.folders import folder_policy, unused_name
-from webui.services.jobs import Job, JobContext, JobQueue
+from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
 from webui.services.prompt_budget import PromptBudget
 from webui.services.safety import SafetyService
 from webui.services.storage import ImageStore
-from webui.types import GenerationResult, Img2ImgRequest, Txt2ImgRequest
+from webui.types import GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
@@ -59,18 +59,35 @@ class GenerationService:
         self._provenance = provenance  # read per job, so a settings change applies to the next job
         self._folders = folder_policy(settings)
         self._prompts = PromptBudget(settings.limits)
+        queue.register(JobKind("txt2img", self._txt2img_job, uses_checkpoint=True))
+        queue.register(JobKind("img2img", self._img2img_job, uses_checkpoint=True))
+        # A folder can take hours: it runs between interactive jobs and can be paused between images.
+        queue.register(JobKind("img2img-batch", self._batch_job, uses_checkpoint=True, pausable=True,
+                               priority=LONG))
 
     def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
         """Validate against the configured limits and queue the work; returns at once with the job."""
-        schedule, policy = self._check(request), self._provenance()
-        return self._queue.submit("txt2img",
-                                  lambda ctx: self._run(ctx, request, schedule, _Txt2Img(request), policy))
+        self._check(request)
+        return self._queue.submit("txt2img", request, checkpoint=self._title(request.checkpoint))
+
+    def _title(self, query: str | None) -> str | None:
+        return self._manager.registry.find(query).title if query else None
+
+    def _txt2img_job(self, ctx: JobContext, request: Txt2ImgRequest) -> GenerationResult:
+        return self._run(ctx, request, self._schedule(request), _Txt2Img(request), self._provenance())
+
+    def _img2img_job(self, ctx: JobContext, request: Img2ImgRequest) -> GenerationResult:
+        return self._run(ctx, request, self._schedule(request), _Img2Img(request), self._provenance())
+
+    @staticmethod
+    def _schedule(request: Txt2ImgRequest) -> str:
+        return resolve_sampler(request.sampler_name, request.scheduler)[1]
 
     def txt2img(self, request: Txt2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_txt2img(request).wait(timeout)
 
     def submit_img2img(self, request: Img2ImgRequest) -> Job:
-        schedule, policy = self._check(request), self._provenance()
+        self._check(request)
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
         budget = self._settings.limits.max_image_pixels
@@ -83,8 +100,7 @@ class GenerationService:
             if request.mask.size != init_size:
                 raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init "
                                              f"image is {init_size[0]}x{init_size[1]}; they must match")
-        return self._queue.submit("img2img",
-                                  lambda ctx: self._run(ctx, request, schedule, _Img2Img(request), policy))
+        return self._queue.submit("img2img", request, checkpoint=self._title(request.checkpoint))
 
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_img2img(request).wait(timeout)
@@ -97,13 +113,23 @@ class GenerationService:
         ``output_dir`` (default: the usual img2img outputs) as ``<input name>.png`` with infotext, never
         overwriting a file already there.
         """
-        schedule, policy = self._check(template), self._provenance()
-        files = self._folders.input_files(str(input_dir), "input_dir")
-        target = None
-        if output_dir is not None and str(output_dir).strip():
-            target = self._folders.output_folder(str(output_dir), "output_dir")
-        return self._queue.submit("img2img-batch",
-                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, target, policy))
+        self._check(template)
+        self._folders.input_files(str(input_dir), "input_dir")
+        output = str(output_dir) if output_dir is not None and str(output_dir).strip() else None
+        if output is not None:
+            self._folders.output_folder(output, "output_dir")
+        request = Img2ImgBatchRequest(template=template, input_dir=str(input_dir), output_dir=output)
+        return self._queue.submit("img2img-batch", request, checkpoint=self._title(template.checkpoint))
+
+    def _batch_job(self, ctx: JobContext, request: Img2ImgBatchRequest) -> GenerationResult:
+        # The folders are checked again when the job starts: they may have changed while it waited.
+        files = self._folders.input_files(request.input_dir, "input_dir")
+        target = self._folders.output_folder(request.output_dir, "output_dir") if request.output_dir else None
+        # The whole folder runs on the checkpoint that was the default when it started, even if the user
+        # switches models while it runs (interactive jobs may run between its images).
+        template = request.template.model_copy(update={"checkpoint": ctx.models.resolve(
+            request.template.checkpoint).title})
+        return self._run_batch_folder(ctx, template, self._schedule(template), files, target, self._provenance())
 
     @property
     def batch_folders_enabled(self) -> bool:
@@ -113,6 +139,7 @@ class GenerationService:
                           output_dir: Path | None, policy: ProvenancePolicy) -> GenerationResult:
         total = GenerationResult(images=[], seeds=[], infotexts=[])
         for path in files:
+            ctx.safe_point()  # a pause, or interactive jobs waiting for this device, happen here
             if ctx.interrupted:
                 break
             limits = self._settings.limits
@@ -193,7 +220,7 @@ class GenerationService:
         started = time.time()
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[])
-        with self._manager.lease(request.checkpoint) as model:
+        with ctx.models.lease(request.checkpoint) as model:
             task.check_model(model)
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
@@ -204,7 +231,7 @@ class GenerationService:
                 out = task.run_batch(model, batch_index, seeds, schedule, ctx, self._settings.preview_every)
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
-                images, verdicts = self._review(out.images, policy, result)
+                images, verdicts = self._review(ctx, out.images, policy, result)
                 for image, seed, verdict in zip(images, seeds, verdicts):
                     params = self.infotext_params(model, request, schedule, seed, task.extra_params(model))
                     if verdict:
@@ -223,14 +250,15 @@ class GenerationService:
             result.info = self._info(model, request, result, base_seed, started)
         return result
 
-    def _review(self, images: list, policy: ProvenancePolicy, result: GenerationResult) -> tuple[list, list]:
+    def _review(self, ctx: JobContext, images: list, policy: ProvenancePolicy,
+                result: GenerationResult) -> tuple[list, list]:
         """The safety checker's pass when it is on: flagged images blurred; ``None`` verdicts when it is off."""
         if not policy.safety_check:
             return images, [None] * len(images)
         try:
             if self._safety is None:
                 raise ModelLoadError("no safety checker is configured on this server")
-            review = self._safety.review(images)
+            review = self._safety.review(images, ctx.device)
         except ModelLoadError as exc:
             # Not silent: the images carry "Safety checker: unavailable" and the job reports why.
             warning = f"The safety checker is on but could not run: {exc}"

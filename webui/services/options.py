@@ -4,7 +4,7 @@ Only the options in ``OPTIONS`` are accepted, each with its type and limits; any
 naming the key, so a client can neither fill ``config.json`` with arbitrary data nor set an option this server
 would silently ignore under a misspelt name. The table holds the A1111 v1.10 names that clients commonly set.
 
-Honoured here: ``sd_model_checkpoint`` (switches the model), ``CLIP_stop_at_last_layers`` (the API's default clip
+Honoured here: ``sd_model_checkpoint`` (queues a checkpoint switch job), ``CLIP_stop_at_last_layers`` (the API's default clip
 skip) and the ``provenance_*`` / ``safety_checker`` switches (read by the image writers). The other A1111 names are
 stored and echoed so that clients which set them keep working. Stored in ``config.json`` under the data dir,
 written atomically; unknown or invalid entries found there at start-up are dropped with a log line.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from webui.errors import InvalidRequest, ModelNotFound
+from webui.errors import InvalidRequest
 from webui.models.manager import ModelManager
 from webui.atomic import atomic_write_text
 from webui.types import safe_label, text_problem
@@ -133,9 +133,12 @@ def _key_label(key: Any) -> str:
 
 class OptionsService:
     def __init__(self, config_file: Path, manager: ModelManager,
-                 requirements: dict[str, Callable[[Any], str | None]] | None = None):
+                 requirements: dict[str, Callable[[Any], str | None]] | None = None,
+                 switch: Callable[[str], Any] | None = None):
+        """``switch(title)`` queues a checkpoint switch and returns its job (CheckpointService.submit_switch)."""
         self._file = config_file
         self._manager = manager
+        self._switch = switch
         # Per key: what a value needs that is not in its type (e.g. the safety checker's weights); None = met.
         self._requirements = requirements or {}
         self._lock = threading.Lock()
@@ -201,9 +204,10 @@ class OptionsService:
     def clip_skip(self) -> int:
         return int(self.value("CLIP_stop_at_last_layers"))
 
-    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply options, all or none: every key is checked before anything changes. A model switch loads the
-        model now so a bad file is reported to the caller."""
+    def update(self, changes: dict[str, Any]) -> Any:
+        """Apply options, all or none: every key is checked before anything changes. A model switch is queued as
+        a job (an unknown name is refused first, with nothing changed) and returned, so the caller can wait for
+        it and report a file that does not load; None when no switch was asked for."""
         if not isinstance(changes, dict):
             raise InvalidRequest("body", "expected a JSON object of option names to values")
         checked: dict[str, Any] = {}
@@ -223,11 +227,11 @@ class OptionsService:
             unmet = self._requirements.get(key, lambda _value: None)(checked[key])
             if unmet:
                 raise InvalidRequest(key, unmet)
+        job = None
         if checkpoint is not None:
-            try:
-                self._manager.select(checkpoint)
-            except ModelNotFound as exc:
-                raise InvalidRequest(CHECKPOINT_KEY, str(exc)) from None
+            if self._switch is None:
+                raise InvalidRequest(CHECKPOINT_KEY, "this server cannot switch checkpoints")
+            job = self._switch(checkpoint)
         if checked:
             with self._lock:
                 self._values.update(checked)
@@ -235,4 +239,4 @@ class OptionsService:
                     atomic_write_text(self._file, json.dumps(self._values, indent=1))
                 except OSError as exc:  # a full or read-only disk: the options still apply until restart
                     log.warning("Could not save options to %s: %s", self._file, exc)
-        return self.get_all()
+        return job

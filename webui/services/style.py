@@ -1,13 +1,13 @@
 """Style transfer service: CycleGAN / pix2pix generators run as jobs on the same GPU queue as diffusion.
 
-A generator is small (a ResNet-9 is 11.4 M parameters, ~45 MB in fp32), so the last one used stays loaded; it is
-reloaded when another model is asked for or its file changes on disk.
+A generator is small (a ResNet-9 is 11.4 M parameters, ~45 MB in fp32), so the last one used stays loaded on the
+job's device, as a resident of that device's owner (which places and evicts it like any model); it is reloaded
+when another model is asked for or its file changes on disk.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,13 +17,13 @@ from PIL import Image
 from torch import nn
 
 from webui.errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemory
-from webui.models.gan import GanModelInfo, GanRegistry, GeneratorSpec, load_generator
+from webui.models.gan import GanModelInfo, GanRegistry, load_generator
 from webui.models.registry import HashCache
 from webui.pipelines.style_transfer import transfer
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
-from webui.services.jobs import Job, JobContext, JobQueue
+from webui.services.jobs import Job, JobContext, JobKind, JobQueue
 from webui.services.storage import ImageStore
 from webui.types import text_problem
 
@@ -33,6 +33,7 @@ MAX_PIXELS = 4096 * 4096  # 16 MP: the output accumulators of a tiled run are ~1
 MIN_TILE, MAX_TILE = 64, 4096  # what a request may say at all; the server's own cap is lower (below)
 # A generator's activations grow with the tile's area: a 4096 px tile took ~15 GB, 1024 px about 1 GB.
 DEFAULT_MAX_TILE = 1024
+STYLE_GENERATOR = "style-generator"  # its name among the device's residents
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class StyleTransferResult:
 
 class StyleTransferService:
     def __init__(self, models_dir: Path, queue: JobQueue, store: ImageStore, hash_cache: HashCache | None = None,
-                 *, device: torch.device | str = "cpu", max_pixels: int = MAX_PIXELS,
+                 *, max_pixels: int = MAX_PIXELS,
                  max_tile: int = DEFAULT_MAX_TILE, allow_external_links: bool = False,
                  credentials: ContentCredentials | None = None,
                  provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy):
@@ -78,13 +79,11 @@ class StyleTransferService:
         self._registry.refresh()
         self._queue = queue
         self._store = store
-        self._device = torch.device(device)
         self._max_pixels = max_pixels
         self._credentials = credentials
         self._provenance = provenance
         self._max_tile = max_tile
-        self._lock = threading.Lock()
-        self._cached: tuple[tuple[str, int, int], nn.Module, GeneratorSpec] | None = None
+        queue.register(JobKind("style-transfer", self._job))
 
     @property
     def registry(self) -> GanRegistry:
@@ -102,19 +101,13 @@ class StyleTransferService:
         if request.tile > self._max_tile:
             raise InvalidRequest("tile", f"{request.tile} is over this server's limit of {self._max_tile} pixels")
         try:
-            info = self._registry.find(request.model)
+            self._registry.find(request.model)
         except ModelNotFound as exc:
             raise InvalidRequest("model", str(exc)) from None
-        policy = self._provenance()
-        return self._queue.submit("style-transfer", lambda ctx: self._work(ctx, request, info, policy))
+        return self._queue.submit("style-transfer", request)
 
     def run(self, request: StyleTransferRequest, timeout: float | None = None) -> StyleTransferResult:
         return self.submit(request).wait(timeout)
-
-    def unload(self) -> None:
-        """Drop the cached generator (e.g. before a large diffusion model needs the memory)."""
-        with self._lock:
-            self._cached = None
 
     def _check_size(self, image: Image.Image) -> None:
         width, height = image.size
@@ -122,9 +115,16 @@ class StyleTransferService:
             raise InvalidRequest("image", f"{width}x{height} is {width * height / 1e6:.1f} MP, over this server's "
                                           f"limit of {self._max_pixels / 1e6:.1f} MP")
 
+    def _job(self, ctx: JobContext, request: StyleTransferRequest) -> StyleTransferResult:
+        try:
+            info = self._registry.find(request.model)
+        except ModelNotFound as exc:
+            raise InvalidRequest("model", str(exc)) from None
+        return self._work(ctx, request, info, self._provenance())
+
     def _work(self, ctx: JobContext, request: StyleTransferRequest, info: GanModelInfo,
               policy: ProvenancePolicy) -> StyleTransferResult:
-        generator = self._generator(info)
+        generator = self._generator(ctx, info)
         ctx.begin_image(0, 1, steps=0, text=f"Style transfer: {info.title}")
 
         def on_tile(done: int, total: int) -> None:
@@ -153,17 +153,12 @@ class StyleTransferService:
         return StyleTransferResult(image=final.image, model=info.title, infotext=final.infotext, path=path,
                                    warnings=warnings, png=final.png)
 
-    def _generator(self, info: GanModelInfo) -> nn.Module:
+    def _generator(self, ctx: JobContext, info: GanModelInfo) -> nn.Module:
         try:
             stat = info.path.stat()
         except OSError:
             raise ModelNotFound(f"{info.path} is gone; refresh the style transfer models.") from None
-        key = (str(info.path), stat.st_mtime_ns, stat.st_size)  # an edited file is reloaded
-        with self._lock:
-            if self._cached is not None and self._cached[0] == key:
-                return self._cached[1]
-            self._cached = None  # free the old generator before loading the next
-            model, spec = load_generator(info.path)
-            model = model.to(self._device)
-            self._cached = (key, model, spec)
-            return model
+        version = (str(info.path), stat.st_mtime_ns, stat.st_size)  # an edited file is reloaded
+        # One slot: the next generator replaces the last one (freed before the next is placed).
+        return ctx.device.resident(STYLE_GENERATOR, lambda: load_generator(info.path)[0], kind="gan",
+                                   version=version)

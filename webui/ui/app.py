@@ -88,22 +88,48 @@ def build_ui(services: Services) -> gr.Blocks:
 
         refresh.click(do_refresh, checkpoint, [checkpoint, first_run, notice], api_visibility="private")
 
-        def do_select(title: str | None) -> str:
-            if not title:
-                return ""
-            try:
-                info = services.manager.select(title)
-            except StudioError as exc:
-                return f"⚠ {exc}"
-            return f"Loaded **{info.title}**"
+        def do_select(title: str | None) -> Iterator[tuple[str, object]]:
+            yield from _switch_checkpoint(services, title)
 
-        checkpoint.input(do_select, checkpoint, status, api_visibility="private")
+        # The switch is a job on the queue: its place in line, loading, and the outcome stream into the status;
+        # on failure the dropdown goes back to the model that is really active.
+        checkpoint.input(do_select, checkpoint, [status, checkpoint], api_visibility="private")
+
         def download_default() -> Iterator[str]:
             yield from _download(services)  # a generator function, so Gradio streams each progress line
 
         download.click(download_default, None, download_status, api_visibility="private").then(
             do_refresh, checkpoint, [checkpoint, first_run, notice], api_visibility="private")
     return demo
+
+
+def _switch_checkpoint(services: Services, title: str | None) -> Iterator[tuple[str, object]]:
+    def active() -> str | None:
+        info = services.manager.selected
+        return info.title if info else None
+
+    if not title:
+        yield "", gr.update()
+        return
+    try:
+        job = services.checkpoints.submit_switch(title, "checkpoint")
+    except StudioError as exc:
+        yield f"⚠ {exc}", gr.update(value=active())
+        return
+    version = 0
+    while not job.finished:
+        position = services.queue.position(job)
+        text = (f"Queued (position {position}): **{title}** loads when the jobs ahead of it are done"
+                if position else f"Loading **{title}**…")
+        yield text, gr.update()
+        version, _ = job.watch(version, timeout=1.0)
+    try:
+        info = job.wait()
+    except StudioError as exc:
+        still = active()
+        yield f"⚠ {exc}" + (f" Still using **{still}**." if still else ""), gr.update(value=still)
+        return
+    yield f"Loaded **{info.title}**", gr.update(value=info.title)
 
 
 def _download(services: Services) -> Iterator[str]:
