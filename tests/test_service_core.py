@@ -310,3 +310,19 @@ def test_a_batch_folder_paused_in_the_queue_waits_while_others_run(blocked, data
     assert batch.progress.state is JobState.PAUSED and services.queue.position(batch) == 1
     services.queue.resume(batch.id)
     assert len(batch.wait(180).images) == 2
+
+
+def test_the_devices_route_lists_each_worker_and_its_job(two_devices):
+    services = two_devices
+    blocker = Blocker(services)
+    client = TestClient(create_app(services), base_url="http://127.0.0.1:7860")
+    job = services.queue.submit(blocker.kind)
+    assert blocker.started.wait(60)
+    devices = client.get("/studio/v1/devices").json()
+    assert [d["name"] for d in devices] == ["cpu:0", "cpu:1"]
+    busy = next(d for d in devices if d["job"])
+    assert busy["job"] == {"id": job.id, "kind": blocker.kind} and busy["name"] == blocker.devices[0]
+    assert busy["checkpoints"] == [services.manager.selected.title]
+    assert busy["residents"][0]["kind"] == "checkpoint" and busy["residents"][0]["in_use"] is True
+    blocker.release.set()
+    job.wait(60)

@@ -65,6 +65,22 @@ class ProvenanceResponse(BaseModel):
     summary: str
 
 
+class DeviceResident(BaseModel):
+    name: str
+    kind: str = Field(description='"checkpoint", "gan", "safety-checker" ...')
+    bytes: int
+    in_use: bool
+
+
+class DeviceReport(BaseModel):
+    name: str = Field(description='"cpu", "cuda:0" ...: one worker runs one job at a time on each')
+    dtype: str
+    profile: str
+    checkpoints: list[str] = Field(description="checkpoints loaded here, least recently used first")
+    residents: list[DeviceResident] = Field(description="everything with weights on this device")
+    job: dict[str, str] | None = Field(description="the job running here now: id and kind")
+
+
 def _base64_bytes(data: str) -> bytes:
     """The raw file behind an image field ``decode_image`` has already accepted (C2PA covers the bytes)."""
     return base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=True)
@@ -111,5 +127,18 @@ def build_studio_router(services: Services) -> APIRouter:
     async def provenance(body: ProvenanceBody) -> dict[str, Any]:
         return await anyio.to_thread.run_sync(_provenance_report, body.image,
                                               services.settings.limits.max_image_pixels)
+
+    @router.get("/devices", response_model=list[DeviceReport],
+                summary="Each device's worker: what is loaded on it and which job it runs (answers at once)")
+    def devices() -> list[dict[str, Any]]:
+        running = {job.device: job for job in services.queue.running()}  # the innermost job of each worker
+        reports = []
+        for manager in services.devices:
+            report = manager.memory_report()
+            job = running.get(manager.owner.name)
+            reports.append({"name": manager.owner.name, "dtype": report["dtype"], "profile": report["profile"],
+                            "checkpoints": report["loaded"], "residents": report["residents"],
+                            "job": {"id": job.id, "kind": job.kind} if job else None})
+        return reports
 
     return router

@@ -76,8 +76,12 @@ class Resident:
 class DeviceOwner:
     """One device's residents and its work lock. ``name`` is how users and the job list see the device."""
 
-    def __init__(self, device: torch.device | str = "cpu", *, reserve_bytes: int = 512 * 1024 ** 2):
+    def __init__(self, device: torch.device | str = "cpu", *, reserve_bytes: int = 512 * 1024 ** 2,
+                 budget_bytes: int | None = None):
+        """``budget_bytes``: the most the residents may take together (None: on CUDA, what the device has free,
+        less ``reserve_bytes`` for activations; on the CPU, no limit)."""
         self.device = torch.device(device)
+        self._budget = budget_bytes
         self.name = str(self.device) if self.device.index is not None or self.device.type != "cpu" else "cpu"
         self._reserve = reserve_bytes  # left free on a CUDA device for activations
         self._work = threading.RLock()
@@ -190,6 +194,12 @@ class DeviceOwner:
                 same = [r.name for r in self._residents.values() if r.kind == kind and not r.pins]
                 while same and len(same) + 1 > max(1, max_of_kind):
                     evicted.append(self._pop(same.pop(0)))
+        while self._budget is not None and self.used_bytes() + size > self._budget:
+            with self._state:
+                victim = next((r.name for r in self._residents.values() if not r.pins), None)
+                if victim is None:
+                    break
+                evicted.append(self._pop(victim))
         if self.device.type == "cuda":
             self.free_cache()
             while torch.cuda.mem_get_info(self.device)[0] < size + self._reserve:

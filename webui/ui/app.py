@@ -77,7 +77,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build(t2i, tabs, "txt2img", services.settings.limits)
-        gr.Markdown(f"<small>Stable Studio {VERSION} · device {services.manager.device} · "
+        devices = ", ".join(services.queue.devices)
+        gr.Markdown(f"<small>Stable Studio {VERSION} · device{'s' if len(services.devices) > 1 else ''} {devices} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
 
         def do_refresh(current: str | None):
