@@ -444,6 +444,30 @@ def test_instruct_pix2pix_checkpoint_from_the_browser(page, app_server: RunningA
     expect(page.locator("#model_status")).to_contain_text("Loaded tiny-sd15.safetensors", timeout=GENERATE_TIMEOUT)
 
 
+def test_a_checkpoint_that_fails_to_load_leaves_the_working_one_selected(page, app_server: RunningApp):
+    """The switch is a queued job; a broken file is reported and the dropdown goes back to the active model."""
+    broken = app_server.data_dir / "models" / "Stable-diffusion" / "zz-broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"{not json at all" + b"\x00" * 64)
+    try:
+        page.locator("#refresh_checkpoints").click()
+        page.locator("#checkpoint input").click()
+        page.get_by_role("option", name=re.compile(r"^zz-broken\.safetensors")).click()
+        status = page.locator("#model_status")
+        expect(status).to_contain_text("zz-broken", timeout=GENERATE_TIMEOUT)
+        expect(status).to_contain_text("Still using tiny-sd15.safetensors", timeout=GENERATE_TIMEOUT)
+        expect(page.locator("#checkpoint input")).to_have_value(re.compile(r"^tiny-sd15\.safetensors \["))
+        screenshot(page, "checkpoint-switch-failed.png")
+        # The working model still generates.
+        for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 3)):
+            set_slider(page, label, value)
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#txt2img_info textarea")).to_have_value(re.compile(r"Model: tiny-sd15"),
+                                                                     timeout=GENERATE_TIMEOUT)
+    finally:
+        broken.unlink()
+        page.locator("#refresh_checkpoints").click()
+
+
 def test_hostile_uploads_get_a_clear_message_and_pages_carry_security_headers(page, app_server: RunningApp,
                                                                                tmp_path):
     # An EPS would make Pillow run Ghostscript; it is refused by name, in the page, and the server stays up.

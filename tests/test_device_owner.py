@@ -88,3 +88,20 @@ def test_placing_moves_every_module_of_a_wrapper():
     owner = DeviceOwner("meta")
     value = owner.resident("wrapped", Wrapper, kind="upscaler")
     assert value.model.weight.device.type == "meta"
+
+
+def test_what_was_evicted_for_a_model_that_does_not_fit_is_loaded_again():
+    owner = DeviceOwner("cpu")
+    builds: list[str] = []
+
+    def build_a():
+        builds.append("a")
+        return block()
+
+    def no_room(_value, _device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    owner.resident("checkpoint:a", build_a, kind="checkpoint", max_of_kind=1)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        owner.resident("checkpoint:b", block, kind="checkpoint", max_of_kind=1, place=no_room)
+    assert owner.names() == ["checkpoint:a"] and builds == ["a", "a"]  # evicted for b, then reloaded
