@@ -494,6 +494,10 @@ class JobQueue:
         try:
             if job.state is not JobState.QUEUED:
                 return  # cancelled between being picked and starting
+            if job.interrupted.is_set():
+                self._end(job, JobState.CANCELLED, Cancelled("Cancelled before it started."),
+                          "Cancelled before it started.")
+                return
             job.started_at, job.device = time.time(), worker.name
             job._update(state=JobState.RUNNING)
             self._record("started", job.id, job.started_at, worker.name)
