@@ -204,3 +204,24 @@ def test_radio_widgets_map_labels_to_request_values():
     assert fill.from_ui("latent noise") == 2 and fill.widget.to_ui(2) == "latent noise"
     assert area.from_ui("Only masked") is True and area.widget.to_ui(False) == "Whole picture"
     assert BY_NAME["steps"].from_ui(12.0) == 12 and isinstance(BY_NAME["steps"].from_ui(12.0), int)
+
+
+# ------------------------------------------------------------------------ style transfer and upscale requests
+
+
+def test_style_transfer_and_upscale_requests_name_the_bad_field():
+    from webui.types import StyleTransferRequest, UpscaleRequest
+
+    image = Image.new("RGB", (8, 8))
+    for fields, field in (({"model": " "}, "model"), ({"image": "not an image"}, "image"),
+                          ({"tile": 63}, "tile"), ({"tile": 64, "overlap": 33}, "overlap"), ({"size": 1}, "size")):
+        with pytest.raises(InvalidRequest) as error:
+            StyleTransferRequest(**{"model": "horse2zebra", "image": image, **fields})
+        assert error.value.field == field, fields
+    # Upscale errors use the names A1111 clients send, and only the mode in use is checked.
+    for fields, field in (({"scale": 0}, "upscaling_resize"), ({"to_size": True, "width": 5000}, "upscaling_resize_w"),
+                          ({"upscaler_2_visibility": 2}, "extras_upscaler_2_visibility")):
+        with pytest.raises(InvalidRequest) as error:
+            UpscaleRequest(**fields)
+        assert error.value.field == field, fields
+    assert UpscaleRequest(to_size=True, scale=0).size_field == "upscaling_resize_w"
