@@ -27,6 +27,8 @@ FORBIDDEN = {
     "webui.provenance": ("torch", "gradio", "fastapi", "webui.services", "webui.ui", "webui.api", "webui.models",
                          "webui.pipelines"),
     "webui.image_io": ("torch", "gradio", "fastapi", "webui.services", "webui.models", "webui.pipelines"),
+    "webui.parameters": ("torch", "gradio", "fastapi", "webui.services", "webui.models", "webui.pipelines",
+                         "webui.ui", "webui.api"),
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import install, make_settings
+from webui.api.a1111_info import a1111_info
 from webui.errors import InvalidRequest, NoModelAvailable
 from webui.infotext import parse_infotext
 from webui.services.container import build_services
@@ -60,7 +61,7 @@ def test_batches_use_consecutive_seeds_and_numbered_files(services):
     result = services.generation.txt2img(request)
     assert result.seeds == [100, 101, 102, 103]
     assert [p.name for p in result.paths] == ["00000-100.png", "00001-101.png", "00002-102.png", "00003-103.png"]
-    assert result.info["all_seeds"] == [100, 101, 102, 103]
+    assert a1111_info(result)["all_seeds"] == [100, 101, 102, 103]
     assert [f"Seed: {s}," in t for s, t in zip(result.seeds, result.infotexts)] == [True] * 4
     # Image k of a batch matches a single run with seed + k (up to batch-size rounding).
     single = services.generation.txt2img(Txt2ImgRequest(prompt="a cat", seed=101, save_images=False, **SMALL))

@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from gradio.data_classes import FileData
 from PIL import ExifTags, Image, PngImagePlugin
 
+from tests import gradio_events
 from tests.conftest import install, make_settings
 from webui.errors import InvalidRequest
 from webui.image_io import MAX_TEXT_BYTES, MAX_TEXT_CHUNKS, open_image, parse_image_formats, strip_metadata
@@ -591,10 +592,8 @@ def test_batch_folder_files_open_through_the_same_rules(stack):
 
 
 def gradio_call(client: TestClient, api_name: str, data: list) -> str:
-    """POST /gradio_api/call/<name>, then read its event stream; returns the stream's text."""
-    started = client.post(f"/gradio_api/call/{api_name}", json={"data": data})
-    assert started.status_code == 200, started.text
-    return client.get(f"/gradio_api/call/{api_name}/{started.json()['event_id']}").text
+    """Run a (private) Gradio event as the browser does; returns its event stream's text."""
+    return gradio_events.call(client, api_name, data)
 
 
 @pytest.mark.parametrize("name", ["eps", "zTXt bomb", "12000x12000 claim", "truncated png"])
@@ -607,4 +606,4 @@ def test_png_info_through_the_gradio_event_api(stack, name):
         uploaded_paths = stack.client.post("/gradio_api/upload", files={"files": ("upload.png", content)}).json()
         stream = gradio_call(stack.client, "png_info",
                              [{"path": uploaded_paths[0], "meta": {"_type": "gradio.FileData"}}])
-        assert "event: complete" in stream and expected in stream, stream
+        assert "process_completed" in stream and expected in stream, stream

@@ -109,7 +109,7 @@ def test_special_checkpoints_run_from_img2img(data_dir, tmp_path, channels, labe
         if channels == 8:
             assert "Image CFG scale: 1.3" in result.infotexts[0]
         else:
-            assert result.info["is_using_inpainting_conditioning"] is True
+            assert result.model_variant == "inpaint"
     finally:
         services.queue.shutdown()
 

@@ -19,9 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests import gradio_events
 from tests.conftest import install, make_settings
 from tests.live_server import live_server
 from tests.test_style_transfer import TINY_SPECS, gradient_image, save_pth, tiny_generator
+from webui.api.a1111_info import a1111_info
 from webui.cli import parse_settings
 from webui.config import Limits
 from webui.errors import Cancelled, InvalidRequest
@@ -197,7 +199,7 @@ def test_generation_past_the_time_limit_keeps_what_was_done(loaded, tmp_path):
     assert result.interrupted and result.seeds == [5, 6]  # the first batch whole, the second stopped early
     assert len(result.paths) == 2
     message = "The job was stopped after 600 s (the server's per-job limit); 2 image(s) done."
-    assert result.warnings == [message] and result.info["warnings"] == [message]
+    assert result.warnings == [message] and a1111_info(result)["warnings"] == [message]
     assert "per-job limit" not in result.infotexts[0]
 
 
@@ -355,14 +357,15 @@ def test_closing_the_ui_stream_interrupts_its_job(loaded, cancel):
 
 
 def test_a_gradio_api_client_that_hangs_up_has_its_job_interrupted(tmp_path, model_files):
-    """End to end: the /gradio_api/call stream closed mid-job; Gradio closes the handler, which interrupts."""
-    with live_server(tmp_path / "data", model_files) as server:
-        params = httpx.get(f"{server.url}/gradio_api/info").json()["named_endpoints"]["/txt2img"]["parameters"]
+    """End to end: the browser's event stream closed mid-job; Gradio closes the handler, which interrupts."""
+    with live_server(tmp_path / "data", model_files) as server, httpx.Client(base_url=server.url) as client:
+        config = client.get("/config").json()
         by_label = {"Prompt": "a cat", "Negative prompt": "", "Sampling steps": 2, "Width": 64, "Height": 64,
                     "Batch count": 100}
-        data = [by_label.get(p["label"], p.get("parameter_default")) for p in params]
-        event = httpx.post(f"{server.url}/gradio_api/call/txt2img", json={"data": data}).json()["event_id"]
-        with httpx.stream("GET", f"{server.url}/gradio_api/call/txt2img/{event}", timeout=60) as stream:
+        joined, session = gradio_events.join(client, config, "txt2img",
+                                             gradio_events.inputs_by_label(config, "txt2img", by_label))
+        assert joined.status_code == 200, joined.text
+        with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}, timeout=60) as stream:
             for line in stream.iter_lines():
                 if "image batch 1/100" in line:  # the job is running: hang up
                     break

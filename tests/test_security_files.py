@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from gradio.utils import get_upload_folder
 from PIL import Image, PngImagePlugin
 
+from tests import gradio_events
 from tests.conftest import make_settings
 from tests.test_security import serve
 from webui.server import create_app
@@ -55,13 +56,17 @@ def logged_in(tmp_path_factory) -> Iterator[TestClient]:
         yield c
 
 
-def _event_routes(api_name: str, payload: list) -> list[tuple[str, dict]]:
+def _event_routes(client: TestClient, api_name: str, payload: list) -> list[tuple[str, dict]]:
+    # The handlers are private events; the browser joins them by fn_index, and the named routes must be guarded
+    # too, whether or not Gradio still answers them.
+    fn_index = gradio_events.event(client.get("/config").json(), api_name)["id"]
     return [
         (f"/gradio_api/call/{api_name}", {"data": payload}),
         (f"/gradio_api/call/v2/{api_name}", {"data": payload}),
         (f"/gradio_api/run/{api_name}", {"data": payload}),
         (f"/gradio_api/api/{api_name}", {"data": payload}),
-        ("/gradio_api/queue/join", {"data": payload, "fn_index": 0, "session_hash": "attacker", "trigger_id": 1}),
+        ("/gradio_api/queue/join", {"data": payload, "fn_index": fn_index, "session_hash": "attacker",
+                                    "trigger_id": 1}),
     ]
 
 
@@ -82,7 +87,7 @@ def _hostile_paths(secret_file: Path, tmp: Path) -> list[str]:
 def test_no_event_route_accepts_a_server_path(request, surface, secret_file, tmp_path):
     client = request.getfixturevalue("client" if surface == "anonymous" else "logged_in")
     for path in _hostile_paths(secret_file, tmp_path):
-        for route, body in _event_routes("png_info", [file_data(path)]):
+        for route, body in _event_routes(client, "png_info", [file_data(path)]):
             response = client.post(route, json=body)
             assert response.status_code == 403, (route, path, response.text)
             assert "uploaded" in response.json()["error"] or "URL" in response.json()["error"]
@@ -95,7 +100,7 @@ def test_no_event_route_accepts_a_server_path(request, surface, secret_file, tmp
 ])
 def test_every_file_taking_handler_is_guarded(client, secret_file, api_name, payload):
     # File references anywhere in the payload count, not only where a widget expects one.
-    for route, body in _event_routes(api_name, payload(file_data(str(secret_file)))):
+    for route, body in _event_routes(client, api_name, payload(file_data(str(secret_file)))):
         response = client.post(route, json=body)
         assert response.status_code == 403, (route, response.text)
 
@@ -119,10 +124,6 @@ def test_absurdly_nested_payload_is_refused(client):
     assert "nests too deeply" in response.json()["error"]
 
 
-def _sse_result(client: TestClient, api_name: str, event_id: str) -> str:
-    return client.get(f"/gradio_api/call/{api_name}/{event_id}").text
-
-
 def test_an_uploaded_file_still_works(client):
     """The real flow: upload through Gradio, then name the upload in the event."""
     info = PngImagePlugin.PngInfo()
@@ -132,9 +133,8 @@ def test_an_uploaded_file_still_works(client):
     uploaded = client.post("/gradio_api/upload", files={"files": ("mine.png", buffer.getvalue(), "image/png")})
     assert uploaded.status_code == 200, uploaded.text
     path = uploaded.json()[0]
-    response = client.post("/gradio_api/call/png_info", json={"data": [file_data(path)]})
-    assert response.status_code == 200, response.text
-    assert "a lighthouse" in _sse_result(client, "png_info", response.json()["event_id"])
+    # As the browser sends it: the tab handlers are private events, joined by fn_index.
+    assert "a lighthouse" in gradio_events.call(client, "png_info", [file_data(path)])
 
 
 def test_gradio_file_route_serves_no_server_file(client, secret_file):

@@ -6,6 +6,7 @@ import gradio as gr
 
 from tests.conftest import make_settings
 from webui.services.container import build_services
+from webui.parameters import IMG2IMG, TXT2IMG, for_task
 from webui.types import JobState, Progress
 from webui.ui.app import build_ui
 from webui.ui.generation_form import error_html, progress_html
@@ -25,8 +26,11 @@ def test_ui_builds_with_tabs_and_checkpoint_list(services):
     assert dropdown.value == services.manager.selected.title
     assert {"Prompt", "Negative prompt", "Sampling method", "Schedule type", "CFG scale", "Clip skip"} \
         <= _labels(demo)
-    api_names = {dep.get("api_name") for dep in config["dependencies"]}
-    assert "txt2img" in api_names
+    # The tab handlers are private events (the REST API is the public one): none is a documented endpoint.
+    handlers = {"txt2img", "img2img", "style_transfer", "png_info"}
+    assert {dep.api_name: dep.api_visibility for dep in demo.fns.values() if dep.api_name in handlers} \
+        == dict.fromkeys(handlers, "private")
+    assert not handlers & {name.strip("/") for name in demo.get_api_info()["named_endpoints"]}
 
 
 def test_first_run_without_models_shows_where_to_put_one(data_dir):
@@ -68,3 +72,41 @@ def test_download_button_says_in_one_line_when_unavailable(data_dir, tmp_path):
         assert not list(target.iterdir())
     finally:
         services.queue.shutdown()
+
+
+INFOTEXT = ("a fox\nNegative prompt: blurry\nSteps: 13, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, "
+            "Seed: 99, Size: 320x256, Model: tiny, Denoising strength: 0.4, Clip skip: 3, Mask blur: 9, "
+            "Masked content: latent nothing, Inpaint area: Only masked, Masked area padding: 48, "
+            "Mask mode: Inpaint not masked, Resize mode: Crop and resize")
+EXPECTED = {"Prompt": "a fox", "Negative prompt": "blurry", "Sampling steps": 13, "Sampling method": "DPM++ 2M",
+            "Schedule type": "Karras", "CFG scale": 6.5, "Seed (-1 = random)": 99, "Width": 320, "Height": 256,
+            "Clip skip": 3}
+EXPECTED_IMG2IMG = {"Denoising strength": 0.4, "Mask blur": 9, "Masked content": "latent nothing",
+                    "Inpaint area": "Only masked", "Only masked padding, pixels": 48, "Mask mode": "Inpaint not masked",
+                    "Resize mode": "Crop and resize"}
+
+
+def _send_handlers(demo: gr.Blocks) -> dict[str, object]:
+    """PNG Info's "Send to" handlers by the tab they select."""
+    handlers = {}
+    for dep in demo.fns.values():
+        if getattr(dep.fn, "__name__", None) == "send":
+            handlers[dep.fn.__defaults__[0]] = dep  # send(text, tab_id, widgets)
+    return handlers
+
+
+def test_png_info_sends_every_field_the_infotext_has_to_txt2img_and_img2img(services):
+    demo = build_ui(services)
+    handlers = _send_handlers(demo)
+    assert set(handlers) == {"txt2img", "img2img"}
+    for tab, expected in (("txt2img", EXPECTED), ("img2img", {**EXPECTED, **EXPECTED_IMG2IMG})):
+        dep = handlers[tab]
+        *updates, selected = dep.fn(INFOTEXT)
+        assert selected.selected == tab
+        shown = {c.label: u["value"] for c, u in zip(dep.outputs, updates) if "value" in u}
+        assert shown == expected, tab
+        # Every widget of the tab is a target, one per request field the table gives a widget.
+        named = {p.widget.label for p in for_task(tab) if p.widget is not None}
+        assert {c.label for c in dep.outputs[:-1]} == named
+    assert not set(EXPECTED_IMG2IMG) & {p.widget.label for p in for_task(TXT2IMG) if p.widget}
+    assert set(EXPECTED_IMG2IMG) <= {p.widget.label for p in for_task(IMG2IMG) if p.widget}

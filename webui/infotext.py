@@ -21,13 +21,13 @@ import json
 import os
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from PIL import ExifTags, Image
 
 from webui.image_io import DEFAULT_MAX_PIXELS, open_image
-from webui.samplers import find_sampler, normalize_schedule, split_fused_sampler_name
+from webui.parameters import parse_params
 
 __all__ = [
     "ParsedInfotext",
@@ -190,86 +190,15 @@ def _split_prompt_lines(lines: list[str]) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------- typed fields
 
-_INT_FIELDS: tuple[tuple[str, str], ...] = (
-    ("Steps", "steps"),
-    ("Seed", "seed"),
-    ("Clip skip", "clip_skip"),
-)
-_FLOAT_FIELDS: tuple[tuple[str, str], ...] = (
-    ("CFG scale", "cfg_scale"),
-    ("Denoising strength", "denoising_strength"),
-)
-_STR_FIELDS: tuple[tuple[str, str], ...] = (
-    ("Model hash", "model_hash"),
-    ("Model", "model_name"),
-)
-
-
 def to_generation_fields(parsed: ParsedInfotext) -> dict[str, object]:
     """Map parsed params to typed generation fields, skipping missing or unparsable ones.
 
-    Keys: prompt, negative_prompt, steps, sampler_name, scheduler, cfg_scale, seed,
-    width, height, clip_skip, model_hash, model_name, denoising_strength.
-    Old fused samplers (``"DPM++ 2M Karras"``) are split into sampler and scheduler.
+    One key per request field that ``webui.parameters`` declares an infotext key for (prompt, negative_prompt,
+    steps, sampler_name, scheduler, cfg_scale, seed, width, height, clip_skip, denoising_strength, the inpainting
+    fields...), plus model_hash and model_name. Old fused samplers (``"DPM++ 2M Karras"``) are split into sampler
+    and scheduler.
     """
-    params = parsed.params
-    fields: dict[str, object] = {
-        "prompt": parsed.prompt,
-        "negative_prompt": parsed.negative_prompt,
-    }
-    fields.update(_converted(params, _INT_FIELDS, int))
-    fields.update(_converted(params, _FLOAT_FIELDS, float))
-    fields.update(_converted(params, _STR_FIELDS, str))
-    fields.update(_sampler_fields(params))
-    fields.update(_size_fields(params))
-    return fields
-
-
-def _converted(
-    params: Mapping[str, str],
-    mapping: tuple[tuple[str, str], ...],
-    convert: Callable[[str], object],
-) -> dict[str, object]:
-    """Convert each present ``params[key]`` into ``result[name]``; bad values are skipped."""
-    result: dict[str, object] = {}
-    for key, name in mapping:
-        if key not in params:
-            continue
-        try:
-            result[name] = convert(params[key].strip())
-        except ValueError:
-            continue  # unparsable values are ignored, not fatal: infotexts are user data
-    return result
-
-
-def _sampler_fields(params: Mapping[str, str]) -> dict[str, object]:
-    """sampler_name and scheduler, canonicalised where we know the names."""
-    result: dict[str, object] = {}
-    raw_sampler = params.get("Sampler", "").strip()
-    if raw_sampler:
-        base, fused_schedule = split_fused_sampler_name(raw_sampler)
-        spec = find_sampler(base)
-        result["sampler_name"] = spec.name if spec else base
-        if fused_schedule:
-            result["scheduler"] = fused_schedule
-    raw_schedule = params.get("Schedule type", "").strip()
-    if raw_schedule:  # an explicit Schedule type beats one fused into the sampler name
-        result["scheduler"] = _canonical_schedule(raw_schedule)
-    return result
-
-
-def _canonical_schedule(raw: str) -> str:
-    try:
-        return normalize_schedule(raw)
-    except ValueError:
-        return raw  # a schedule we don't implement (e.g. "Align Your Steps"): keep as-is
-
-
-def _size_fields(params: Mapping[str, str]) -> dict[str, object]:
-    match = _RE_SIZE.match(params.get("Size", ""))
-    if not match:
-        return {}
-    return {"width": int(match.group(1)), "height": int(match.group(2))}
+    return parse_params(parsed.prompt, parsed.negative_prompt, parsed.params)
 
 
 # -------------------------------------------------------------------- reading images

@@ -26,6 +26,7 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULE_TYPES",
     "SamplerSpec",
+    "Sampling",
     "ScheduleType",
     "a1111_samplers_listing",
     "a1111_schedulers_listing",
@@ -348,6 +349,24 @@ def resolve_sampler(name: str, scheduler: str | None = None) -> tuple[SamplerSpe
             f"Valid schedule types: {', '.join(spec.schedules)}"
         )
     return spec, schedule
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A request's sampler and schedule, resolved once: what the pipeline builds and the infotext records."""
+
+    spec: SamplerSpec
+    schedule: str  # the canonical label asked for ("Automatic" included)
+
+    @classmethod
+    def resolve(cls, name: str, scheduler: str | None = None) -> "Sampling":
+        """Like ``resolve_sampler``; raises ValueError naming the valid choices."""
+        return cls(*resolve_sampler(name, scheduler))
+
+    @property
+    def effective_schedule(self) -> str:
+        """The schedule that really runs ("Automatic" replaced by the sampler's default)."""
+        return effective_schedule(self.spec, self.schedule)
 
 
 def schedules_for(sampler_name: str) -> tuple[str, ...]:

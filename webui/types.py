@@ -10,11 +10,14 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from webui.errors import InvalidRequest
+from webui.parameters import BY_NAME as P
+from webui.parameters import PARAMS
+from webui.samplers import Sampling
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -67,22 +70,41 @@ def find_bad_value(value: Any, path: str = "") -> tuple[str, str] | None:
 
 
 class Txt2ImgRequest(BaseModel):
+    """txt2img's fields; defaults and bounds come from ``webui.parameters`` (each declared once there)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    sampler_name: str = "DPM++ 2M"
-    scheduler: str = "Automatic"
-    steps: int = Field(20, ge=1)
-    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
-    width: int = Field(512, ge=64)
-    height: int = Field(512, ge=64)
-    seed: int = Field(-1, ge=-1, le=2**32 - 1)
-    batch_size: int = Field(1, ge=1)
-    n_iter: int = Field(1, ge=1)
-    clip_skip: int = Field(1, ge=1, le=12)
-    checkpoint: str | None = None  # title or name; None uses the current model
+    prompt: str = P["prompt"].field()
+    negative_prompt: str = P["negative_prompt"].field()
+    sampler_name: str = P["sampler_name"].field()  # canonical after validation ("DPM++ 2M Karras" is split)
+    scheduler: str = P["scheduler"].field()
+    steps: int = P["steps"].field()
+    cfg_scale: float = P["cfg_scale"].field()
+    width: int = P["width"].field()
+    height: int = P["height"].field()
+    seed: int = P["seed"].field()
+    batch_size: int = P["batch_size"].field()
+    n_iter: int = P["n_iter"].field()
+    clip_skip: int = P["clip_skip"].field()
+    checkpoint: str | None = P["checkpoint"].field()  # title or name; None uses the current model
     save_images: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_sampling(cls, data: Any) -> Any:
+        """Sampler and schedule resolved once, here, so every later reader sees canonical names."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("sampler_name", P["sampler_name"].default)
+        scheduler = data.get("scheduler", P["scheduler"].default)
+        if not isinstance(name, str) or not isinstance(scheduler, str) or text_problem(name) or \
+                text_problem(scheduler):
+            return data  # the field validators name the problem
+        try:
+            sampling = Sampling.resolve(name, scheduler)
+        except ValueError as exc:
+            raise InvalidRequest("sampler_name", str(exc)) from None
+        return {**data, "sampler_name": sampling.spec.name, "scheduler": sampling.schedule}
 
     @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint")
     @classmethod
@@ -91,13 +113,19 @@ class Txt2ImgRequest(BaseModel):
             raise ValueError(problem)
         return value
 
-    @field_validator("width", "height")
+    @field_validator(*(p.name for p in PARAMS if p.multiple_of))
     @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
+    def _multiple(cls, value: int, info: ValidationInfo) -> int:
         # Latents are 1/8 of the image size; other sizes would be silently cropped.
-        if value % 8:
-            raise ValueError(f"must be a multiple of 8 (got {value})")
+        step = P[info.field_name].multiple_of
+        if value % step:
+            raise ValueError(f"must be a multiple of {step} (got {value})")
         return value
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampler spec and schedule this request runs with (its fields are already canonical)."""
+        return Sampling.resolve(self.sampler_name, self.scheduler)
 
     @classmethod
     def parse(cls, **fields: Any) -> "Txt2ImgRequest":
@@ -111,22 +139,126 @@ class Img2ImgRequest(Txt2ImgRequest):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
 
     init_images: list[Any] = Field(default_factory=list)  # PIL images; empty only in a batch template
-    resize_mode: int = Field(0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent upscale
-    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
-    image_cfg_scale: float = Field(1.5, ge=0.0, le=100.0)  # InstructPix2Pix only
+    resize_mode: int = P["resize_mode"].field()  # just resize, crop and resize, resize and fill, latent upscale
+    denoising_strength: float = P["denoising_strength"].field()
+    image_cfg_scale: float = P["image_cfg_scale"].field()  # InstructPix2Pix only
     mask: Any = None  # PIL image, white = repaint
-    mask_blur: int = Field(4, ge=0, le=64)
-    inpainting_fill: int = Field(1, ge=0, le=3)  # fill, original, latent noise, latent nothing
-    inpaint_full_res: bool = False  # "only masked": inpaint the masked region at full resolution
-    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
-    inpainting_mask_invert: bool = False
+    mask_blur: int = P["mask_blur"].field()
+    inpainting_fill: int = P["inpainting_fill"].field()  # fill, original, latent noise, latent nothing
+    inpaint_full_res: bool = P["inpaint_full_res"].field()  # "only masked": the masked region at full resolution
+    inpaint_full_res_padding: int = P["inpaint_full_res_padding"].field()
+    inpainting_mask_invert: bool = P["inpainting_mask_invert"].field()
 
     @field_validator("init_images")
     @classmethod
     def _images(cls, value: list[Any]) -> list[Any]:
-        if not all(hasattr(image, "size") and hasattr(image, "convert") for image in value):
+        if not all(_is_image(image) for image in value):
             raise ValueError("must be images")
         return value
+
+
+def _is_image(value: Any) -> bool:
+    return hasattr(value, "size") and hasattr(value, "convert")
+
+
+class _CheckedRequest(BaseModel):
+    """A request that raises InvalidRequest (naming the field, in the API's words) when constructed wrongly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+    _api_names: ClassVar[dict[str, str]] = {}  # field -> the name clients send it under
+
+    def __init__(self, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as exc:
+            raise _invalid(exc, type(self).__name__, self._api_names) from None
+
+
+STYLE_MIN_TILE, STYLE_MAX_TILE = 64, 4096  # what a request may say at all; each server caps the tile lower
+
+
+class StyleTransferRequest(_CheckedRequest):
+    """One CycleGAN / pix2pix pass; ``model`` is a title, "kind/name", name, file name or hash."""
+
+    model: str
+    image: Any  # PIL image
+    tile: int = Field(512, ge=STYLE_MIN_TILE, le=STYLE_MAX_TILE)
+    overlap: int = Field(32, ge=0)
+    save: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("choose a style transfer model")
+        if (problem := text_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: Any) -> Any:
+        if not _is_image(value):
+            raise ValueError("an image is required")
+        if min(value.size) < 1:
+            raise ValueError("the image is empty")
+        return value
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap(cls, value: int, info: ValidationInfo) -> int:
+        tile = info.data.get("tile")
+        if tile is not None and value > tile // 2:
+            raise ValueError(f"must be between 0 and half the tile ({tile // 2})")
+        return value
+
+
+UPSCALE_MAX_SIDE = 4096
+UPSCALE_MAX_SCALE = 8.0  # A1111's bound; also keeps width * scale finite (1e308 overflowed into a 500)
+
+
+class UpscaleRequest(_CheckedRequest):
+    """A plain resize of one image (``extra-single-image``): ``to_size`` False means scale by ``scale``.
+
+    Upscaler names are checked by the extras service, which knows which exist.
+    """
+
+    _api_names: ClassVar[dict[str, str]] = {
+        "scale": "upscaling_resize", "width": "upscaling_resize_w", "height": "upscaling_resize_h",
+        "crop": "upscaling_crop", "upscaler_2_visibility": "extras_upscaler_2_visibility"}
+
+    to_size: bool = False
+    scale: float = 2.0
+    width: int = 512
+    height: int = 512
+    crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "UpscaleRequest":
+        # Only the mode in use is checked: clients send both sets of fields with A1111's defaults.
+        if not self.to_size and not 0 < self.scale <= UPSCALE_MAX_SCALE:
+            raise InvalidRequest("upscaling_resize", f"must be greater than 0 and at most {UPSCALE_MAX_SCALE:g}")
+        if self.to_size:
+            for name, value in (("upscaling_resize_w", self.width), ("upscaling_resize_h", self.height)):
+                if not 1 <= value <= UPSCALE_MAX_SIDE:
+                    raise InvalidRequest(name, f"must be from 1 to {UPSCALE_MAX_SIDE}")
+        return self
+
+    @property
+    def size_field(self) -> str:
+        """The request field to blame when the result is too large."""
+        return "upscaling_resize_w" if self.to_size else "upscaling_resize"
+
+
+def _invalid(exc: ValidationError, model_name: str, names: dict[str, str] | None = None) -> InvalidRequest:
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    if loc and names:
+        loc[0] = names.get(loc[0], loc[0])
+    return InvalidRequest(".".join(loc) or model_name, first["msg"].removeprefix("Value error, "))
 
 
 class Img2ImgBatchRequest(BaseModel):
@@ -143,9 +275,7 @@ def validated(model: type[BaseModel], fields: dict[str, Any]):
     try:
         return model(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or model.__name__
-        raise InvalidRequest(name, first["msg"].removeprefix("Value error, ")) from None
+        raise _invalid(exc, model.__name__) from None
 
 
 class JobState(str, Enum):
@@ -190,10 +320,16 @@ class GenerationResult:
     seeds: list[int]
     infotexts: list[str]
     paths: list[Path] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
     pngs: list[bytes] = field(default_factory=list)  # the final files (provenance applied), one per image
     warnings: list[str] = field(default_factory=list)  # e.g. why images were not saved; never in the infotext
+    # What the job ran with, for the API's A1111 ``info`` (built in webui/api, not here).
+    request: Txt2ImgRequest | None = None
+    base_seed: int = -1
+    started: float = 0.0  # time.time() when the job started
+    model_name: str | None = None
+    model_hash: str | None = None
+    model_variant: str | None = None  # "normal", "inpaint" or "instruct-pix2pix"
 
 
 @dataclass(frozen=True)

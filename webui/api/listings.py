@@ -119,10 +119,12 @@ def upscale_spec(body: ExtrasSingleImageBody) -> extras.UpscaleSpec:
     for field in ("gfpgan_visibility", "codeformer_visibility"):
         if getattr(body, field) > 0:
             raise InvalidRequest(field, "face restoration is not available on this server; send 0")
-    return extras.UpscaleSpec(
+    spec = extras.UpscaleSpec(
         to_size=body.resize_mode == 1, scale=body.upscaling_resize, width=body.upscaling_resize_w,
         height=body.upscaling_resize_h, crop=body.upscaling_crop, upscaler_1=body.upscaler_1,
         upscaler_2=body.upscaler_2, upscaler_2_visibility=body.extras_upscaler_2_visibility)
+    extras.check_upscalers(spec)
+    return spec
 
 
 def plaintext_to_html(text: str) -> str:

@@ -10,22 +10,53 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from webui import VERSION
+from webui import VERSION, parameters
 from webui.api import schemas
+from webui.api.a1111_info import a1111_info
 from webui.api.images import decode_image, encode_png, png_base64
 from webui.errors import (Cancelled, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable, OutOfMemory,
                           QueueFull, StudioError)
 from webui.infotext import parse_infotext
-from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing, resolve_sampler
+from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing
 from webui.services.container import Services
 from webui.services.jobs import Job
 from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, safe_label, validated
 
 DISCONNECT_CHECK_SECONDS = 0.5
-PER_REQUEST_OVERRIDES = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers"})
+CHECKPOINT_SETTING = parameters.BY_NAME["checkpoint"].setting
+PER_REQUEST_OVERRIDES = frozenset(p.setting for p in parameters.PARAMS if p.setting)
 
 
-def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, Any]:
+def _body_value(body: schemas.Txt2ImgBody, param: parameters.Param) -> Any:
+    """The row's value in A1111's body (its key, then its aliases), or its API default."""
+    assert param.api_key is not None
+    for key in (param.api_key, *param.api_aliases):
+        value = getattr(body, key, None)
+        if value is not None and value != "":
+            return value
+    return param.api_default
+
+
+def _setting_value(param: parameters.Param, overrides: dict[str, Any], services: Services) -> Any:
+    """A row a server setting supplies: the request's ``override_settings`` entry, else the setting."""
+    key, field = param.setting, f"override_settings.{param.setting}"
+    if key == CHECKPOINT_SETTING:  # a name to look up, not a value; absent means the current model
+        checkpoint = overrides.get(key)
+        if checkpoint is None:
+            return None
+        if not isinstance(checkpoint, str):
+            raise InvalidRequest(field, "must be a checkpoint title")
+        try:
+            return services.registry.find(checkpoint).title
+        except ModelNotFound as exc:
+            raise InvalidRequest(field, str(exc)) from None
+    value = overrides[key] if key in overrides else services.options.value(key)
+    if (problem := param.problem(value)) is not None:
+        raise InvalidRequest(field, problem)
+    return value
+
+
+def _table_fields(body: schemas.Txt2ImgBody, task: str, services: Services) -> dict[str, Any]:
     """Map A1111's body (fused sampler names, override_settings) onto our typed request's fields."""
     overrides = body.override_settings or {}
     services.options.check_overrides(overrides, PER_REQUEST_OVERRIDES)
@@ -33,28 +64,15 @@ def _common_fields(body: schemas.Txt2ImgBody, services: Services) -> dict[str, A
         raise InvalidRequest("script_name", f"no script named '{body.script_name}': this server has no "
                                             "selectable scripts yet (GET /sdapi/v1/scripts lists them)")
     _refuse_unsupported(body)
-    name = body.sampler_name or body.sampler_index or "Euler"
-    try:
-        spec, schedule = resolve_sampler(name, body.scheduler)
-    except ValueError as exc:
-        raise InvalidRequest("sampler_name", str(exc)) from None
-    checkpoint = overrides.get("sd_model_checkpoint")
-    if checkpoint is not None:
-        if not isinstance(checkpoint, str):
-            raise InvalidRequest("override_settings.sd_model_checkpoint", "must be a checkpoint title")
-        try:
-            checkpoint = services.registry.find(checkpoint).title
-        except ModelNotFound as exc:
-            raise InvalidRequest("override_settings.sd_model_checkpoint", str(exc)) from None
-    clip_skip = overrides.get("CLIP_stop_at_last_layers", services.options.clip_skip)
-    if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
-        raise InvalidRequest("override_settings.CLIP_stop_at_last_layers", "must be an integer from 1 to 12")
-    return dict(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=spec.name, scheduler=schedule,
-        steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
-        batch_size=body.batch_size, n_iter=body.n_iter,
-        clip_skip=clip_skip, checkpoint=checkpoint, save_images=body.save_images,
-    )
+    fields: dict[str, Any] = {"save_images": body.save_images}
+    for param in parameters.for_task(task):
+        if param.api_key is not None:
+            value = _body_value(body, param)
+            if value is not None:  # absent (e.g. image_cfg_scale): the request's default
+                fields[param.name] = bool(value) if param.type is bool else value
+        elif param.setting is not None:
+            fields[param.name] = _setting_value(param, overrides, services)
+    return fields
 
 
 def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
@@ -72,7 +90,7 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
 
 
 def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
-    return Txt2ImgRequest.parse(**_common_fields(body, services))
+    return Txt2ImgRequest.parse(**_table_fields(body, parameters.TXT2IMG, services))
 
 
 def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2ImgRequest:
@@ -82,14 +100,8 @@ def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2Img
     images = [decode_image(data, f"init_images.{i}", budget, formats=formats)
               for i, data in enumerate(body.init_images)]
     mask = decode_image(body.mask, "mask", budget, formats=formats) if body.mask else None
-    fields = _common_fields(body, services)
-    return validated(Img2ImgRequest, dict(
-        fields, init_images=images, mask=mask, resize_mode=body.resize_mode,
-        denoising_strength=body.denoising_strength,
-        image_cfg_scale=body.image_cfg_scale if body.image_cfg_scale is not None else 1.5,
-        mask_blur=body.mask_blur, inpainting_fill=body.inpainting_fill, inpaint_full_res=body.inpaint_full_res,
-        inpaint_full_res_padding=body.inpaint_full_res_padding,
-        inpainting_mask_invert=bool(body.inpainting_mask_invert)))
+    fields = _table_fields(body, parameters.IMG2IMG, services)
+    return validated(Img2ImgRequest, dict(fields, init_images=images, mask=mask))
 
 
 async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> Any:
@@ -103,8 +115,8 @@ async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> Any:
 
 def images_response(body: schemas.Txt2ImgBody, result: GenerationResult) -> dict[str, Any]:
     images = [png_base64(png) for png in result.pngs] if body.send_images else []
-    parameters = body.model_dump(exclude={"init_images", "mask"})
-    return {"images": images, "parameters": parameters, "info": json.dumps(result.info)}
+    sent = body.model_dump(exclude={"init_images", "mask"})
+    return {"images": images, "parameters": sent, "info": json.dumps(a1111_info(result))}
 
 
 def build_router(services: Services) -> APIRouter:
@@ -193,10 +205,10 @@ def build_router(services: Services) -> APIRouter:
         items = {k: v for k, v in image.info.items() if isinstance(v, str)}
         text = items.pop("parameters", "")
         parsed = parse_infotext(text) if text else None
-        parameters: dict[str, Any] = {}
+        found: dict[str, Any] = {}
         if parsed is not None:
-            parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params}
-        return {"info": text, "items": items, "parameters": parameters}
+            found = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params}
+        return {"info": text, "items": items, "parameters": found}
 
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from PIL import Image
 from webui.errors import OutOfMemory
 from webui.models.loader import LoadedModel
 from webui.pipelines import conditioning, decode
-from webui.samplers import build_scheduler
+from webui.samplers import Sampling, build_scheduler
 
 
 class StepListener(Protocol):
@@ -26,9 +26,9 @@ class BatchOutput:
     stopped_early: bool
 
 
-def job_pipeline(model: LoadedModel, cls, sampler_name: str, schedule: str, seeds: list[int]):
+def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int]):
     """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state."""
-    scheduler = build_scheduler(model.scheduler_config, sampler_name, schedule)
+    scheduler = build_scheduler(model.scheduler_config, sampling.spec.name, sampling.schedule)
     if hasattr(scheduler, "noise_sampler_seed"):
         scheduler.noise_sampler_seed = list(seeds)  # DPM++ SDE's Brownian noise, one seed per image
     # Built from the constructor rather than from_pipe: from_pipe ends with a .to(dtype) of the shared modules

@@ -114,12 +114,12 @@ def finish(prepared: PreparedInput, generated: Image.Image) -> Image.Image:
 
 
 def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInput, method: str,
-              seeds: list[int], schedule: str, listener: StepListener, preview_every: int) -> BatchOutput:
+              seeds: list[int], listener: StepListener, preview_every: int) -> BatchOutput:
     total = steps_run(request.steps, request.denoising_strength, method)
     if total == 0:  # denoising strength 0: nothing to do, like A1111 the input comes back
         return BatchOutput([finish(prepared, prepared.image) for _ in seeds], stopped_early=False)
     family = "sdxl" if model.family == "sdxl" else "sd"
-    runner = common.job_pipeline(model, _CLASSES[(family, method)], request.sampler_name, schedule, seeds)
+    runner = common.job_pipeline(model, _CLASSES[(family, method)], request.sampling, seeds)
     kwargs = dict(
         common.prompt_kwargs(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip),
         image=prepared.image, guidance_scale=request.cfg_scale,

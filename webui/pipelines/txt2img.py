@@ -15,9 +15,9 @@ from webui.pipelines.common import BatchOutput, StepListener
 from webui.types import Txt2ImgRequest
 
 
-def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], schedule: str,
-              listener: StepListener, preview_every: int) -> BatchOutput:
-    runner = common.job_pipeline(model, type(model.pipe), request.sampler_name, schedule, seeds)
+def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
+              preview_every: int) -> BatchOutput:
+    runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
     gens = common.generators(seeds)
     kwargs = dict(
         common.prompt_kwargs(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip),

@@ -7,11 +7,14 @@ edge when the rounding falls short; we crop the source first, which also never b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from PIL import Image, ImageOps
 
 from webui.errors import InvalidRequest
+from webui.types import UPSCALE_MAX_SCALE as MAX_SCALE
+from webui.types import UPSCALE_MAX_SIDE as MAX_SIDE
+from webui.types import UpscaleRequest as UpscaleSpec  # the name callers use
+
+__all__ = ["MAX_SCALE", "MAX_SIDE", "UPSCALERS", "UpscaleSpec", "check_upscalers", "info_text", "upscale"]
 
 # "None" is A1111's "just resize" entry; its final resize is Lanczos too.
 UPSCALERS: dict[str, Image.Resampling] = {
@@ -19,45 +22,19 @@ UPSCALERS: dict[str, Image.Resampling] = {
     "Lanczos": Image.Resampling.LANCZOS,
     "Nearest": Image.Resampling.NEAREST,
 }
-MAX_SIDE = 4096
-MAX_SCALE = 8.0  # A1111's bound; also keeps width * scale finite (1e308 overflowed into a 500)
 MAX_PIXELS = 4096 * 4096  # binds only if MAX_SIDE is ever raised; kept so memory stays bounded either way
-
-
-@dataclass(frozen=True)
-class UpscaleSpec:
-    """What to do, validated: ``to_size`` False means scale by ``scale``."""
-
-    to_size: bool = False
-    scale: float = 2.0
-    width: int = 512
-    height: int = 512
-    crop: bool = True
-    upscaler_1: str = "None"
-    upscaler_2: str = "None"
-    upscaler_2_visibility: float = 0.0
-
-    def __post_init__(self) -> None:
-        for field in ("upscaler_1", "upscaler_2"):
-            name = getattr(self, field)
-            if name not in UPSCALERS:
-                raise InvalidRequest(field, f"unknown upscaler '{name}'. Available: {', '.join(UPSCALERS)}")
-        if not self.to_size and not 0 < self.scale <= MAX_SCALE:  # also refuses nan
-            raise InvalidRequest("upscaling_resize", f"must be greater than 0 and at most {MAX_SCALE:g}")
-        if self.to_size:
-            for field, value in (("upscaling_resize_w", self.width), ("upscaling_resize_h", self.height)):
-                if not 1 <= value <= MAX_SIDE:
-                    raise InvalidRequest(field, f"must be from 1 to {MAX_SIDE}")
-
-    @property
-    def size_field(self) -> str:
-        """The request field to blame when the result is too large."""
-        return "upscaling_resize_w" if self.to_size else "upscaling_resize"
 
 
 def _floor8(value: float) -> int:
     # A1111 rounds the destination down to a multiple of 8; tiny images still get at least 8 px.
     return max(8, int(value) // 8 * 8)
+
+
+def check_upscalers(spec: UpscaleSpec) -> None:
+    for field in ("upscaler_1", "upscaler_2"):
+        name = getattr(spec, field)
+        if name not in UPSCALERS:
+            raise InvalidRequest(field, f"unknown upscaler '{name}'. Available: {', '.join(UPSCALERS)}")
 
 
 def target_size(size: tuple[int, int], spec: UpscaleSpec) -> tuple[int, int]:
@@ -92,6 +69,7 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
 
 def upscale(image: Image.Image, spec: UpscaleSpec) -> tuple[Image.Image, dict[str, str]]:
     """Return the resized image and A1111's postprocessing info (``Postprocess upscale by: 2, ...``)."""
+    check_upscalers(spec)
     size = target_size(image.size, spec)
     check_size(size, spec.size_field)
     image = _normalise_mode(image)

@@ -9,13 +9,14 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from webui import VERSION
 from webui.config import Settings
 from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
+from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
 from webui.pipelines import img2img, txt2img
@@ -23,7 +24,6 @@ from webui.pipelines.common import BatchOutput
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
-from webui.samplers import effective_schedule, resolve_sampler
 from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
 from webui.services.prompt_budget import PromptBudget
@@ -37,12 +37,6 @@ MAX_SEED = 2**32 - 1
 
 def _pixels(count: int) -> str:
     return f"{count / 1e6:.1f} MP" if count >= 100_000 else f"{count} pixels"
-
-
-def _schedule_label(spec, schedule: str) -> str | None:
-    """Record the schedule that really ran, so the infotext reproduces the image; omit it where it is implicit."""
-    effective = effective_schedule(spec, schedule)
-    return None if effective == "Automatic" else effective
 
 
 class GenerationService:
@@ -74,14 +68,11 @@ class GenerationService:
         return self._manager.registry.find(query).title if query else None
 
     def _txt2img_job(self, ctx: JobContext, request: Txt2ImgRequest) -> GenerationResult:
-        return self._run(ctx, request, self._schedule(request), _Txt2Img(request), self._provenance())
+        return self._run(ctx, request, _Txt2Img(request), self._provenance())
 
     def _img2img_job(self, ctx: JobContext, request: Img2ImgRequest) -> GenerationResult:
-        return self._run(ctx, request, self._schedule(request), _Img2Img(request), self._provenance())
+        return self._run(ctx, request, _Img2Img(request), self._provenance())
 
-    @staticmethod
-    def _schedule(request: Txt2ImgRequest) -> str:
-        return resolve_sampler(request.sampler_name, request.scheduler)[1]
 
     def txt2img(self, request: Txt2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_txt2img(request).wait(timeout)
@@ -129,13 +120,13 @@ class GenerationService:
         # switches models while it runs (interactive jobs may run between its images).
         template = request.template.model_copy(update={"checkpoint": ctx.models.resolve(
             request.template.checkpoint).title})
-        return self._run_batch_folder(ctx, template, self._schedule(template), files, target, self._provenance())
+        return self._run_batch_folder(ctx, template, files, target, self._provenance())
 
     @property
     def batch_folders_enabled(self) -> bool:
         return self._folders.enabled
 
-    def _run_batch_folder(self, ctx: JobContext, template: Img2ImgRequest, schedule: str, files: list[Path],
+    def _run_batch_folder(self, ctx: JobContext, template: Img2ImgRequest, files: list[Path],
                           output_dir: Path | None, policy: ProvenancePolicy) -> GenerationResult:
         total = GenerationResult(images=[], seeds=[], infotexts=[])
         for path in files:
@@ -151,7 +142,7 @@ class GenerationService:
                 continue
             request = template.model_copy(update={"init_images": [image],
                                                   "save_images": template.save_images and output_dir is None})
-            result = self._run(ctx, request, schedule, _Img2Img(request), policy)
+            result = self._run(ctx, request, _Img2Img(request), policy)
             for k, png in enumerate(result.pngs):
                 if output_dir is not None:
                     target = unused_name(output_dir, path.stem if len(result.images) == 1 else f"{path.stem}-{k}")
@@ -163,13 +154,13 @@ class GenerationService:
             total.seeds += result.seeds
             total.infotexts += result.infotexts
             total.warnings += [w for w in result.warnings if w not in total.warnings]
-            total.info = result.info
+            total.request, total.base_seed, total.started = result.request, result.base_seed, result.started
+            total.model_name, total.model_hash = result.model_name, result.model_hash
+            total.model_variant = result.model_variant
         total.interrupted = ctx.interrupted
-        if total.info:
-            total.info["warnings"] = list(total.warnings)
         return total
 
-    def _check(self, request: Txt2ImgRequest) -> str:
+    def _check(self, request: Txt2ImgRequest) -> None:
         limits = self._settings.limits
         for field, value, limit in (("width", request.width, limits.max_width),
                                     ("height", request.height, limits.max_height),
@@ -181,16 +172,11 @@ class GenerationService:
         self._check_job_pixels(request)
         self._prompts.check("prompt", request.prompt)
         self._prompts.check("negative_prompt", request.negative_prompt)
-        try:
-            _, schedule = resolve_sampler(request.sampler_name, request.scheduler)
-        except ValueError as exc:
-            raise InvalidRequest("sampler_name", str(exc)) from None
         if request.checkpoint:
             try:
                 self._manager.registry.find(request.checkpoint)
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
-        return schedule
 
     def _check_job_pixels(self, request: Txt2ImgRequest) -> None:
         """One budget for the whole job, so many allowed sizes cannot multiply into hours of GPU time."""
@@ -214,26 +200,30 @@ class GenerationService:
             if warning not in result.warnings:
                 result.warnings.append(warning)
 
-    def _run(self, ctx: JobContext, request: Txt2ImgRequest, schedule: str, task: "_Task",
+    def _run(self, ctx: JobContext, request: Txt2ImgRequest, task: "_Task",
              policy: ProvenancePolicy) -> GenerationResult:
         """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, provenance, saving."""
         started = time.time()
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
-        result = GenerationResult(images=[], seeds=[], infotexts=[])
+        result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
+                                  started=started)
         with ctx.models.lease(request.checkpoint) as model:
             task.check_model(model)
+            result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
+            result.model_variant = model.variant
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break
                 seeds = [base_seed + batch_index * request.batch_size + k for k in range(request.batch_size)]
                 ctx.begin_image(batch_index, request.n_iter, task.steps(model),
                                 f"Batch {batch_index + 1} of {request.n_iter}")
-                out = task.run_batch(model, batch_index, seeds, schedule, ctx, self._settings.preview_every)
+                out = task.run_batch(model, batch_index, seeds, ctx, self._settings.preview_every)
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
                 images, verdicts = self._review(ctx, out.images, policy, result)
                 for image, seed, verdict in zip(images, seeds, verdicts):
-                    params = self.infotext_params(model, request, schedule, seed, task.extra_params(model))
+                    context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model))
+                    params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
                     if verdict:
                         params["Safety checker"] = verdict
                     final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
@@ -247,7 +237,6 @@ class GenerationService:
             result.interrupted = ctx.interrupted
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
-            result.info = self._info(model, request, result, base_seed, started)
         return result
 
     def _review(self, ctx: JobContext, images: list, policy: ProvenancePolicy,
@@ -267,70 +256,6 @@ class GenerationService:
             return images, ["unavailable"] * len(images)
         return review.images, review.verdicts
 
-    @staticmethod
-    def infotext_params(model: LoadedModel, request: Txt2ImgRequest, schedule: str, seed: int,
-                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The infotext's parameters line; ``finish_png`` adds what provenance was applied and formats it."""
-        spec, _ = resolve_sampler(request.sampler_name, request.scheduler)
-        params: dict[str, Any] = {
-            "Steps": request.steps,
-            "Sampler": spec.name,
-            "Schedule type": _schedule_label(spec, schedule),
-            "CFG scale": request.cfg_scale,
-            "Seed": seed,
-            "Size": f"{request.width}x{request.height}",
-            "Model hash": model.info.short_hash,
-            "Model": model.info.model_name,
-            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-            **(extra or {}),
-            "Version": f"studio-{VERSION}",
-        }
-        return params
-
-    @staticmethod
-    def _info(model: LoadedModel, request: Txt2ImgRequest, result: GenerationResult, base_seed: int,
-              started: float) -> dict[str, Any]:
-        """The A1111 ``info`` object clients parse (as JSON) from API responses."""
-        count = len(result.images)
-        spec, schedule = resolve_sampler(request.sampler_name, request.scheduler)
-        return {
-            "prompt": request.prompt,
-            "all_prompts": [request.prompt] * count,
-            "negative_prompt": request.negative_prompt,
-            "all_negative_prompts": [request.negative_prompt] * count,
-            "seed": base_seed,
-            "all_seeds": result.seeds,
-            "subseed": -1,
-            "all_subseeds": [-1] * count,
-            "subseed_strength": 0,
-            "width": request.width,
-            "height": request.height,
-            "sampler_name": spec.name,
-            "scheduler": schedule,
-            "cfg_scale": request.cfg_scale,
-            "steps": request.steps,
-            "batch_size": request.batch_size,
-            "restore_faces": False,
-            "face_restoration_model": None,
-            "sd_model_name": model.info.model_name,
-            "sd_model_hash": model.info.short_hash,
-            "sd_vae_name": None,
-            "sd_vae_hash": None,
-            "seed_resize_from_w": -1,
-            "seed_resize_from_h": -1,
-            "denoising_strength": getattr(request, "denoising_strength", None),
-            "extra_generation_params": {},
-            "index_of_first_image": 0,
-            "infotexts": result.infotexts,
-            "styles": [],
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
-            "clip_skip": request.clip_skip,
-            "is_using_inpainting_conditioning": model.variant == "inpaint",
-            "version": f"studio-{VERSION}",
-            "interrupted": result.interrupted,
-            "warnings": list(result.warnings),
-        }
-
 
 class _Task:
     """What differs between txt2img and img2img inside the shared batch loop."""
@@ -339,9 +264,9 @@ class _Task:
 
     def check_model(self, model: LoadedModel) -> None: ...
     def steps(self, model: LoadedModel) -> int: ...
-    def extra_params(self, model: LoadedModel) -> dict[str, Any]: ...
-    def run_batch(self, model: LoadedModel, batch_index: int, seeds: list[int], schedule: str,
-                  ctx: JobContext, preview_every: int) -> BatchOutput: ...
+    def method(self, model: LoadedModel) -> str | None: ...
+    def run_batch(self, model: LoadedModel, batch_index: int, seeds: list[int], ctx: JobContext,
+                  preview_every: int) -> BatchOutput: ...
 
 
 class _Txt2Img(_Task):
@@ -357,11 +282,11 @@ class _Txt2Img(_Task):
     def steps(self, model: LoadedModel) -> int:
         return self.request.steps
 
-    def extra_params(self, model: LoadedModel) -> dict[str, Any]:
-        return {}
+    def method(self, model: LoadedModel) -> str | None:
+        return None
 
-    def run_batch(self, model, batch_index, seeds, schedule, ctx, preview_every) -> BatchOutput:
-        return txt2img.run_batch(model, self.request, seeds, schedule, ctx, preview_every)
+    def run_batch(self, model, batch_index, seeds, ctx, preview_every) -> BatchOutput:
+        return txt2img.run_batch(model, self.request, seeds, ctx, preview_every)
 
 
 class _Img2Img(_Task):
@@ -370,27 +295,17 @@ class _Img2Img(_Task):
     def __init__(self, request: Img2ImgRequest):
         self.request = request
 
-    def _method(self, model: LoadedModel) -> str:
+    def method(self, model: LoadedModel) -> str:
         return img2img.method_for(model, self.request.mask is not None)
 
     def check_model(self, model: LoadedModel) -> None:
         pass  # every variant has an image-to-image use
 
     def steps(self, model: LoadedModel) -> int:
-        return img2img.steps_run(self.request.steps, self.request.denoising_strength, self._method(model))
+        return img2img.steps_run(self.request.steps, self.request.denoising_strength, self.method(model))
 
-    def extra_params(self, model: LoadedModel) -> dict[str, Any]:
-        method, r = self._method(model), self.request
-        return {
-            "Image CFG scale": r.image_cfg_scale if method == "instruct-pix2pix" else None,
-            "Denoising strength": r.denoising_strength if method != "instruct-pix2pix" else None,
-            "Mask blur": r.mask_blur if method == "inpaint" and r.mask is not None else None,
-            "Inpaint area": "Only masked" if method == "inpaint" and r.inpaint_full_res else None,
-            "Masked area padding": r.inpaint_full_res_padding if method == "inpaint" and r.inpaint_full_res else None,
-        }
-
-    def run_batch(self, model, batch_index, seeds, schedule, ctx, preview_every) -> BatchOutput:
-        method = self._method(model)
+    def run_batch(self, model, batch_index, seeds, ctx, preview_every) -> BatchOutput:
+        method = self.method(model)
         init = self.request.init_images[batch_index % len(self.request.init_images)]
         prepared = img2img.prepare(self.request, init, method)
-        return img2img.run_batch(model, self.request, prepared, method, seeds, schedule, ctx, preview_every)
+        return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every)

@@ -23,12 +23,14 @@ from typing import Any, Callable
 from webui.errors import InvalidRequest
 from webui.models.manager import ModelManager
 from webui.atomic import atomic_write_text
+from webui.parameters import PARAMS
 from webui.types import safe_label, text_problem
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "sd_model_checkpoint"  # not stored as a value: the manager's selection is the truth
 MAX_TEXT = 256  # option strings are names (a VAE file, a format), never documents
+_CLIP_SKIP = next(p for p in PARAMS if p.setting == "CLIP_stop_at_last_layers")  # its bounds, declared once
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Option:
 
 OPTIONS: dict[str, Option] = {
     # Honoured by this server.
-    "CLIP_stop_at_last_layers": Option(int, 1, 1, 12, honoured=True),
+    "CLIP_stop_at_last_layers": Option(int, _CLIP_SKIP.default, _CLIP_SKIP.ge, _CLIP_SKIP.le, honoured=True),
     "provenance_ai_marker": Option(bool, True, honoured=True),   # "AI-generated" marker in XMP and PNG text
     "provenance_watermark": Option(bool, True, honoured=True),   # invisible DWT-DCT watermark
     "provenance_c2pa": Option(bool, True, honoured=True),        # signed C2PA manifest

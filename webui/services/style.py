@@ -25,38 +25,18 @@ from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.jobs import Job, JobContext, JobKind, JobQueue
 from webui.services.storage import ImageStore
-from webui.types import text_problem
+from webui.types import STYLE_MAX_TILE as MAX_TILE
+from webui.types import STYLE_MIN_TILE as MIN_TILE
+from webui.types import StyleTransferRequest
+
+__all__ = ["MAX_TILE", "MIN_TILE", "StyleTransferRequest", "StyleTransferResult", "StyleTransferService"]
 
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 4096 * 4096  # 16 MP: the output accumulators of a tiled run are ~16 bytes per pixel
-MIN_TILE, MAX_TILE = 64, 4096  # what a request may say at all; the server's own cap is lower (below)
 # A generator's activations grow with the tile's area: a 4096 px tile took ~15 GB, 1024 px about 1 GB.
 DEFAULT_MAX_TILE = 1024
 STYLE_GENERATOR = "style-generator"  # its name among the device's residents
-
-
-@dataclass(frozen=True)
-class StyleTransferRequest:
-    model: str                 # a title, "kind/name", name, file name or hash, as GanRegistry.find accepts
-    image: Image.Image
-    tile: int = 512
-    overlap: int = 32
-    save: bool = True
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise InvalidRequest("model", "choose a style transfer model")
-        if (problem := text_problem(self.model)) is not None:
-            raise InvalidRequest("model", problem)
-        if not isinstance(self.image, Image.Image):
-            raise InvalidRequest("image", "an image is required")
-        if min(self.image.size) < 1:
-            raise InvalidRequest("image", "the image is empty")
-        if not MIN_TILE <= self.tile <= MAX_TILE:
-            raise InvalidRequest("tile", f"must be between {MIN_TILE} and {MAX_TILE}, not {self.tile}")
-        if not 0 <= self.overlap <= self.tile // 2:
-            raise InvalidRequest("overlap", f"must be between 0 and half the tile ({self.tile // 2})")
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,10 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build(services, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                img2img.build(services, checkpoint)
+                i2i = img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                pnginfo.build(t2i, tabs, "txt2img", services.settings.limits)
+                pnginfo.build({"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
+                              services.settings.limits)
         devices = ", ".join(services.queue.devices)
         gr.Markdown(f"<small>Stable Studio {VERSION} · device{'s' if len(services.devices) > 1 else ''} {devices} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")

@@ -1,26 +1,31 @@
 """Widgets and streaming shared by the txt2img and img2img tabs.
 
-Widgets are kept by name in small dataclasses, and handlers read ``{component: value}`` dicts, so no positional
-contract ties the UI to the backend.
+Parameter widgets are built from the table in ``webui.parameters`` and kept by request field name; handlers read
+``{component: value}`` dicts, so no positional contract ties the UI to the backend.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import time
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
 
 import gradio as gr
 
+from webui.config import Limits
 from webui.errors import StudioError
+from webui.parameters import BY_NAME, Param, widget_rows
 from webui.samplers import sampler_names, schedules_for
 from webui.services.container import Services
 from webui.services.jobs import Job
-from webui.types import JobState, Progress, Txt2ImgRequest
+from webui.types import JobState, Progress
 
 WATCH_TIMEOUT = 1.0  # seconds a streaming handler waits for a progress change before re-checking the job
-_INT_FIELDS = ("steps", "width", "height", "seed", "n_iter", "batch_size", "clip_skip")
+
+Widgets = dict[str, gr.components.Component]  # request field name -> its widget, in the table's order
 
 
 @dataclass
@@ -30,22 +35,6 @@ class PromptRow:
     generate: gr.Button
     interrupt: gr.Button
     skip: gr.Button
-
-
-@dataclass
-class SettingsForm:
-    """The sampling settings every diffusion tab has, by request field name."""
-
-    sampler_name: gr.Dropdown
-    scheduler: gr.Dropdown
-    steps: gr.Slider
-    cfg_scale: gr.Slider
-    width: gr.Slider
-    height: gr.Slider
-    seed: gr.Number
-    n_iter: gr.Slider
-    batch_size: gr.Slider
-    clip_skip: gr.Slider
 
 
 @dataclass
@@ -59,22 +48,42 @@ class Outputs:
         return [self.progress, self.preview, self.gallery, self.info]
 
 
-def named(form) -> dict[str, gr.components.Component]:
-    return {f.name: getattr(form, f.name) for f in fields(form)}
+def param_widget(param: Param, prefix: str, limits: Limits | None = None, **extra: Any) -> gr.components.Component:
+    """The widget the table declares for ``param``, at the request's default; ``extra`` adds Gradio options."""
+    w = param.widget
+    assert w is not None, param.name
+    options: dict[str, Any] = dict(label=w.label, elem_id=w.elem_id.format(tab=prefix) if w.elem_id else None)
+    options.update(extra)
+    if w.kind == "textbox":
+        return gr.Textbox(lines=w.lines, **options)
+    if w.kind == "dropdown":
+        return gr.Dropdown(options.pop("choices", list(w.choices)), value=param.default, **options)
+    if w.kind == "radio":
+        return gr.Radio(list(w.choices), value=w.to_ui(param.default), **options)
+    if w.kind == "number":
+        return gr.Number(param.default, precision=0 if param.type is int else None, **options)
+    maximum = param.ui_maximum(limits) if limits is not None else w.maximum
+    return gr.Slider(w.minimum, maximum, value=param.default, step=w.step, **options)
 
 
-def request_fields(values: dict, *forms) -> dict[str, Any]:
-    """Widget values by request field name; Gradio numbers arrive as floats."""
-    result = {}
-    for form in forms:
-        for name, component in named(form).items():
-            if isinstance(component, gr.Button):
-                continue
-            value = values[component]
-            if name in _INT_FIELDS and isinstance(value, float) and value.is_integer():
-                value = int(value)
-            result[name] = value
-    return result
+def build_widgets(params: Iterable[Param], prefix: str, limits: Limits,
+                  after: dict[str, Callable[[], None]] | None = None, **extra: dict[str, Any]) -> Widgets:
+    """Widgets for ``params`` in order; rows sharing ``Widget.row`` side by side. ``after[name]`` adds to that
+    widget's row (e.g. a button); ``extra[name]`` are Gradio options for that widget."""
+    widgets: Widgets = {}
+    for row, group in itertools.groupby(params, key=lambda p: p.widget.row if p.widget else None):
+        group = list(group)
+        with gr.Row() if row is not None else nullcontext():
+            for param in group:
+                widgets[param.name] = param_widget(param, prefix, limits, **extra.get(param.name, {}))
+                if after and param.name in after:
+                    after[param.name]()
+    return widgets
+
+
+def request_fields(values: dict, widgets: Widgets) -> dict[str, Any]:
+    """Widget values as request fields (radio labels to indices, Gradio's float numbers to ints)."""
+    return {name: BY_NAME[name].from_ui(values[component]) for name, component in widgets.items()}
 
 
 def progress_html(progress: Progress) -> str:
@@ -95,8 +104,8 @@ def error_html(message: str) -> str:
 def build_prompt_row(prefix: str, placeholder: str = "") -> PromptRow:
     with gr.Row():
         with gr.Column(scale=4):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder=placeholder, elem_id=f"{prefix}_prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_negative_prompt")
+            prompt = param_widget(BY_NAME["prompt"], prefix, placeholder=placeholder)
+            negative = param_widget(BY_NAME["negative_prompt"], prefix)
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
             with gr.Row():
@@ -105,25 +114,14 @@ def build_prompt_row(prefix: str, placeholder: str = "") -> PromptRow:
     return PromptRow(prompt, negative, generate, interrupt, skip)
 
 
-def build_settings(services: Services, prefix: str) -> SettingsForm:
-    defaults, limits = Txt2ImgRequest(), services.settings.limits
-    with gr.Row():
-        sampler = gr.Dropdown(sampler_names(), value=defaults.sampler_name, label="Sampling method",
-                              elem_id=f"{prefix}_sampler")
-        scheduler = gr.Dropdown(list(schedules_for(defaults.sampler_name)), value=defaults.scheduler,
-                                label="Schedule type", elem_id=f"{prefix}_scheduler")
-    steps = gr.Slider(1, limits.max_steps, value=defaults.steps, step=1, label="Sampling steps")
-    with gr.Row():
-        width = gr.Slider(64, limits.max_width, value=defaults.width, step=8, label="Width")
-        height = gr.Slider(64, limits.max_height, value=defaults.height, step=8, label="Height")
-    with gr.Row():
-        n_iter = gr.Slider(1, limits.max_batch_count, value=1, step=1, label="Batch count")
-        batch_size = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="Batch size")
-    cfg = gr.Slider(1, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale")
-    with gr.Row():
-        seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id=f"{prefix}_seed")
-        random_seed = gr.Button("Random", scale=0, min_width=80)
-    clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
+def build_settings(services: Services, prefix: str) -> Widgets:
+    """The sampling settings every diffusion tab has (the table's rows shared by txt2img and img2img)."""
+    buttons: list[gr.Button] = []
+    widgets = build_widgets(
+        widget_rows(), prefix, services.settings.limits,
+        after={"seed": lambda: buttons.append(gr.Button("Random", scale=0, min_width=80))},
+        scheduler={"choices": list(schedules_for(BY_NAME["sampler_name"].default))})
+    sampler, scheduler, seed, [random_seed] = widgets["sampler_name"], widgets["scheduler"], widgets["seed"], buttons
 
     def on_sampler_change(name: str, current: str):
         choices = list(schedules_for(name)) if name in sampler_names() else ["Automatic"]
@@ -131,7 +129,7 @@ def build_settings(services: Services, prefix: str) -> SettingsForm:
 
     sampler.change(on_sampler_change, [sampler, scheduler], scheduler, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
-    return SettingsForm(sampler, scheduler, steps, cfg, width, height, seed, n_iter, batch_size, clip_skip)
+    return widgets
 
 
 def build_outputs(prefix: str) -> Outputs:
@@ -200,8 +198,9 @@ def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, subm
         if jid:
             services.queue.skip(jid)
 
+    # Private: a Gradio endpoint's parameters follow widget creation order; the REST API is the public one.
     row.generate.click(generate, inputs, outputs.components() + [job_id], api_name=api_name,
-                       concurrency_limit=services.settings.limits.queue_size)
+                       api_visibility="private", concurrency_limit=services.settings.limits.queue_size)
     # Interrupt and Skip must not wait behind running generations in Gradio's own queue.
     row.interrupt.click(interrupt, job_id, None, concurrency_limit=None, api_visibility="private")
     row.skip.click(skip, job_id, None, concurrency_limit=None, api_visibility="private")

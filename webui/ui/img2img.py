@@ -17,16 +17,14 @@ from PIL import Image, ImageChops
 
 from webui.errors import InvalidRequest, StudioError
 from webui.image_io import open_image
-from webui.images import RESIZE_MODES
+from webui.parameters import IMG2IMG, widget_rows
 from webui.services.container import Services
-from webui.services.style import StyleTransferRequest
-from webui.types import Img2ImgRequest
+from webui.types import Img2ImgRequest, StyleTransferRequest
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
-from webui.ui.generation_form import (Outputs, PromptRow, SettingsForm, build_outputs, build_prompt_row,
-                                      build_settings, error_html, named, request_fields, warnings_html, wire)
+from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row, build_settings,
+                                      build_widgets, error_html, request_fields, warnings_html, wire)
 
 MODES = ("img2img", "Inpaint", "Batch", "Style transfer")
-FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
 
 Opener = Callable[[ImageSource, str], Image.Image]
 
@@ -41,11 +39,7 @@ def image_opener(services: Services) -> Opener:
 class InpaintForm:
     editor: UploadedImageEditor
     mask_upload: UploadedImage
-    mask_blur: gr.Slider
-    inpainting_fill: gr.Radio
-    inpaint_full_res: gr.Radio
-    inpaint_full_res_padding: gr.Slider
-    inpainting_mask_invert: gr.Radio
+    settings: Widgets  # mask blur, masked content, inpaint area, padding, mask mode (webui.parameters)
 
 
 @dataclass
@@ -97,7 +91,7 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
         choices = titles()
         return gr.update(choices=choices, value=current if current in choices else (choices or [None])[0])
 
-    run.click(transfer, [model, source], [output, info], api_name="style_transfer")
+    run.click(transfer, [model, source], [output, info], api_name="style_transfer", api_visibility="private")
     refresh.click(refresh_models, model, model, api_visibility="private")
     return StyleTransferForm(group, model, output, send)
 
@@ -105,10 +99,17 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
 @dataclass
 class Img2ImgTab:
     row: PromptRow
-    settings: SettingsForm
+    settings: Widgets  # the sampling settings txt2img has too
+    img2img_settings: Widgets  # resize mode, denoising strength, image CFG scale
+    inpaint: InpaintForm
     outputs: Outputs
     image: UploadedImage  # the img2img mode's input, also the target of "send to img2img"
     mode: gr.Radio
+
+    def fields(self) -> Widgets:
+        """Widgets by request field name (PNG Info and History fill these)."""
+        return {"prompt": self.row.prompt, "negative_prompt": self.row.negative_prompt, **self.settings,
+                **self.img2img_settings, **self.inpaint.settings}
 
 
 def mask_from_editor(value: dict | None, open_upload: Opener) -> Image.Image | None:
@@ -138,15 +139,11 @@ def _inpaint_inputs(values: dict, form: InpaintForm, open_upload: Opener) -> dic
         raise InvalidRequest("mask", "paint over the area to change, or upload a mask")
     if mask.size != background.size:
         mask = mask.resize(background.size)  # an uploaded mask for the same picture at another resolution
-    return dict(
-        init_images=[background.convert("RGB")], mask=mask, mask_blur=int(values[form.mask_blur]),
-        inpainting_fill=FILL_MODES.index(values[form.inpainting_fill]),
-        inpaint_full_res=values[form.inpaint_full_res] == "Only masked",
-        inpaint_full_res_padding=int(values[form.inpaint_full_res_padding]),
-        inpainting_mask_invert=values[form.inpainting_mask_invert] == "Inpaint not masked")
+    return dict(request_fields(values, form.settings), init_images=[background.convert("RGB")], mask=mask)
 
 
 def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
+    limits = services.settings.limits
     row = build_prompt_row("img2img", "make it winter")
     with gr.Row():
         with gr.Column():
@@ -164,13 +161,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                 mask_upload = UploadedImage(type="filepath", label="Or upload a mask (white = repaint)",
                                             image_mode=None, sources=["upload"], elem_id="img2img_mask",
                                             format="png", height=200)
-                with gr.Row():
-                    mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
-                    padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
-                fill = gr.Radio(list(FILL_MODES), value="original", label="Masked content")
-                area = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", label="Inpaint area")
-                invert = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
-                                  label="Mask mode")
+                inpaint_settings = build_widgets(widget_rows(IMG2IMG, panel="inpaint"), "img2img", limits)
             with gr.Group(visible=False) as batch_group:
                 input_dir = gr.Textbox(label="Input folder on the server (inside the data dir, or --batch-dirs)",
                                        elem_id="img2img_batch_input")
@@ -178,15 +169,11 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                                               "kept)", elem_id="img2img_batch_output")
             style = build_style_transfer(services)
             with gr.Group() as diffusion_group:
-                resize_mode = gr.Radio(list(RESIZE_MODES.values()), value=RESIZE_MODES[0], label="Resize mode")
-                with gr.Row():
-                    denoising = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
-                                          elem_id="img2img_denoising")
-                    image_cfg = gr.Slider(0, 5, value=1.5, step=0.05, label="Image CFG scale (InstructPix2Pix)")
+                img2img_settings = build_widgets(widget_rows(IMG2IMG), "img2img", limits)
                 settings = build_settings(services, "img2img")
         with gr.Column():
             outputs = build_outputs("img2img")
-    inpaint = InpaintForm(editor, mask_upload, mask_blur, fill, area, padding, invert)
+    inpaint = InpaintForm(editor, mask_upload, inpaint_settings)
 
     def show_mode(chosen: str):
         groups = [gr.update(visible=chosen == name) for name in MODES]
@@ -205,10 +192,9 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     open_upload = image_opener(services)
 
     def submit(values: dict):
-        fields = dict(request_fields(values, settings), prompt=values[row.prompt],
-                      negative_prompt=values[row.negative_prompt], checkpoint=values[checkpoint] or None,
-                      resize_mode=list(RESIZE_MODES.values()).index(values[resize_mode]),
-                      denoising_strength=float(values[denoising]), image_cfg_scale=float(values[image_cfg]))
+        fields = dict(request_fields(values, settings), **request_fields(values, img2img_settings),
+                      prompt=values[row.prompt], negative_prompt=values[row.negative_prompt],
+                      checkpoint=values[checkpoint] or None)
         chosen = values[mode]
         if chosen == "Batch":
             template = Img2ImgRequest.parse(**fields)  # each file in the folder becomes its init image
@@ -222,8 +208,8 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
             fields["init_images"] = [open_upload(values[image], "image").convert("RGB")]
         return services.generation.submit_img2img(Img2ImgRequest.parse(**fields))
 
-    inputs = (set(named(settings).values()) | set(named(inpaint).values())
-              | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, resize_mode,
-                 denoising, image_cfg})
+    inputs = (set(settings.values()) | set(img2img_settings.values()) | set(inpaint_settings.values())
+              | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, inpaint.editor,
+                 inpaint.mask_upload})
     wire(services, row, outputs, inputs, submit, api_name="img2img")
-    return Img2ImgTab(row, settings, outputs, image, mode)
+    return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode)

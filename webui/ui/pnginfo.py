@@ -1,4 +1,4 @@
-"""The PNG Info tab: read generation parameters from any image (A1111's included) and send them to txt2img."""
+"""The PNG Info tab: read generation parameters from any image (A1111's included), send them to txt2img or img2img."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from webui.config import Limits
 from webui.errors import InvalidRequest
 from webui.image_io import open_image
 from webui.infotext import parse_infotext, read_png_infotext, to_generation_fields
-from webui.ui.generation_form import error_html
+from webui.parameters import BY_NAME
+from webui.ui.generation_form import Widgets, error_html
 from webui.ui.image_inputs import ImageSource, UploadedImage
-from webui.ui.txt2img import Txt2ImgTab
 
 
 def parameters_table(text: str | None) -> str:
@@ -37,7 +37,16 @@ def read_parameters(upload: ImageSource | None, limits: Limits) -> tuple[str, st
     return text or "", parameters_table(text)
 
 
-def build(txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str, limits: Limits) -> None:
+def field_updates(text: str, widgets: Widgets) -> list:
+    """One update per widget: the value the infotext gives its request field (shown as the widget shows it),
+    or no change where the text has none."""
+    values = to_generation_fields(parse_infotext(text)) if text else {}
+    return [gr.update(value=BY_NAME[name].widget.to_ui(values[name])) if name in values else gr.update()
+            for name in widgets]
+
+
+def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, limits: Limits) -> None:
+    """``targets``: tab id -> (its label, its widgets by request field name), one "Send to" button each."""
     with gr.Row():
         with gr.Column():
             # The upload's own file, text chunks included; opened only through webui.image_io.
@@ -46,24 +55,19 @@ def build(txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str, limits: Limit
         with gr.Column():
             raw = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_text")
             table = gr.HTML()
-            send = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+            with gr.Row():
+                buttons = {tab_id: gr.Button(f"Send to {label}", elem_id=f"pnginfo_send_{tab_id}")
+                           for tab_id, (label, _) in targets.items()}
 
     def read(upload: ImageSource | None) -> tuple[str, str]:
         return read_parameters(upload, limits)
 
-    image.change(read, image, [raw, table], api_name="png_info")
+    image.change(read, image, [raw, table], api_name="png_info", api_visibility="private")
 
-    fields = txt2img.fields()
-    targets = [fields[name] for name in ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps",
-                                         "cfg_scale", "seed", "width", "height", "clip_skip")]
+    for tab_id, (_, widgets) in targets.items():
+        def send(text: str, tab_id: str = tab_id, widgets: Widgets = widgets) -> list:
+            if not text:
+                return [gr.update()] * (len(widgets) + 1)
+            return field_updates(text, widgets) + [gr.Tabs(selected=tab_id)]
 
-    def send_to_txt2img(text: str):
-        if not text:
-            return [gr.update()] * len(targets) + [gr.update()]
-        values = to_generation_fields(parse_infotext(text))
-        updates = [gr.update(value=values[name]) if name in values else gr.update()
-                   for name in ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale",
-                                "seed", "width", "height", "clip_skip")]
-        return updates + [gr.Tabs(selected=txt2img_tab_id)]
-
-    send.click(send_to_txt2img, raw, targets + [tabs], api_visibility="private")
+        buttons[tab_id].click(send, raw, list(widgets.values()) + [tabs], api_visibility="private")

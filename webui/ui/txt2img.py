@@ -8,19 +8,19 @@ import gradio as gr
 
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
-from webui.ui.generation_form import (Outputs, PromptRow, SettingsForm, build_outputs, build_prompt_row,
-                                      build_settings, named, request_fields, wire)
+from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row, build_settings,
+                                      request_fields, wire)
 
 
 @dataclass
 class Txt2ImgTab:
     row: PromptRow
-    settings: SettingsForm
+    settings: Widgets
     outputs: Outputs
 
-    def fields(self) -> dict[str, gr.components.Component]:
-        """Widgets by request field name (PNG Info fills these)."""
-        return {"prompt": self.row.prompt, "negative_prompt": self.row.negative_prompt, **named(self.settings)}
+    def fields(self) -> Widgets:
+        """Widgets by request field name (PNG Info and History fill these)."""
+        return {"prompt": self.row.prompt, "negative_prompt": self.row.negative_prompt, **self.settings}
 
 
 def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
@@ -38,6 +38,6 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
                                        checkpoint=values[checkpoint] or None, **fields)
         return services.generation.submit_txt2img(request)
 
-    inputs = set(named(settings).values()) | {row.prompt, row.negative_prompt, checkpoint}
+    inputs = set(settings.values()) | {row.prompt, row.negative_prompt, checkpoint}
     wire(services, row, outputs, inputs, submit, api_name="txt2img")
     return tab

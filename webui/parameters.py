@@ -1,0 +1,349 @@
+"""The generation parameters, each declared once.
+
+One row per user-set field of ``Txt2ImgRequest`` / ``Img2ImgRequest``: its type and bounds (the request models take
+their ``Field`` from here), the A1111 API body key, the infotext key and how it is written and parsed, the A1111
+options key where a server setting supplies it, and the UI widget. Infotext writing and parsing, the A1111 body
+mapping, the UI forms and PNG Info's "Send to" all loop over ``PARAMS``, so adding a parameter is adding a row.
+
+A leaf module: no torch, gradio or fastapi, so every layer may import it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import Field
+
+from webui.images import RESIZE_MODES
+from webui.samplers import (AUTOMATIC, find_sampler, normalize_schedule, sampler_names,
+                            split_fused_sampler_name)
+
+__all__ = [
+    "BY_NAME",
+    "IMG2IMG",
+    "PARAMS",
+    "TXT2IMG",
+    "InfotextContext",
+    "InfotextRule",
+    "Param",
+    "Widget",
+    "for_task",
+    "widget_rows",
+    "infotext_params",
+    "parse_params",
+]
+
+TXT2IMG, IMG2IMG = "txt2img", "img2img"
+BOTH = frozenset({TXT2IMG, IMG2IMG})
+ONLY_IMG2IMG = frozenset({IMG2IMG})
+PROMPT_KEY, NEGATIVE_KEY = "Prompt", "Negative prompt"  # the infotext's first lines, not its ``Key: value`` line
+FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
+_SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class InfotextContext:
+    """What an infotext records besides the request: the seed of this image, the model that ran, and how."""
+
+    seed: int
+    model_name: str | None = None
+    model_hash: str | None = None
+    method: str | None = None  # img2img only: "img2img", "inpaint" or "instruct-pix2pix" (the checkpoint decides)
+
+
+Write = Callable[[Any, InfotextContext], object]  # (request, context) -> value, or None to leave the key out
+Read = Callable[[str], dict[str, Any]]  # raw value -> request fields; ValueError when unparsable
+
+
+@dataclass(frozen=True)
+class InfotextRule:
+    """How one infotext key is written and read. Rows may share a rule ("Size" is width and height)."""
+
+    key: str
+    write: Write
+    read: Read
+
+
+@dataclass(frozen=True)
+class Widget:
+    """The UI control of a row. ``limit`` names a ``config.Limits`` field that narrows ``maximum`` per server."""
+
+    kind: str  # "textbox", "dropdown", "slider", "number" or "radio"
+    label: str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    limit: str | None = None
+    elem_id: str | None = None  # "{tab}" is replaced by the tab's prefix
+    choices: tuple[str, ...] = ()  # radio labels; the request value is the label's index (or bool of it)
+    lines: int = 1
+    row: str | None = None  # consecutive widgets with the same row name sit side by side
+    panel: str | None = None  # a tab's sub-panel holding it (img2img: "inpaint"); None: the main settings
+
+    def to_ui(self, value: Any) -> Any:
+        """A request value as the widget shows it (radio: the label)."""
+        if self.kind == "radio":
+            return self.choices[int(value)]
+        return value
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One generation parameter. ``api_key`` None: not in A1111's body; ``setting``: the option that sets it."""
+
+    name: str
+    type: type
+    default: Any
+    ge: float | None = None
+    le: float | None = None
+    multiple_of: int | None = None
+    tasks: frozenset[str] = BOTH
+    api_key: str | None = None
+    api_aliases: tuple[str, ...] = ()
+    api_default: Any = None  # used when the body leaves the key (and its aliases) out or null
+    infotext: tuple[InfotextRule, ...] = ()  # the keys it is written under (several rows may share one)
+    setting: str | None = None
+    widget: Widget | None = None
+
+    def field(self) -> Any:
+        """The pydantic ``Field`` of this row: default and bounds, from this table only."""
+        return Field(self.default, ge=self.ge, le=self.le)
+
+    def bounds_text(self) -> str:
+        kind = "an integer" if self.type is int else "a number"
+        if self.ge is not None and self.le is not None:
+            return f"must be {kind} from {_number(self.ge)} to {_number(self.le)}"
+        if self.ge is not None:
+            return f"must be {kind} of at least {_number(self.ge)}"
+        return f"must be {kind}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not valid for this row (type and bounds), or None. For values outside a request model."""
+        if self.type in (int, float):
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not is_number or (self.type is int and not isinstance(value, int)) or not math.isfinite(value):
+                return self.bounds_text()
+            if (self.ge is not None and value < self.ge) or (self.le is not None and value > self.le):
+                return self.bounds_text()
+        elif not isinstance(value, self.type):
+            return f"must be a {self.type.__name__}"
+        return None
+
+    def ui_maximum(self, limits: Any) -> float | None:
+        """The widget's maximum, narrowed by the server's ``Limits`` where the row names one."""
+        assert self.widget is not None
+        if self.widget.limit is None:
+            return self.widget.maximum
+        return getattr(limits, self.widget.limit)
+
+    def from_ui(self, value: Any) -> Any:
+        """A widget value as the request field (radio label -> index or bool; whole floats -> int)."""
+        if self.widget is not None and self.widget.kind == "radio":
+            index = self.widget.choices.index(value)
+            return bool(index) if self.type is bool else index
+        if self.type is int and isinstance(value, float) and value.is_integer():
+            return int(value)  # Gradio numbers arrive as floats
+        return value
+
+
+# ------------------------------------------------------------------------------ infotext rules
+
+
+def _scalar(key: str, name: str, convert: Callable[[str], Any], when: Callable[[Any, InfotextContext], bool]
+            = lambda _r, _c: True, value: Callable[[Any], Any] | None = None) -> InfotextRule:
+    """A key holding one field as-is, written when ``when`` holds."""
+    def write(request: Any, ctx: InfotextContext) -> object:
+        if not when(request, ctx):
+            return None
+        return value(request) if value is not None else getattr(request, name)
+
+    return InfotextRule(key, write, lambda raw: {name: convert(raw)})
+
+
+def _choice(key: str, name: str, choices: tuple[str, ...], when: Callable[[Any, InfotextContext], bool]) \
+        -> InfotextRule:
+    """A key holding a field as one of ``choices`` (index or bool in the request, label in the text)."""
+    def read(raw: str) -> dict[str, Any]:
+        if raw not in choices:
+            raise ValueError(raw)
+        index = choices.index(raw)
+        return {name: bool(index) if len(choices) == 2 else index}
+
+    return InfotextRule(key, lambda r, c: choices[int(getattr(r, name))] if when(r, c) else None, read)
+
+
+def _read_sampler(raw: str) -> dict[str, Any]:
+    """Canonical sampler where we know it; an old fused name ("DPM++ 2M Karras") also gives the schedule."""
+    if not raw:
+        raise ValueError("empty")
+    base, fused = split_fused_sampler_name(raw)
+    spec = find_sampler(base)
+    fields: dict[str, Any] = {"sampler_name": spec.name if spec else base}
+    if fused:
+        fields["scheduler"] = fused
+    return fields
+
+
+def _read_schedule(raw: str) -> dict[str, Any]:
+    if not raw:
+        raise ValueError("empty")
+    try:
+        return {"scheduler": normalize_schedule(raw)}
+    except ValueError:
+        return {"scheduler": raw}  # a schedule we don't implement (e.g. "Align Your Steps"): kept as written
+
+
+def _write_schedule(request: Any, _ctx: InfotextContext) -> object:
+    """The schedule that really ran, so the text reproduces the image; left out where it is implicit."""
+    effective = request.sampling.effective_schedule
+    return None if effective == AUTOMATIC else effective
+
+
+def _read_size(raw: str) -> dict[str, Any]:
+    match = _SIZE.match(raw)
+    if not match:
+        raise ValueError(raw)
+    return {"width": int(match.group(1)), "height": int(match.group(2))}
+
+
+def _inpainting(request: Any, ctx: InfotextContext) -> bool:
+    return ctx.method == "inpaint" and request.mask is not None
+
+
+SAMPLER = InfotextRule("Sampler", lambda r, _c: r.sampling.spec.name, _read_sampler)
+SCHEDULE = InfotextRule("Schedule type", _write_schedule, _read_schedule)
+SIZE = InfotextRule("Size", lambda r, _c: f"{r.width}x{r.height}", _read_size)
+SEED = InfotextRule("Seed", lambda _r, c: c.seed, lambda raw: {"seed": int(raw)})
+MODEL_HASH = InfotextRule("Model hash", lambda _r, c: c.model_hash, lambda raw: {"model_hash": raw})
+MODEL = InfotextRule("Model", lambda _r, c: c.model_name, lambda raw: {"model_name": raw})
+PROMPT = InfotextRule(PROMPT_KEY, lambda r, _c: r.prompt, lambda raw: {"prompt": raw})
+NEGATIVE = InfotextRule(NEGATIVE_KEY, lambda r, _c: r.negative_prompt, lambda raw: {"negative_prompt": raw})
+
+_RESIZE_LABELS = tuple(RESIZE_MODES[k] for k in sorted(RESIZE_MODES))
+_AREAS = ("Whole picture", "Only masked")
+_MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+
+
+def _slider(label: str, minimum: float, maximum: float, step: float, limit: str | None = None,
+            elem_id: str | None = None, row: str | None = None, panel: str | None = None) -> Widget:
+    return Widget("slider", label, minimum, maximum, step, limit, elem_id, row=row, panel=panel)
+
+
+# ------------------------------------------------------------------------------------ the table
+# Order: the UI's order within each form, and the order extra infotext keys are written in.
+
+PARAMS: tuple[Param, ...] = (
+    Param("prompt", str, "", api_key="prompt", infotext=(PROMPT,),
+          widget=Widget("textbox", "Prompt", elem_id="{tab}_prompt", lines=3)),
+    Param("negative_prompt", str, "", api_key="negative_prompt", infotext=(NEGATIVE,),
+          widget=Widget("textbox", "Negative prompt", elem_id="{tab}_negative_prompt", lines=2)),
+    Param("sampler_name", str, "DPM++ 2M", api_key="sampler_name", api_aliases=("sampler_index",),
+          api_default="Euler", infotext=(SAMPLER,),
+          widget=Widget("dropdown", "Sampling method", elem_id="{tab}_sampler", choices=tuple(sampler_names()),
+                        row="sampling")),
+    Param("scheduler", str, AUTOMATIC, api_key="scheduler", infotext=(SCHEDULE,),
+          widget=Widget("dropdown", "Schedule type", elem_id="{tab}_scheduler", row="sampling")),
+    Param("steps", int, 20, ge=1, api_key="steps", infotext=(_scalar("Steps", "steps", int),),
+          widget=_slider("Sampling steps", 1, 150, 1, limit="max_steps")),
+    Param("width", int, 512, ge=64, multiple_of=8, api_key="width", infotext=(SIZE,),
+          widget=_slider("Width", 64, 2048, 8, limit="max_width", row="size")),
+    Param("height", int, 512, ge=64, multiple_of=8, api_key="height", infotext=(SIZE,),
+          widget=_slider("Height", 64, 2048, 8, limit="max_height", row="size")),
+    Param("n_iter", int, 1, ge=1, api_key="n_iter", widget=_slider("Batch count", 1, 100, 1, limit="max_batch_count", row="batch")),
+    Param("batch_size", int, 1, ge=1, api_key="batch_size",
+          widget=_slider("Batch size", 1, 8, 1, limit="max_batch_size", row="batch")),
+    Param("cfg_scale", float, 7.0, ge=0.0, le=100.0, api_key="cfg_scale",
+          infotext=(_scalar("CFG scale", "cfg_scale", float),), widget=_slider("CFG scale", 1, 30, 0.5)),
+    Param("seed", int, -1, ge=-1, le=2**32 - 1, api_key="seed", infotext=(SEED,),
+          widget=Widget("number", "Seed (-1 = random)", elem_id="{tab}_seed", row="seed")),
+    Param("clip_skip", int, 1, ge=1, le=12, setting="CLIP_stop_at_last_layers",
+          infotext=(_scalar("Clip skip", "clip_skip", int, lambda r, _c: r.clip_skip > 1),),  # A1111 omits 1
+          widget=_slider("Clip skip", 1, 12, 1)),
+    # The checkpoint bar is the tabs' shared widget; the infotext records the model that really ran.
+    Param("checkpoint", str, None, setting="sd_model_checkpoint", infotext=(MODEL_HASH, MODEL)),
+    Param("resize_mode", int, 0, ge=0, le=3, tasks=ONLY_IMG2IMG, api_key="resize_mode",
+          infotext=(_choice("Resize mode", "resize_mode", _RESIZE_LABELS, lambda r, _c: r.resize_mode != 0),),
+          widget=Widget("radio", "Resize mode", choices=_RESIZE_LABELS)),
+    Param("denoising_strength", float, 0.75, ge=0.0, le=1.0, tasks=ONLY_IMG2IMG, api_key="denoising_strength",
+          infotext=(_scalar("Denoising strength", "denoising_strength", float,
+                           lambda _r, c: c.method != "instruct-pix2pix"),),
+          widget=_slider("Denoising strength", 0, 1, 0.01, elem_id="img2img_denoising", row="strength")),
+    Param("image_cfg_scale", float, 1.5, ge=0.0, le=100.0, tasks=ONLY_IMG2IMG, api_key="image_cfg_scale",
+          infotext=(_scalar("Image CFG scale", "image_cfg_scale", float,
+                           lambda _r, c: c.method == "instruct-pix2pix"),),
+          widget=_slider("Image CFG scale (InstructPix2Pix)", 0, 5, 0.05, row="strength")),
+    Param("mask_blur", int, 4, ge=0, le=64, tasks=ONLY_IMG2IMG, api_key="mask_blur",
+          infotext=(_scalar("Mask blur", "mask_blur", int, _inpainting),), widget=_slider("Mask blur", 0, 64, 1, panel="inpaint")),
+    Param("inpainting_fill", int, 1, ge=0, le=3, tasks=ONLY_IMG2IMG, api_key="inpainting_fill",
+          infotext=(_choice("Masked content", "inpainting_fill", FILL_MODES, _inpainting),),
+          widget=Widget("radio", "Masked content", choices=FILL_MODES, panel="inpaint")),
+    Param("inpaint_full_res", bool, False, tasks=ONLY_IMG2IMG, api_key="inpaint_full_res",
+          infotext=(_choice("Inpaint area", "inpaint_full_res", _AREAS,
+                           lambda r, c: _inpainting(r, c) and r.inpaint_full_res),),
+          widget=Widget("radio", "Inpaint area", choices=_AREAS, panel="inpaint")),
+    Param("inpaint_full_res_padding", int, 32, ge=0, le=256, tasks=ONLY_IMG2IMG,
+          api_key="inpaint_full_res_padding",
+          infotext=(_scalar("Masked area padding", "inpaint_full_res_padding", int,
+                           lambda r, c: _inpainting(r, c) and r.inpaint_full_res),),
+          widget=_slider("Only masked padding, pixels", 0, 256, 4, panel="inpaint")),
+    Param("inpainting_mask_invert", bool, False, tasks=ONLY_IMG2IMG, api_key="inpainting_mask_invert",
+          infotext=(_choice("Mask mode", "inpainting_mask_invert", _MASK_MODES,
+                           lambda r, c: _inpainting(r, c) and r.inpainting_mask_invert),),
+          widget=Widget("radio", "Mask mode", choices=_MASK_MODES, panel="inpaint")),
+)
+
+BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})
+
+
+def for_task(task: str) -> Iterator[Param]:
+    """The rows a ``txt2img`` or ``img2img`` request has."""
+    return (p for p in PARAMS if task in p.tasks)
+
+
+def widget_rows(task: str | None = None, panel: str | None = None, with_prompts: bool = False) -> Iterator[Param]:
+    """Rows with a widget in ``panel``, for ``task`` only (None: the settings both tasks share).
+
+    The prompts are left out unless asked for: each tab puts them in its own prompt row.
+    """
+    wanted = BOTH if task is None else frozenset({task})
+    return (p for p in PARAMS if p.widget is not None and p.tasks == wanted and p.widget.panel == panel
+            and (with_prompts or p.name not in ("prompt", "negative_prompt")))
+
+
+def infotext_params(request: Any, ctx: InfotextContext) -> dict[str, object]:
+    """The infotext's ``Key: value`` line for ``request`` (None values are left out by the formatter)."""
+    task = IMG2IMG if hasattr(request, "init_images") else TXT2IMG
+    params: dict[str, object] = {}
+    for rule in (rule for p in for_task(task) for rule in p.infotext):
+        if rule.key not in (PROMPT_KEY, NEGATIVE_KEY) and rule.key not in params:
+            params[rule.key] = rule.write(request, ctx)
+    return params
+
+
+def parse_params(prompt: str, negative_prompt: str, params: dict[str, str]) -> dict[str, Any]:
+    """Request fields from a parsed infotext; missing or unparsable values are skipped (infotexts are user data).
+
+    Besides request fields the result may hold ``model_hash`` and ``model_name`` (what the image was made with).
+    """
+    raw = {PROMPT_KEY: prompt, NEGATIVE_KEY: negative_prompt, **params}
+    fields: dict[str, Any] = {}
+    done: set[str] = set()
+    for rule in (rule for p in PARAMS for rule in p.infotext):
+        if rule.key in done or rule.key not in raw:
+            continue
+        done.add(rule.key)
+        value = raw[rule.key]
+        try:
+            fields.update(rule.read(value if rule.key in (PROMPT_KEY, NEGATIVE_KEY) else value.strip()))
+        except ValueError:
+            continue
+    return fields
