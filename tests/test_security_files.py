@@ -270,3 +270,13 @@ def test_exposed_server_says_who_can_reach_it():
     assert "--listen" in text and "share link" in text
     assert "web UI asks for a login" in text and "API asks for NO login" in text
     assert "img2img Batch) are off" in text
+
+
+def test_ui_events_cannot_be_called_by_name(client):
+    """The tab handlers' positional Gradio endpoints are not an API: the REST API is (see webui/ui/private_events)."""
+    for path in ("/gradio_api/call/txt2img", "/gradio_api/run/txt2img", "/gradio_api/api/png_info",
+                 "/gradio_api/call/v2/txt2img"):
+        response = client.post(path, json={"data": ["a cat"]})
+        assert response.status_code == 404, path
+        assert "/sdapi/v1" in response.json()["error"]
+    assert client.get("/sdapi/v1/samplers").status_code == 200

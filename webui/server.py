@@ -14,6 +14,7 @@ from webui.api.security import API_PREFIXES, install_security
 from webui.api.studio import build_studio_router
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
+from webui.ui.private_events import PrivateEventsMiddleware
 from webui.ui.upload_guard import UploadGuardMiddleware
 
 
@@ -34,6 +35,7 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
                               server_name=services.settings.host, server_port=services.settings.port,
                               max_file_size=services.settings.limits.max_upload_bytes)
     # Gradio events may only name files uploaded to Gradio (see upload_guard for why Gradio does not check here).
+    app.add_middleware(PrivateEventsMiddleware)  # inside the upload guard: a bad file reference is still a 403
     app.add_middleware(UploadGuardMiddleware, upload_root=gradio_upload_folder(), skip_prefixes=API_PREFIXES,
                        max_body=services.settings.limits.max_request_bytes)
     # Around the whole app, Gradio included: Host check, body limit, API auth by path, origin guard, headers.
