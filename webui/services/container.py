@@ -11,6 +11,7 @@ from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.downloads import DefaultModelDownloader
 from webui.services.generation import GenerationService
+from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
 from webui.services.safety import SafetyService
@@ -28,6 +29,7 @@ class Services:
     downloads: DefaultModelDownloader
     style: StyleTransferService
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
+    jobs_store: JobStore  # the job history, <data dir>/studio.sqlite3
 
 
 def build_services(settings: Settings) -> Services:
@@ -41,7 +43,10 @@ def build_services(settings: Settings) -> Services:
                              allow_external_links=settings.allow_external_model_links)
     registry.refresh()
     manager = ModelManager(settings, registry)
-    queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds)
+    jobs_store = JobStore(settings.data_dir / "studio.sqlite3", settings.data_dir / "history" / "inputs")
+    jobs_store.mark_unfinished_interrupted()  # before this run queues anything: what is left is the last run's
+    queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds,
+                     store=jobs_store)
     store = ImageStore(settings.outputs_dir)
     safety = SafetyService(settings.models_dir, manager.device, manager.dtype)
     options = OptionsService(settings.data_dir / "config.json", manager,
@@ -65,4 +70,5 @@ def build_services(settings: Settings) -> Services:
                                    allow_external_links=settings.allow_external_model_links,
                                    credentials=credentials, provenance=provenance),
         credentials=credentials,
+        jobs_store=jobs_store,
     )

@@ -64,7 +64,8 @@ class GenerationService:
         """Validate against the configured limits and queue the work; returns at once with the job."""
         schedule, policy = self._check(request), self._provenance()
         return self._queue.submit("txt2img",
-                                  lambda ctx: self._run(ctx, request, schedule, _Txt2Img(request), policy))
+                                  lambda ctx: self._run(ctx, request, schedule, _Txt2Img(request), policy),
+                                  request=request)
 
     def txt2img(self, request: Txt2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_txt2img(request).wait(timeout)
@@ -84,7 +85,8 @@ class GenerationService:
                 raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init "
                                              f"image is {init_size[0]}x{init_size[1]}; they must match")
         return self._queue.submit("img2img",
-                                  lambda ctx: self._run(ctx, request, schedule, _Img2Img(request), policy))
+                                  lambda ctx: self._run(ctx, request, schedule, _Img2Img(request), policy),
+                                  request=request)
 
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_img2img(request).wait(timeout)
@@ -103,7 +105,8 @@ class GenerationService:
         if output_dir is not None and str(output_dir).strip():
             target = self._folders.output_folder(str(output_dir), "output_dir")
         return self._queue.submit("img2img-batch",
-                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, target, policy))
+                                  lambda ctx: self._run_batch_folder(ctx, template, schedule, files, target, policy),
+                                  request=template)
 
     @property
     def batch_folders_enabled(self) -> bool:

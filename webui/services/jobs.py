@@ -13,20 +13,26 @@ import time
 import uuid
 from collections import deque
 from dataclasses import replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
 from webui.errors import Cancelled, QueueFull, StudioError
 from webui.types import JobState, Progress
 
+if TYPE_CHECKING:
+    from webui.services.job_store import JobStore
+
 log = logging.getLogger(__name__)
 
 
 class Job:
-    def __init__(self, kind: str, work: Callable[["JobContext"], Any]):
+    def __init__(self, kind: str, work: Callable[["JobContext"], Any], request: Any = None, priority: int = 0):
         self.id = uuid.uuid4().hex[:12]
         self.kind = kind
+        self.request = request  # the validated request, for the history
+        self.priority = priority
+        self.created_at = time.time()  # wall clock, for the history (started_at below is monotonic)
         self._work = work
         self._cond = threading.Condition()
         self._progress = Progress(job_id=self.id, state=JobState.QUEUED)
@@ -149,10 +155,11 @@ class JobContext:
 
 class JobQueue:
     def __init__(self, max_pending: int = 16, max_job_seconds: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, store: "JobStore | None" = None):
         """``max_job_seconds``: a running job is interrupted past it (None or 0: no limit); ``clock`` is what the
-        limit is measured with (tests pass their own)."""
+        limit is measured with (tests pass their own); ``store`` records every job in the history."""
         self._max_pending = max_pending
+        self._store = store
         self._max_job_seconds = max_job_seconds or None
         self._clock = clock
         self._pending: deque[Job] = deque()
@@ -163,11 +170,13 @@ class JobQueue:
         self._worker = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
         self._worker.start()
 
-    def submit(self, kind: str, work: Callable[[JobContext], Any]) -> Job:
-        job = Job(kind, work)
+    def submit(self, kind: str, work: Callable[[JobContext], Any], request: Any = None, priority: int = 0) -> Job:
+        job = Job(kind, work, request, priority)
         with self._lock:
             if len(self._pending) >= self._max_pending:
                 raise QueueFull(f"The queue is full ({self._max_pending} jobs waiting). Try again shortly.")
+            if self._store is not None:  # under the lock: the row must exist before the worker can start the job
+                self._store.submitted(job.id, kind, request, priority, job.created_at)
             self._pending.append(job)
             self._jobs[job.id] = job
             self._forget_old()
@@ -193,6 +202,8 @@ class JobQueue:
         job = self.get(job_id) if job_id else self.current
         if job is not None:
             job.interrupt()
+            if job.progress.state is JobState.CANCELLED:  # it had not started: the history says so at once
+                self._record_end(job)
 
     def skip(self, job_id: str | None = None) -> None:
         job = self.get(job_id) if job_id else self.current
@@ -204,6 +215,7 @@ class JobQueue:
             self._stopping = True
             for job in self._pending:
                 job.interrupt()
+                self._record_end(job)
             self._lock.notify_all()
 
     def _forget_old(self) -> None:
@@ -226,27 +238,43 @@ class JobQueue:
         while (job := self._next()) is not None:
             try:
                 if job.progress.state is JobState.QUEUED:
-                    self._execute(job, JobContext(job, self._max_job_seconds, self._clock))
+                    self._execute(job, JobContext(job, self._max_job_seconds, self._clock), self._store)
+                else:
+                    self._record_end(job)  # cancelled while it waited
             finally:
                 with self._lock:
                     self._current = None
 
+    def _record_end(self, job: Job) -> None:
+        if self._store is not None:
+            error = job.progress.textinfo or (str(job.error) if job.error else None)
+            self._store.finished(job.id, job.progress.state.value, time.time(), job.result,
+                                 None if job.progress.state is JobState.DONE else error)
+
     @staticmethod
-    def _execute(job: Job, ctx: JobContext) -> None:
+    def _execute(job: Job, ctx: JobContext, store: "JobStore | None" = None) -> None:
         job.started_at = time.monotonic()
+        if store is not None:
+            store.started(job.id, time.time(), "cpu")  # one device for now; the per-device worker names its own
         job._update(state=JobState.RUNNING)
+        changes: dict[str, Any] = {}
         try:
             job.result = job._work(ctx)
         except Cancelled as exc:
             job.error = exc
-            job._update(state=JobState.CANCELLED, textinfo=str(exc))
+            state, changes["textinfo"] = JobState.CANCELLED, str(exc)
         except StudioError as exc:
             job.error = exc
-            job._update(state=JobState.FAILED, textinfo=str(exc))
+            state, changes["textinfo"] = JobState.FAILED, str(exc)
         except Exception as exc:  # noqa: BLE001 - the worker must survive any job's bug
             log.exception("Job %s failed", job.id)
             job.error = exc
-            job._update(state=JobState.FAILED, textinfo=f"Internal error: {exc}")
+            state, changes["textinfo"] = JobState.FAILED, f"Internal error: {exc}"
         else:
-            changes = {"textinfo": job.limit_message} if job.limit_message else {}
-            job._update(state=JobState.DONE, step=job.progress.steps, **changes)
+            state, changes["step"] = JobState.DONE, job.progress.steps
+            if job.limit_message:
+                changes["textinfo"] = job.limit_message
+        if store is not None:  # before watchers wake, so whoever waited on the job reads it finished here too
+            store.finished(job.id, state.value, time.time(), job.result,
+                           None if state is JobState.DONE else changes["textinfo"])
+        job._update(state=state, **changes)

@@ -106,7 +106,8 @@ class StyleTransferService:
         except ModelNotFound as exc:
             raise InvalidRequest("model", str(exc)) from None
         policy = self._provenance()
-        return self._queue.submit("style-transfer", lambda ctx: self._work(ctx, request, info, policy))
+        return self._queue.submit("style-transfer", lambda ctx: self._work(ctx, request, info, policy),
+                                  request=request)
 
     def run(self, request: StyleTransferRequest, timeout: float | None = None) -> StyleTransferResult:
         return self.submit(request).wait(timeout)
