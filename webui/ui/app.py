@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import img2img, pnginfo, txt2img
+from webui.ui import history, img2img, pnginfo, txt2img
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -74,9 +74,11 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build(services, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                img2img.build(services, checkpoint)
+                i2i = img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build(t2i, tabs, "txt2img", services.settings.limits)
+            with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
+                history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
         gr.Markdown(f"<small>Stable Studio {VERSION} · device {services.manager.device} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
 

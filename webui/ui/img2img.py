@@ -109,6 +109,31 @@ class Img2ImgTab:
     outputs: Outputs
     image: UploadedImage  # the img2img mode's input, also the target of "send to img2img"
     mode: gr.Radio
+    inpaint: InpaintForm
+    resize_mode: gr.Radio
+    denoising_strength: gr.Slider
+    image_cfg_scale: gr.Slider
+
+    def fields(self) -> dict[str, gr.components.Component]:
+        """Widgets by request field name (History's Reopen fills these, with ``widget_values``)."""
+        inpaint = {name: c for name, c in named(self.inpaint).items() if name not in ("editor", "mask_upload")}
+        return {"prompt": self.row.prompt, "negative_prompt": self.row.negative_prompt, **named(self.settings),
+                "resize_mode": self.resize_mode, "denoising_strength": self.denoising_strength,
+                "image_cfg_scale": self.image_cfg_scale, **inpaint}
+
+
+def widget_values(request: dict[str, Any]) -> dict[str, Any]:
+    """A request's fields as this tab's widgets show them: the inverse of what ``submit`` reads from them."""
+    values = dict(request)
+    labels = {"resize_mode": list(RESIZE_MODES.values()), "inpainting_fill": list(FILL_MODES)}
+    for name, choices in labels.items():
+        if isinstance(values.get(name), int) and 0 <= values[name] < len(choices):
+            values[name] = choices[values[name]]
+    if "inpaint_full_res" in values:
+        values["inpaint_full_res"] = "Only masked" if values["inpaint_full_res"] else "Whole picture"
+    if "inpainting_mask_invert" in values:
+        values["inpainting_mask_invert"] = "Inpaint not masked" if values["inpainting_mask_invert"] else "Inpaint masked"
+    return values
 
 
 def mask_from_editor(value: dict | None, open_upload: Opener) -> Image.Image | None:
@@ -226,4 +251,4 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
               | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, resize_mode,
                  denoising, image_cfg})
     wire(services, row, outputs, inputs, submit, api_name="img2img")
-    return Img2ImgTab(row, settings, outputs, image, mode)
+    return Img2ImgTab(row, settings, outputs, image, mode, inpaint, resize_mode, denoising, image_cfg)
