@@ -105,7 +105,7 @@ def details_html(record: JobRecord) -> str:
     if record.error:
         parts.append(error_html(record.error))
     for text in result.get("infotexts") or []:
-        parts.append(f"<pre class='studio-infotext'>{html.escape(text)}</pre>")
+        parts.append(f"<pre class='studio-infotext' style='white-space: pre-wrap'>{html.escape(text)}</pre>")
     for warning in result.get("warnings") or []:
         parts.append(f"<div class='studio-warning'>⚠ {html.escape(warning)}</div>")
     files = [*result.get("paths", []), *record.input_images]
@@ -145,8 +145,8 @@ def build(services: Services, demo: gr.Blocks, tab: gr.Tab, targets: HistoryTarg
         count = gr.Markdown(elem_id="history_count")
     with gr.Row():
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Past jobs, newest first (click one)", columns=4, height=420,
-                                 allow_preview=False, interactive=False, format="png", elem_id="history_gallery")
+            gallery = gr.Gallery(label="Past jobs, newest first (click one)", columns=6, height=300,
+                                 object_fit="contain", allow_preview=False, interactive=False, format="png", elem_id="history_gallery")
             table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="history_table")
         with gr.Column(scale=2):
             reopen = gr.Button("Reopen in its tab", variant="primary", interactive=False, elem_id="history_reopen")
