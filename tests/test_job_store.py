@@ -178,3 +178,23 @@ def test_a_failed_and_a_cancelled_job_are_recorded(services):
         failing.wait(30)
     record = services.jobs_store.get(failing.id)
     assert record.status == "failed" and "division by zero" in record.error
+
+
+def test_jobs_waiting_at_shutdown_are_interrupted_at_the_next_start(tmp_path):
+    from webui.services.jobs import JobQueue
+
+    store = JobStore(tmp_path / "studio.sqlite3", tmp_path / "inputs")
+    queue = JobQueue(store=store)
+    started, release = threading.Event(), threading.Event()
+    running = queue.submit("test-hold", lambda ctx: (started.set(), release.wait(30)))
+    assert started.wait(30)
+    waiting = queue.submit("test-wait", lambda ctx: None)
+    queue.shutdown()  # the server stops with one job running and one waiting
+    store.close()
+    release.set()
+    running.wait_done(30)
+
+    after = JobStore(tmp_path / "studio.sqlite3", tmp_path / "inputs")
+    assert after.mark_unfinished_interrupted() == 2
+    assert {after.get(running.id).status, after.get(waiting.id).status} == {"interrupted"}
+    after.close()

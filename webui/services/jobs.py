@@ -214,8 +214,7 @@ class JobQueue:
         with self._lock:
             self._stopping = True
             for job in self._pending:
-                job.interrupt()
-                self._record_end(job)
+                job.interrupt()  # the history keeps them unfinished: the next start lists them as interrupted
             self._lock.notify_all()
 
     def _forget_old(self) -> None:
