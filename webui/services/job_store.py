@@ -164,10 +164,10 @@ class JobStore:
                 log.error("Could not move %s aside: %s", source, err)
 
     def _write(self, what: str, sql: str, params: Iterable[Any]) -> None:
-        if self._db is None:
-            return
         try:
-            with self._lock:
+            with self._lock:  # the check inside: close() may run on another thread
+                if self._db is None:
+                    return
                 self._db.execute(sql, tuple(params))
         except sqlite3.Error as exc:  # never into the worker: a broken history must not fail the job
             log.error("Job history: could not record %s: %s", what, exc)
@@ -208,11 +208,11 @@ class JobStore:
 
     def mark_unfinished_interrupted(self) -> int:
         """At start-up: jobs a dead process left queued, running or paused become "interrupted"."""
-        if self._db is None:
-            return 0
         marks = ",".join("?" * len(UNFINISHED))
         try:
             with self._lock:
+                if self._db is None:
+                    return 0
                 cursor = self._db.execute(
                     f"UPDATE jobs SET status = 'interrupted', finished_at = ?, error = COALESCE(error, ?) "
                     f"WHERE status IN ({marks})", (time.time(), INTERRUPTED_MESSAGE, *UNFINISHED))
@@ -241,10 +241,10 @@ class JobStore:
         return [_record(row) for row in rows]
 
     def _read(self, sql: str, params: tuple) -> builtins.list[tuple]:
-        if self._db is None:
-            return []
         try:
             with self._lock:
+                if self._db is None:
+                    return []
                 return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             log.error("Job history: could not read: %s", exc)
