@@ -179,7 +179,7 @@ class JobStore:
         fields, images = _split_request(request)
         try:
             saved = self._save_inputs(job_id, images)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # a full disk, or a mode PNG cannot hold: the job still runs
             log.error("Job history: could not save the input images of job %s: %s", job_id, exc)
             saved = []
         self._write(f"job {job_id}", "INSERT OR REPLACE INTO jobs (id, kind, status, priority, request, created_at, "
