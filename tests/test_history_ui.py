@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 import pytest
 from PIL import Image
@@ -39,8 +41,8 @@ def history(services):
     mask = Image.new("L", (64, 64), 255)
     i2i = Img2ImgRequest(prompt="winter", init_images=[init], mask=mask, denoising_strength=0.35, resize_mode=2,
                          inpainting_fill=3, inpaint_full_res=True, inpainting_mask_invert=True, seed=5, **SMALL)
-    services.jobs_store.submitted("img2imgjob", "img2img", i2i, 0, created_at=txt.created_at + 1)
-    services.jobs_store.finished("img2imgjob", "done", txt.created_at + 2)
+    services.jobs_store.submitted("img2imgjob", "img2img", i2i, 0, created_at=time.time())
+    services.jobs_store.finished("img2imgjob", "done", time.time())
     failing = services.queue.submit("test-fail", lambda ctx: 1 / 0)
     failing.wait_done(30)
     return {"txt2img": txt, "img2img": "img2imgjob", "failed": failing}
