@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         services.queue.shutdown()
         services.registry.close()  # also when run() ended without a signal
+        services.jobs_store.close()
     return 0
 
 

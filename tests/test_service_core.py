@@ -326,3 +326,30 @@ def test_the_devices_route_lists_each_worker_and_its_job(two_devices):
     assert busy["residents"][0]["kind"] == "checkpoint" and busy["residents"][0]["in_use"] is True
     blocker.release.set()
     job.wait(60)
+
+
+def test_pause_and_resume_routes(blocked, data_dir):
+    from PIL import Image
+
+    from webui.types import Img2ImgRequest
+
+    services, blocker = blocked
+    client = TestClient(create_app(services), base_url="http://127.0.0.1:7860")
+    folder = data_dir / "batch-in"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (10, 90, 200)).save(folder / "a.png")
+    services.queue.submit(blocker.kind)
+    assert blocker.started.wait(60)
+    batch = services.generation.submit_img2img_batch(Img2ImgRequest(prompt="b", seed=1, **SMALL), folder)
+    quick = services.generation.submit_txt2img(Txt2ImgRequest(prompt="q", seed=1, **SMALL))
+    paused = client.post(f"/studio/v1/jobs/{batch.id}/pause")
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    listed = {j["id"]: j for j in client.get("/studio/v1/jobs").json()}
+    assert listed[batch.id]["status"] == "paused" and listed[quick.id]["status"] == "queued"
+    refused = client.post(f"/studio/v1/jobs/{quick.id}/pause")
+    assert refused.status_code == 422 and refused.json()["error"].startswith("job_id: a txt2img job cannot be paused")
+    assert client.post("/studio/v1/jobs/nope/pause").status_code == 404
+    assert client.post(f"/studio/v1/jobs/{batch.id}/resume").json()["status"] == "queued"
+    blocker.release.set()
+    assert len(batch.wait(180).images) == 1 and quick.wait(180).images
+    assert client.post(f"/studio/v1/jobs/{batch.id}/resume").status_code == 422  # it has ended

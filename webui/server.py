@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from webui import VERSION
 from webui.api.hosts import HostPolicy
+from webui.api.jobs import build_jobs_router
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import build_router, install_error_handlers
 from webui.api.security import API_PREFIXES, install_security
@@ -27,6 +28,7 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     app.include_router(build_router(services))
     app.include_router(build_listings_router(services))
     app.include_router(build_studio_router(services))  # all routers before the Gradio mount at "/", which catches the rest
+    app.include_router(build_jobs_router(services))
     demo = build_ui(services)
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None

@@ -16,6 +16,7 @@ from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
 from webui.services.generation import GenerationService
+from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
 from webui.services.safety import SafetyService
@@ -35,6 +36,7 @@ class Services:
     downloads: DefaultModelDownloader
     style: StyleTransferService
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
+    jobs_store: JobStore  # the job history, <data dir>/studio.sqlite3
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -53,8 +55,10 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
     devices = tuple(ModelManager(settings, registry, owner=DeviceOwner(device), selection=selection, **extra)
                     for device in resolve_devices(settings.device))
     manager = devices[0]
+    jobs_store = JobStore(settings.data_dir / "studio.sqlite3", settings.data_dir / "history" / "inputs")
+    jobs_store.mark_unfinished_interrupted()  # before this run queues anything: what is left is the last run's
     queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds,
-                     devices=devices)
+                     devices=devices, store=jobs_store)
     checkpoints = CheckpointService(registry, queue)
     store = ImageStore(settings.outputs_dir)
     safety = SafetyService(settings.models_dir, manager.dtype)
@@ -82,4 +86,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                    allow_external_links=settings.allow_external_model_links,
                                    credentials=credentials, provenance=provenance),
         credentials=credentials,
+        jobs_store=jobs_store,
     )

@@ -296,12 +296,13 @@ class JobQueue:
                 raise QueueFull(f"The queue is full ({self._max_pending} jobs waiting). Try again shortly.")
             job = Job(spec, request, spec.priority if priority is None else priority, checkpoint, next(self._seq))
             job._on_interrupt = self._interrupted
+            # Under the lock: the history's row must exist before a worker can start the job.
+            self._record("submitted", job.id, job.kind, request, job.priority, job.created_at)
             self._pending.append(job)
             self._pending.sort(key=lambda j: (-j.priority, j.seq))
             self._jobs[job.id] = job
             self._forget_old()
             self._lock.notify_all()
-        self._record("submitted", job.id, job.kind, request, job.priority, job.created_at)
         return job
 
     # ------------------------------------------------------------------------------------ reads (never wait on a job)
@@ -391,13 +392,18 @@ class JobQueue:
         return job
 
     def shutdown(self) -> None:
+        """Stop the workers; running jobs are interrupted. Jobs still waiting end here but stay unfinished in the
+        history, which lists them as interrupted at the next start."""
         with self._lock:
             self._stopping = True
-            pending = list(self._pending)
-        for job in pending:
-            job.interrupt()
-        with self._lock:
+            pending, self._pending = list(self._pending), []
+            running = [job for w in self._workers for job in w.running]
             self._lock.notify_all()
+        for job in pending:
+            job.interrupted.set()
+            self._cancel(job, "The server stopped before the job started.", record=False)
+        for job in running:
+            job.interrupt()
 
     def _interrupted(self, job: Job) -> None:
         """A queued (or paused-before-start) job ends at once; a running one sees the flag at its next check."""
@@ -406,10 +412,14 @@ class JobQueue:
                 self._lock.notify_all()  # wakes a paused job's safe point
                 return
             self._pending.remove(job)
-        job.error = Cancelled("Cancelled before it started.")
+        self._cancel(job, "Cancelled before it started.")
+
+    def _cancel(self, job: Job, message: str, record: bool = True) -> None:
+        job.error = Cancelled(message)
         job.finished_at = time.time()
-        job._update(state=JobState.CANCELLED, textinfo=str(job.error))
-        self._record("finished", job.id, JobState.CANCELLED.value, job.finished_at, None, str(job.error))
+        if record:
+            self._record("finished", job.id, JobState.CANCELLED.value, job.finished_at, None, message)
+        job._update(state=JobState.CANCELLED, textinfo=message)
 
     def _forget_old(self) -> None:
         # Keep finished jobs around for a while so clients can read results and progress; the history database

@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import img2img, pnginfo, txt2img
+from webui.ui import history, img2img, pnginfo, txt2img
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -78,6 +78,8 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build({"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
                               services.settings.limits)
+            with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
+                history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
         devices = ", ".join(services.queue.devices)
         gr.Markdown(f"<small>Stable Studio {VERSION} · device{'s' if len(services.devices) > 1 else ''} {devices} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
