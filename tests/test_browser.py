@@ -10,6 +10,7 @@ Run just these with ``pytest -m browser``; they skip when no Chromium binary is 
 from __future__ import annotations
 
 import contextlib
+import json
 import datetime as dt
 import os
 import re
@@ -512,3 +513,87 @@ def test_exposed_server_asks_for_a_login_and_says_who_can_reach_it(browser, tmp_
             assert page.request.get(app.url + "/docs").status == 401
         finally:
             context.close()
+
+
+def test_history_lists_a_job_and_reopen_restores_its_settings(page):
+    prompt = "a history fox in the snow"
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 5), ("Clip skip", 2)):
+        set_slider(page, label, value)
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    page.locator("#txt2img_negative_prompt textarea").fill("blurry")
+    set_seed(page, 4321)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_info textarea")).to_have_value(re.compile(r"Seed: 4321\b"),
+                                                                 timeout=GENERATE_TIMEOUT)
+
+    # Change the form so that Reopen has something to restore.
+    page.locator("#txt2img_prompt textarea").fill("something else")
+    page.locator("#txt2img_negative_prompt textarea").fill("")
+    set_seed(page, 1)
+    set_slider(page, "Sampling steps", 3)
+    set_slider(page, "Clip skip", 1)
+
+    page.get_by_role("tab", name="History").click()
+    table = page.locator("#history_table")
+    expect(table).to_contain_text(prompt)
+    expect(table).to_contain_text("done")
+    expect(page.locator("#history_gallery img").first).to_be_visible()
+    table.get_by_text(prompt).filter(visible=True).first.click()  # Gradio keeps a hidden copy too
+    details = page.locator("#history_details")
+    expect(details).to_contain_text("Seed: 4321")
+    expect(details).to_contain_text("Clip skip: 2")
+    screenshot(page, "history.png")
+
+    page.locator("#history_reopen").click()
+
+    expect(page.get_by_role("tab", name="txt2img")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value(prompt)
+    expect(page.locator("#txt2img_negative_prompt textarea")).to_have_value("blurry")
+    expect(seed_box(page)).to_have_value("4321")
+    scope = page.locator("#tab_txt2img")
+    for label, value in (("Sampling steps", "5"), ("Width", "64"), ("Height", "64"), ("Clip skip", "2")):
+        expect(scope.get_by_label(f"number input for {label}", exact=True)).to_have_value(value)
+    screenshot(page, "history-reopened.png")
+
+
+def test_a_long_batch_is_paused_resumed_and_cancelled_from_history(page, app_server: RunningApp):
+    """A batch folder is a long job: History pauses it at a safe point (between images), resumes and cancels it."""
+    source = app_server.data_dir / "long-batch"
+    source.mkdir()
+    for index in range(40):
+        Image.new("RGB", (64, 64), (index * 6, 120, 90)).save(source / f"{index:02d}.png")
+    page.get_by_role("tab", name="img2img").click()
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 40)):
+        set_slider(page, label, value, scope="#tab_img2img")
+    page.locator("#img2img_mode").get_by_label("Batch").check()
+    page.locator("#img2img_batch_input textarea").fill("long-batch")
+    page.locator("#img2img_batch_output textarea").fill("")
+    page.locator("#img2img_prompt textarea").fill("a long batch")
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#img2img_progress")).to_contain_text("Step", timeout=GENERATE_TIMEOUT)
+
+    page.get_by_role("tab", name="History").click()
+    table = page.locator("#history_table")
+    expect(table).to_contain_text("img2img-batch")
+    table.get_by_text("img2img-batch").filter(visible=True).first.click()
+    page.locator("#history_pause").click()
+    expect(page.locator("#history_control")).to_contain_text("pauses at its next safe point")
+
+    def job_status() -> str:
+        with urllib.request.urlopen(f"{app_server.url}/studio/v1/jobs?kind=img2img-batch", timeout=10) as response:
+            return json.load(response)[0]["status"]
+
+    deadline = time.monotonic() + GENERATE_TIMEOUT / 1000
+    while job_status() != "paused":
+        assert time.monotonic() < deadline, "the batch never paused"
+        time.sleep(0.2)
+    page.locator("#history_refresh").click()
+    expect(table).to_contain_text("paused")
+    screenshot(page, "history-paused.png")
+    page.locator("#history_resume").click()
+    expect(page.locator("#history_control")).to_contain_text("resumes")
+    page.locator("#history_cancel").click()
+    expect(page.locator("#history_control")).to_contain_text("stops at its next step")
+    page.get_by_role("tab", name="img2img").click()
+    expect(page.locator("#img2img_progress")).to_contain_text("(interrupted)", timeout=GENERATE_TIMEOUT)
+    page.locator("#img2img_mode").get_by_label("img2img", exact=True).check()

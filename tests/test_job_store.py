@@ -199,3 +199,20 @@ def test_jobs_waiting_at_shutdown_are_interrupted_at_the_next_start(tmp_path):
     assert after.mark_unfinished_interrupted() == 2
     assert {after.get(running.id).status, after.get(waiting.id).status} == {"interrupted"}
     after.close()
+
+
+def test_a_batch_folder_job_is_recorded_with_its_template_settings(services, data_dir):
+    from PIL import Image
+
+    from webui.types import Img2ImgRequest
+
+    folder = data_dir / "in"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(folder / "a.png")
+    job = services.generation.submit_img2img_batch(Img2ImgRequest(prompt="a batch fox", steps=3, width=64,
+                                                                  height=64, save_images=False), folder)
+    job.wait(120)
+    record = services.jobs_store.get(job.id)
+    assert record.kind == "img2img-batch" and record.prompt == "a batch fox"
+    assert record.request["steps"] == 3 and record.request["input_dir"] == str(folder)
+    assert "template" not in record.request

@@ -289,7 +289,10 @@ def _split_request(request: object) -> tuple[dict[str, Any], dict[str, Image.Ima
     fields: dict[str, Any] = {}
     images: dict[str, Image.Image] = {}
     for name, value in values.items():
-        if isinstance(value, Image.Image):
+        if isinstance(value, BaseModel):  # a batch's template: its settings are the job's settings
+            nested, _ = _split_request(value)
+            fields.update({key: item for key, item in nested.items() if key not in values})
+        elif isinstance(value, Image.Image):
             images[name] = value
         elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Image.Image) for v in value):
             images.update((f"{name}-{i}", v) for i, v in enumerate(value))

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from webui.errors import ModelNotFound
+from webui.errors import ModelNotFound, StudioError
 from webui.parameters import BY_NAME
 from webui.services.container import Services
 from webui.services.job_store import JobRecord
@@ -150,6 +150,11 @@ def build(services: Services, demo: gr.Blocks, tab: gr.Tab, targets: HistoryTarg
             table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="history_table")
         with gr.Column(scale=2):
             reopen = gr.Button("Reopen in its tab", variant="primary", interactive=False, elem_id="history_reopen")
+            with gr.Row():  # for a job still queued or running: long ones (batch folders) pause at a safe point
+                pause = gr.Button("Pause", size="sm", elem_id="history_pause")
+                resume = gr.Button("Resume", size="sm", elem_id="history_resume")
+                cancel = gr.Button("Cancel", size="sm", elem_id="history_cancel")
+            control = gr.HTML(elem_id="history_control")
             details = gr.HTML("<p class='studio-muted'>Select a job to see its details.</p>",
                               elem_id="history_details")
 
@@ -223,6 +228,30 @@ def build(services: Services, demo: gr.Blocks, tab: gr.Tab, targets: HistoryTarg
         return updates
 
     reopen.click(reopen_job, selected, outputs, api_visibility="private")
+
+    def control_job(action: str, job_id: str | None) -> str:
+        if not job_id:
+            return error_html("Select a job first.")
+        if services.queue.get(job_id) is None:
+            return error_html("This job is not queued or running in this server any more.")
+        try:
+            if action == "pause":
+                job = services.queue.pause(job_id)
+            elif action == "resume":
+                job = services.queue.resume(job_id)
+            else:
+                job = services.queue.get(job_id)
+                job.interrupt()
+        except StudioError as exc:
+            return error_html(str(exc))
+        state = job.progress.state.value
+        text = {"pause": "pauses at its next safe point" if state == "running" else f"is {state}",
+                "resume": "resumes", "cancel": f"is {state}" if job.finished else "stops at its next step"}[action]
+        return f"<p id='history_control_text'>Job {html.escape(job_id)} {text}.</p>"
+
+    for button, action in ((pause, "pause"), (resume, "resume"), (cancel, "cancel")):
+        button.click(lambda job_id, action=action: control_job(action, job_id), selected, control,
+                     api_visibility="private").then(first_page, None, [limit, *listed], api_visibility="private")
 
 
 def _field_updates(values: dict[str, Any], widgets: dict) -> list[Any]:
