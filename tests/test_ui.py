@@ -48,6 +48,8 @@ def test_progress_and_error_html_are_escaped_and_informative():
                                   image_count=2, eta_seconds=12.4))
     assert "Step 5/20" in html and "batch 2/2" in html and "ETA 12s" in html and "value='62'" in html
     assert progress_html(Progress(job_id="j", state=JobState.QUEUED)).count("Waiting in queue") == 1
+    assert "Waiting in queue (position 3)" in progress_html(Progress(job_id="j", state=JobState.QUEUED), 3)
+    assert "Paused" in progress_html(Progress(job_id="j", state=JobState.PAUSED))
     assert "&lt;script&gt;" in error_html("<script>alert(1)</script>")
 
 

@@ -86,9 +86,12 @@ def request_fields(values: dict, widgets: Widgets) -> dict[str, Any]:
     return {name: BY_NAME[name].from_ui(values[component]) for name, component in widgets.items()}
 
 
-def progress_html(progress: Progress) -> str:
+def progress_html(progress: Progress, position: int | None = None) -> str:
     if progress.state is JobState.QUEUED:
-        return "<div class='studio-progress'>Waiting in queue…</div>"
+        ahead = f" (position {position})" if position else ""
+        return f"<div class='studio-progress'>Waiting in queue{ahead}…</div>"
+    if progress.state is JobState.PAUSED:
+        return "<div class='studio-progress'>Paused (resume it from the History tab)</div>"
     percent = int(progress.fraction * 100)
     eta = f" · ETA {progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else ""
     text = (f"Step {progress.step}/{progress.steps} · image batch {progress.image_index + 1}/"
@@ -144,7 +147,8 @@ def warnings_html(warnings: list[str]) -> str:
     return "".join(f"<div class='studio-warning' role='status'>⚠ {html.escape(w)}</div>" for w in warnings)
 
 
-def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True) -> Iterator[tuple[Any, ...]]:
+def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True,
+               position: Callable[[Job], int | None] = lambda job: None) -> Iterator[tuple[Any, ...]]:
     """Yield (progress, preview, gallery, info, job id) updates from submission to the finished job.
 
     When the browser goes away Gradio closes this generator (GeneratorExit at a ``yield``, from its queue's
@@ -164,7 +168,7 @@ def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True) -> 
             if p.preview is not None and p.preview_id != shown_preview:
                 shown_preview = p.preview_id
                 preview_update = gr.update(value=p.preview, visible=True)
-            yield progress_html(p), preview_update, gr.update(), gr.update(), job.id
+            yield progress_html(p, position(job)), preview_update, gr.update(), gr.update(), job.id
     except GeneratorExit:
         if cancel_on_disconnect:
             job.interrupt()
@@ -188,7 +192,7 @@ def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, subm
     job_id = gr.State(None)
 
     def generate(values: dict) -> Iterator[tuple[Any, ...]]:
-        yield from stream_job(lambda: submit(values), services.settings.cancel_on_disconnect)
+        yield from stream_job(lambda: submit(values), services.settings.cancel_on_disconnect, services.queue.position)
 
     def interrupt(jid: str | None) -> None:
         if jid:  # only this session's job, never someone else's
