@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from webui.config import Settings
-from webui.models.manager import ModelManager
+from webui.models import loader
+from webui.models.manager import Loader, ModelManager
 from webui.models.registry import ModelRegistry
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
@@ -30,8 +31,10 @@ class Services:
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
 
 
-def build_services(settings: Settings) -> Services:
-    """Wire the services together; the only place that decides which concrete pieces are used."""
+def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
+    """Wire the services together; the only place that decides which concrete pieces are used.
+
+    ``load`` replaces how checkpoints are read (tests pass one that builds each tiny model once per run)."""
     from webui.models.registry import HashCache
     from webui.services.storage import ImageStore
 
@@ -40,7 +43,7 @@ def build_services(settings: Settings) -> Services:
     registry = ModelRegistry(settings.checkpoints_dir, hashes,
                              allow_external_links=settings.allow_external_model_links)
     registry.refresh()
-    manager = ModelManager(settings, registry)
+    manager = ModelManager(settings, registry, load=load or loader.load)
     queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds)
     store = ImageStore(settings.outputs_dir)
     safety = SafetyService(settings.models_dir, manager.device, manager.dtype)
