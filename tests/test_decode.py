@@ -41,7 +41,7 @@ def test_fp16_nan_output_is_decoded_again_in_fp32_without_touching_the_shared_va
     vae = overflowing_fp16_vae().to(torch.float16)
     reference = copy.deepcopy(vae).float()  # the same (fp16-rounded) weights in fp32: what the fallback must give
     vae.enable_slicing()  # as the memory profiles leave it
-    latents = 100 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    latents = 100 * torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     raw = vae.decode(latents.half() / vae.config.scaling_factor).sample
     assert torch.isnan(raw).any() or torch.isinf(raw).any(), "setup: fp16 decode should overflow"
     before = snapshot(vae)
@@ -74,18 +74,19 @@ def watch_decoder(vae, memory_for: int | None = None) -> list[dict]:
 def vae_with_memory_for(latent_side: int):
     torch.manual_seed(0)
     vae = tiny_vae()
+    vae.tile_latent_min_size, vae.tile_sample_min_size = 8, 16  # small tiles keep the tiled decode fast on CPU
     vae.decoder_calls = watch_decoder(vae, memory_for=latent_side)
     return vae
 
 
 def test_out_of_memory_retries_tiled_without_touching_the_shared_vae():
-    vae = vae_with_memory_for(32)  # the tiny VAE's tiles are 32 latent pixels, overlapping by a quarter
+    vae = vae_with_memory_for(8)  # tiles of 8 latent pixels, overlapping by a quarter: starting at 0 and 6
     before = snapshot(vae)
-    latents = torch.randn(2, 4, 40, 40, generator=torch.Generator().manual_seed(1))
+    latents = torch.randn(2, 4, 10, 10, generator=torch.Generator().manual_seed(1))
     images = decode.decode_latents(vae, latents)
-    assert images.shape == (2, 3, 80, 80) and torch.isfinite(images).all()
+    assert images.shape == (2, 3, 20, 20) and torch.isfinite(images).all()
     # One whole-batch attempt that ran out of memory, then 2x2 tiles per image, one image at a time.
-    assert [call["side"] for call in vae.decoder_calls] == [40] + [32, 32, 32, 16] * 2  # larger side of each tile
+    assert [call["side"] for call in vae.decoder_calls] == [10] + [8, 8, 8, 4] * 2  # larger side of each tile
     assert not any(call["tiling"] for call in vae.decoder_calls)  # never switched on, not even for the retry
     assert_unchanged(vae, before)
     with torch.no_grad():
@@ -94,7 +95,7 @@ def test_out_of_memory_retries_tiled_without_touching_the_shared_vae():
 
 
 def test_out_of_memory_even_tiled_gives_a_clear_message():
-    vae = vae_with_memory_for(4)
+    vae = vae_with_memory_for(4)  # smaller than a tile
     before = snapshot(vae)
     with pytest.raises(OutOfMemory, match=r"Out of GPU memory while decoding 2 image\(s\) of 64x64, even tiled"):
         decode.decode_latents(vae, torch.zeros(2, 4, 8, 8))
