@@ -16,6 +16,7 @@ from typing import Iterator
 import uvicorn
 
 from tests.conftest import install, make_settings
+from webui.models.manager import Loader
 from webui.server import create_app
 from webui.services.container import Services, build_services
 
@@ -38,11 +39,14 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(data_dir: Path, model_files: dict[str, Path], **settings_overrides) -> Iterator[LiveServer]:
-    """Serve the app over ``data_dir`` (holding the "single" and "other" tiny checkpoints) until the block ends."""
+def live_server(data_dir: Path, model_files: dict[str, Path], *, load: Loader | None = None,
+                **settings_overrides) -> Iterator[LiveServer]:
+    """Serve the app over ``data_dir`` (holding the "single" and "other" tiny checkpoints) until the block ends.
+
+    ``load``: the session's shared tiny-model loader (the ``tiny_loader`` fixture), so no test reloads them."""
     install(model_files["single"], data_dir)
     install(model_files["other"], data_dir)
-    services = build_services(make_settings(data_dir, **settings_overrides))
+    services = build_services(make_settings(data_dir, **settings_overrides), load=load)
     try:
         app = create_app(services)
         # Bind here and hand the socket to uvicorn: no window in which another process can take the port.

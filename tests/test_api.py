@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
+from tests.conftest import install, make_settings
 from webui.server import create_app
+from webui.services.container import build_services
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
@@ -22,24 +24,39 @@ def client(services):
         yield test_client
 
 
+@pytest.fixture(scope="module")
+def readonly_client(tmp_path_factory, model_files, tiny_loader):
+    """One app for the tests that only read (listings) or are refused (422s): nothing they do changes it, so they
+    need not rebuild the app and its UI per test. The same two checkpoints as ``services``."""
+    data_dir = tmp_path_factory.mktemp("api-readonly") / "data"
+    install(model_files["single"], data_dir)
+    install(model_files["other"], data_dir)
+    services = build_services(make_settings(data_dir), load=tiny_loader)
+    try:
+        with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as test_client:
+            yield test_client
+    finally:
+        services.queue.shutdown()
+
+
 def decode_png(data: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(data)))
 
 
-def test_sd_models_lists_a1111_titles(client, services):
-    models = client.get("/sdapi/v1/sd-models").json()
+def test_sd_models_lists_a1111_titles(readonly_client):
+    models = readonly_client.get("/sdapi/v1/sd-models").json()
     assert [m["model_name"] for m in models] == ["other-sd15", "tiny-sd15"]
     first = models[0]
     assert first["title"] == f"other-sd15.safetensors [{first['hash']}]"
     assert len(first["hash"]) == 10 and first["sha256"].startswith(first["hash"])
 
 
-def test_samplers_and_schedulers_listings(client):
-    names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
+def test_samplers_and_schedulers_listings(readonly_client):
+    names = [s["name"] for s in readonly_client.get("/sdapi/v1/samplers").json()]
     for expected in ("Euler a", "Euler", "DDIM", "DDPM", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "UniPC",
                      "LMS", "Heun", "DPM2"):
         assert expected in names
-    labels = [s["label"] for s in client.get("/sdapi/v1/schedulers").json()]
+    labels = [s["label"] for s in readonly_client.get("/sdapi/v1/schedulers").json()]
     assert "Karras" in labels and "Automatic" in labels
 
 
@@ -93,8 +110,8 @@ def test_txt2img_does_not_save_unless_asked(client, data_dir):
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, "override_settings.sd_model_checkpoint"),
 ])
-def test_invalid_txt2img_fields_get_422_naming_the_field(client, body, field):
-    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, **body})
+def test_invalid_txt2img_fields_get_422_naming_the_field(readonly_client, body, field):
+    response = readonly_client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, **body})
     assert response.status_code == 422, response.text
     data = response.json()
     assert field in data["error"]
@@ -102,9 +119,9 @@ def test_invalid_txt2img_fields_get_422_naming_the_field(client, body, field):
     assert "Traceback" not in response.text and "Value error" not in data["error"]
 
 
-def test_raw_nan_and_infinity_literals_are_rejected(client):
+def test_raw_nan_and_infinity_literals_are_rejected(readonly_client):
     raw = '{"prompt": "x", "width": 64, "height": 64, "steps": 3, "cfg_scale": Infinity}'
-    response = client.post("/sdapi/v1/txt2img", content=raw, headers={"Content-Type": "application/json"})
+    response = readonly_client.post("/sdapi/v1/txt2img", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     assert "cfg_scale" in response.json()["error"]
 
@@ -161,15 +178,13 @@ def test_png_info_round_trip(client):
 
 @pytest.mark.parametrize("image, message", [("%%%not-base64", "not valid base64"),
                                             (base64.b64encode(b"hello").decode(), "not a readable image")])
-def test_png_info_bad_image_is_422(client, image, message):
-    response = client.post("/sdapi/v1/png-info", json={"image": image})
+def test_png_info_bad_image_is_422(readonly_client, image, message):
+    response = readonly_client.post("/sdapi/v1/png-info", json={"image": image})
     assert response.status_code == 422 and message in response.json()["error"]
     assert response.json()["error"].startswith("image:")
 
 
 def test_no_model_gives_409_with_instructions(data_dir):
-    from tests.conftest import make_settings
-    from webui.services.container import build_services
     services = build_services(make_settings(data_dir))
     try:
         with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
@@ -180,9 +195,9 @@ def test_no_model_gives_409_with_instructions(data_dir):
         services.queue.shutdown()
 
 
-def test_ui_and_openapi_served_on_the_same_port(client):
-    assert client.get("/").status_code == 200
-    paths = client.get("/openapi.json").json()["paths"]
+def test_ui_and_openapi_served_on_the_same_port(readonly_client):
+    assert readonly_client.get("/").status_code == 200
+    paths = readonly_client.get("/openapi.json").json()["paths"]
     assert "/sdapi/v1/txt2img" in paths and "/sdapi/v1/options" in paths
 
 
@@ -217,23 +232,23 @@ def test_img2img_with_data_urls_and_mask(client):
     ({"denoising_strength": 1.5}, "denoising_strength"),
     ({"resize_mode": 7}, "resize_mode"),
 ])
-def test_img2img_bad_fields_are_422(client, patch, field):
+def test_img2img_bad_fields_are_422(readonly_client, patch, field):
     body = {"prompt": "x", "init_images": [png_b64(Image.new("RGB", (64, 64)))], **SMALL, **patch}
-    response = client.post("/sdapi/v1/img2img", json=body)
+    response = readonly_client.post("/sdapi/v1/img2img", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["error"].startswith(field + ":")
 
 
-def test_img2img_mask_size_mismatch_is_422(client):
+def test_img2img_mask_size_mismatch_is_422(readonly_client):
     body = {"init_images": [png_b64(Image.new("RGB", (64, 64)))], "mask": png_b64(Image.new("L", (32, 32))),
             **SMALL}
-    response = client.post("/sdapi/v1/img2img", json=body)
+    response = readonly_client.post("/sdapi/v1/img2img", json=body)
     assert response.status_code == 422 and response.json()["error"].startswith("mask: is 32x32")
 
 
-def test_images_past_the_pixel_budget_are_refused_before_decoding(client):
+def test_images_past_the_pixel_budget_are_refused_before_decoding(readonly_client):
     huge = png_b64(Image.new("L", (4100, 4100)))  # compresses to a few KB, would be 16.8 MP decoded
-    response = client.post("/sdapi/v1/img2img", json={"init_images": [huge], **SMALL})
+    response = readonly_client.post("/sdapi/v1/img2img", json={"init_images": [huge], **SMALL})
     assert response.status_code == 422
     assert "over the pixel budget" in response.json()["error"]
 
@@ -262,19 +277,18 @@ def test_skip_drops_the_running_batch_via_the_api(client, services):
     assert json.loads(outcome["r"].json()["info"])["all_seeds"] == [11]  # the first batch was skipped
 
 
-def test_cmd_flags_and_bad_option_values(client):
-    flags = client.get("/sdapi/v1/cmd-flags").json()
+def test_cmd_flags_and_bad_option_values(readonly_client):
+    flags = readonly_client.get("/sdapi/v1/cmd-flags").json()
     assert flags["listen"] is False and flags["port"] == 7860
-    response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": "two"})
+    response = readonly_client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": "two"})
     assert response.status_code == 422 and "CLIP_stop_at_last_layers" in response.json()["error"]
-    response = client.post("/sdapi/v1/options", json=["not", "a", "dict"])
+    response = readonly_client.post("/sdapi/v1/options", json=["not", "a", "dict"])
     assert response.status_code == 422
 
 
 @pytest.mark.parametrize("name, marker", [("toy-ip2p", "Image CFG scale: 2.5"),
                                           ("tiny-inpainting", "Denoising strength: 0.8")])
 def test_img2img_api_with_instruct_pix2pix_and_inpainting_checkpoints(client, data_dir, model_files, name, marker):
-    from tests.conftest import install
     install(model_files["ip2p" if "ip2p" in name else "inpaint"], data_dir)
     client.post("/sdapi/v1/refresh-checkpoints")
     mask = Image.new("L", (64, 64), 0)

@@ -22,8 +22,8 @@ SAMPLERS = ("Euler a", "DPM++ 2M", "Euler", "DDIM")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_files):
-    with live_server(tmp_path_factory.mktemp("concurrency") / "data", model_files) as live:
+def server(tmp_path_factory, model_files, tiny_loader):
+    with live_server(tmp_path_factory.mktemp("concurrency") / "data", model_files, load=tiny_loader) as live:
         yield live
 
 
@@ -79,9 +79,10 @@ def test_concurrent_requests_match_their_sequential_twins(server):
     assert len(set(images)) == len(images)
 
 
-def test_a_burst_past_the_queue_limit_gets_503_with_retry_after(tmp_path_factory, model_files):
+def test_a_burst_past_the_queue_limit_gets_503_with_retry_after(tmp_path_factory, model_files, tiny_loader):
     limits = Limits(queue_size=2, max_width=512, max_height=512)
-    with live_server(tmp_path_factory.mktemp("burst") / "data", model_files, limits=limits) as server:
+    with live_server(tmp_path_factory.mktemp("burst") / "data", model_files, limits=limits,
+                     load=tiny_loader) as server:
         # Long enough that all six arrive while the first is still running: 1 runs, 2 wait, the rest are refused.
         body = {"prompt": "burst", "steps": 12, "seed": 1, **SIZE}
 

@@ -134,9 +134,9 @@ def test_every_tensor_of_the_file_lands_in_the_model(family_files, data_dir, fam
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_txt2img_generates_an_image(family_files, data_dir, family):
+def test_txt2img_generates_an_image(family_files, data_dir, family, tiny_loader):
     install(family_files[family], data_dir)
-    services = build_services(make_settings(data_dir))
+    services = build_services(make_settings(data_dir), load=tiny_loader)
     try:
         request = Txt2ImgRequest(prompt="a (red:1.2) fox", negative_prompt="blurry", seed=3, width=64, height=64,
                                  steps=3, save_images=False)
@@ -150,13 +150,13 @@ def test_txt2img_generates_an_image(family_files, data_dir, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_img2img_and_inpainting_run_for_each_family(family_files, data_dir, family):
+def test_img2img_and_inpainting_run_for_each_family(family_files, data_dir, family, tiny_loader):
     from PIL import Image
 
     from webui.types import Img2ImgRequest
 
     install(family_files[family], data_dir)
-    services = build_services(make_settings(data_dir))
+    services = build_services(make_settings(data_dir), load=tiny_loader)
     init = Image.new("RGB", (64, 64), (40, 90, 200))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))

@@ -175,9 +175,9 @@ def test_no_checkpoint_gives_a_clear_error(data_dir):
         services.queue.shutdown()
 
 
-def test_inpainting_checkpoint_is_refused_for_txt2img(data_dir, model_files):
+def test_inpainting_checkpoint_is_refused_for_txt2img(data_dir, model_files, tiny_loader):
     install(model_files["inpaint"], data_dir)
-    services = build_services(make_settings(data_dir))
+    services = build_services(make_settings(data_dir), load=tiny_loader)
     try:
         with pytest.raises(InvalidRequest, match="inpaint model; use it from img2img"):
             services.generation.txt2img(Txt2ImgRequest(**SMALL))
@@ -185,12 +185,12 @@ def test_inpainting_checkpoint_is_refused_for_txt2img(data_dir, model_files):
         services.queue.shutdown()
 
 
-def test_jobs_keep_the_loaded_precision(data_dir, model_files):
+def test_jobs_keep_the_loaded_precision(data_dir, model_files, tiny_loader):
     """A per-job pipeline shares the weights; it must not cast them (diffusers' from_pipe defaults to fp32)."""
     import torch
 
     install(model_files["single"], data_dir)
-    services = build_services(make_settings(data_dir, precision="bf16"))
+    services = build_services(make_settings(data_dir, precision="bf16"), load=tiny_loader)
     try:
         services.generation.txt2img(Txt2ImgRequest(prompt="x", save_images=False, width=64, height=64, steps=2))
         with services.manager.lease() as model:

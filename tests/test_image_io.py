@@ -385,10 +385,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, model_files) -> Iterator[Stack]:
+def stack(tmp_path_factory, model_files, tiny_loader) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("image-io") / "data"
     install(model_files["single"], data_dir)
-    services = build_services(make_settings(data_dir))
+    services = build_services(make_settings(data_dir), load=tiny_loader)
     try:
         with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
             yield Stack(services, client, data_dir)

@@ -97,9 +97,9 @@ def test_mask_of_the_wrong_size_is_rejected(services):
 
 
 @pytest.mark.parametrize("channels, label", [(9, "inpainting"), (8, "instruct-pix2pix")])
-def test_special_checkpoints_run_from_img2img(data_dir, tmp_path, channels, label):
+def test_special_checkpoints_run_from_img2img(data_dir, tmp_path, channels, label, tiny_loader):
     install(write_tiny_single_file(tmp_path / f"tiny-{label}.safetensors", seed=4, in_channels=channels), data_dir)
-    services = build_services(make_settings(data_dir))
+    services = build_services(make_settings(data_dir), load=tiny_loader)
     try:
         request = Img2ImgRequest(prompt="make it winter", init_images=[gradient()], image_cfg_scale=1.3, seed=2,
                                  mask=square_mask() if channels == 9 else None, **SMALL)

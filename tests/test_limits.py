@@ -70,11 +70,11 @@ def bare(tmp_path_factory) -> Iterator[tuple[TestClient, Services]]:
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory, model_files) -> Iterator[tuple[TestClient, Services]]:
+def loaded(tmp_path_factory, model_files, tiny_loader) -> Iterator[tuple[TestClient, Services]]:
     """The whole app over the tiny checkpoint, for the tests that really generate."""
     data_dir = tmp_path_factory.mktemp("loaded")
     install(model_files["single"], data_dir)
-    services = build_services(make_settings(data_dir))
+    services = build_services(make_settings(data_dir), load=tiny_loader)
     try:
         with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
             yield client, services
@@ -144,10 +144,11 @@ def test_width_height_batch_and_count_share_one_budget(bare):
         != error(response)  # 2 MP: within the budget (then 409: no model here), not refused for size
 
 
-def test_pixel_budget_is_configurable_and_exact(tmp_path, model_files):
+def test_pixel_budget_is_configurable_and_exact(tmp_path, model_files, tiny_loader):
     install(model_files["single"], tmp_path)
     services = build_services(make_settings(tmp_path, limits=Limits(max_width=512, max_height=512,
-                                                                    max_job_pixels=64 * 64 * 4)))
+                                                                    max_job_pixels=64 * 64 * 4)),
+                              load=tiny_loader)
     try:
         ok = services.generation.txt2img(Txt2ImgRequest(batch_size=2, n_iter=2, save_images=False, **SMALL), 120)
         assert len(ok.images) == 4
@@ -356,9 +357,9 @@ def test_closing_the_ui_stream_interrupts_its_job(loaded, cancel):
     assert job.interrupted.is_set() and result.interrupted and len(result.images) < 100
 
 
-def test_a_gradio_api_client_that_hangs_up_has_its_job_interrupted(tmp_path, model_files):
+def test_a_gradio_api_client_that_hangs_up_has_its_job_interrupted(tmp_path, model_files, tiny_loader):
     """End to end: the browser's event stream closed mid-job; Gradio closes the handler, which interrupts."""
-    with live_server(tmp_path / "data", model_files) as server, httpx.Client(base_url=server.url) as client:
+    with live_server(tmp_path / "data", model_files, load=tiny_loader) as server, httpx.Client(base_url=server.url) as client:
         config = client.get("/config").json()
         by_label = {"Prompt": "a cat", "Negative prompt": "", "Sampling steps": 2, "Width": 64, "Height": 64,
                     "Batch count": 100}

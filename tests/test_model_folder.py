@@ -406,10 +406,10 @@ def test_api_refuses_a_path_as_checkpoint_with_422(services):
 
 # ------------------------------------------------------------------------- the default after a restart
 
-def test_last_used_checkpoint_is_the_default_after_a_restart(data_dir, model_files):
+def test_last_used_checkpoint_is_the_default_after_a_restart(data_dir, model_files, tiny_loader):
     install(model_files["single"], data_dir)
     install(model_files["other"], data_dir)
-    first = build_services(make_settings(data_dir))
+    first = build_services(make_settings(data_dir), load=tiny_loader)
     try:
         assert first.manager.selected.name == "other-sd15.safetensors"  # alphabetically first
         first.manager.select("tiny-sd15")
@@ -418,7 +418,7 @@ def test_last_used_checkpoint_is_the_default_after_a_restart(data_dir, model_fil
     saved = json.loads((data_dir / "last-checkpoint.json").read_text())
     assert saved["name"] == "tiny-sd15.safetensors"
 
-    second = build_services(make_settings(data_dir))  # a restart over the same data dir
+    second = build_services(make_settings(data_dir), load=tiny_loader)  # a restart over the same data dir
     try:
         assert second.manager.selected.name == "tiny-sd15.safetensors"
         assert second.options.get_all()["sd_model_checkpoint"].startswith("tiny-sd15.safetensors [")
@@ -426,12 +426,12 @@ def test_last_used_checkpoint_is_the_default_after_a_restart(data_dir, model_fil
         second.queue.shutdown()
 
 
-def test_a_leased_default_is_remembered_but_a_per_request_override_is_not(data_dir, model_files):
+def test_a_leased_default_is_remembered_but_a_per_request_override_is_not(data_dir, model_files, tiny_loader):
     install(model_files["single"], data_dir)
     install(model_files["other"], data_dir)
     registry = ModelRegistry(ckpt_dir(data_dir), HashCache(data_dir / "cache.json"))
     registry.refresh()
-    manager = ModelManager(make_settings(data_dir), registry)
+    manager = ModelManager(make_settings(data_dir), registry, load=tiny_loader)
     with manager.lease() as model:
         assert model.info.name == "other-sd15.safetensors"
     with manager.lease("tiny-sd15"):
@@ -469,12 +469,12 @@ def test_a_remembered_checkpoint_that_is_gone_or_a_damaged_memory_falls_back(dat
         assert ModelManager(make_settings(data_dir), registry).selected.name == "tiny-sd15.safetensors"
 
 
-def test_failing_to_remember_never_fails_the_switch(data_dir, model_files, caplog):
+def test_failing_to_remember_never_fails_the_switch(data_dir, model_files, caplog, tiny_loader):
     install(model_files["single"], data_dir)
     registry = ModelRegistry(ckpt_dir(data_dir), HashCache(data_dir / "cache.json"))
     registry.refresh()
     (data_dir / "last-checkpoint.json").mkdir()  # the atomic rename onto it fails, as on a broken disk
-    manager = ModelManager(make_settings(data_dir), registry)
+    manager = ModelManager(make_settings(data_dir), registry, load=tiny_loader)
     with caplog.at_level(logging.WARNING):
         assert manager.select("tiny-sd15").name == "tiny-sd15.safetensors"
     assert "Could not remember the last checkpoint" in caplog.text

@@ -114,12 +114,12 @@ def test_malicious_pickle_is_refused_even_with_opt_in(data_dir, tmp_path):
     assert not os.path.exists("/tmp/studio-pwned")
 
 
-def test_manager_keeps_previous_model_when_switching_to_a_broken_file(data_dir, model_files):
+def test_manager_keeps_previous_model_when_switching_to_a_broken_file(data_dir, model_files, tiny_loader):
     install(model_files["single"], data_dir)
     broken = data_dir / "models" / "Stable-diffusion" / "broken.safetensors"
     broken.write_bytes(model_files["single"].read_bytes()[:5000])
     registry = make_registry(data_dir)
-    manager = ModelManager(make_settings(data_dir), registry)
+    manager = ModelManager(make_settings(data_dir), registry, load=tiny_loader)
     good = manager.select("tiny-sd15")
     with pytest.raises(ModelLoadError, match="broken.safetensors is not a valid safetensors file"):
         manager.select("broken.safetensors")
@@ -128,10 +128,10 @@ def test_manager_keeps_previous_model_when_switching_to_a_broken_file(data_dir, 
         assert model.info == good
 
 
-def test_manager_lru_keeps_at_most_max_loaded(data_dir, model_files):
+def test_manager_lru_keeps_at_most_max_loaded(data_dir, model_files, tiny_loader):
     install(model_files["single"], data_dir)
     install(model_files["other"], data_dir)
-    manager = ModelManager(make_settings(data_dir, max_loaded_models=1), make_registry(data_dir))
+    manager = ModelManager(make_settings(data_dir, max_loaded_models=1), make_registry(data_dir), load=tiny_loader)
     manager.select("tiny-sd15")
     manager.select("other-sd15")
     assert [t.split(" ")[0] for t in manager.loaded_titles()] == ["other-sd15.safetensors"]

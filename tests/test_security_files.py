@@ -239,14 +239,14 @@ def test_batch_folders_are_off_when_exposed_unless_opted_in(tmp_path, flags, ena
             policy.input_files("in")
 
 
-def test_exposed_server_hides_batch_in_the_ui_and_refuses_it_through_gradio(tmp_path, model_files):
+def test_exposed_server_hides_batch_in_the_ui_and_refuses_it_through_gradio(tmp_path, model_files, tiny_loader):
     from tests.conftest import install
 
     data = tmp_path / "data"
     install(model_files["single"], data)
     (data / "in").mkdir()
     Image.new("RGB", (64, 64)).save(data / "in" / "a.png")
-    services = build_services(make_settings(data, host="0.0.0.0", insecure_no_auth=True))
+    services = build_services(make_settings(data, host="0.0.0.0", insecure_no_auth=True), load=tiny_loader)
     try:
         with TestClient(create_app(services), base_url=BASE_URL) as c:
             config = c.get("/config").json()

@@ -20,8 +20,8 @@ LONG_JOB = {"prompt": "a very long job", "steps": 150, "n_iter": 4, **SIZE}  # ~
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_files):
-    with live_server(tmp_path_factory.mktemp("webuiapi") / "data", model_files) as live:
+def server(tmp_path_factory, model_files, tiny_loader):
+    with live_server(tmp_path_factory.mktemp("webuiapi") / "data", model_files, load=tiny_loader) as live:
         yield live
 
 

@@ -1,7 +1,8 @@
 """Latents -> images: the cheap live preview, and the real VAE decode with its two safety nets.
 
 fp16 VAEs (notably SDXL's) can overflow into NaN and give black images: detect that and decode again in fp32.
-A decode that runs out of GPU memory is retried tiled before giving up with a clear message.
+A decode that runs out of GPU memory is retried tiled before giving up with a clear message. Both nets leave
+the shared VAE exactly as they found it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 
 import numpy as np
 import torch
+from accelerate import init_empty_weights
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from PIL import Image
 
 from webui.errors import OutOfMemory
@@ -41,36 +44,71 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Decode with NaN fallback to fp32 and an out-of-memory retry with tiling."""
-    try:
-        images = _decode(vae, latents)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        if getattr(vae, "use_tiling", False):
-            raise OutOfMemory(_oom_message(latents)) from None
-        log.warning("Out of memory in VAE decode; retrying tiled")
-        vae.enable_tiling()
-        try:
-            images = _decode(vae, latents)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            raise OutOfMemory(_oom_message(latents)) from None
-        finally:
-            vae.disable_tiling()
+    """Decode with an out-of-memory retry in tiles, and a fp32 re-decode when a low-precision VAE gives NaNs.
+
+    Neither fallback changes ``vae``: it is the loaded model's, borrowed from the model manager and possibly in use
+    by another job at the same time. The tiled retry calls ``tiled_decode`` directly instead of switching tiling
+    on, and the fp32 re-decode runs on a separate fp32 copy that is dropped afterwards.
+    """
+    images = _decode_or_tile(vae, latents)
     if torch.isnan(images).any() and vae.dtype != torch.float32:
-        log.warning("VAE produced NaNs in %s; decoding again in fp32", vae.dtype)
-        dtype = vae.dtype
-        vae.to(torch.float32)
+        log.warning("VAE produced NaNs in %s; decoding again with an fp32 copy", vae.dtype)
+        fp32_vae = _fp32_copy(vae, latents.device)
         try:
-            images = _decode(vae, latents.float())
+            images = _decode_or_tile(fp32_vae, latents.float())
         finally:
-            vae.to(dtype)
+            del fp32_vae
+            _release_cached_memory(latents.device)
     return images
 
 
+def _decode_or_tile(vae, latents: torch.Tensor) -> torch.Tensor:
+    try:
+        return _decode(vae, latents)
+    except torch.cuda.OutOfMemoryError:
+        _release_cached_memory(latents.device)
+        if getattr(vae, "use_tiling", False):  # the memory profile already tiles: nothing smaller to try
+            raise OutOfMemory(_oom_message(latents)) from None
+    log.warning("Out of memory in VAE decode; retrying tiled")
+    try:
+        return _decode_tiled(vae, latents)
+    except torch.cuda.OutOfMemoryError:
+        _release_cached_memory(latents.device)
+        raise OutOfMemory(_oom_message(latents)) from None
+
+
 def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    scaled = latents.to(vae.dtype) / vae.config.scaling_factor
-    return vae.decode(scaled.to(vae.device), return_dict=False)[0]
+    return vae.decode(_scaled(vae, latents), return_dict=False)[0]
+
+
+def _decode_tiled(vae, latents: torch.Tensor) -> torch.Tensor:
+    # One image at a time, tile by tile: what enable_slicing() + enable_tiling() would do, without setting either
+    # flag on the shared model. tiled_decode is not wrapped in diffusers' offload hook as decode() is, so apply
+    # it here: with model CPU offload the VAE only moves to the GPU in that hook.
+    tiled_decode = apply_forward_hook(type(vae).tiled_decode)
+    return torch.cat([tiled_decode(vae, z, return_dict=False)[0] for z in _scaled(vae, latents).split(1)])
+
+
+def _scaled(vae, latents: torch.Tensor) -> torch.Tensor:
+    return (latents.to(vae.dtype) / vae.config.scaling_factor).to(vae.device)
+
+
+def _fp32_copy(vae, device: torch.device):
+    """An fp32 twin of ``vae`` on ``device``. Built from the config and the weights rather than deepcopy: a VAE
+    under model CPU offload carries accelerate hooks that reference the pipeline's other models."""
+    with init_empty_weights(include_buffers=False):
+        twin = type(vae).from_config(vae.config)
+    weights = {name: tensor.to(device=device, dtype=torch.float32) if tensor.is_floating_point()
+               else tensor.to(device) for name, tensor in vae.state_dict().items()}
+    twin.load_state_dict(weights, strict=True, assign=True)
+    twin.use_slicing = getattr(vae, "use_slicing", False)  # the twin is ours alone: copying the flags is safe
+    twin.use_tiling = getattr(vae, "use_tiling", False)
+    return twin.eval()
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _oom_message(latents: torch.Tensor) -> str:
