@@ -23,7 +23,7 @@ PROMPT = 'a "fox", in snow: 50mm\nsecond line'
 NEGATIVE = "blurry, low quality"
 TXT2IMG = dict(prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="DPM++ 2M", scheduler="Exponential",
                steps=13, cfg_scale=6.5, width=640, height=448, seed=1234, batch_size=2, n_iter=3, clip_skip=3,
-               checkpoint=MODEL_NAME)
+               checkpoint=MODEL_NAME, tiling=True)
 MASK = Image.new("L", (8, 8), 255)
 # One img2img request per method, each with non-default values for the fields that method's infotext records.
 IMG2IMG = {
@@ -143,7 +143,7 @@ A1111_VALUES: dict[str, Any] = {
     "prompt": "a cat", "negative_prompt": "dog", "sampler_name": "Heun", "scheduler": "karras", "steps": 7,
     "width": 128, "height": 192, "n_iter": 2, "batch_size": 3, "cfg_scale": 4.5, "seed": 99,
     "resize_mode": 1, "denoising_strength": 0.3, "image_cfg_scale": 1.25, "mask_blur": 6, "inpainting_fill": 2,
-    "inpaint_full_res": False, "inpaint_full_res_padding": 12, "inpainting_mask_invert": 1,
+    "inpaint_full_res": False, "inpaint_full_res_padding": 12, "inpainting_mask_invert": 1, "tiling": True,
 }
 EXPECTED = dict(A1111_VALUES, scheduler="Karras", inpainting_mask_invert=True)
 

@@ -73,7 +73,7 @@ class InfotextRule:
 class Widget:
     """The UI control of a row. ``limit`` names a ``config.Limits`` field that narrows ``maximum`` per server."""
 
-    kind: str  # "textbox", "dropdown", "slider", "number" or "radio"
+    kind: str  # "textbox", "dropdown", "slider", "number", "radio" or "checkbox"
     label: str
     minimum: float | None = None
     maximum: float | None = None
@@ -208,6 +208,14 @@ def _write_schedule(request: Any, _ctx: InfotextContext) -> object:
     return None if effective == AUTOMATIC else effective
 
 
+def _read_bool(raw: str) -> bool:
+    """A1111 writes Python's ``True``/``False``; anything else is not a value we can apply."""
+    text = raw.strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"not a boolean: {raw!r}")
+    return text == "true"
+
+
 def _read_size(raw: str) -> dict[str, Any]:
     match = _SIZE.match(raw)
     if not match:
@@ -299,6 +307,10 @@ PARAMS: tuple[Param, ...] = (
           infotext=(_choice("Mask mode", "inpainting_mask_invert", _MASK_MODES,
                            lambda r, c: _inpainting(r, c) and r.inpainting_mask_invert),),
           widget=Widget("radio", "Mask mode", choices=_MASK_MODES, panel="inpaint")),
+    # Seamless textures: circular padding in the UNet's and VAE's convolutions for the job (A1111's "Tiling").
+    Param("tiling", bool, False, api_key="tiling",
+          infotext=(_scalar("Tiling", "tiling", _read_bool, lambda r, _c: r.tiling),),
+          widget=Widget("checkbox", "Tiling (seamless texture)", elem_id="{tab}_tiling")),
 )
 
 BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})

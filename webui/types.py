@@ -87,6 +87,7 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = P["n_iter"].field()
     clip_skip: int = P["clip_skip"].field()
     checkpoint: str | None = P["checkpoint"].field()  # title or name; None uses the current model
+    tiling: bool = P["tiling"].field()
     save_images: bool = True
 
     @model_validator(mode="before")

@@ -53,6 +53,7 @@ class Txt2ImgBody(ApiBody):
     send_images: bool = True
     save_images: bool = False
     enable_hr: bool = False
+    tiling: bool | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)

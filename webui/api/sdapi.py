@@ -69,10 +69,17 @@ def _table_fields(body: schemas.Txt2ImgBody, task: str, services: Services) -> d
         if param.api_key is not None:
             value = _body_value(body, param)
             if value is not None:  # absent (e.g. image_cfg_scale): the request's default
-                fields[param.name] = bool(value) if param.type is bool else value
+                fields[param.name] = _as_bool(param.api_key, value) if param.type is bool else value
         elif param.setting is not None:
             fields[param.name] = _setting_value(param, overrides, services)
     return fields
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    """A1111 clients send booleans, and 0/1 for some (``inpainting_mask_invert``); anything else is a mistake."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise InvalidRequest(key, "must be true or false")
 
 
 def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from PIL import Image
@@ -13,6 +14,26 @@ from webui.errors import OutOfMemory
 from webui.models.loader import LoadedModel
 from webui.pipelines import conditioning, decode
 from webui.samplers import Sampling, build_scheduler
+
+
+@contextmanager
+def seamless(model: LoadedModel, enabled: bool) -> Iterator[None]:
+    """A1111's "Tiling": circular padding in every convolution of the UNet and VAE for the job, so the image tiles
+    without seams; the padding is restored when the job ends, whatever happens. The model is the job's own for its
+    duration (its device runs one job at a time)."""
+    if not enabled:
+        yield
+        return
+    convs = [layer for name in ("unet", "vae") for layer in getattr(model.pipe, name).modules()
+             if isinstance(layer, torch.nn.Conv2d)]
+    saved = [(layer, layer.padding_mode) for layer in convs]
+    for layer in convs:
+        layer.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for layer, mode in saved:
+            layer.padding_mode = mode
 
 
 class StepListener(Protocol):

@@ -20,7 +20,7 @@ from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
 from webui.pipelines import img2img, txt2img
-from webui.pipelines.common import BatchOutput
+from webui.pipelines.common import BatchOutput, seamless
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
@@ -207,7 +207,7 @@ class GenerationService:
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
                                   started=started)
-        with ctx.models.lease(request.checkpoint) as model:
+        with ctx.models.lease(request.checkpoint) as model, seamless(model, request.tiling):
             task.check_model(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
             result.model_variant = model.variant

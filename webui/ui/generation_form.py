@@ -60,6 +60,8 @@ def param_widget(param: Param, prefix: str, limits: Limits | None = None, **extr
         return gr.Dropdown(options.pop("choices", list(w.choices)), value=param.default, **options)
     if w.kind == "radio":
         return gr.Radio(list(w.choices), value=w.to_ui(param.default), **options)
+    if w.kind == "checkbox":
+        return gr.Checkbox(value=param.default, **options)
     if w.kind == "number":
         return gr.Number(param.default, precision=0 if param.type is int else None, **options)
     maximum = param.ui_maximum(limits) if limits is not None else w.maximum
