@@ -27,10 +27,17 @@ class BatchOutput:
 
 
 def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int]):
-    """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state."""
-    scheduler = build_scheduler(model.scheduler_config, sampling.spec.name, sampling.schedule)
+    """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state.
+
+    Pipelines that sample the whole schedule from noise (txt2img: no init ``image``) get A1111's exact
+    k-diffusion samplers and sigmas; img2img-style pipelines slice diffusers' timesteps, so they keep
+    diffusers' schedulers for now.
+    """
+    whole_schedule = "image" not in inspect.signature(cls.__call__).parameters
+    scheduler = build_scheduler(model.scheduler_config, sampling.spec.name, sampling.schedule,
+                                exact=whole_schedule, sdxl=model.family == "sdxl")
     if hasattr(scheduler, "noise_sampler_seed"):
-        scheduler.noise_sampler_seed = list(seeds)  # DPM++ SDE's Brownian noise, one seed per image
+        scheduler.noise_sampler_seed = list(seeds)  # the SDE samplers' Brownian noise, one seed per image
     # Built from the constructor rather than from_pipe: from_pipe ends with a .to(dtype) of the shared modules
     # (fp32 unless told otherwise), which would recast the loaded weights and logs warnings on every job.
     params = inspect.signature(cls.__init__).parameters
