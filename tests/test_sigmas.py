@@ -27,6 +27,8 @@ from webui.schedules import DiscreteSigmas, alphas_cumprod_from_config, schedule
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    # torchsde notes float rounding at the ends of its interval; k-diffusion (A1111) triggers the same.
+    pytest.mark.filterwarnings("ignore:Should have:UserWarning"),
 ]
 
 STEPS = (1, 2, 8, 11, 20, 30)
@@ -236,3 +238,38 @@ def test_image_k_of_a_batch_matches_a_single_run_for_sde_noise(tiny_model, embed
             latents=noise[1:].clone(), output_type="latent").images
     torch.testing.assert_close(batch[1:], single, rtol=1e-4, atol=1e-4)
     assert not math.isclose(float((batch[0] - batch[1]).abs().max()), 0.0)
+
+
+def test_v_prediction_models_denoise_as_k_diffusion(k, tiny_model, embeds) -> None:
+    """SD 2.x-v checkpoints: the UNet's output is v, turned into denoised latents as CompVisVDenoiser does."""
+    unet = tiny_model.pipe.unet
+
+    class TinyCompVisV(k.external.DiscreteVDDPMDenoiser):
+        def get_v(self, x, t, **kwargs):
+            return unet(x, t, encoder_hidden_states=embeds).sample
+
+    denoiser = TinyCompVisV(None, _ldm_alphas_cumprod(), quantize=False)
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(21))
+    sigmas = denoiser.get_sigmas(4)
+    with torch.no_grad():
+        expected = k.sampling.sample_euler(denoiser, noise * sigmas[0], sigmas, disable=True)
+    v_model = LoadedModel(info=None, family="sd", variant="normal", pipe=tiny_model.pipe,
+                          scheduler_config=base_scheduler_config("v_prediction"), default_size=64)
+    got = _our_latents(v_model, embeds, "Euler", "Automatic", 4, noise)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, _our_latents(tiny_model, embeds, "Euler", "Automatic", 4, noise), atol=1e-3)
+
+
+@pytest.mark.parametrize(("written", "label"), [
+    ("Align Your Steps", "Align Your Steps"), ("KL Optimal", "KL Optimal"), ("Polyexponential", "Polyexponential"),
+    ("Beta", "Beta"), ("Normal", "Normal"), ("Simple", "Simple"), ("DDIM", "DDIM"), ("Uniform", "Uniform"),
+    ("align_your_steps", "Align Your Steps"), ("kl_optimal", "KL Optimal"),
+])
+def test_every_a1111_schedule_name_is_accepted_and_runs(written: str, label: str) -> None:
+    """Infotext labels and the API's ids both resolve, and each builds a scheduler with A1111's sigmas."""
+    spec, schedule = resolve_sampler("DPM++ 2M", written)
+    assert schedule == label
+    scheduler = build_scheduler(base_scheduler_config(), spec.name, written)
+    scheduler.set_timesteps(12)
+    assert scheduler.config.schedule == label
+    assert len(scheduler.timesteps) == len(scheduler.sigmas) - 1

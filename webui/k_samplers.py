@@ -286,14 +286,17 @@ class BrownianNoise:
 
         positive = sigmas[sigmas > 0]
         self._t0, self._t1 = positive.min(), sigmas.max()
-        w0 = torch.zeros_like(x[0])
+        self._dtype = x.dtype
+        # float32 even for fp16 latents: the same numbers as A1111's float32 trees, and torchsde's
+        # interval arithmetic is not meant for half precision.
+        w0 = torch.zeros_like(x[0], dtype=torch.float32)
         self._trees = [torchsde.BrownianTree(self._t0, w0, self._t1, entropy=seed) for seed in seeds]
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
         w = torch.stack([tree(lo, hi) for tree in self._trees]) * sign
-        return w / (t1 - t0).abs().sqrt()
+        return (w / (t1 - t0).abs().sqrt()).to(self._dtype)
 
 
 def _generator_noise(generator) -> Noise:
