@@ -454,3 +454,14 @@ def test_a1111_schedulers_listing_shape() -> None:
     assert by_name["sgm_uniform"]["aliases"] == ["SGMUniform"]
     assert [e["name"] for e in listing if e["need_inner_model"]] == [
         "uniform", "sgm_uniform", "simple", "normal", "ddim", "beta"]
+
+
+def test_unipc_uses_a1111_defaults_and_starts_at_the_last_timestep() -> None:
+    # A1111: variant bh1, order 3, time-uniform from t = 999 to the model's sigma_min ("leading" began at 941).
+    scheduler = build_scheduler(SD15_CONFIG, "UniPC")
+    scheduler.set_timesteps(20)
+    assert (scheduler.config.solver_type, scheduler.config.solver_order) == ("bh1", 3)
+    assert scheduler.timesteps[:3].tolist() == [999, 949, 899]
+    assert len(scheduler.timesteps) == 20
+    assert scheduler.sigmas[0].item() == pytest.approx(14.6146, abs=1e-3)
+    assert scheduler.sigmas[-1].item() == pytest.approx(0.0292, abs=1e-4)

@@ -289,6 +289,9 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec(
         name="UniPC",
         scheduler_class="UniPCMultistepScheduler",
+        # A1111's defaults (uni_pc_variant bh1, uni_pc_order 3, skip type time_uniform from t=1 down to the
+        # last timestep, i.e. ending at sigma_min): with linspace spacing the same timesteps, rounded to integers.
+        kwargs={"solver_type": "bh1", "solver_order": 3, "final_sigmas_type": "sigma_min"},
         aliases=("unipc",),
         **_ALL_SCHEDULES,
     ),
@@ -449,8 +452,8 @@ def _schedule_kwargs(spec: SamplerSpec, schedule: str) -> dict[str, Any]:
         kwargs["use_beta_sigmas"] = False
     if schedule == SGM_UNIFORM:
         kwargs["timestep_spacing"] = "trailing"  # diffusers' equivalent of SGM Uniform
-    elif spec.k_algorithm:
-        kwargs["timestep_spacing"] = "linspace"  # k-diffusion's spacing: starts at sigma_max as A1111 does
+    elif spec.k_algorithm or spec.name == "UniPC":
+        kwargs["timestep_spacing"] = "linspace"  # A1111's spacing: starts at sigma_max (not "leading"'s ~11)
     return kwargs
 
 
