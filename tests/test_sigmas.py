@@ -273,3 +273,30 @@ def test_every_a1111_schedule_name_is_accepted_and_runs(written: str, label: str
     scheduler.set_timesteps(12)
     assert scheduler.config.schedule == label
     assert len(scheduler.timesteps) == len(scheduler.sigmas) - 1
+
+
+class _Steps:
+    def __init__(self):
+        self.seen: list[tuple[int, int]] = []
+
+    def on_step(self, step, steps, preview) -> None:
+        self.seen.append((step, steps))
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(("sampler", "expected"), [
+    ("Heun", [1, 1, 2, 2, 3, 3, 4]), ("DPM++ SDE", [1, 1, 2, 2, 3, 3, 4]), ("Euler", [1, 2, 3, 4]),
+])
+def test_progress_counts_sampler_steps_not_unet_calls(tiny_model, embeds, sampler: str, expected) -> None:
+    from webui.pipelines.common import StepCallback
+
+    listener = _Steps()
+    runner = job_pipeline(tiny_model, StableDiffusionPipeline, Sampling.resolve(sampler, "Karras"), [SEED])
+    callback = StepCallback(listener, 4, 0, "sd")
+    with torch.no_grad():
+        runner(prompt_embeds=embeds, guidance_scale=1.0, num_inference_steps=4, width=64, height=64,
+               output_type="latent", generator=[torch.Generator().manual_seed(SEED)], **callback.kwargs())
+    assert [step for step, _ in listener.seen] == expected
+    assert {steps for _, steps in listener.seen} == {4}

@@ -1,16 +1,17 @@
 """A1111's k-diffusion samplers, step for step, behind diffusers' scheduler interface.
 
-diffusers' Karras-style schedulers cannot take an arbitrary sigma sequence (only Euler and UniPC accept
-``sigmas=``) and several differ from k-diffusion in details (rounded timesteps, extra noise at the start), so
-the same seed and settings gave another image than A1111. Here each sampler is written once as a Python
-generator that follows k-diffusion's algorithm: it yields ``(x, sigma)`` where it needs the denoiser and
-receives the denoised latents back. :class:`KDiffusionScheduler` drives it from the pipeline's ordinary loop
-(``scale_model_input`` -> UNet -> ``step``), turning the UNet's eps (or v) output into denoised latents the way
-k-diffusion's CompVis denoisers do, and calling the UNet at the fractional timestep of each sigma.
+diffusers' Karras-style schedulers cannot take an arbitrary sigma sequence (in diffusers 0.42 only Euler and
+UniPC accept ``sigmas=``), so A1111's schedules could not be reproduced with them. Here each sampler is
+written once as a Python generator that follows k-diffusion's algorithm: it yields
+``(x, sigma, starts_a_step)`` where it needs the denoiser and receives the denoised latents back.
+:class:`KDiffusionScheduler` drives it from the pipeline's ordinary loop (``scale_model_input`` -> UNet ->
+``step``), turning the UNet's eps (or v) output into denoised latents the way k-diffusion's CompVis
+denoisers do, and calling the UNet at the fractional timestep of each sigma.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ from webui.schedules import DiscreteSigmas, alphas_cumprod_from_config, schedule
 __all__ = ["ALGORITHMS", "BrownianNoise", "KDiffusionScheduler"]
 
 Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Sampler = Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]
+# Yields (x, sigma, starts_a_step) where the denoiser is needed, receives the denoised x, returns the final x.
+Sampler = Generator[tuple[torch.Tensor, torch.Tensor, bool], torch.Tensor, torch.Tensor]
 ETA = 1.0  # A1111's "Eta for ancestral samplers" default; also the SDE samplers' eta
 S_NOISE = 1.0
 
@@ -50,14 +52,14 @@ def _t_fn(sigma):
 
 def euler(x, sigmas, noise: Noise) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         x = x + _to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
     return x
 
 
 def euler_ancestral(x, sigmas, noise: Noise) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
         x = x + _to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         if sigmas[i + 1] > 0:
@@ -67,35 +69,35 @@ def euler_ancestral(x, sigmas, noise: Noise) -> Sampler:
 
 def heun(x, sigmas, noise: Noise) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         d = _to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
         if sigmas[i + 1] == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
-            denoised_2 = yield x_2, sigmas[i + 1]
+            denoised_2 = yield x_2, sigmas[i + 1], False
             x = x + (d + _to_d(x_2, sigmas[i + 1], denoised_2)) / 2 * dt
     return x
 
 
 def dpm_2(x, sigmas, noise: Noise) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         d = _to_d(x, sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigmas[i])
         else:
             sigma_mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigmas[i])
-            denoised_2 = yield x_2, sigma_mid
+            denoised_2 = yield x_2, sigma_mid, False
             x = x + _to_d(x_2, sigma_mid, denoised_2) * (sigmas[i + 1] - sigmas[i])
     return x
 
 
 def dpm_2_ancestral(x, sigmas, noise: Noise) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
         d = _to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
@@ -103,7 +105,7 @@ def dpm_2_ancestral(x, sigmas, noise: Noise) -> Sampler:
         else:
             sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sigmas[i])
-            denoised_2 = yield x_2, sigma_mid
+            denoised_2 = yield x_2, sigma_mid, False
             x = x + _to_d(x_2, sigma_mid, denoised_2) * (sigma_down - sigmas[i])
             x = x + noise(sigmas[i], sigmas[i + 1]) * S_NOISE * sigma_up
     return x
@@ -126,7 +128,7 @@ def lms(x, sigmas, noise: Noise, order: int = 4) -> Sampler:
     sigmas_cpu = sigmas.detach().cpu().numpy()
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         ds.append(_to_d(x, sigmas[i], denoised))
         if len(ds) > order:
             ds.pop(0)
@@ -138,7 +140,7 @@ def lms(x, sigmas, noise: Noise, order: int = 4) -> Sampler:
 
 def dpmpp_2s_ancestral(x, sigmas, noise: Noise) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
         if sigma_down == 0:
             x = x + _to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
@@ -147,7 +149,7 @@ def dpmpp_2s_ancestral(x, sigmas, noise: Noise) -> Sampler:
             h = t_next - t
             s = t + h / 2
             x_2 = (_sigma_fn(s) / _sigma_fn(t)) * x - (-h / 2).expm1() * denoised
-            denoised_2 = yield x_2, _sigma_fn(s)
+            denoised_2 = yield x_2, _sigma_fn(s), False
             x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * S_NOISE * sigma_up
@@ -156,7 +158,7 @@ def dpmpp_2s_ancestral(x, sigmas, noise: Noise) -> Sampler:
 
 def dpmpp_sde(x, sigmas, noise: Noise, r: float = 1 / 2) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         if sigmas[i + 1] == 0:
             x = x + _to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
             continue
@@ -168,7 +170,7 @@ def dpmpp_sde(x, sigmas, noise: Noise, r: float = 1 / 2) -> Sampler:
         s_ = _t_fn(sd)
         x_2 = (_sigma_fn(s_) / _sigma_fn(t)) * x - (t - s_).expm1() * denoised
         x_2 = x_2 + noise(_sigma_fn(t), _sigma_fn(s)) * S_NOISE * su
-        denoised_2 = yield x_2, _sigma_fn(s)
+        denoised_2 = yield x_2, _sigma_fn(s), False
         sd, su = _ancestral_step(_sigma_fn(t), _sigma_fn(t_next))
         t_next_ = _t_fn(sd)
         denoised_d = (1 - fac) * denoised + fac * denoised_2
@@ -180,7 +182,7 @@ def dpmpp_sde(x, sigmas, noise: Noise, r: float = 1 / 2) -> Sampler:
 def dpmpp_2m(x, sigmas, noise: Noise) -> Sampler:
     old_denoised = None
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         t, t_next = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
         h = t_next - t
         if old_denoised is None or sigmas[i + 1] == 0:
@@ -196,7 +198,7 @@ def dpmpp_2m(x, sigmas, noise: Noise) -> Sampler:
 def _dpmpp_2m_sde(x, sigmas, noise: Noise, heun_solver: bool) -> Sampler:
     old_denoised = h_last = h = None
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         if sigmas[i + 1] == 0:
             x = denoised
         else:
@@ -227,7 +229,7 @@ def dpmpp_2m_sde_heun(x, sigmas, noise: Noise) -> Sampler:
 def dpmpp_3m_sde(x, sigmas, noise: Noise) -> Sampler:
     denoised_1 = denoised_2 = h = h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i]
+        denoised = yield x, sigmas[i], True
         if sigmas[i + 1] == 0:
             x = denoised
         else:
@@ -335,12 +337,13 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
         self._calls: list[torch.Tensor] = []
+        self.step_of_call: list[int] = []
         self._reset()
 
     def _reset(self) -> None:
         self._run: Sampler | None = None
         self._step_index = 0
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor, bool] | None = None
 
     # ------------------------------------------------------------------ diffusers' scheduler interface
 
@@ -366,20 +369,26 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = num_inference_steps
         self.sigmas = schedule_sigmas(config.schedule, num_inference_steps, self.model_sigmas, sdxl=config.sdxl,
                                       discard_penultimate=config.discard_penultimate_sigma)
-        self._calls = self.call_sigmas(self.sigmas)
+        calls = self.denoiser_calls(self.sigmas)
+        self._calls = [sigma for sigma, _starts in calls]
+        # A1111 counts sampler steps, not UNet calls: the step each call belongs to (1-based), for progress.
+        self.step_of_call = list(itertools.accumulate(int(starts) for _sigma, starts in calls))
         sigmas_called = torch.stack(self._calls)
         self.timesteps = self.model_sigmas.sigma_to_t(sigmas_called).to(device=device)
         self._reset()
 
-    def call_sigmas(self, sigmas: torch.Tensor) -> list[torch.Tensor]:
-        """The sigma of every denoiser call the sampler makes over ``sigmas`` (they depend on nothing else)."""
+    def denoiser_calls(self, sigmas: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """(sigma, starts a step) for every denoiser call the sampler makes over ``sigmas``.
+
+        They depend on the sigmas alone, so a dry run over a dummy one-element latent finds them.
+        """
         run = ALGORITHMS[self.config.algorithm].run(torch.zeros(1), sigmas, lambda _s, _n: torch.zeros(1))
         calls = []
         try:
-            _x, sigma = next(run)
+            _x, sigma, starts = next(run)
             while True:
-                calls.append(sigma)
-                _x, sigma = run.send(torch.zeros(1))
+                calls.append((sigma, starts))
+                _x, sigma, starts = run.send(torch.zeros(1))
         except StopIteration:
             return calls
 
@@ -391,7 +400,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
              return_dict: bool = True):
         if self._run is None:
             self._start(sample, generator)
-        x, sigma = self._pending
+        x, sigma, _starts = self._pending
         sigma = sigma.to(x.device)
         if self.config.prediction_type == "v_prediction":
             denoised = model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)

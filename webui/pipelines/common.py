@@ -75,7 +75,9 @@ class StepCallback:
         self.stopped = False
 
     def __call__(self, pipeline, step_index: int, _timestep, tensors: dict) -> dict:
-        step = step_index + 1
+        # Second-order k-diffusion samplers call the UNet twice a step; progress counts steps, as A1111 does.
+        step_of_call = getattr(pipeline.scheduler, "step_of_call", None)
+        step = step_of_call[step_index] if step_of_call and step_index < len(step_of_call) else step_index + 1
         latents = tensors["latents"]
         wants_preview = self._preview_every > 0 and step % self._preview_every == 0 and step < self._total
         preview = (lambda: decode.cheap_preview(latents, self._family)) if wants_preview else None
