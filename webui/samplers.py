@@ -236,6 +236,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         k_algorithm="dpmpp_2m_sde",
         scheduler_class="DPMSolverMultistepScheduler",
         kwargs={"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        requires=("torchsde",),  # Brownian-tree noise, as A1111
         aliases=("k_dpmpp_2m_sde",),
         default_schedule=EXPONENTIAL,
         **_ALL_SCHEDULES,
@@ -245,6 +246,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         k_algorithm="dpmpp_2m_sde_heun",
         scheduler_class="DPMSolverMultistepScheduler",
         kwargs={"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+        requires=("torchsde",),  # Brownian-tree noise, as A1111
         aliases=("k_dpmpp_2m_sde_heun",),
         default_schedule=EXPONENTIAL,
         **_ALL_SCHEDULES,
@@ -254,6 +256,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         k_algorithm="dpmpp_3m_sde", discard_penultimate_sigma=True,
         scheduler_class="DPMSolverMultistepScheduler",
         kwargs={"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        requires=("torchsde",),  # Brownian-tree noise, as A1111
         aliases=("k_dpmpp_3m_sde",),
         default_schedule=EXPONENTIAL,
         **_ALL_SCHEDULES,
