@@ -417,14 +417,23 @@ def test_a1111_samplers_listing_shape() -> None:
     assert by_name["Euler a"] == {
         "name": "Euler a",
         "aliases": ["k_euler_a", "k_euler_ancestral"],
-        "options": {},
+        "options": {"uses_ensd": True},
     }
+    # A1111 1.10's options, as its API reports them.
+    assert by_name["Euler"]["options"] == {}
+    assert by_name["DPM2 a"]["options"] == {
+        "scheduler": "karras", "discard_next_to_last_sigma": True, "uses_ensd": True, "second_order": True}
+    assert by_name["DPM++ 3M SDE"]["options"] == {
+        "scheduler": "exponential", "discard_next_to_last_sigma": True, "brownian_noise": True}
+    assert by_name["DPM++ 2M SDE Heun"]["options"] == {
+        "scheduler": "exponential", "brownian_noise": True, "solver_type": "heun"}
+    assert by_name["DDIM"]["options"] == {}
     assert by_name["DPM++ 2M"] == {
         "name": "DPM++ 2M",
         "aliases": ["k_dpmpp_2m"],
         "options": {"scheduler": "karras"},
     }
-    assert by_name["DPM++ 2M SDE"]["options"] == {"scheduler": "exponential"}
+    assert by_name["DPM++ 2M SDE"]["options"] == {"scheduler": "exponential", "brownian_noise": True}
 
 
 def test_a1111_schedulers_listing_shape() -> None:

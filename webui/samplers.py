@@ -525,11 +525,29 @@ def a1111_samplers_listing() -> list[dict[str, Any]]:
     ]
 
 
-def _a1111_options(spec: SamplerSpec) -> dict[str, str]:
-    """A1111 reports a sampler's non-automatic default schedule as options["scheduler"]."""
-    if spec.default_schedule == AUTOMATIC:
-        return {}
-    return {"scheduler": _schedule_info(spec.default_schedule).name}
+# A1111 1.10's per-sampler option flags (modules/sd_samplers_kdiffusion.py), by k-diffusion algorithm.
+_A1111_FLAGS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "euler_ancestral": {"uses_ensd": True},
+    "heun": {"second_order": True},
+    "dpm_2": {"second_order": True},
+    "dpm_2_ancestral": {"uses_ensd": True, "second_order": True},
+    "dpmpp_2s_ancestral": {"uses_ensd": True, "second_order": True},
+    "dpmpp_sde": {"second_order": True, "brownian_noise": True},
+    "dpmpp_2m_sde": {"brownian_noise": True},
+    "dpmpp_2m_sde_heun": {"brownian_noise": True, "solver_type": "heun"},
+    "dpmpp_3m_sde": {"brownian_noise": True},
+})
+
+
+def _a1111_options(spec: SamplerSpec) -> dict[str, Any]:
+    """A1111's ``options``: the default schedule (when not Automatic) and the sampler's flags."""
+    options: dict[str, Any] = {}
+    if spec.default_schedule != AUTOMATIC:
+        options["scheduler"] = _schedule_info(spec.default_schedule).name
+    if spec.discard_penultimate_sigma:
+        options["discard_next_to_last_sigma"] = True
+    options.update(_A1111_FLAGS.get(spec.k_algorithm, {}))
+    return options
 
 
 def _schedule_info(label: str) -> ScheduleType:
