@@ -300,3 +300,58 @@ def test_progress_counts_sampler_steps_not_unet_calls(tiny_model, embeds, sample
                output_type="latent", generator=[torch.Generator().manual_seed(SEED)], **callback.kwargs())
     assert [step for step, _ in listener.seen] == expected
     assert {steps for _, steps in listener.seen} == {4}
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DPM++ SDE"])
+def test_cfg_matches_a1111_cfg_denoiser(k, tiny_model, embeds, sampler: str) -> None:
+    """With a negative prompt and CFG 7: A1111 mixes the two denoised outputs, diffusers the two eps; same result."""
+    unet = tiny_model.pipe.unet
+    negative = torch.randn((1, 77, 32), generator=torch.Generator().manual_seed(8))
+    scale = 7.0
+
+    class TinyCfg(k.external.DiscreteEpsDDPMDenoiser):
+        def forward(self, x, sigma, **kwargs):
+            cond = super().forward(x, sigma, context=embeds)
+            uncond = super().forward(x, sigma, context=negative)
+            return uncond + (cond - uncond) * scale
+
+        def get_eps(self, x, t, context):
+            return unet(x, t, encoder_hidden_states=context).sample
+
+    denoiser = TinyCfg(None, _ldm_alphas_cumprod(), quantize=False)
+    spec, schedule = resolve_sampler(sampler)
+    sigmas = a1111_sigmas(k, denoiser, effective_schedule(spec, schedule), 3)
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
+    x = noise * sigmas[0]
+    name, extra = K_FUNCTIONS[sampler]
+    if sampler in BROWNIAN:
+        extra = {"noise_sampler": k.sampling.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(),
+                                                                      seed=[SEED])}
+    elif sampler == "Euler a":
+        generator = torch.Generator().manual_seed(SEED)
+        extra = {"noise_sampler": lambda _s, _n: torch.randn(x.shape, generator=generator)}
+    with torch.no_grad():
+        expected = getattr(k.sampling, name)(denoiser, x, sigmas, disable=True, **extra)
+        runner = job_pipeline(tiny_model, StableDiffusionPipeline, Sampling.resolve(sampler), [SEED])
+        got = runner(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=scale,
+                     num_inference_steps=3, width=64, height=64, latents=noise.clone(),
+                     generator=[torch.Generator().manual_seed(SEED)], output_type="latent").images
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_half_precision_unet_with_cfg_runs_and_stays_close_to_float32(tiny_model, embeds) -> None:
+    """fp16 UNet (CUDA's default) with CFG: fp16 latents handed back, close to the float32 run."""
+    # Fresh components with the same weights: .to() casts modules in place, the shared tiny model must stay fp32.
+    half = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False).to(dtype=torch.float16)
+    model = LoadedModel(info=None, family="sd", variant="normal", pipe=half,
+                        scheduler_config=base_scheduler_config(), default_size=64)
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(6))
+    runner = job_pipeline(model, StableDiffusionPipeline, Sampling.resolve("DPM++ 2M SDE"), [SEED])
+    with torch.no_grad():
+        out = runner(prompt_embeds=embeds.half(), negative_prompt_embeds=embeds.half(), guidance_scale=3.0,
+                     num_inference_steps=3, width=64, height=64, latents=noise.half(), output_type="latent").images
+    assert out.dtype == torch.float16
+    assert torch.isfinite(out).all()
+    reference = _our_latents(tiny_model, embeds, "DPM++ 2M SDE", "Automatic", 3, noise)
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)

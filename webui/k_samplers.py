@@ -393,8 +393,19 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             return calls
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        sigma = self._calls[self._step_index].to(sample.device)
-        return sample / (sigma ** 2 + 1) ** 0.5
+        x = self._own_latents(sample)
+        sigma = self._calls[self._step_index].to(x.device)
+        return (x / (sigma ** 2 + 1) ** 0.5).to(sample.dtype)
+
+    def _own_latents(self, sample: torch.Tensor) -> torch.Tensor:
+        """The sampler's float32 latents behind ``sample`` (the pipeline's may be fp16 copies, and doubled for CFG)."""
+        if self._pending is None:
+            return sample.float()
+        x = self._pending[0]
+        copies, rest = divmod(sample.shape[0], x.shape[0])
+        if rest or sample.shape[1:] != x.shape[1:]:
+            return sample.float()
+        return x if copies == 1 else x.repeat(copies, *([1] * (x.ndim - 1)))
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
              return_dict: bool = True):
@@ -402,29 +413,33 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             self._start(sample, generator)
         x, sigma, _starts = self._pending
         sigma = sigma.to(x.device)
+        output = model_output.float()
         if self.config.prediction_type == "v_prediction":
-            denoised = model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)
+            denoised = output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)
         else:
-            denoised = x - model_output * sigma
+            denoised = x - output * sigma
         self._step_index += 1
         try:
-            self._pending = self._run.send(denoised.to(x.dtype))
+            self._pending = self._run.send(denoised)
             prev = self._pending[0]
         except StopIteration as done:
             prev = done.value
             self._pending = None
+        prev = prev.to(sample.dtype)  # the pipeline keeps its latents in the UNet's dtype
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
     def _start(self, sample: torch.Tensor, generator) -> None:
+        """Start the sampler on float32 latents, as A1111 samples (only the UNet runs in half precision)."""
         algorithm = ALGORITHMS[self.config.algorithm]
-        sigmas = self.sigmas.to(sample.device)
+        x = sample.float()
+        sigmas = self.sigmas.to(x.device)
         if algorithm.brownian:
-            seeds = self.noise_sampler_seed or [int(torch.randint(0, 2 ** 63 - 1, []).item())] * sample.shape[0]
-            noise: Noise = BrownianNoise(sample, sigmas, seeds)
+            seeds = self.noise_sampler_seed or [int(torch.randint(0, 2 ** 63 - 1, []).item())] * x.shape[0]
+            noise: Noise = BrownianNoise(x, sigmas, seeds)
         else:
             draw = _generator_noise(generator)
-            noise = lambda s, n: draw(s, n, like=sample)  # noqa: E731
-        self._run = algorithm.run(sample, sigmas, noise)
+            noise = lambda s, n: draw(s, n, like=x)  # noqa: E731
+        self._run = algorithm.run(x, sigmas, noise)
         self._pending = next(self._run)
 
     def __len__(self) -> int:
