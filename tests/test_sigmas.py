@@ -355,3 +355,17 @@ def test_half_precision_unet_with_cfg_runs_and_stays_close_to_float32(tiny_model
     assert torch.isfinite(out).all()
     reference = _our_latents(tiny_model, embeds, "DPM++ 2M SDE", "Automatic", 3, noise)
     torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_img2img_refuses_a_txt2img_only_schedule_before_queueing(services) -> None:
+    from PIL import Image
+
+    from webui.errors import InvalidRequest
+    from webui.types import Img2ImgRequest
+
+    request = Img2ImgRequest(prompt="x", init_images=[Image.new("RGB", (64, 64))], width=64, height=64,
+                             sampler_name="Euler", scheduler="Align Your Steps", steps=2)
+    with pytest.raises(InvalidRequest) as excinfo:
+        services.generation.submit_img2img(request)
+    assert excinfo.value.field == "scheduler"
+    assert "'Align Your Steps' is available for txt2img only" in str(excinfo.value)

@@ -35,6 +35,7 @@ __all__ = [
     "find_sampler",
     "is_sampler_available",
     "normalize_schedule",
+    "partial_schedule_problem",
     "resolve_sampler",
     "sampler_names",
     "schedules_for",
@@ -463,6 +464,15 @@ def _schedule_kwargs(spec: SamplerSpec, schedule: str) -> dict[str, Any]:
 _DIFFUSERS_SCHEDULES = (AUTOMATIC, UNIFORM, KARRAS, EXPONENTIAL, SGM_UNIFORM)
 
 
+def partial_schedule_problem(spec: SamplerSpec, schedule: str) -> str | None:
+    """Why img2img (diffusers' schedulers, ``exact=False``) can't run this schedule, or None if it can."""
+    effective = effective_schedule(spec, schedule)
+    if not spec.k_algorithm or effective in _DIFFUSERS_SCHEDULES:
+        return None
+    return (f"Schedule type {effective!r} is available for txt2img only for now; for img2img choose one of "
+            f"{', '.join(_DIFFUSERS_SCHEDULES)}")
+
+
 def build_scheduler(
     base_config: Mapping[str, Any], name: str, schedule: str | None = AUTOMATIC, *,
     exact: bool = True, sdxl: bool = False,
@@ -491,10 +501,9 @@ def build_scheduler(
         return KDiffusionScheduler.from_config(
             _accepted_config(KDiffusionScheduler, base_config), algorithm=spec.k_algorithm,
             schedule=effective, discard_penultimate_sigma=spec.discard_penultimate_sigma, sdxl=sdxl)
-    if spec.k_algorithm and effective not in _DIFFUSERS_SCHEDULES:
-        raise ValueError(
-            f"Schedule type {effective!r} is available for txt2img only for now; for img2img choose one of "
-            f"{', '.join(_DIFFUSERS_SCHEDULES)}")
+    problem = partial_schedule_problem(spec, requested)
+    if problem:
+        raise ValueError(problem)
 
     import diffusers  # lazy: importing diffusers pulls in torch
 
