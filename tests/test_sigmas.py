@@ -369,3 +369,23 @@ def test_img2img_refuses_a_txt2img_only_schedule_before_queueing(services) -> No
         services.generation.submit_img2img(request)
     assert excinfo.value.field == "scheduler"
     assert "'Align Your Steps' is available for txt2img only" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(("sampler", "schedule", "written"), [
+    ("Euler", "Automatic", None),  # A1111 writes no schedule where Automatic is the model's uniform one
+    ("DPM++ 2M", "Automatic", "Karras"),  # ...and the sampler's default where Automatic picks one
+    ("DPM2 a", "Beta", "Beta"), ("Euler a", "Align Your Steps", "Align Your Steps"),
+    ("DPM++ 2M SDE", "KL Optimal", "KL Optimal"), ("Heun", "Polyexponential", "Polyexponential"),
+])
+def test_schedule_type_infotext_round_trip(sampler: str, schedule: str, written: str | None) -> None:
+    from webui.infotext import format_infotext, parse_infotext, to_generation_fields
+    from webui.parameters import InfotextContext, infotext_params
+    from webui.types import Txt2ImgRequest
+
+    request = Txt2ImgRequest(prompt="a cat", sampler_name=sampler, scheduler=schedule)
+    params = infotext_params(request, InfotextContext(seed=1))
+    assert params.get("Schedule type") == written
+    fields = to_generation_fields(parse_infotext(format_infotext("a cat", "", params)))
+    again = Txt2ImgRequest(**{k: v for k, v in fields.items() if k in Txt2ImgRequest.model_fields})
+    assert again.sampling.effective_schedule == request.sampling.effective_schedule
+    assert again.sampling.spec.name == sampler
