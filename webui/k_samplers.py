@@ -12,8 +12,9 @@ denoisers do, and calling the UNet at the fractional timestep of each sigma.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -261,7 +262,7 @@ class Algorithm:
     brownian: bool = False  # noise from a Brownian tree seeded per image (A1111's "brownian_noise")
 
 
-ALGORITHMS: dict[str, Algorithm] = {
+ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({
     "euler": Algorithm(euler),
     "euler_ancestral": Algorithm(euler_ancestral),
     "heun": Algorithm(heun),
@@ -274,7 +275,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "dpmpp_2m_sde": Algorithm(dpmpp_2m_sde, brownian=True),
     "dpmpp_2m_sde_heun": Algorithm(dpmpp_2m_sde_heun, brownian=True),
     "dpmpp_3m_sde": Algorithm(dpmpp_3m_sde, brownian=True),
-}
+})
 
 
 class BrownianNoise:
