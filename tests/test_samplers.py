@@ -122,11 +122,42 @@ def test_every_sampler_and_schedule_builds(spec: SamplerSpec, schedule: str) -> 
     scheduler = build_scheduler(SD15_CONFIG, spec.name, schedule)
     scheduler.set_timesteps(10)
 
-    assert type(scheduler).__name__ == spec.scheduler_class
-    assert len(scheduler.timesteps) >= 10
+    used = effective_schedule(spec, schedule)
     config = scheduler.config
-    for key, value in spec.kwargs.items():
-        assert config[key] == value
+    if spec.k_algorithm:
+        # txt2img runs A1111's k-diffusion sampler over A1111's sigmas (tests/test_sigmas.py checks the numbers).
+        assert type(scheduler).__name__ == "KDiffusionScheduler"
+        assert (config.algorithm, config.schedule) == (spec.k_algorithm, used)
+        assert len(scheduler.timesteps) >= 10
+        assert scheduler.sigmas[0] > 1 and scheduler.sigmas[-1] < 0.1
+    else:
+        assert type(scheduler).__name__ == spec.scheduler_class
+        assert len(scheduler.timesteps) >= 10
+        for key, value in spec.kwargs.items():
+            assert config[key] == value
+    # Betas come from the model config, not the scheduler class defaults.
+    assert config.beta_schedule == "scaled_linear"
+    assert config.beta_start == SD15_CONFIG["beta_start"]
+
+
+_FLAG = {"Karras": "supports_karras", "Exponential": "supports_exponential", "SGM Uniform": "supports_sgm_uniform"}
+DIFFUSERS_PAIRS = [
+    pytest.param(spec, schedule, id=f"{spec.name}/{schedule}")
+    for spec in SAMPLERS
+    for schedule in spec.schedules
+    if schedule in ("Automatic", "Karras", "Exponential", "SGM Uniform")
+    and (not spec.k_algorithm or schedule == "Automatic" or getattr(spec, _FLAG[schedule]))
+]
+
+
+@pytest.mark.parametrize(("spec", "schedule"), DIFFUSERS_PAIRS)
+def test_img2img_schedulers_are_diffusers_classes_with_the_schedule_flags(spec: SamplerSpec, schedule: str) -> None:
+    """img2img slices diffusers' timesteps, so it keeps diffusers' classes (exact=False)."""
+    _skip_if_unavailable(spec)
+    scheduler = build_scheduler(SD15_CONFIG, spec.name, schedule, exact=False)
+    scheduler.set_timesteps(10)
+    assert type(scheduler).__name__ == spec.scheduler_class
+    config = scheduler.config
     used = effective_schedule(spec, schedule)
     if spec.supports_karras:
         assert config.use_karras_sigmas == (used == "Karras")
@@ -134,9 +165,14 @@ def test_every_sampler_and_schedule_builds(spec: SamplerSpec, schedule: str) -> 
         assert config.use_exponential_sigmas == (used == "Exponential")
     if "timestep_spacing" in config:
         assert (config.timestep_spacing == "trailing") == (used == "SGM Uniform")
-    # Betas come from the model config, not the scheduler class defaults.
-    assert config.beta_schedule == "scaled_linear"
-    assert config.beta_start == SD15_CONFIG["beta_start"]
+        if spec.k_algorithm and used != "SGM Uniform":
+            # k-diffusion's spacing (first sigma = sigma_max), not the config's "leading" (which started at 11.0).
+            assert config.timestep_spacing == "linspace"
+
+
+def test_img2img_refuses_schedules_only_txt2img_has() -> None:
+    with pytest.raises(ValueError, match="'Beta' is available for txt2img only"):
+        build_scheduler(SD15_CONFIG, "Euler", "Beta", exact=False)
 
 
 @pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
@@ -152,16 +188,18 @@ def test_checkpoint_schedule_flags_do_not_leak() -> None:
     # A checkpoint config with Karras + beta sigmas on must not override the user's choice,
     # nor make diffusers reject two sigma schedules at once.
     config = {**SD15_CONFIG, "use_karras_sigmas": True, "use_beta_sigmas": True}
-    euler = build_scheduler(config, "Euler", "Automatic")
+    euler = build_scheduler(config, "Euler", "Automatic", exact=False)
     assert not euler.config.use_karras_sigmas
     assert not euler.config.use_beta_sigmas
-    exponential = build_scheduler(config, "Euler", "Exponential")
+    exponential = build_scheduler(config, "Euler", "Exponential", exact=False)
     assert exponential.config.use_exponential_sigmas
     assert not exponential.config.use_karras_sigmas
 
 
 def test_fused_name_builds_with_fused_schedule() -> None:
     scheduler = build_scheduler(SD15_CONFIG, "DPM++ 2M SDE Karras")
+    assert (scheduler.config.algorithm, scheduler.config.schedule) == ("dpmpp_2m_sde", "Karras")
+    scheduler = build_scheduler(SD15_CONFIG, "DPM++ 2M SDE Karras", exact=False)
     assert scheduler.config.algorithm_type == "sde-dpmsolver++"
     assert scheduler.config.use_karras_sigmas
 
@@ -288,10 +326,10 @@ def test_unknown_sampler_lists_valid_names(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "schedule"),
     [
-        ("Euler a", "Karras"),
-        ("Euler a Karras", None),
+        ("LCM", "Karras"),
+        ("PLMS Karras", None),
         ("LCM", "SGM Uniform"),
-        ("DPM++ 2S a", "SGM Uniform"),
+        ("UniPC", "Beta"),
         ("DDIM", "Exponential"),
     ],
 )
@@ -331,10 +369,12 @@ def test_normalize_schedule(given: str | None, expected: str) -> None:
 @pytest.mark.parametrize(
     ("sampler", "expected"),
     [
-        ("Euler a", ("Automatic", "SGM Uniform")),
+        # A1111 offers every schedule type for its k-diffusion samplers.
+        ("Euler a", SCHEDULE_TYPES),
         ("Euler", SCHEDULE_TYPES),
         ("DPM++ 2M", SCHEDULE_TYPES),
-        ("DPM++ 2S a", ("Automatic", "Karras", "Exponential")),
+        ("DPM++ 2S a", SCHEDULE_TYPES),
+        ("UniPC", ("Automatic", "Karras", "Exponential", "SGM Uniform")),
         ("DDIM", ("Automatic", "SGM Uniform")),
         ("PLMS", ("Automatic", "SGM Uniform")),
         ("LCM", ("Automatic",)),
@@ -377,19 +417,34 @@ def test_a1111_samplers_listing_shape() -> None:
     assert by_name["Euler a"] == {
         "name": "Euler a",
         "aliases": ["k_euler_a", "k_euler_ancestral"],
-        "options": {},
+        "options": {"uses_ensd": True},
     }
+    # A1111 1.10's options, as its API reports them.
+    assert by_name["Euler"]["options"] == {}
+    assert by_name["DPM2 a"]["options"] == {
+        "scheduler": "karras", "discard_next_to_last_sigma": True, "uses_ensd": True, "second_order": True}
+    assert by_name["DPM++ 3M SDE"]["options"] == {
+        "scheduler": "exponential", "discard_next_to_last_sigma": True, "brownian_noise": True}
+    assert by_name["DPM++ 2M SDE Heun"]["options"] == {
+        "scheduler": "exponential", "brownian_noise": True, "solver_type": "heun"}
+    assert by_name["DDIM"]["options"] == {}
     assert by_name["DPM++ 2M"] == {
         "name": "DPM++ 2M",
         "aliases": ["k_dpmpp_2m"],
         "options": {"scheduler": "karras"},
     }
-    assert by_name["DPM++ 2M SDE"]["options"] == {"scheduler": "exponential"}
+    assert by_name["DPM++ 2M SDE"]["options"] == {"scheduler": "exponential", "brownian_noise": True}
 
 
 def test_a1111_schedulers_listing_shape() -> None:
     listing = a1111_schedulers_listing()
     assert [entry["label"] for entry in listing] == list(SCHEDULE_TYPES)
+    # A1111 1.10's list, in its order.
+    assert [entry["name"] for entry in listing] == [
+        "automatic", "uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal",
+        "align_your_steps", "simple", "normal", "ddim", "beta",
+    ]
+    by_name = {entry["name"]: entry for entry in listing}
     assert listing[0] == {
         "name": "automatic",
         "label": "Automatic",
@@ -397,12 +452,25 @@ def test_a1111_schedulers_listing_shape() -> None:
         "default_rho": -1.0,
         "need_inner_model": False,
     }
-    assert listing[1] == {
+    assert by_name["karras"] == {
         "name": "karras",
         "label": "Karras",
         "aliases": None,
         "default_rho": 7.0,
         "need_inner_model": False,
     }
-    assert listing[3]["name"] == "sgm_uniform"
-    assert listing[3]["aliases"] == ["SGMUniform"]
+    assert by_name["polyexponential"]["default_rho"] == 1.0
+    assert by_name["sgm_uniform"]["aliases"] == ["SGMUniform"]
+    assert [e["name"] for e in listing if e["need_inner_model"]] == [
+        "uniform", "sgm_uniform", "simple", "normal", "ddim", "beta"]
+
+
+def test_unipc_uses_a1111_defaults_and_starts_at_the_last_timestep() -> None:
+    # A1111: variant bh1, order 3, time-uniform from t = 999 to the model's sigma_min ("leading" began at 941).
+    scheduler = build_scheduler(SD15_CONFIG, "UniPC")
+    scheduler.set_timesteps(20)
+    assert (scheduler.config.solver_type, scheduler.config.solver_order) == ("bh1", 3)
+    assert scheduler.timesteps[:3].tolist() == [999, 949, 899]
+    assert len(scheduler.timesteps) == 20
+    assert scheduler.sigmas[0].item() == pytest.approx(14.6146, abs=1e-3)
+    assert scheduler.sigmas[-1].item() == pytest.approx(0.0292, abs=1e-4)

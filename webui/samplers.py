@@ -35,6 +35,7 @@ __all__ = [
     "find_sampler",
     "is_sampler_available",
     "normalize_schedule",
+    "partial_schedule_problem",
     "resolve_sampler",
     "sampler_names",
     "schedules_for",
@@ -42,9 +43,17 @@ __all__ = [
 ]
 
 AUTOMATIC = "Automatic"
+UNIFORM = "Uniform"
 KARRAS = "Karras"
 EXPONENTIAL = "Exponential"
+POLYEXPONENTIAL = "Polyexponential"
 SGM_UNIFORM = "SGM Uniform"
+KL_OPTIMAL = "KL Optimal"
+ALIGN_YOUR_STEPS = "Align Your Steps"
+SIMPLE = "Simple"
+NORMAL = "Normal"
+DDIM_SCHEDULE = "DDIM"
+BETA = "Beta"
 
 
 # ------------------------------------------------------------------------ schedules
@@ -61,11 +70,20 @@ class ScheduleType:
     need_inner_model: bool = False
 
 
+# A1111 1.10's list (modules/sd_schedulers.py), in its order; computed in webui/schedules.py.
 _SCHEDULES: tuple[ScheduleType, ...] = (
     ScheduleType(AUTOMATIC, "automatic"),
+    ScheduleType(UNIFORM, "uniform", need_inner_model=True),
     ScheduleType(KARRAS, "karras", default_rho=7.0),
     ScheduleType(EXPONENTIAL, "exponential"),
+    ScheduleType(POLYEXPONENTIAL, "polyexponential", default_rho=1.0),
     ScheduleType(SGM_UNIFORM, "sgm_uniform", aliases=("SGMUniform",), need_inner_model=True),
+    ScheduleType(KL_OPTIMAL, "kl_optimal"),
+    ScheduleType(ALIGN_YOUR_STEPS, "align_your_steps"),
+    ScheduleType(SIMPLE, "simple", need_inner_model=True),
+    ScheduleType(NORMAL, "normal", need_inner_model=True),
+    ScheduleType(DDIM_SCHEDULE, "ddim", need_inner_model=True),
+    ScheduleType(BETA, "beta", need_inner_model=True),
 )
 
 SCHEDULE_TYPES: tuple[str, ...] = tuple(s.label for s in _SCHEDULES)
@@ -104,6 +122,9 @@ class SamplerSpec:
     default_schedule: str = AUTOMATIC  # what "Automatic" means for this sampler
     requires: tuple[str, ...] = ()  # optional packages the diffusers class needs
     note: str = ""  # how faithful the mapping is, shown to curious users
+    # The k-diffusion algorithm A1111 runs (webui/k_samplers.py); "" for samplers A1111 runs otherwise.
+    k_algorithm: str = ""
+    discard_penultimate_sigma: bool = False  # A1111's option: one more step computed, next-to-last sigma dropped
 
     def __post_init__(self) -> None:
         # Specs live in a shared module-level table: make the kwargs read-only.
@@ -111,14 +132,20 @@ class SamplerSpec:
 
     @property
     def schedules(self) -> tuple[str, ...]:
-        """Schedule types valid for this sampler, in SCHEDULE_TYPES order."""
+        """Schedule types valid for this sampler, in SCHEDULE_TYPES order.
+
+        A1111 offers every schedule type for its k-diffusion samplers; the others keep what their
+        diffusers class can do.
+        """
+        if self.k_algorithm:
+            return SCHEDULE_TYPES
         supported = {
             AUTOMATIC: True,
             KARRAS: self.supports_karras,
             EXPONENTIAL: self.supports_exponential,
             SGM_UNIFORM: self.supports_sgm_uniform,
         }
-        return tuple(label for label in SCHEDULE_TYPES if supported[label])
+        return tuple(label for label in SCHEDULE_TYPES if supported.get(label, False))
 
 
 # Schedule-flag support was checked against the diffusers 0.42 constructors: every
@@ -129,18 +156,21 @@ _ALL_SCHEDULES = {**_SIGMA_SCHEDULES, "supports_sgm_uniform": True}
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec(
         name="Euler a",
+        k_algorithm="euler_ancestral",
         scheduler_class="EulerAncestralDiscreteScheduler",
         aliases=("k_euler_a", "k_euler_ancestral"),
         supports_sgm_uniform=True,  # no sigma-schedule flags on this class
     ),
     SamplerSpec(
         name="Euler",
+        k_algorithm="euler",
         scheduler_class="EulerDiscreteScheduler",
         aliases=("k_euler",),
         **_ALL_SCHEDULES,
     ),
     SamplerSpec(
         name="LMS",
+        k_algorithm="lms",
         scheduler_class="LMSDiscreteScheduler",
         aliases=("k_lms",),
         requires=("scipy",),  # diffusers uses scipy.integrate for the LMS coefficients
@@ -148,12 +178,14 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         name="Heun",
+        k_algorithm="heun",
         scheduler_class="HeunDiscreteScheduler",
         aliases=("k_heun",),
         **_ALL_SCHEDULES,
     ),
     SamplerSpec(
         name="DPM2",
+        k_algorithm="dpm_2", discard_penultimate_sigma=True,
         scheduler_class="KDPM2DiscreteScheduler",
         aliases=("k_dpm_2",),
         default_schedule=KARRAS,
@@ -161,6 +193,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         name="DPM2 a",
+        k_algorithm="dpm_2_ancestral", discard_penultimate_sigma=True,
         scheduler_class="KDPM2AncestralDiscreteScheduler",
         aliases=("k_dpm_2_a",),
         default_schedule=KARRAS,
@@ -168,17 +201,19 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         name="DPM++ 2S a",
+        k_algorithm="dpmpp_2s_ancestral",
         scheduler_class="DPMSolverSinglestepScheduler",
         # lower_order_final=True: the class forces it anyway (and logs a warning) when the
         # final sigma is zero.
         kwargs={"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True},
         aliases=("k_dpmpp_2s_a",),
         default_schedule=KARRAS,
-        note="Approximation: diffusers' single-step DPM-Solver++(2S) without ancestral noise.",
+        note="img2img approximates it with diffusers' single-step DPM-Solver++(2S) without ancestral noise.",
         **_SIGMA_SCHEDULES,  # no timestep_spacing on the single-step class
     ),
     SamplerSpec(
         name="DPM++ 2M",
+        k_algorithm="dpmpp_2m",
         scheduler_class="DPMSolverMultistepScheduler",
         kwargs={"algorithm_type": "dpmsolver++", "solver_order": 2},
         aliases=("k_dpmpp_2m",),
@@ -187,6 +222,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         name="DPM++ SDE",
+        k_algorithm="dpmpp_sde",
         # The faithful k-diffusion sampler; its Brownian-tree noise is seeded per image by the pipeline
         # (noise_sampler_seed), so a seed reproduces its image as in A1111.
         scheduler_class="DPMSolverSDEScheduler",
@@ -198,24 +234,30 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         name="DPM++ 2M SDE",
+        k_algorithm="dpmpp_2m_sde",
         scheduler_class="DPMSolverMultistepScheduler",
         kwargs={"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        requires=("torchsde",),  # Brownian-tree noise, as A1111
         aliases=("k_dpmpp_2m_sde",),
         default_schedule=EXPONENTIAL,
         **_ALL_SCHEDULES,
     ),
     SamplerSpec(
         name="DPM++ 2M SDE Heun",
+        k_algorithm="dpmpp_2m_sde_heun",
         scheduler_class="DPMSolverMultistepScheduler",
         kwargs={"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+        requires=("torchsde",),  # Brownian-tree noise, as A1111
         aliases=("k_dpmpp_2m_sde_heun",),
         default_schedule=EXPONENTIAL,
         **_ALL_SCHEDULES,
     ),
     SamplerSpec(
         name="DPM++ 3M SDE",
+        k_algorithm="dpmpp_3m_sde", discard_penultimate_sigma=True,
         scheduler_class="DPMSolverMultistepScheduler",
         kwargs={"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        requires=("torchsde",),  # Brownian-tree noise, as A1111
         aliases=("k_dpmpp_3m_sde",),
         default_schedule=EXPONENTIAL,
         **_ALL_SCHEDULES,
@@ -251,6 +293,9 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec(
         name="UniPC",
         scheduler_class="UniPCMultistepScheduler",
+        # A1111's defaults (uni_pc_variant bh1, uni_pc_order 3, skip type time_uniform from t=1 down to the
+        # last timestep, i.e. ending at sigma_min): with linspace spacing the same timesteps, rounded to integers.
+        kwargs={"solver_type": "bh1", "solver_order": 3, "final_sigmas_type": "sigma_min"},
         aliases=("unipc",),
         **_ALL_SCHEDULES,
     ),
@@ -299,8 +344,10 @@ def find_sampler(name: str) -> SamplerSpec | None:
 
 # Old A1111 names fused the schedule into the sampler ("DPM++ 2M Karras") or the alias
 # ("k_dpmpp_2m_ka", "k_dpmpp_2m_sde_exp").
+# Longest first, so "Euler SGM Uniform" is not read as "Euler SGM" + "Uniform".
 _FUSED_SUFFIXES: tuple[tuple[str, str], ...] = (
-    *((" " + label.lower(), label) for label in SCHEDULE_TYPES if label != AUTOMATIC),
+    *sorted(((" " + label.lower(), label) for label in SCHEDULE_TYPES if label != AUTOMATIC),
+            key=lambda pair: -len(pair[0])),
     ("_ka", KARRAS),
     ("_exp", EXPONENTIAL),
 )
@@ -394,7 +441,7 @@ def _missing_packages(spec: SamplerSpec) -> tuple[str, ...]:
 
 
 def _schedule_kwargs(spec: SamplerSpec, schedule: str) -> dict[str, Any]:
-    """Scheduler flags for a schedule.
+    """Scheduler flags for a schedule (diffusers' own classes).
 
     Flags the class supports are always set explicitly, so a checkpoint's own scheduler
     config (which may enable Karras or beta sigmas) can't leak into the user's choice,
@@ -409,16 +456,34 @@ def _schedule_kwargs(spec: SamplerSpec, schedule: str) -> dict[str, Any]:
         kwargs["use_beta_sigmas"] = False
     if schedule == SGM_UNIFORM:
         kwargs["timestep_spacing"] = "trailing"  # diffusers' equivalent of SGM Uniform
+    elif spec.k_algorithm or spec.name == "UniPC":
+        kwargs["timestep_spacing"] = "linspace"  # A1111's spacing: starts at sigma_max (not "leading"'s ~11)
     return kwargs
 
 
+_DIFFUSERS_SCHEDULES = (AUTOMATIC, UNIFORM, KARRAS, EXPONENTIAL, SGM_UNIFORM)
+
+
+def partial_schedule_problem(spec: SamplerSpec, schedule: str) -> str | None:
+    """Why img2img (diffusers' schedulers, ``exact=False``) can't run this schedule, or None if it can."""
+    effective = effective_schedule(spec, schedule)
+    if not spec.k_algorithm or effective in _DIFFUSERS_SCHEDULES:
+        return None
+    return (f"Schedule type {effective!r} is available for txt2img only for now; for img2img choose one of "
+            f"{', '.join(_DIFFUSERS_SCHEDULES)}")
+
+
 def build_scheduler(
-    base_config: Mapping[str, Any], name: str, schedule: str | None = AUTOMATIC
+    base_config: Mapping[str, Any], name: str, schedule: str | None = AUTOMATIC, *,
+    exact: bool = True, sdxl: bool = False,
 ) -> Any:
-    """A diffusers scheduler for ``name``/``schedule``, built from a model's scheduler config.
+    """A diffusers-compatible scheduler for ``name``/``schedule``, built from a model's scheduler config.
 
     ``base_config`` is the checkpoint's scheduler config (betas, prediction type...);
     keys the target class doesn't take are dropped first (see ``_accepted_config``).
+    With ``exact`` (whole-schedule sampling: txt2img), A1111's k-diffusion samplers run as
+    A1111 runs them, over A1111's sigmas (webui/k_samplers.py; ``sdxl`` picks the Align Your
+    Steps table); otherwise, and for the other samplers, a diffusers class stands in.
     Raises ValueError for unknown names/schedules, ImportError for a missing optional
     package (e.g. scipy for LMS).
     """
@@ -429,11 +494,21 @@ def build_scheduler(
             f"Sampler {spec.name!r} needs the optional package(s) {', '.join(missing)}; "
             "install them or choose another sampler."
         )
+    effective = effective_schedule(spec, requested)
+    if spec.k_algorithm and exact:
+        from webui.k_samplers import KDiffusionScheduler  # lazy: pulls in torch and diffusers
+
+        return KDiffusionScheduler.from_config(
+            _accepted_config(KDiffusionScheduler, base_config), algorithm=spec.k_algorithm,
+            schedule=effective, discard_penultimate_sigma=spec.discard_penultimate_sigma, sdxl=sdxl)
+    problem = partial_schedule_problem(spec, requested)
+    if problem:
+        raise ValueError(problem)
 
     import diffusers  # lazy: importing diffusers pulls in torch
 
     scheduler_cls = getattr(diffusers, spec.scheduler_class)
-    kwargs = {**spec.kwargs, **_schedule_kwargs(spec, effective_schedule(spec, requested))}
+    kwargs = {**spec.kwargs, **_schedule_kwargs(spec, effective)}
     return scheduler_cls.from_config(_accepted_config(scheduler_cls, base_config), **kwargs)
 
 
@@ -459,11 +534,29 @@ def a1111_samplers_listing() -> list[dict[str, Any]]:
     ]
 
 
-def _a1111_options(spec: SamplerSpec) -> dict[str, str]:
-    """A1111 reports a sampler's non-automatic default schedule as options["scheduler"]."""
-    if spec.default_schedule == AUTOMATIC:
-        return {}
-    return {"scheduler": _schedule_info(spec.default_schedule).name}
+# A1111 1.10's per-sampler option flags (modules/sd_samplers_kdiffusion.py), by k-diffusion algorithm.
+_A1111_FLAGS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "euler_ancestral": {"uses_ensd": True},
+    "heun": {"second_order": True},
+    "dpm_2": {"second_order": True},
+    "dpm_2_ancestral": {"uses_ensd": True, "second_order": True},
+    "dpmpp_2s_ancestral": {"uses_ensd": True, "second_order": True},
+    "dpmpp_sde": {"second_order": True, "brownian_noise": True},
+    "dpmpp_2m_sde": {"brownian_noise": True},
+    "dpmpp_2m_sde_heun": {"brownian_noise": True, "solver_type": "heun"},
+    "dpmpp_3m_sde": {"brownian_noise": True},
+})
+
+
+def _a1111_options(spec: SamplerSpec) -> dict[str, Any]:
+    """A1111's ``options``: the default schedule (when not Automatic) and the sampler's flags."""
+    options: dict[str, Any] = {}
+    if spec.default_schedule != AUTOMATIC:
+        options["scheduler"] = _schedule_info(spec.default_schedule).name
+    if spec.discard_penultimate_sigma:
+        options["discard_next_to_last_sigma"] = True
+    options.update(_A1111_FLAGS.get(spec.k_algorithm, {}))
+    return options
 
 
 def _schedule_info(label: str) -> ScheduleType:

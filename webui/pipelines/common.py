@@ -48,10 +48,17 @@ class BatchOutput:
 
 
 def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int]):
-    """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state."""
-    scheduler = build_scheduler(model.scheduler_config, sampling.spec.name, sampling.schedule)
+    """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state.
+
+    Pipelines that sample the whole schedule from noise (txt2img: no init ``image``) get A1111's exact
+    k-diffusion samplers and sigmas; img2img-style pipelines slice diffusers' timesteps, so they keep
+    diffusers' schedulers for now.
+    """
+    whole_schedule = "image" not in inspect.signature(cls.__call__).parameters
+    scheduler = build_scheduler(model.scheduler_config, sampling.spec.name, sampling.schedule,
+                                exact=whole_schedule, sdxl=model.family == "sdxl")
     if hasattr(scheduler, "noise_sampler_seed"):
-        scheduler.noise_sampler_seed = list(seeds)  # DPM++ SDE's Brownian noise, one seed per image
+        scheduler.noise_sampler_seed = list(seeds)  # the SDE samplers' Brownian noise, one seed per image
     # Built from the constructor rather than from_pipe: from_pipe ends with a .to(dtype) of the shared modules
     # (fp32 unless told otherwise), which would recast the loaded weights and logs warnings on every job.
     params = inspect.signature(cls.__init__).parameters
@@ -89,7 +96,9 @@ class StepCallback:
         self.stopped = False
 
     def __call__(self, pipeline, step_index: int, _timestep, tensors: dict) -> dict:
-        step = step_index + 1
+        # Second-order k-diffusion samplers call the UNet twice a step; progress counts steps, as A1111 does.
+        step_of_call = getattr(pipeline.scheduler, "step_of_call", None)
+        step = step_of_call[step_index] if step_of_call and step_index < len(step_of_call) else step_index + 1
         latents = tensors["latents"]
         wants_preview = self._preview_every > 0 and step % self._preview_every == 0 and step < self._total
         preview = (lambda: decode.cheap_preview(latents, self._family)) if wants_preview else None

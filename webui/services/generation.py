@@ -24,6 +24,7 @@ from webui.pipelines.common import BatchOutput, seamless
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
+from webui.samplers import partial_schedule_problem
 from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
 from webui.services.prompt_budget import PromptBudget
@@ -81,6 +82,9 @@ class GenerationService:
         self._check(request)
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
+        schedule_problem = partial_schedule_problem(request.sampling.spec, request.sampling.schedule)
+        if schedule_problem:
+            raise InvalidRequest("scheduler", schedule_problem)
         budget = self._settings.limits.max_image_pixels
         for index, image in enumerate(request.init_images):
             if image.width * image.height > budget:
