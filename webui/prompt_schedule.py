@@ -202,11 +202,11 @@ def prompt_schedule(prompt: str, steps: int, hires_steps: int | None = None) -> 
     counting = _Steps(steps, 0, 0.0) if hires_steps is None else _Steps(hires_steps, steps, 1.0)
     try:
         tree = _Parser(prompt).top()
-    except (_NoParse, RecursionError):
+        found = {counting.steps}
+        _collect(tree, counting, found)
+        return [(step, _text(tree, step, counting)) for step in sorted(found)]
+    except (_NoParse, RecursionError):  # too deeply nested for Python's stack: literal too, never a crash
         return [(counting.steps, prompt)]
-    found = {counting.steps}
-    _collect(tree, counting, found)
-    return [(step, _text(tree, step, counting)) for step in sorted(found)]
 
 
 def index_at_step(ends: list[int], step: int) -> int:
