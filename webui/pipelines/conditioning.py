@@ -161,10 +161,13 @@ class ScheduledPair:
 
 
 def encode_scheduled_pair(pipe, prompt: str, negative: str, clip_skip: int, device: torch.device,
-                          steps: int) -> ScheduledPair:
-    """Encode every text the prompt and negative prompt schedules use over ``steps`` steps, each text once."""
-    positive = prompt_schedule(composable_text(prompt), steps)
-    negatives = prompt_schedule(negative, steps)
+                          steps: int, hires_steps: int | None = None) -> ScheduledPair:
+    """Encode every text the prompt and negative prompt schedules use over ``steps`` steps, each text once.
+
+    ``hires_steps``: the schedule of a hires fix's second pass (see :func:`webui.prompt_schedule.prompt_schedule`).
+    """
+    positive = prompt_schedule(composable_text(prompt), steps, hires_steps)
+    negatives = prompt_schedule(negative, steps, hires_steps)
     texts = list(dict.fromkeys(text for _, text in positive + negatives))
     chunked = {text: chunk_prompt(pipe.tokenizer, text) for text in texts}
     # Every entry is padded to the longest: diffusers concatenates cond and uncond, and a switch keeps the shape.

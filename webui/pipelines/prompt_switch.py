@@ -25,9 +25,9 @@ class PromptSwitch:
 
     @classmethod
     def encode(cls, runner, family: str, prompt: str, negative: str, clip_skip: int, steps: int,
-               num_images: int) -> PromptSwitch:
+               num_images: int, hires_steps: int | None = None) -> PromptSwitch:
         pair = conditioning.encode_scheduled_pair(runner, prompt, negative, clip_skip, runner._execution_device,
-                                                  steps)
+                                                  steps, hires_steps)
         return cls(pair, family, num_images)
 
     def refuse_switching(self, why: str) -> None:
