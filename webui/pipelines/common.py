@@ -13,6 +13,7 @@ from PIL import Image
 from webui.errors import OutOfMemory
 from webui.models.loader import LoadedModel
 from webui.pipelines import conditioning, decode
+from webui.pipelines.prompt_switch import PromptSwitch
 from webui.samplers import Sampling, build_scheduler
 
 
@@ -86,10 +87,13 @@ def prompt_kwargs(runner, family: str, prompt: str, negative: str, clip_skip: in
 
 
 class StepCallback:
-    """diffusers' ``callback_on_step_end``: progress, a cheap preview every few steps, interrupt."""
+    """diffusers' ``callback_on_step_end``: progress, a cheap preview every few steps, interrupt, and the prompt
+    embeddings of the next step when the prompt is scheduled (``prompts``)."""
 
-    def __init__(self, listener: StepListener, total_steps: int, preview_every: int, family: str):
+    def __init__(self, listener: StepListener, total_steps: int, preview_every: int, family: str,
+                 prompts: PromptSwitch | None = None):
         self._listener = listener
+        self._prompts = prompts
         self._total = total_steps
         self._preview_every = preview_every
         self._family = family
@@ -106,7 +110,8 @@ class StepCallback:
         if self._listener.should_stop():
             self.stopped = True
             pipeline._interrupt = True  # diffusers' documented way to end the loop early
-        return {}
+        # step_index counts from 0, so the step after this one is `step`.
+        return self._prompts.outputs(pipeline, step) if self._prompts is not None else {}
 
     def kwargs(self) -> dict:
         return {"callback_on_step_end": self, "callback_on_step_end_tensor_inputs": ["latents"]}

@@ -3,6 +3,8 @@
 Emphasis weights scale each token's embedding (then the mean is restored, as A1111 does); prompts longer than
 75 tokens are split into 75-token chunks that are encoded separately and concatenated, never truncated; ``BREAK``
 starts a new chunk. Conditional and unconditional embeddings are padded to the same number of chunks.
+Scheduled prompts (``[a:b:N]``, ``[a|b]``) are encoded once per distinct text; :class:`ScheduledPair` says which
+embeddings apply at each sampler step.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from webui.prompt_schedule import composable_text, index_at_step, prompt_schedule
 from webui.prompts import parse_prompt_attention
 
 CHUNK_TOKENS = 75
@@ -137,3 +140,39 @@ def encode_pair(pipe, prompt: str, negative: str, clip_skip: int,
     while len(pos) < len(neg):
         pos.append(Chunk())
     return encode(pipe, pos, clip_skip, device), encode(pipe, neg, clip_skip, device)
+
+
+@dataclass
+class ScheduledPair:
+    """Prompt and negative prompt embeddings per schedule entry, all padded to the same number of chunks."""
+
+    cond_ends: list[int]
+    conds: list[Conditioning]
+    uncond_ends: list[int]
+    unconds: list[Conditioning]
+
+    @property
+    def switches(self) -> bool:
+        return len(self.conds) > 1 or len(self.unconds) > 1
+
+    def indexes_at(self, step: int) -> tuple[int, int]:
+        """Which (cond, uncond) entries apply at 0-based sampler step ``step``."""
+        return index_at_step(self.cond_ends, step), index_at_step(self.uncond_ends, step)
+
+
+def encode_scheduled_pair(pipe, prompt: str, negative: str, clip_skip: int, device: torch.device,
+                          steps: int, hires_steps: int | None = None) -> ScheduledPair:
+    """Encode every text the prompt and negative prompt schedules use over ``steps`` steps, each text once.
+
+    ``hires_steps``: the schedule of a hires fix's second pass (see :func:`webui.prompt_schedule.prompt_schedule`).
+    """
+    positive = prompt_schedule(composable_text(prompt), steps, hires_steps)
+    negatives = prompt_schedule(negative, steps, hires_steps)
+    texts = list(dict.fromkeys(text for _, text in positive + negatives))
+    chunked = {text: chunk_prompt(pipe.tokenizer, text) for text in texts}
+    # Every entry is padded to the longest: diffusers concatenates cond and uncond, and a switch keeps the shape.
+    longest = max(len(chunks) for chunks in chunked.values())
+    encoded = {text: encode(pipe, chunks + [Chunk() for _ in range(longest - len(chunks))], clip_skip, device)
+               for text, chunks in chunked.items()}
+    return ScheduledPair(cond_ends=[end for end, _ in positive], conds=[encoded[text] for _, text in positive],
+                         uncond_ends=[end for end, _ in negatives], unconds=[encoded[text] for _, text in negatives])

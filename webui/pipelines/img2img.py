@@ -21,6 +21,7 @@ from webui import images as imageops
 from webui.models.loader import LoadedModel
 from webui.pipelines import common
 from webui.pipelines.common import BatchOutput, StepListener
+from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Img2ImgRequest
 
 _CLASSES = {
@@ -120,8 +121,13 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
         return BatchOutput([finish(prepared, prepared.image) for _ in seeds], stopped_early=False)
     family = "sdxl" if model.family == "sdxl" else "sd"
     runner = common.job_pipeline(model, _CLASSES[(family, method)], request.sampling, seeds)
+    # A1111 schedules an img2img prompt over the full steps and counts from 0 where sampling starts.
+    prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
+                                  request.steps, len(seeds))
+    if method == "instruct-pix2pix":
+        prompts.refuse_switching("with InstructPix2Pix checkpoints")  # their loops lay embeddings out differently
     kwargs = dict(
-        common.prompt_kwargs(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip),
+        prompts.kwargs(),
         image=prepared.image, guidance_scale=request.cfg_scale,
         num_inference_steps=schedule_steps(request.steps, request.denoising_strength, method),
         num_images_per_prompt=len(seeds), generator=common.generators(seeds),
@@ -132,6 +138,6 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
         kwargs["strength"] = request.denoising_strength
     if method == "inpaint":
         kwargs.update(mask_image=prepared.mask, width=request.width, height=request.height)
-    callback = common.StepCallback(listener, total, preview_every, model.family)
+    callback = common.StepCallback(listener, total, preview_every, model.family, prompts)
     out = common.run_and_decode(runner, kwargs, callback)
     return BatchOutput([finish(prepared, image) for image in out.images], out.stopped_early)

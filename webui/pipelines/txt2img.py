@@ -12,6 +12,7 @@ import torch
 from webui.models.loader import LoadedModel
 from webui.pipelines import common
 from webui.pipelines.common import BatchOutput, StepListener
+from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
 
 
@@ -19,14 +20,16 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
               preview_every: int) -> BatchOutput:
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
     gens = common.generators(seeds)
+    prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
+                                  request.steps, len(seeds))
     kwargs = dict(
-        common.prompt_kwargs(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip),
+        prompts.kwargs(),
         num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
         width=request.width, height=request.height, num_images_per_prompt=len(seeds),
         latents=_initial_latents(runner, request, gens),
         generator=gens,  # the generators also feed ancestral/SDE samplers' noise
     )
-    callback = common.StepCallback(listener, request.steps, preview_every, model.family)
+    callback = common.StepCallback(listener, request.steps, preview_every, model.family, prompts)
     return common.run_and_decode(runner, kwargs, callback)
 
 

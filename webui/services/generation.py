@@ -174,8 +174,8 @@ class GenerationService:
             if value > limit:
                 raise InvalidRequest(field, f"{value} is over this server's limit of {limit}")
         self._check_job_pixels(request)
-        self._prompts.check("prompt", request.prompt)
-        self._prompts.check("negative_prompt", request.negative_prompt)
+        self._prompts.check("prompt", request.prompt, request.steps, composable=True)
+        self._prompts.check("negative_prompt", request.negative_prompt, request.steps)
         if request.checkpoint:
             try:
                 self._manager.registry.find(request.checkpoint)

@@ -18,6 +18,7 @@ from webui.config import Limits
 from webui.errors import InvalidRequest
 from webui.models.loader import TOKENIZER_DIR
 from webui.pipelines.conditioning import CHUNK_TOKENS, COMMA_BACKTRACK, chunk_prompt
+from webui.prompt_schedule import composable_text, prompt_schedule
 
 _BREAK = re.compile(r"\bBREAK\b")  # the keyword as webui.prompts splits on it
 
@@ -45,8 +46,13 @@ class PromptBudget:
         chunks = chunk_prompt(self._get_tokenizer(), text)
         return sum(len(chunk.tokens) for chunk in chunks), len(chunks)
 
-    def check(self, field: str, text: str) -> None:
-        """Raise InvalidRequest naming ``field`` and the count when ``text`` is over a limit."""
+    def check(self, field: str, text: str, steps: int = 1, composable: bool = False) -> None:
+        """Raise InvalidRequest naming ``field`` and the count when ``text`` is over a limit.
+
+        A scheduled prompt (``[a:b:N]``, ``[a|b]``) is measured by its longest text over ``steps`` steps, since
+        each text is encoded on its own; ``composable`` (the positive prompt) also refuses ``AND`` as conditioning
+        does.
+        """
         if len(text) > self._max_chars:
             raise InvalidRequest(field, f"{len(text)} characters is over this server's limit of "
                                         f"{self._max_chars} characters")
@@ -61,7 +67,11 @@ class PromptBudget:
         if breaks >= self._max_chunks:
             raise InvalidRequest(field, f"{breaks} BREAK keywords is over this server's limit of "
                                         f"{self._max_chunks - 1} (each starts a chunk of {CHUNK_TOKENS} tokens)")
-        tokens, chunks = self.count(text)
+        if composable:
+            text = composable_text(text)
+        texts = dict.fromkeys(variant for _, variant in prompt_schedule(text, steps))
+        counts = [self.count(variant) for variant in texts]
+        tokens, chunks = max(t for t, _ in counts), max(c for _, c in counts)
         if tokens > self._max_tokens:
             raise InvalidRequest(field, f"{tokens} tokens is over this server's limit of {self._max_tokens} "
                                         f"tokens ({self._max_tokens // CHUNK_TOKENS} chunks of {CHUNK_TOKENS})")
