@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from webui.errors import InvalidRequest
 from webui.parameters import BY_NAME as P
-from webui.parameters import PARAMS
+from webui.parameters import PARAMS, RANDN_SOURCES
 from webui.samplers import Sampling
 
 if TYPE_CHECKING:
@@ -88,6 +88,13 @@ class Txt2ImgRequest(BaseModel):
     clip_skip: int = P["clip_skip"].field()
     checkpoint: str | None = P["checkpoint"].field()  # title or name; None uses the current model
     save_images: bool = True
+    # Noise (webui/pipelines/noise.py): variation seed, seed resize, A1111's RNG source and eta noise seed delta.
+    subseed: int = P["subseed"].field()
+    subseed_strength: float = P["subseed_strength"].field()
+    seed_resize_from_w: int = P["seed_resize_from_w"].field()
+    seed_resize_from_h: int = P["seed_resize_from_h"].field()
+    randn_source: str = P["randn_source"].field()
+    eta_noise_seed_delta: int = P["eta_noise_seed_delta"].field()
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +118,13 @@ class Txt2ImgRequest(BaseModel):
     def _encodable(cls, value: str | None) -> str | None:
         if value is not None and (problem := text_problem(value)) is not None:
             raise ValueError(problem)
+        return value
+
+    @field_validator("randn_source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in RANDN_SOURCES:
+            raise ValueError(f"must be one of {', '.join(RANDN_SOURCES)} (got {safe_label(value)!r})")
         return value
 
     @field_validator(*(p.name for p in PARAMS if p.multiple_of))
@@ -330,6 +344,8 @@ class GenerationResult:
     model_name: str | None = None
     model_hash: str | None = None
     model_variant: str | None = None  # "normal", "inpaint" or "instruct-pix2pix"
+    subseeds: list[int] = field(default_factory=list)  # the variation seed of each image
+    base_subseed: int = -1
 
 
 @dataclass(frozen=True)
