@@ -90,6 +90,10 @@ def test_every_img2img_row_round_trips_in_the_method_that_records_it():
     rebuilt, written = round_trip(noisy, None)
     assert_same(rebuilt, noisy, infotext_names(written, parameters.TXT2IMG))
     covered |= written
+    ddim = Txt2ImgRequest.parse(**dict(TXT2IMG, sampler_name="DDIM", scheduler="Automatic", eta=0.4))
+    rebuilt, written = round_trip(ddim, None)
+    assert_same(rebuilt, ddim, infotext_names(written, parameters.TXT2IMG))
+    covered |= written
     every_key = {rule.key for p in PARAMS for rule in p.infotext}
     assert covered == every_key  # no row of the table escapes the round trip
 
@@ -152,7 +156,7 @@ A1111_VALUES: dict[str, Any] = {
     "width": 128, "height": 192, "n_iter": 2, "batch_size": 3, "cfg_scale": 4.5, "seed": 99,
     "resize_mode": 1, "denoising_strength": 0.3, "image_cfg_scale": 1.25, "mask_blur": 6, "inpainting_fill": 2,
     "inpaint_full_res": False, "inpaint_full_res_padding": 12, "inpainting_mask_invert": 1,
-    "subseed": 5, "subseed_strength": 0.2, "seed_resize_from_w": 256, "seed_resize_from_h": 320,
+    "subseed": 5, "subseed_strength": 0.2, "seed_resize_from_w": 256, "seed_resize_from_h": 320, "eta": 1.0,
 }
 EXPECTED = dict(A1111_VALUES, scheduler="Karras", inpainting_mask_invert=True)
 

@@ -243,3 +243,25 @@ def test_img2img_refuses_variation_seeds_it_cannot_apply_yet(client):
     body = {"prompt": "x", "width": 64, "height": 64, "steps": 3, "init_images": [image], "subseed_strength": 0.3}
     response = client.post("/sdapi/v1/img2img", json=body)
     assert response.status_code == 422 and "subseed_strength" in response.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------------- eta
+
+
+def test_ddim_eta_is_honoured_and_recorded(services):
+    base = Txt2ImgRequest(prompt="a cat", seed=9, sampler_name="DDIM", **SMALL)
+    default = services.generation.txt2img(base)
+    zero = services.generation.txt2img(base.model_copy(update={"eta": 0.0}))
+    stochastic = services.generation.txt2img(base.model_copy(update={"eta": 1.0}))
+    assert np.array_equal(pixels(default.images[0]), pixels(zero.images[0]))  # A1111's DDIM default is 0
+    assert not np.array_equal(pixels(default.images[0]), pixels(stochastic.images[0]))
+    assert parse_infotext(stochastic.infotexts[0]).params["Eta DDIM"] == "1"
+    assert "Eta DDIM" not in parse_infotext(zero.infotexts[0]).params
+
+
+def test_eta_other_than_1_is_refused_for_samplers_that_cannot_take_it(client):
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 3, "sampler_name": "Euler a"}
+    response = client.post("/sdapi/v1/txt2img", json={**body, "eta": 0.5})
+    assert response.status_code == 422 and response.json()["error"].startswith("eta: Euler a runs with eta 1")
+    assert client.post("/sdapi/v1/txt2img", json={**body, "eta": 1.0}).status_code == 200  # webuiapi's default
+    assert client.post("/sdapi/v1/txt2img", json={**body, "eta": 2}).status_code == 422

@@ -307,6 +307,15 @@ PARAMS: tuple[Param, ...] = (
 RANDN_SOURCES = ("GPU", "CPU", "NV")  # A1111's "Random number generator source"; GPU is its default
 # Samplers whose step noise comes from the per-image generator, so A1111 writes ENSD for them (its "uses_ensd").
 ENSD_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a"})
+# Samplers whose k-diffusion function takes an eta in A1111; ours run them at its default, 1.
+FIXED_ETA_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE",
+                                "DPM++ 2M SDE Heun", "DPM++ 3M SDE"})
+DDIM = "DDIM"  # its eta (A1111's "Eta DDIM", default 0) is passed to the scheduler
+
+
+def _ddim_eta(request: Any, _ctx: InfotextContext) -> object:
+    eta = request.eta
+    return eta if request.sampling.spec.name == DDIM and eta is not None and eta != 0 else None
 
 
 def _varied(request: Any, _ctx: InfotextContext) -> bool:
@@ -357,6 +366,9 @@ NOISE_PARAMS: tuple[Param, ...] = (
                             and r.sampling.spec.name in ENSD_SAMPLERS),),
           widget=Widget("number", "Eta noise seed delta (ENSD)", elem_id="{tab}_ensd", row="noise_source",
                         panel="seed_extra")),
+    # A1111's body ``eta`` (null: the sampler's default). Honoured for DDIM; 1 (or null) for the samplers above.
+    Param("eta", float, None, ge=0.0, le=1.0, api_key="eta",
+          infotext=(InfotextRule("Eta DDIM", _ddim_eta, lambda raw: {"eta": float(raw)}),)),
 )
 PARAMS = PARAMS + NOISE_PARAMS
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from webui.errors import InvalidRequest
 from webui.parameters import BY_NAME as P
-from webui.parameters import PARAMS, RANDN_SOURCES
+from webui.parameters import FIXED_ETA_SAMPLERS, PARAMS, RANDN_SOURCES
 from webui.samplers import Sampling
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ class Txt2ImgRequest(BaseModel):
     seed_resize_from_h: int = P["seed_resize_from_h"].field()
     randn_source: str = P["randn_source"].field()
     eta_noise_seed_delta: int = P["eta_noise_seed_delta"].field()
+    eta: float | None = P["eta"].field()
 
     @model_validator(mode="before")
     @classmethod
@@ -126,6 +127,14 @@ class Txt2ImgRequest(BaseModel):
         if value not in RANDN_SOURCES:
             raise ValueError(f"must be one of {', '.join(RANDN_SOURCES)} (got {safe_label(value)!r})")
         return value
+
+    @model_validator(mode="after")
+    def _eta_we_can_run(self) -> "Txt2ImgRequest":
+        # diffusers' ancestral/SDE schedulers have no eta: anything but A1111's default would be silently ignored.
+        if self.eta is not None and self.eta != 1 and self.sampler_name in FIXED_ETA_SAMPLERS:
+            raise InvalidRequest("eta", f"{self.sampler_name} runs with eta 1 on this server; send 1 or null "
+                                        "(eta is adjustable for DDIM)")
+        return self
 
     @field_validator(*(p.name for p in PARAMS if p.multiple_of))
     @classmethod

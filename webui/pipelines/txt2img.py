@@ -26,6 +26,7 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
         width=request.width, height=request.height, num_images_per_prompt=len(seeds),
         latents=latents,
         generator=gens,  # the generators also feed ancestral/SDE samplers' noise
+        **common.eta_kwargs(request),
     )
     callback = common.StepCallback(listener, request.steps, preview_every, model.family)
     return common.run_and_decode(runner, kwargs, callback)
