@@ -154,6 +154,7 @@ class GenerationService:
             total.images += result.images
             total.pngs += result.pngs
             total.seeds += result.seeds
+            total.subseeds += result.subseeds
             total.infotexts += result.infotexts
             total.warnings += [w for w in result.warnings if w not in total.warnings]
             total.request, total.base_seed, total.started = result.request, result.base_seed, result.started
