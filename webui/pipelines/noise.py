@@ -3,8 +3,8 @@
 Sources (A1111's "Random number generator source", option ``randn_source``):
 
 - ``GPU`` (A1111's default): ``torch.randn`` on the CUDA card. On any other device it is reproduced with
-  :class:`Philox`, which yields the numbers CUDA's ``torch.randn`` yields for the same seed, so an A1111 infotext
-  made on a CUDA card gives the same starting noise on a CPU-only machine.
+  :class:`Philox`, which yields the numbers CUDA's ``torch.randn`` yields for the same seed (to float32
+  rounding), so an A1111 infotext made on a CUDA card gives the same starting noise on a CPU-only machine.
 - ``NV``: always :class:`Philox`, on any device.
 - ``CPU``: ``torch.randn`` from a CPU generator.
 
@@ -47,7 +47,10 @@ def _philox4x32(counter: list[np.ndarray], key: tuple[int, int], rounds: int = 1
 
 
 class Philox:
-    """Normal random numbers equal to CUDA's ``torch.randn`` for the same seed, computed on the CPU.
+    """Normal random numbers that reproduce CUDA's ``torch.randn`` for the same seed, computed on the CPU.
+
+    Same Philox stream and transform as cuRAND; CUDA's float32 ``log``/``sin`` differ in the last bits, so values
+    agree to about 3e-7, not bit for bit. The arithmetic matches A1111's NV generator (rng_philox.py).
 
     Each :meth:`randn` call is one "offset" of the stream, as one CUDA kernel launch is: number ``i`` of call
     ``offset`` comes from the Philox block (offset, 0, i, 0) keyed by the 64-bit seed, through Box-Muller on its
