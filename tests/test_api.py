@@ -105,7 +105,7 @@ def test_txt2img_does_not_save_unless_asked(client, data_dir):
     ({"script_name": "x/y plot"}, "script_name"),
     ({"enable_hr": True}, "enable_hr"),
     ({"styles": ["cinematic"]}, "styles"),
-    ({"subseed_strength": 0.3}, "subseed_strength"),
+    ({"subseed_strength": 1.3}, "subseed_strength"),
     ({"restore_faces": True}, "restore_faces"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, "override_settings.sd_model_checkpoint"),

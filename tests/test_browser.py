@@ -598,3 +598,31 @@ def test_a_long_batch_is_paused_resumed_and_cancelled_from_history(page, app_ser
     page.get_by_role("tab", name="img2img").click()
     expect(page.locator("#img2img_progress")).to_contain_text("(interrupted)", timeout=GENERATE_TIMEOUT)
     page.locator("#img2img_mode").get_by_label("img2img", exact=True).check()
+
+
+def test_variation_seed_from_the_extra_row_and_reuse_seed_buttons(page):
+    """A random seed with a variation seed: the infotext records both, and ♻ puts them back into the form."""
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 3)):
+        set_slider(page, label, value)
+    page.locator("#txt2img_prompt textarea").fill("a variation of a fox")
+    set_seed(page, -1)
+    page.locator("#txt2img_seed_extra").get_by_text("Extra: variation seed and noise").click()
+    subseed = page.locator("#txt2img_subseed input[type=number]")
+    subseed.fill("777")
+    subseed.press("Tab")
+    set_slider(page, "Variation strength", 0.5)
+
+    page.locator("#txt2img_generate").click()
+
+    info = page.locator("#txt2img_info textarea")
+    expect(info).to_have_value(re.compile(r"Variation seed: 777, Variation seed strength: 0\.5\b"),
+                               timeout=GENERATE_TIMEOUT)
+    seed = re.search(r"\bSeed: (\d+)", info.input_value()).group(1)
+    expect(seed_box(page)).to_have_value("-1")
+    page.locator("#txt2img_reuse_seed").click()
+    expect(seed_box(page)).to_have_value(seed)
+    subseed.fill("-1")
+    subseed.press("Tab")
+    page.locator("#txt2img_reuse_subseed").click()
+    expect(subseed).to_have_value("777")
+    screenshot(page, "variation-seed.png")

@@ -220,6 +220,7 @@ FIELD_EXAMPLES = [
             "height": 1024,
             "model_hash": "31e35c80fc",
             "model_name": "sd_xl_base_1.0",
+            "eta_noise_seed_delta": 31337,  # ENSD is honoured when read
         },
         id="sdxl",
     ),

@@ -37,7 +37,8 @@ IMG2IMG = {
 
 def round_trip(request: Txt2ImgRequest, method: str | None) -> tuple[Txt2ImgRequest, set[str]]:
     """request -> infotext -> parsed -> request; also the infotext keys that were written."""
-    context = InfotextContext(seed=request.seed, model_name=MODEL_NAME, model_hash=MODEL_HASH, method=method)
+    context = InfotextContext(seed=request.seed, model_name=MODEL_NAME, model_hash=MODEL_HASH, method=method,
+                              subseed=request.subseed)
     params = infotext_params(request, context)
     text = format_infotext(request.prompt, request.negative_prompt, {**params, "Version": "studio-test"})
     fields = to_generation_fields(parse_infotext(text))
@@ -82,6 +83,17 @@ def test_every_img2img_row_round_trips_in_the_method_that_records_it():
         names = infotext_names(written, parameters.IMG2IMG)
         assert_same(rebuilt, request, names)
         covered |= written
+    # The noise rows are txt2img's (img2img refuses variation seeds): one txt2img request with all of them.
+    noisy = Txt2ImgRequest.parse(**dict(TXT2IMG, sampler_name="Euler a", scheduler="Automatic", subseed=77, subseed_strength=0.3,
+                                        seed_resize_from_w=320, seed_resize_from_h=256, randn_source="CPU",
+                                        eta_noise_seed_delta=31337))
+    rebuilt, written = round_trip(noisy, None)
+    assert_same(rebuilt, noisy, infotext_names(written, parameters.TXT2IMG))
+    covered |= written
+    ddim = Txt2ImgRequest.parse(**dict(TXT2IMG, sampler_name="DDIM", scheduler="Automatic", eta=0.4))
+    rebuilt, written = round_trip(ddim, None)
+    assert_same(rebuilt, ddim, infotext_names(written, parameters.TXT2IMG))
+    covered |= written
     every_key = {rule.key for p in PARAMS for rule in p.infotext}
     assert covered == every_key  # no row of the table escapes the round trip
 
@@ -144,6 +156,7 @@ A1111_VALUES: dict[str, Any] = {
     "width": 128, "height": 192, "n_iter": 2, "batch_size": 3, "cfg_scale": 4.5, "seed": 99,
     "resize_mode": 1, "denoising_strength": 0.3, "image_cfg_scale": 1.25, "mask_blur": 6, "inpainting_fill": 2,
     "inpaint_full_res": False, "inpaint_full_res_padding": 12, "inpainting_mask_invert": 1, "tiling": True,
+    "subseed": 5, "subseed_strength": 0.2, "seed_resize_from_w": 256, "seed_resize_from_h": 320, "eta": 1.0,
 }
 EXPECTED = dict(A1111_VALUES, scheduler="Karras", inpainting_mask_invert=True)
 

@@ -54,6 +54,7 @@ class InfotextContext:
     model_name: str | None = None
     model_hash: str | None = None
     method: str | None = None  # img2img only: "img2img", "inpaint" or "instruct-pix2pix" (the checkpoint decides)
+    subseed: int | None = None  # the variation seed of this image
 
 
 Write = Callable[[Any, InfotextContext], object]  # (request, context) -> value, or None to leave the key out
@@ -312,6 +313,76 @@ PARAMS: tuple[Param, ...] = (
           infotext=(_scalar("Tiling", "tiling", _read_bool, lambda r, _c: r.tiling),),
           widget=Widget("checkbox", "Tiling (seamless texture)", elem_id="{tab}_tiling")),
 )
+
+
+# ------------------------------------------------------------------- noise: variation seeds and RNG source
+RANDN_SOURCES = ("GPU", "CPU", "NV")  # A1111's "Random number generator source"; GPU is its default
+# Samplers whose step noise comes from the per-image generator, so A1111 writes ENSD for them (its "uses_ensd").
+ENSD_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a"})
+# Samplers whose k-diffusion function takes an eta in A1111; ours run them at its default, 1.
+FIXED_ETA_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE",
+                                "DPM++ 2M SDE Heun", "DPM++ 3M SDE"})
+DDIM = "DDIM"  # its eta (A1111's "Eta DDIM", default 0) is passed to the scheduler
+
+
+def _ddim_eta(request: Any, _ctx: InfotextContext) -> object:
+    eta = request.eta
+    return eta if request.sampling.spec.name == DDIM and eta is not None and eta != 0 else None
+
+
+def _varied(request: Any, _ctx: InfotextContext) -> bool:
+    return request.subseed_strength > 0
+
+
+def _read_resize(raw: str) -> dict[str, Any]:
+    size = _read_size(raw)
+    return {"seed_resize_from_w": size["width"], "seed_resize_from_h": size["height"]}
+
+
+def _read_source(raw: str) -> dict[str, Any]:
+    if raw not in RANDN_SOURCES:
+        raise ValueError(raw)
+    return {"randn_source": raw}
+
+
+SEED_RESIZE = InfotextRule(
+    "Seed resize from",
+    lambda r, _c: f"{r.seed_resize_from_w}x{r.seed_resize_from_h}"
+    if r.seed_resize_from_w > 0 and r.seed_resize_from_h > 0 else None, _read_resize)
+
+NOISE_PARAMS: tuple[Param, ...] = (
+    Param("subseed", int, -1, ge=-1, le=2**32 - 1, api_key="subseed",
+          infotext=(InfotextRule("Variation seed", lambda r, c: c.subseed if _varied(r, c) else None,
+                                 lambda raw: {"subseed": int(raw)}),),
+          widget=Widget("number", "Variation seed (-1 = random)", elem_id="{tab}_subseed", row="subseed",
+                        panel="seed_extra")),
+    Param("subseed_strength", float, 0.0, ge=0.0, le=1.0, api_key="subseed_strength",
+          infotext=(_scalar("Variation seed strength", "subseed_strength", float, _varied),),
+          widget=_slider("Variation strength", 0, 1, 0.01, elem_id="{tab}_subseed_strength", row="subseed",
+                         panel="seed_extra")),
+    # A1111's API sends -1 for "no resize"; 0 is its UI's value. Either (or any side <= 0) means none.
+    Param("seed_resize_from_w", int, 0, ge=-1, le=8192, api_key="seed_resize_from_w", infotext=(SEED_RESIZE,),
+          widget=_slider("Resize seed from width", 0, 2048, 8, elem_id="{tab}_seed_resize_from_w",
+                         row="seed_resize", panel="seed_extra")),
+    Param("seed_resize_from_h", int, 0, ge=-1, le=8192, api_key="seed_resize_from_h", infotext=(SEED_RESIZE,),
+          widget=_slider("Resize seed from height", 0, 2048, 8, elem_id="{tab}_seed_resize_from_h",
+                         row="seed_resize", panel="seed_extra")),
+    Param("randn_source", str, "GPU", setting="randn_source",
+          infotext=(InfotextRule("RNG", lambda r, _c: r.randn_source if r.randn_source != "GPU" else None,
+                                 _read_source),),
+          widget=Widget("dropdown", "Random number generator source", elem_id="{tab}_randn_source",
+                        choices=RANDN_SOURCES, row="noise_source", panel="seed_extra")),
+    Param("eta_noise_seed_delta", int, 0, ge=0, le=2**32 - 1, setting="eta_noise_seed_delta",
+          infotext=(_scalar("ENSD", "eta_noise_seed_delta", int,
+                            lambda r, c: r.eta_noise_seed_delta != 0 and c.method is None
+                            and r.sampling.spec.name in ENSD_SAMPLERS),),
+          widget=Widget("number", "Eta noise seed delta (ENSD)", elem_id="{tab}_ensd", row="noise_source",
+                        panel="seed_extra")),
+    # A1111's body ``eta`` (null: the sampler's default). Honoured for DDIM; 1 (or null) for the samplers above.
+    Param("eta", float, None, ge=0.0, le=1.0, api_key="eta",
+          infotext=(InfotextRule("Eta DDIM", _ddim_eta, lambda raw: {"eta": float(raw)}),)),
+)
+PARAMS = PARAMS + NOISE_PARAMS
 
 BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})
 

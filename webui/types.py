@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from webui.errors import InvalidRequest
 from webui.parameters import BY_NAME as P
-from webui.parameters import PARAMS
+from webui.parameters import FIXED_ETA_SAMPLERS, PARAMS, RANDN_SOURCES
 from webui.samplers import Sampling
 
 if TYPE_CHECKING:
@@ -89,6 +89,14 @@ class Txt2ImgRequest(BaseModel):
     checkpoint: str | None = P["checkpoint"].field()  # title or name; None uses the current model
     tiling: bool = P["tiling"].field()
     save_images: bool = True
+    # Noise (webui/pipelines/noise.py): variation seed, seed resize, A1111's RNG source and eta noise seed delta.
+    subseed: int = P["subseed"].field()
+    subseed_strength: float = P["subseed_strength"].field()
+    seed_resize_from_w: int = P["seed_resize_from_w"].field()
+    seed_resize_from_h: int = P["seed_resize_from_h"].field()
+    randn_source: str = P["randn_source"].field()
+    eta_noise_seed_delta: int = P["eta_noise_seed_delta"].field()
+    eta: float | None = P["eta"].field()
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +121,21 @@ class Txt2ImgRequest(BaseModel):
         if value is not None and (problem := text_problem(value)) is not None:
             raise ValueError(problem)
         return value
+
+    @field_validator("randn_source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in RANDN_SOURCES:
+            raise ValueError(f"must be one of {', '.join(RANDN_SOURCES)} (got {safe_label(value)!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _eta_we_can_run(self) -> "Txt2ImgRequest":
+        # diffusers' ancestral/SDE schedulers have no eta: anything but A1111's default would be silently ignored.
+        if self.eta is not None and self.eta != 1 and self.sampler_name in FIXED_ETA_SAMPLERS:
+            raise InvalidRequest("eta", f"{self.sampler_name} runs with eta 1 on this server; send 1 or null "
+                                        "(eta is adjustable for DDIM)")
+        return self
 
     @field_validator(*(p.name for p in PARAMS if p.multiple_of))
     @classmethod
@@ -331,6 +354,8 @@ class GenerationResult:
     model_name: str | None = None
     model_hash: str | None = None
     model_variant: str | None = None  # "normal", "inpaint" or "instruct-pix2pix"
+    subseeds: list[int] = field(default_factory=list)  # the variation seed of each image
+    base_subseed: int = -1
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class Txt2ImgBody(ApiBody):
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    eta: float | None = None  # null: the sampler's default
     sampler_name: str | None = None
     sampler_index: str | None = None  # older clients send the sampler here
     scheduler: str | None = None

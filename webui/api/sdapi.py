@@ -90,8 +90,6 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
     if body.styles:
         raise InvalidRequest("styles", f"unknown style(s) {', '.join(map(repr, body.styles))}: this server has "
                                        "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
-    if body.subseed_strength:
-        raise InvalidRequest("subseed_strength", "variation seeds are not supported yet; send 0")
     if extra.get("restore_faces"):
         raise InvalidRequest("restore_faces", "this server has no face restorers (GET /sdapi/v1/face-restorers)")
 

@@ -78,6 +78,13 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
+def eta_kwargs(request) -> dict:
+    """DDIM's eta for the diffusers pipeline (A1111's default for DDIM is 0); other samplers take none."""
+    if request.eta is None or request.sampling.spec.name != "DDIM":
+        return {}
+    return {"eta": request.eta}
+
+
 def prompt_kwargs(runner, family: str, prompt: str, negative: str, clip_skip: int) -> dict:
     cond, uncond = conditioning.encode_pair(runner, prompt, negative, clip_skip, runner._execution_device)
     kwargs = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}

@@ -130,7 +130,7 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
         prompts.kwargs(),
         image=prepared.image, guidance_scale=request.cfg_scale,
         num_inference_steps=schedule_steps(request.steps, request.denoising_strength, method),
-        num_images_per_prompt=len(seeds), generator=common.generators(seeds),
+        num_images_per_prompt=len(seeds), generator=common.generators(seeds), **common.eta_kwargs(request),
     )
     if method == "instruct-pix2pix":
         kwargs["image_guidance_scale"] = request.image_cfg_scale

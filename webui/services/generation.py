@@ -90,6 +90,7 @@ class GenerationService:
             if image.width * image.height > budget:
                 raise InvalidRequest(f"init_images.{index}", f"{image.width}x{image.height} is over this server's "
                                                              f"limit of {budget} pixels")
+        _refuse_noise_options_img2img_lacks(request)
         if request.mask is not None:
             init_size = request.init_images[0].size
             if request.mask.size != init_size:
@@ -109,6 +110,7 @@ class GenerationService:
         overwriting a file already there.
         """
         self._check(template)
+        _refuse_noise_options_img2img_lacks(template)
         self._folders.input_files(str(input_dir), "input_dir")
         output = str(output_dir) if output_dir is not None and str(output_dir).strip() else None
         if output is not None:
@@ -156,6 +158,7 @@ class GenerationService:
             total.images += result.images
             total.pngs += result.pngs
             total.seeds += result.seeds
+            total.subseeds += result.subseeds
             total.infotexts += result.infotexts
             total.warnings += [w for w in result.warnings if w not in total.warnings]
             total.request, total.base_seed, total.started = result.request, result.base_seed, result.started
@@ -209,8 +212,9 @@ class GenerationService:
         """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, provenance, saving."""
         started = time.time()
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
+        base_subseed = request.subseed if request.subseed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
-                                  started=started)
+                                  started=started, base_subseed=base_subseed)
         with ctx.models.lease(request.checkpoint) as model, seamless(model, request.tiling):
             task.check_model(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
@@ -218,15 +222,16 @@ class GenerationService:
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break
-                seeds = [base_seed + batch_index * request.batch_size + k for k in range(request.batch_size)]
+                seeds, subseeds = batch_seeds(request, base_seed, base_subseed, batch_index)
                 ctx.begin_image(batch_index, request.n_iter, task.steps(model),
                                 f"Batch {batch_index + 1} of {request.n_iter}")
-                out = task.run_batch(model, batch_index, seeds, ctx, self._settings.preview_every)
+                out = task.run_batch(model, batch_index, seeds, ctx, self._settings.preview_every, subseeds)
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
                 images, verdicts = self._review(ctx, out.images, policy, result)
-                for image, seed, verdict in zip(images, seeds, verdicts):
-                    context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model))
+                for image, seed, subseed, verdict in zip(images, seeds, subseeds, verdicts):
+                    context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
+                                              subseed=subseed)
                     params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
                     if verdict:
                         params["Safety checker"] = verdict
@@ -235,6 +240,7 @@ class GenerationService:
                     result.images.append(final.image)
                     result.pngs.append(final.png)
                     result.seeds.append(seed)
+                    result.subseeds.append(subseed)
                     result.infotexts.append(final.infotext)
                     if request.save_images:
                         self._save(result, final.png, task.category, seed)
@@ -270,7 +276,7 @@ class _Task:
     def steps(self, model: LoadedModel) -> int: ...
     def method(self, model: LoadedModel) -> str | None: ...
     def run_batch(self, model: LoadedModel, batch_index: int, seeds: list[int], ctx: JobContext,
-                  preview_every: int) -> BatchOutput: ...
+                  preview_every: int, subseeds: list[int]) -> BatchOutput: ...
 
 
 class _Txt2Img(_Task):
@@ -289,8 +295,8 @@ class _Txt2Img(_Task):
     def method(self, model: LoadedModel) -> str | None:
         return None
 
-    def run_batch(self, model, batch_index, seeds, ctx, preview_every) -> BatchOutput:
-        return txt2img.run_batch(model, self.request, seeds, ctx, preview_every)
+    def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
+        return txt2img.run_batch(model, self.request, seeds, ctx, preview_every, subseeds)
 
 
 class _Img2Img(_Task):
@@ -308,8 +314,31 @@ class _Img2Img(_Task):
     def steps(self, model: LoadedModel) -> int:
         return img2img.steps_run(self.request.steps, self.request.denoising_strength, self.method(model))
 
-    def run_batch(self, model, batch_index, seeds, ctx, preview_every) -> BatchOutput:
+    def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
         method = self.method(model)
         init = self.request.init_images[batch_index % len(self.request.init_images)]
         prepared = img2img.prepare(self.request, init, method)
         return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every)
+
+
+def batch_seeds(request: Txt2ImgRequest, base_seed: int, base_subseed: int,
+                batch_index: int) -> tuple[list[int], list[int]]:
+    """Seeds and variation seeds of one batch, as A1111 numbers them: image k of the job has subseed + k, and
+    seed + k, except that with a variation strength every image keeps the seed (only the variation seed moves)."""
+    first = batch_index * request.batch_size
+    indices = range(first, first + request.batch_size)
+    varied = request.subseed_strength != 0
+    return [base_seed + (0 if varied else k) for k in indices], [base_subseed + k for k in indices]
+
+
+def _refuse_noise_options_img2img_lacks(request: Img2ImgRequest) -> None:
+    """img2img's noise is drawn inside the diffusers pipelines from torch generators: variation seeds, seed resize
+    and Philox noise are not applied there yet, so they are refused rather than silently ignored."""
+    if request.subseed_strength:
+        raise InvalidRequest("subseed_strength", "variation seeds are supported in txt2img only on this server "
+                                                 "yet; send 0 for img2img")
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        raise InvalidRequest("seed_resize_from_w", "seed resize is supported in txt2img only on this server yet")
+    if request.randn_source == "NV":
+        raise InvalidRequest("randn_source", "NV noise is supported in txt2img only on this server yet; use "
+                                             "GPU or CPU for img2img")

@@ -5,7 +5,8 @@ naming the key, so a client can neither fill ``config.json`` with arbitrary data
 would silently ignore under a misspelt name. The table holds the A1111 v1.10 names that clients commonly set.
 
 Honoured here: ``sd_model_checkpoint`` (queues a checkpoint switch job), ``CLIP_stop_at_last_layers`` (the API's default clip
-skip) and the ``provenance_*`` / ``safety_checker`` switches (read by the image writers). The other A1111 names are
+skip), ``randn_source`` and ``eta_noise_seed_delta`` (the API's default noise source and ENSD), and the
+``provenance_*`` / ``safety_checker`` switches (read by the image writers). The other A1111 names are
 stored and echoed so that clients which set them keep working. Stored in ``config.json`` under the data dir,
 written atomically; unknown or invalid entries found there at start-up are dropped with a log line.
 """
@@ -23,7 +24,7 @@ from typing import Any, Callable
 from webui.errors import InvalidRequest
 from webui.models.manager import ModelManager
 from webui.atomic import atomic_write_text
-from webui.parameters import PARAMS
+from webui.parameters import PARAMS, RANDN_SOURCES
 from webui.types import safe_label, text_problem
 
 log = logging.getLogger(__name__)
@@ -99,14 +100,14 @@ OPTIONS: dict[str, Option] = {
     "samples_format": Option(str, "png", choices=("png", "jpg", "jpeg", "webp")),
     "sd_vae": Option(str, "Automatic"),
     "sd_unet": Option(str, "Automatic"),
-    "eta_noise_seed_delta": Option(int, 0, 0, 2**32 - 1),
+    "eta_noise_seed_delta": Option(int, 0, 0, 2**32 - 1, honoured=True),  # the default of the request field
     "eta_ddim": Option(float, 0.0, 0, 1),
     "eta_ancestral": Option(float, 1.0, 0, 1),
     "s_churn": Option(float, 0.0, 0, 100),
     "s_tmin": Option(float, 0.0, 0, 10),
     "s_tmax": Option(float, 0.0, 0, 999),
     "s_noise": Option(float, 1.0, 0, 1.1),
-    "randn_source": Option(str, "GPU", choices=("GPU", "CPU", "NV")),
+    "randn_source": Option(str, "GPU", choices=RANDN_SOURCES, honoured=True),  # webui/pipelines/noise.py
     "token_merging_ratio": Option(float, 0.0, 0, 0.9),
     "sd_checkpoint_cache": Option(int, 0, 0, 10),
     "sd_vae_checkpoint_cache": Option(int, 0, 0, 10),

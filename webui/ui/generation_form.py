@@ -17,6 +17,7 @@ import gradio as gr
 
 from webui.config import Limits
 from webui.errors import StudioError
+from webui.infotext import parse_infotext
 from webui.parameters import BY_NAME, Param, widget_rows
 from webui.samplers import sampler_names, schedules_for
 from webui.services.container import Services
@@ -119,14 +120,42 @@ def build_prompt_row(prefix: str, placeholder: str = "") -> PromptRow:
     return PromptRow(prompt, negative, generate, interrupt, skip)
 
 
+@dataclass
+class ReuseButtons:
+    """The ♻ buttons that put the last image's seed (and variation seed) back into the form."""
+
+    seed: gr.Button
+    subseed: gr.Button
+
+
 def build_settings(services: Services, prefix: str) -> Widgets:
     """The sampling settings every diffusion tab has (the table's rows shared by txt2img and img2img)."""
+    return build_settings_and_reuse(services, prefix)[0]
+
+
+def build_settings_and_reuse(services: Services, prefix: str) -> tuple[Widgets, ReuseButtons]:
+    """:func:`build_settings` plus the ♻ buttons; wire them with :func:`wire_reuse` once the info box exists."""
     buttons: list[gr.Button] = []
-    widgets = build_widgets(
-        widget_rows(), prefix, services.settings.limits,
-        after={"seed": lambda: buttons.append(gr.Button("Random", scale=0, min_width=80))},
-        scheduler={"choices": list(schedules_for(BY_NAME["sampler_name"].default))})
-    sampler, scheduler, seed, [random_seed] = widgets["sampler_name"], widgets["scheduler"], widgets["seed"], buttons
+
+    def seed_buttons() -> None:
+        buttons.append(gr.Button("Random", scale=0, min_width=80))
+        buttons.append(gr.Button("♻", scale=0, min_width=50, elem_id=f"{prefix}_reuse_seed"))
+
+    def subseed_button() -> None:
+        buttons.append(gr.Button("♻", scale=0, min_width=50, elem_id=f"{prefix}_reuse_subseed"))
+
+    rows = list(widget_rows())
+    cut = next(i for i, p in enumerate(rows) if p.name == "seed") + 1
+    limits = services.settings.limits
+    widgets = build_widgets(rows[:cut], prefix, limits, after={"seed": seed_buttons},
+                            scheduler={"choices": list(schedules_for(BY_NAME["sampler_name"].default))})
+    # A1111's "Extra" seed controls: collapsed, right under the seed.
+    with gr.Accordion("Extra: variation seed and noise", open=False, elem_id=f"{prefix}_seed_extra"):
+        widgets.update(build_widgets(widget_rows(panel="seed_extra"), prefix, limits,
+                                     after={"subseed": subseed_button}))
+    widgets.update(build_widgets(rows[cut:], prefix, limits))
+    sampler, scheduler, seed = widgets["sampler_name"], widgets["scheduler"], widgets["seed"]
+    random_seed, reuse_seed, reuse_subseed = buttons
 
     def on_sampler_change(name: str, current: str):
         choices = list(schedules_for(name)) if name in sampler_names() else ["Automatic"]
@@ -134,7 +163,23 @@ def build_settings(services: Services, prefix: str) -> Widgets:
 
     sampler.change(on_sampler_change, [sampler, scheduler], scheduler, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private")
-    return widgets
+    return widgets, ReuseButtons(reuse_seed, reuse_subseed)
+
+
+def reused_seed(info: str, key: str) -> Any:
+    """The seed ``key`` ("Seed" or "Variation seed") the shown image's infotext records; no change if none."""
+    value = parse_infotext(info).params.get(key) if info else None
+    try:
+        return int(value) if value is not None else gr.update()
+    except ValueError:
+        return gr.update()
+
+
+def wire_reuse(buttons: ReuseButtons, info: gr.Textbox, widgets: Widgets) -> None:
+    """♻ fills the seed (or variation seed) of the last image shown, as A1111's reuse buttons do."""
+    buttons.seed.click(lambda text: reused_seed(text, "Seed"), info, widgets["seed"], api_visibility="private")
+    buttons.subseed.click(lambda text: reused_seed(text, "Variation seed"), info, widgets["subseed"],
+                          api_visibility="private")
 
 
 def build_outputs(prefix: str) -> Outputs:

@@ -21,8 +21,9 @@ from webui.parameters import IMG2IMG, widget_rows
 from webui.services.container import Services
 from webui.types import Img2ImgRequest, StyleTransferRequest
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
-from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row, build_settings,
-                                      build_widgets, error_html, request_fields, warnings_html, wire)
+from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
+                                      build_settings_and_reuse, build_widgets, error_html, request_fields,
+                                      warnings_html, wire, wire_reuse)
 
 MODES = ("img2img", "Inpaint", "Batch", "Style transfer")
 
@@ -170,7 +171,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
             style = build_style_transfer(services)
             with gr.Group() as diffusion_group:
                 img2img_settings = build_widgets(widget_rows(IMG2IMG), "img2img", limits)
-                settings = build_settings(services, "img2img")
+                settings, reuse = build_settings_and_reuse(services, "img2img")
         with gr.Column():
             outputs = build_outputs("img2img")
     inpaint = InpaintForm(editor, mask_upload, inpaint_settings)
@@ -212,4 +213,5 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
               | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, inpaint.editor,
                  inpaint.mask_upload})
     wire(services, row, outputs, inputs, submit, api_name="img2img")
+    wire_reuse(reuse, outputs.info, settings)
     return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode)

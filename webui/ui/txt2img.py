@@ -8,8 +8,8 @@ import gradio as gr
 
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
-from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row, build_settings,
-                                      request_fields, wire)
+from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
+                                      build_settings_and_reuse, request_fields, wire, wire_reuse)
 
 
 @dataclass
@@ -27,7 +27,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     row = build_prompt_row("txt2img", "a watercolor fox in a snowy forest")
     with gr.Row():
         with gr.Column():
-            settings = build_settings(services, "txt2img")
+            settings, reuse = build_settings_and_reuse(services, "txt2img")
         with gr.Column():
             outputs = build_outputs("txt2img")
     tab = Txt2ImgTab(row, settings, outputs)
@@ -40,4 +40,5 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
 
     inputs = set(settings.values()) | {row.prompt, row.negative_prompt, checkpoint}
     wire(services, row, outputs, inputs, submit, api_name="txt2img")
+    wire_reuse(reuse, outputs.info, settings)
     return tab
