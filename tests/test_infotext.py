@@ -220,6 +220,8 @@ FIELD_EXAMPLES = [
             "height": 1024,
             "model_hash": "31e35c80fc",
             "model_name": "sd_xl_base_1.0",
+            "sd_vae": "sdxl_vae.safetensors",
+            "vae_hash": "235745af8d",
         },
         id="sdxl",
     ),

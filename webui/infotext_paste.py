@@ -25,7 +25,7 @@ CHECKPOINT_KEYS = ("Model hash", "Model")
 # Keys that describe the image rather than set anything: nothing to apply, nothing to report.
 RECORD_KEYS = frozenset({
     "Version", "Lora hashes", "TI hashes", "Hashes", "Watermark", "Watermark skipped", "Content credentials",
-    "Safety checker", *CHECKPOINT_KEYS,
+    "Safety checker", "VAE hash", *CHECKPOINT_KEYS,
 })
 
 

@@ -54,6 +54,8 @@ class InfotextContext:
     model_name: str | None = None
     model_hash: str | None = None
     method: str | None = None  # img2img only: "img2img", "inpaint" or "instruct-pix2pix" (the checkpoint decides)
+    vae_name: str | None = None  # the VAE file used (A1111's "VAE"), None: the checkpoint's own
+    vae_hash: str | None = None
 
 
 Write = Callable[[Any, InfotextContext], object]  # (request, context) -> value, or None to leave the key out
@@ -226,6 +228,8 @@ SEED = InfotextRule("Seed", lambda _r, c: c.seed, lambda raw: {"seed": int(raw)}
 MODEL_HASH = InfotextRule("Model hash", lambda _r, c: c.model_hash, lambda raw: {"model_hash": raw})
 MODEL = InfotextRule("Model", lambda _r, c: c.model_name, lambda raw: {"model_name": raw})
 PROMPT = InfotextRule(PROMPT_KEY, lambda r, _c: r.prompt, lambda raw: {"prompt": raw})
+VAE_HASH = InfotextRule("VAE hash", lambda _r, c: c.vae_hash, lambda raw: {"vae_hash": raw})
+VAE = InfotextRule("VAE", lambda _r, c: c.vae_name, lambda raw: {"sd_vae": raw})
 NEGATIVE = InfotextRule(NEGATIVE_KEY, lambda r, _c: r.negative_prompt, lambda raw: {"negative_prompt": raw})
 
 _RESIZE_LABELS = tuple(RESIZE_MODES[k] for k in sorted(RESIZE_MODES))
@@ -299,6 +303,9 @@ PARAMS: tuple[Param, ...] = (
           infotext=(_choice("Mask mode", "inpainting_mask_invert", _MASK_MODES,
                            lambda r, c: _inpainting(r, c) and r.inpainting_mask_invert),),
           widget=Widget("radio", "Mask mode", choices=_MASK_MODES, panel="inpaint")),
+    # The checkpoint bar's "SD VAE" sets the option; None: the option when the job runs. The infotext records
+    # the VAE file that really ran (none when the checkpoint's own did).
+    Param("sd_vae", str, None, setting="sd_vae", infotext=(VAE_HASH, VAE)),
 )
 
 BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})
@@ -332,7 +339,8 @@ def infotext_params(request: Any, ctx: InfotextContext) -> dict[str, object]:
 def parse_params(prompt: str, negative_prompt: str, params: dict[str, str]) -> dict[str, Any]:
     """Request fields from a parsed infotext; missing or unparsable values are skipped (infotexts are user data).
 
-    Besides request fields the result may hold ``model_hash`` and ``model_name`` (what the image was made with).
+    Besides request fields the result may hold ``model_hash``, ``model_name`` and ``vae_hash`` (what the image was
+    made with).
     """
     raw = {PROMPT_KEY: prompt, NEGATIVE_KEY: negative_prompt, **params}
     fields: dict[str, Any] = {}

@@ -88,6 +88,7 @@ class Txt2ImgRequest(BaseModel):
     clip_skip: int = P["clip_skip"].field()
     checkpoint: str | None = P["checkpoint"].field()  # title or name; None uses the current model
     save_images: bool = True
+    sd_vae: str | None = P["sd_vae"].field()  # Automatic, None or a models/VAE file; None: the sd_vae option
 
     @model_validator(mode="before")
     @classmethod
@@ -106,7 +107,7 @@ class Txt2ImgRequest(BaseModel):
             raise InvalidRequest("sampler_name", str(exc)) from None
         return {**data, "sampler_name": sampling.spec.name, "scheduler": sampling.schedule}
 
-    @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint")
+    @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint", "sd_vae")
     @classmethod
     def _encodable(cls, value: str | None) -> str | None:
         if value is not None and (problem := text_problem(value)) is not None:
