@@ -598,3 +598,26 @@ def test_a_long_batch_is_paused_resumed_and_cancelled_from_history(page, app_ser
     page.get_by_role("tab", name="img2img").click()
     expect(page.locator("#img2img_progress")).to_contain_text("(interrupted)", timeout=GENERATE_TIMEOUT)
     page.locator("#img2img_mode").get_by_label("img2img", exact=True).check()
+
+
+def test_sd_vae_selector_picks_a_vae_file_for_the_next_image(page, app_server: RunningApp):
+    from tests.test_vae import write_vae_file
+
+    write_vae_file(app_server.data_dir / "models" / "VAE" / "browser-vae.safetensors")
+    page.locator("#refresh_checkpoints").click()
+    try:
+        page.locator("#sd_vae input").click()
+        page.get_by_role("option", name="browser-vae.safetensors").click()
+        expect(page.locator("#model_status")).to_contain_text("SD VAE: browser-vae.safetensors")
+        for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 2)):
+            set_slider(page, label, value)
+        page.locator("#txt2img_generate").click()
+        info = page.locator("#txt2img_info textarea")
+        expect(info).to_have_value(re.compile(r"VAE hash: [0-9a-f]{10}, VAE: browser-vae\.safetensors"),
+                                   timeout=GENERATE_TIMEOUT)
+        screenshot(page, "sd-vae.png")
+    finally:
+        # Leave the server's default (Automatic) for the other tests.
+        page.locator("#sd_vae input").click()
+        page.get_by_role("option", name="Automatic").click()
+        expect(page.locator("#model_status")).to_contain_text("SD VAE: Automatic")

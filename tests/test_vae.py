@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,9 +141,12 @@ def test_unknown_and_pickled_vaes_are_refused_before_queueing(stack):
 
 
 def api_params(response) -> dict[str, str]:
+    """The first image's infotext params; ``info`` names the same VAE as A1111's does."""
     assert response.status_code == 200, response.text
-    import json
-    return parse_infotext(json.loads(response.json()["info"])["infotexts"][0]).params
+    info = json.loads(response.json()["info"])
+    found = parse_infotext(info["infotexts"][0]).params
+    assert (info["sd_vae_name"], info["sd_vae_hash"]) == (found.get("VAE"), found.get("VAE hash"))
+    return found
 
 
 def test_api_lists_vaes_and_honours_the_option_and_per_request_override(stack):

@@ -331,6 +331,8 @@ class GenerationResult:
     model_name: str | None = None
     model_hash: str | None = None
     model_variant: str | None = None  # "normal", "inpaint" or "instruct-pix2pix"
+    vae_name: str | None = None  # the VAE file used (None: the checkpoint's own)
+    vae_hash: str | None = None
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,7 @@ class GenerationService:
             task.check_model(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
             result.model_variant = model.variant
+            result.vae_name, result.vae_hash = vae.name, vae.short_hash
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break
