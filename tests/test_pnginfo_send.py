@@ -71,15 +71,15 @@ def test_send_switches_to_the_images_checkpoint_by_hash(services):
     send, switch = _handlers(demo)["txt2img"]
     text = (f"a fox\nSteps: 13, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 99, Size: 320x256, "
             f"Model hash: {other.short_hash}, Model: renamed-on-their-disk, Version: v1.10.1")
-    *updates, selected, notice, title = send.fn(text)
-    assert selected.selected == "txt2img" and notice == "" and title == other.title
+    *updates, selected, notice, title, status = send.fn(text)
+    assert selected.selected == "txt2img" and notice == status == "" and title == other.title
     shown = _shown(send, updates)
     # The schedule arrives with the sampler's own schedule choices, so "Karras" is a valid choice there.
     assert shown["Schedule type"]["value"] == "Karras"
     assert [c[0] if isinstance(c, tuple) else c for c in shown["Schedule type"]["choices"]] == \
         ["Automatic", "Karras", "Exponential", "SGM Uniform"]
     assert shown["Clip skip"]["value"] == 1  # A1111 resets it when the text has none
-    *_, (status, dropdown) = list(switch.fn(title))
+    *_, (status, dropdown) = list(switch.fn(title, status))
     assert services.manager.selected.title == other.title
     assert other.title in status and dropdown["value"] == other.title
 
@@ -89,17 +89,27 @@ def test_send_says_in_one_line_which_checkpoint_is_missing_and_what_was_not_appl
     demo = build_ui(services)
     send, switch = _handlers(demo)["txt2img"]
     text = HIRES.replace("Version", "Model hash: 0123456789, Model: dreamshaper_8, Version")
-    *_, notice, title = send.fn(text)
+    *_, notice, title, status = send.fn(text)
     assert title is None
     assert "Checkpoint dreamshaper_8 [0123456789] is not on disk" in notice
     assert "Not applied: Denoising strength, Hires upscale, Hires upscaler, ADetailer model" in notice
     assert notice.count("<p") == 2
-    assert list(switch.fn(None)) == [(gr.update(), gr.update())]
+    # The same two lines above the tabs, where the user lands after "Send to" (Markdown-escaped).
+    assert status.split("\n\n") == [r"Checkpoint dreamshaper\_8 \[0123456789\] is not on disk: the current one "
+                                     r"stays selected\.", r"Not applied: Denoising strength, Hires upscale, Hires "
+                                     r"upscaler, ADetailer model"]
+    assert list(switch.fn(None, status)) == [(gr.update(), gr.update())]
     assert services.manager.selected.title == before
 
 
 def test_send_of_the_current_checkpoint_switches_nothing(services):
     current = services.manager.selected
     send, _ = _handlers(build_ui(services))["img2img"]
-    *_, notice, title = send.fn(f"a\nSteps: 5, Seed: 1, Model hash: {current.short_hash}, Model: x")
-    assert title is None and notice == ""
+    *_, notice, title, status = send.fn(f"a\nSteps: 5, Seed: 1, Model hash: {current.short_hash}, Model: x")
+    assert title is None and notice == status == ""
+
+
+def test_a_crafted_model_name_cannot_add_markup_to_the_status_line(services):
+    send, _ = _handlers(build_ui(services))["txt2img"]
+    *_, notice, _title, status = send.fn("a\nSteps: 5, Seed: 1, Model: ![x](http://example.com/t.png)")
+    assert "<img" not in notice and "![" not in status and r"\!\[x\]\(http://example\.com/t\.png\)" in status

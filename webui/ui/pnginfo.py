@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Iterator
 
 import gradio as gr
@@ -17,6 +18,8 @@ from webui.samplers import schedules_for
 from webui.services.container import Services
 from webui.ui.generation_form import Widgets, error_html
 from webui.ui.image_inputs import ImageSource, UploadedImage
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
 
 
 def parameters_table(text: str | None) -> str:
@@ -79,6 +82,12 @@ def notice_html(lines: list[str]) -> str:
     return "".join(f"<p class='studio-muted'>{html.escape(line)}</p>" for line in lines if line)
 
 
+def notice_markdown(lines: list[str]) -> str:
+    """The same lines for the checkpoint bar's status (Markdown): names from an image are data, never markup,
+    so a crafted model name cannot add a link or load a remote image."""
+    return "\n\n".join(_MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(line, quote=False)) for line in lines if line)
+
+
 def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Services,
           checkpoint: gr.Dropdown, status: gr.Markdown,
           switch: Callable[[str | None], Iterator[tuple[object, object]]]) -> None:
@@ -109,18 +118,21 @@ def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Serv
     for tab_id, (_, widgets) in targets.items():
         def send(text: str, tab_id: str = tab_id, widgets: Widgets = widgets) -> list:
             if not text:
-                return [gr.update()] * (len(widgets) + 1) + ["", None]
+                return [gr.update()] * (len(widgets) + 1) + ["", None, gr.update()]
             updates, pasted = field_updates(text, widgets)
             title, missing = checkpoint_to_switch(services, pasted)
             not_applied = f"Not applied: {', '.join(pasted.not_applied)}" if pasted.not_applied else ""
-            return updates + [gr.Tabs(selected=tab_id), notice_html([missing, not_applied]), title]
+            lines = [missing, not_applied]
+            # Also in the status line above the tabs: "Send to" leaves this tab, and the user should see it.
+            return updates + [gr.Tabs(selected=tab_id), notice_html(lines), title, notice_markdown(lines)]
 
-        def switch_to(title: str | None) -> Iterator[tuple[object, object]]:
+        def switch_to(title: str | None, shown: str) -> Iterator[tuple[object, object]]:
             if title is None:
                 yield gr.update(), gr.update()
                 return
-            yield from switch(title)
+            for text, dropdown in switch(title):
+                yield (f"{shown}\n\n{text}" if shown else text), dropdown
 
-        buttons[tab_id].click(send, raw, list(widgets.values()) + [tabs, notice, to_switch],
+        buttons[tab_id].click(send, raw, list(widgets.values()) + [tabs, notice, to_switch, status],
                               api_visibility="private").then(
-            switch_to, to_switch, [status, checkpoint], api_visibility="private")
+            switch_to, [to_switch, status], [status, checkpoint], api_visibility="private")
