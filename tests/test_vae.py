@@ -20,6 +20,7 @@ from tests.tiny_models import tiny_sd1_components, write_tiny_single_file
 from webui.errors import InvalidRequest, ModelLoadError
 from webui.infotext import parse_infotext, to_generation_fields
 from webui.models.ldm_convert import VAE_PREFIX, pipeline_components_to_ldm, vae_to_ldm
+from webui.models.vae import load_vae
 from webui.server import create_app
 from webui.services.container import Services, build_services
 from webui.types import Txt2ImgRequest
@@ -191,3 +192,62 @@ def test_ui_sd_vae_selector_lists_the_files_and_sets_the_option(stack):
         assert status.startswith("⚠ sd_vae: no VAE named") and update["value"] == "blue.safetensors"
     finally:
         stack.services.options.update({"sd_vae": "Automatic"})
+
+
+# ------------------------------------------------------------------------------------ loading, file by file
+
+
+def _config() -> dict:
+    return dict(tiny_sd1_components(0)["vae"].config)
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_diffusers_layout_and_weights_only_pickles_load_like_the_ldm_file(tmp_path):
+    ldm = load_vae(write_vae_file(tmp_path / "ldm.safetensors"), _config(), torch.float32)
+    vae = tiny_sd1_components(VAE_SEED)["vae"]
+    diffusers_file = tmp_path / "diffusers.safetensors"
+    save_file({k: v.to(torch.float16).contiguous() for k, v in vae.state_dict().items()}, str(diffusers_file))
+    assert _same_weights(load_vae(diffusers_file, _config(), torch.float32), ldm)
+    pickled = tmp_path / "kl-f8.pt"
+    from safetensors.torch import load_file
+    torch.save({"state_dict": load_file(str(tmp_path / "ldm.safetensors"))}, pickled)
+    with pytest.raises(ModelLoadError, match="kl-f8.pt is a pickle"):
+        load_vae(pickled, _config(), torch.float32)
+    assert _same_weights(load_vae(pickled, _config(), torch.float32, allow_pickle=True), ldm)
+
+
+def test_a_vae_of_another_shape_is_refused_naming_the_file(tmp_path):
+    from diffusers import AutoencoderKL
+    other = AutoencoderKL(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+                          up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=1,
+                          norm_num_groups=32)
+    path = tmp_path / "sdxl-like.safetensors"
+    ldm = vae_to_ldm(other.state_dict(), dict(other.config))
+    save_file({k.removeprefix(VAE_PREFIX): v.contiguous() for k, v in ldm.items()}, str(path))
+    with pytest.raises(ModelLoadError, match="VAE sdxl-like.safetensors does not fit this checkpoint's VAE"):
+        load_vae(path, _config(), torch.float32)
+    empty = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down.alpha": torch.ones(1)}, str(empty))
+    with pytest.raises(ModelLoadError, match="lora.safetensors holds no VAE weights"):
+        load_vae(empty, _config(), torch.float32)
+
+
+def test_img2img_encodes_and_decodes_with_the_vae_file(stack):
+    from PIL import Image
+
+    from webui.types import Img2ImgRequest
+
+    init = Image.linear_gradient("L").resize((64, 64)).convert("RGB")
+
+    def img2img(**fields):
+        request = Img2ImgRequest(init_images=[init], denoising_strength=0.5, **{**SMALL, **fields})
+        return stack.services.generation.img2img(request, timeout=120)
+
+    with_file = img2img(sd_vae="blue.safetensors", checkpoint="tiny-sd15.safetensors")
+    swapped = img2img(sd_vae="None", checkpoint="swapped-sd15.safetensors")
+    assert np.array_equal(pixels(with_file), pixels(swapped))
+    assert params(with_file)["VAE"] == "blue.safetensors"
