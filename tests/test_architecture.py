@@ -29,6 +29,8 @@ FORBIDDEN = {
     "webui.image_io": ("torch", "gradio", "fastapi", "webui.services", "webui.models", "webui.pipelines"),
     "webui.parameters": ("torch", "gradio", "fastapi", "webui.services", "webui.models", "webui.pipelines",
                          "webui.ui", "webui.api"),
+    "webui.a1111_pnginfo": ("torch", "gradio", "fastapi", "webui.services", "webui.models", "webui.pipelines",
+                            "webui.ui", "webui.api"),
 }
 
 

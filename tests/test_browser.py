@@ -626,3 +626,51 @@ def test_variation_seed_from_the_extra_row_and_reuse_seed_buttons(page):
     page.locator("#txt2img_reuse_subseed").click()
     expect(subseed).to_have_value("777")
     screenshot(page, "variation-seed.png")
+
+
+def test_sd_vae_selector_picks_a_vae_file_for_the_next_image(page, app_server: RunningApp):
+    from tests.test_vae import write_vae_file
+
+    write_vae_file(app_server.data_dir / "models" / "VAE" / "browser-vae.safetensors")
+    page.locator("#refresh_checkpoints").click()
+    try:
+        page.locator("#sd_vae input").click()
+        page.get_by_role("option", name="browser-vae.safetensors").click()
+        expect(page.locator("#model_status")).to_contain_text("SD VAE: browser-vae.safetensors")
+        for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 2)):
+            set_slider(page, label, value)
+        page.locator("#txt2img_generate").click()
+        info = page.locator("#txt2img_info textarea")
+        expect(info).to_have_value(re.compile(r"VAE hash: [0-9a-f]{10}, VAE: browser-vae\.safetensors"),
+                                   timeout=GENERATE_TIMEOUT)
+        screenshot(page, "sd-vae.png")
+    finally:
+        # Leave the server's default (Automatic) for the other tests.
+        page.locator("#sd_vae input").click()
+        page.get_by_role("option", name="Automatic").click()
+        expect(page.locator("#model_status")).to_contain_text("SD VAE: Automatic")
+
+
+def test_pnginfo_send_sets_sampler_with_schedule_resets_clip_skip_and_says_what_it_could_not_apply(page, tmp_path):
+    text = ("a lighthouse at dusk\nSteps: 9, Sampler: DPM++ 2M Karras, CFG scale: 6, Seed: 5, Size: 64x64, "
+            "Model hash: 0123456789, Model: dreamshaper_8, Hires upscale: 2, ADetailer model: face_yolov8n.pt")
+    source = tmp_path / "civitai.png"
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", text)
+    Image.new("RGB", (64, 64), (20, 40, 200)).save(source, pnginfo=meta)
+    set_slider(page, "Clip skip", 3)  # the text has none: A1111 sets it back to 1
+
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(source))
+    expect(page.locator("#pnginfo_text textarea")).to_have_value(text)
+    page.locator("#pnginfo_send_txt2img").click()
+
+    expect(page.get_by_role("tab", name="txt2img")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_label("Sampling method", exact=True)).to_have_value("DPM++ 2M")
+    expect(page.get_by_label("Schedule type", exact=True)).to_have_value("Karras")
+    expect(page.get_by_label("number input for Clip skip", exact=True)).to_have_value("1")
+    status = page.locator("#model_status")
+    expect(status).to_contain_text("Checkpoint dreamshaper_8 [0123456789] is not on disk")
+    expect(status).to_contain_text("Not applied: Hires upscale, ADetailer model")
+    expect(page.locator("#checkpoint input")).to_have_value(re.compile(r"^tiny-sd15\.safetensors \["))
+    screenshot(page, "pnginfo-send-notice.png")

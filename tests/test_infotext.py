@@ -221,6 +221,8 @@ FIELD_EXAMPLES = [
             "model_hash": "31e35c80fc",
             "model_name": "sd_xl_base_1.0",
             "eta_noise_seed_delta": 31337,  # ENSD is honoured when read
+            "sd_vae": "sdxl_vae.safetensors",
+            "vae_hash": "235745af8d",
         },
         id="sdxl",
     ),

@@ -18,7 +18,7 @@ from webui.parameters import BY_NAME, PARAMS, InfotextContext, infotext_params
 from webui.services.options import OPTIONS
 from webui.types import Img2ImgRequest, Txt2ImgRequest, validated
 
-MODEL_NAME, MODEL_HASH = "tiny-sd15", "0123456789"
+MODEL_NAME, MODEL_HASH, VAE_HASH = "tiny-sd15", "0123456789", "abcdef0123"
 PROMPT = 'a "fox", in snow: 50mm\nsecond line'
 NEGATIVE = "blurry, low quality"
 TXT2IMG = dict(prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="DPM++ 2M", scheduler="Exponential",
@@ -27,7 +27,8 @@ TXT2IMG = dict(prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="DPM++ 2M",
 MASK = Image.new("L", (8, 8), 255)
 # One img2img request per method, each with non-default values for the fields that method's infotext records.
 IMG2IMG = {
-    "img2img": dict(TXT2IMG, sampler_name="Euler", scheduler="Automatic", resize_mode=2, denoising_strength=0.4),
+    "img2img": dict(TXT2IMG, sampler_name="Euler", scheduler="Automatic", resize_mode=2, denoising_strength=0.4,
+                    sd_vae="blue.safetensors"),
     "inpaint": dict(TXT2IMG, sampler_name="DPM++ 2M", scheduler="Automatic", mask=MASK, mask_blur=9,
                     inpainting_fill=3, inpaint_full_res=True, inpaint_full_res_padding=48,
                     inpainting_mask_invert=True, denoising_strength=0.55),
@@ -37,12 +38,14 @@ IMG2IMG = {
 
 def round_trip(request: Txt2ImgRequest, method: str | None) -> tuple[Txt2ImgRequest, set[str]]:
     """request -> infotext -> parsed -> request; also the infotext keys that were written."""
+    vae_hash = VAE_HASH if request.sd_vae else None  # the job writes the VAE file it used
     context = InfotextContext(seed=request.seed, model_name=MODEL_NAME, model_hash=MODEL_HASH, method=method,
-                              subseed=request.subseed)
+                              subseed=request.subseed, vae_name=request.sd_vae, vae_hash=vae_hash)
     params = infotext_params(request, context)
     text = format_infotext(request.prompt, request.negative_prompt, {**params, "Version": "studio-test"})
     fields = to_generation_fields(parse_infotext(text))
     assert fields.pop("model_hash") == MODEL_HASH
+    assert fields.pop("vae_hash", None) == vae_hash
     fields["checkpoint"] = fields.pop("model_name")
     extra: dict[str, Any] = {"init_images": request.init_images, "mask": request.mask} \
         if isinstance(request, Img2ImgRequest) else {}

@@ -103,12 +103,12 @@ def test_png_info_sends_every_field_the_infotext_has_to_txt2img_and_img2img(serv
     assert set(handlers) == {"txt2img", "img2img"}
     for tab, expected in (("txt2img", EXPECTED), ("img2img", {**EXPECTED, **EXPECTED_IMG2IMG})):
         dep = handlers[tab]
-        *updates, selected = dep.fn(INFOTEXT)
+        *updates, selected, _notice, _switch, _status = dep.fn(INFOTEXT)
         assert selected.selected == tab
         shown = {c.label: u["value"] for c, u in zip(dep.outputs, updates) if "value" in u}
         assert shown == expected, tab
         # Every widget of the tab is a target, one per request field the table gives a widget.
         named = {p.widget.label for p in for_task(tab) if p.widget is not None}
-        assert {c.label for c in dep.outputs[:-1]} == named
+        assert {c.label for c in dep.outputs[:-4]} == named
     assert not set(EXPECTED_IMG2IMG) & {p.widget.label for p in for_task(TXT2IMG) if p.widget}
     assert set(EXPECTED_IMG2IMG) <= {p.widget.label for p in for_task(IMG2IMG) if p.widget}

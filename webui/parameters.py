@@ -55,6 +55,8 @@ class InfotextContext:
     model_hash: str | None = None
     method: str | None = None  # img2img only: "img2img", "inpaint" or "instruct-pix2pix" (the checkpoint decides)
     subseed: int | None = None  # the variation seed of this image
+    vae_name: str | None = None  # the VAE file used (A1111's "VAE"), None: the checkpoint's own
+    vae_hash: str | None = None
 
 
 Write = Callable[[Any, InfotextContext], object]  # (request, context) -> value, or None to leave the key out
@@ -235,6 +237,8 @@ SEED = InfotextRule("Seed", lambda _r, c: c.seed, lambda raw: {"seed": int(raw)}
 MODEL_HASH = InfotextRule("Model hash", lambda _r, c: c.model_hash, lambda raw: {"model_hash": raw})
 MODEL = InfotextRule("Model", lambda _r, c: c.model_name, lambda raw: {"model_name": raw})
 PROMPT = InfotextRule(PROMPT_KEY, lambda r, _c: r.prompt, lambda raw: {"prompt": raw})
+VAE_HASH = InfotextRule("VAE hash", lambda _r, c: c.vae_hash, lambda raw: {"vae_hash": raw})
+VAE = InfotextRule("VAE", lambda _r, c: c.vae_name, lambda raw: {"sd_vae": raw})
 NEGATIVE = InfotextRule(NEGATIVE_KEY, lambda r, _c: r.negative_prompt, lambda raw: {"negative_prompt": raw})
 
 _RESIZE_LABELS = tuple(RESIZE_MODES[k] for k in sorted(RESIZE_MODES))
@@ -312,6 +316,9 @@ PARAMS: tuple[Param, ...] = (
     Param("tiling", bool, False, api_key="tiling",
           infotext=(_scalar("Tiling", "tiling", _read_bool, lambda r, _c: r.tiling),),
           widget=Widget("checkbox", "Tiling (seamless texture)", elem_id="{tab}_tiling")),
+    # The checkpoint bar's "SD VAE" sets the option; None: the option when the job runs. The infotext records
+    # the VAE file that really ran (none when the checkpoint's own did).
+    Param("sd_vae", str, None, setting="sd_vae", infotext=(VAE_HASH, VAE)),
 )
 
 
@@ -415,7 +422,8 @@ def infotext_params(request: Any, ctx: InfotextContext) -> dict[str, object]:
 def parse_params(prompt: str, negative_prompt: str, params: dict[str, str]) -> dict[str, Any]:
     """Request fields from a parsed infotext; missing or unparsable values are skipped (infotexts are user data).
 
-    Besides request fields the result may hold ``model_hash`` and ``model_name`` (what the image was made with).
+    Besides request fields the result may hold ``model_hash``, ``model_name`` and ``vae_hash`` (what the image was
+    made with).
     """
     raw = {PROMPT_KEY: prompt, NEGATIVE_KEY: negative_prompt, **params}
     fields: dict[str, Any] = {}

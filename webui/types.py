@@ -97,6 +97,7 @@ class Txt2ImgRequest(BaseModel):
     randn_source: str = P["randn_source"].field()
     eta_noise_seed_delta: int = P["eta_noise_seed_delta"].field()
     eta: float | None = P["eta"].field()
+    sd_vae: str | None = P["sd_vae"].field()  # Automatic, None or a models/VAE file; None: the sd_vae option
 
     @model_validator(mode="before")
     @classmethod
@@ -115,7 +116,7 @@ class Txt2ImgRequest(BaseModel):
             raise InvalidRequest("sampler_name", str(exc)) from None
         return {**data, "sampler_name": sampling.spec.name, "scheduler": sampling.schedule}
 
-    @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint")
+    @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint", "sd_vae")
     @classmethod
     def _encodable(cls, value: str | None) -> str | None:
         if value is not None and (problem := text_problem(value)) is not None:
@@ -356,6 +357,8 @@ class GenerationResult:
     model_variant: str | None = None  # "normal", "inpaint" or "instruct-pix2pix"
     subseeds: list[int] = field(default_factory=list)  # the variation seed of each image
     base_subseed: int = -1
+    vae_name: str | None = None  # the VAE file used (None: the checkpoint's own)
+    vae_hash: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from webui.api.a1111_info import a1111_info
 from webui.api.images import decode_image, encode_png, png_base64
 from webui.errors import (Cancelled, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable, OutOfMemory,
                           QueueFull, StudioError)
-from webui.infotext import parse_infotext
+from webui.a1111_pnginfo import a1111_parameters
+from webui.infotext import read_png_infotext
 from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing
 from webui.services.container import Services
 from webui.services.jobs import Job
@@ -208,12 +209,11 @@ def build_router(services: Services) -> APIRouter:
         image = decode_image(body.image, "image", limits.max_image_pixels, formats=limits.image_formats,
                              keep_metadata=True)  # PNG Info reports the text chunks as sent
         items = {k: v for k, v in image.info.items() if isinstance(v, str)}
-        text = items.pop("parameters", "")
-        parsed = parse_infotext(text) if text else None
-        found: dict[str, Any] = {}
-        if parsed is not None:
-            found = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params}
-        return {"info": text, "items": items, "parameters": found}
+        items.pop("parameters", None)
+        # PNG text chunk, else A1111's JPEG/WebP EXIF UserComment; "parameters" in A1111's shape (as A1111,
+        # its defaults even for an image without any).
+        text = read_png_infotext(image) or ""
+        return {"info": text, "items": items, "parameters": a1111_parameters(text)}
 
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:

@@ -45,6 +45,8 @@ class LoadedModel:
     pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
     scheduler_config: dict[str, Any]
     default_size: int
+    # A job's own VAE (a file from models/VAE), set on a per-job copy (dataclasses.replace); None: the pipe's.
+    vae: Any = None
 
     @property
     def dtype(self) -> torch.dtype:

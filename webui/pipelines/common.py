@@ -64,6 +64,8 @@ def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int]):
     # (fp32 unless told otherwise), which would recast the loaded weights and logs warnings on every job.
     params = inspect.signature(cls.__init__).parameters
     available = {**model.pipe.components, "scheduler": scheduler}
+    if model.vae is not None:  # the job's VAE file; the shared pipeline keeps its own
+        available["vae"] = model.vae
     kwargs = {name: available.get(name) for name, p in params.items()
               if name != "self" and (name in available or p.default is inspect.Parameter.empty)}
     if "requires_safety_checker" in params:

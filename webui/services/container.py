@@ -11,6 +11,7 @@ from webui.models.manager import Loader, ModelManager
 from webui.models.memory import resolve_devices
 from webui.models.registry import ModelRegistry
 from webui.models.selection import CheckpointSelection
+from webui.models.vae import VaeFiles
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
@@ -37,6 +38,7 @@ class Services:
     style: StyleTransferService
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
     jobs_store: JobStore  # the job history, <data dir>/studio.sqlite3
+    vaes: VaeFiles | None = None  # models/VAE: the "SD VAE" choices and which file each means
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -62,8 +64,11 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
     checkpoints = CheckpointService(registry, queue)
     store = ImageStore(settings.outputs_dir)
     safety = SafetyService(settings.models_dir, manager.dtype)
+    vaes = VaeFiles(settings.vae_dir, hashes.sha256, allow_pickle=settings.allow_pickle,
+                    allow_external_links=settings.allow_external_model_links)
     options = OptionsService(settings.data_dir / "config.json", manager,
-                             requirements={"safety_checker": lambda on: safety.status() if on else None},
+                             requirements={"safety_checker": lambda on: safety.status() if on else None,
+                                           "sd_vae": vaes.problem},
                              switch=checkpoints.submit_switch)
     credentials = ContentCredentials(settings.data_dir / "provenance")
 
@@ -77,7 +82,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         devices=devices,
         queue=queue,
         checkpoints=checkpoints,
-        generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety),
+        generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety,
+                                     vaes=vaes, vae_option=lambda: options.value("sd_vae")),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,
@@ -87,4 +93,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                    credentials=credentials, provenance=provenance),
         credentials=credentials,
         jobs_store=jobs_store,
+        vaes=vaes,
     )

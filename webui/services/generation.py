@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +22,8 @@ from webui.image_io import open_image
 from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
+from webui.models.vae import AUTOMATIC as AUTOMATIC_VAE
+from webui.models.vae import VaeChoice, VaeFiles, load_vae
 from webui.pipelines import img2img, txt2img
 from webui.pipelines.common import BatchOutput, seamless
 from webui.provenance.credentials import ContentCredentials
@@ -34,6 +39,7 @@ from webui.types import GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, T
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
+MAX_LOADED_VAES = 2  # VAE files kept on a device between jobs (about 160 MB each in fp16)
 
 
 def _pixels(count: int) -> str:
@@ -44,8 +50,11 @@ class GenerationService:
     def __init__(self, settings: Settings, manager: ModelManager, queue: JobQueue, store: ImageStore,
                  credentials: ContentCredentials | None = None,
                  provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy,
-                 safety: SafetyService | None = None):
+                 safety: SafetyService | None = None, *, vaes: VaeFiles | None = None,
+                 vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE):
         self._settings = settings
+        self._vaes = vaes  # None: every job uses its checkpoint's own VAE
+        self._vae_option = vae_option  # read per job, like the provenance policy
         self._safety = safety
         self._manager = manager
         self._queue = queue
@@ -179,6 +188,8 @@ class GenerationService:
         self._check_job_pixels(request)
         self._prompts.check("prompt", request.prompt, request.steps, composable=True)
         self._prompts.check("negative_prompt", request.negative_prompt, request.steps)
+        if request.sd_vae is not None and self._vaes is not None:
+            self._vaes.check("sd_vae", request.sd_vae)
         if request.checkpoint:
             try:
                 self._manager.registry.find(request.checkpoint)
@@ -215,10 +226,12 @@ class GenerationService:
         base_subseed = request.subseed if request.subseed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
                                   started=started, base_subseed=base_subseed)
-        with ctx.models.lease(request.checkpoint) as model, seamless(model, request.tiling):
+        with ctx.models.lease(request.checkpoint) as model, self._job_vae(ctx, request, model) as (model, vae), \
+                seamless(model, request.tiling):
             task.check_model(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
             result.model_variant = model.variant
+            result.vae_name, result.vae_hash = vae.name, vae.short_hash
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break
@@ -231,7 +244,7 @@ class GenerationService:
                 images, verdicts = self._review(ctx, out.images, policy, result)
                 for image, seed, subseed, verdict in zip(images, seeds, subseeds, verdicts):
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
-                                              subseed=subseed)
+                                              subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash)
                     params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
                     if verdict:
                         params["Safety checker"] = verdict
@@ -248,6 +261,28 @@ class GenerationService:
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
         return result
+
+    @contextmanager
+    def _job_vae(self, ctx: JobContext, request: Txt2ImgRequest,
+                 model: LoadedModel) -> Iterator[tuple[LoadedModel, VaeChoice]]:
+        """The job's model with its VAE file (a per-job copy; the shared pipeline is untouched) and that choice.
+
+        The VAE is a resident of the job's device, kept (pinned) for the job; a file that does not load fails
+        the job with a message naming it, and the checkpoint stays loaded and usable.
+        """
+        choice = VaeChoice()
+        if self._vaes is not None:
+            choice = self._vaes.resolve(request.sd_vae or self._vae_option(), model.info.path)
+        if choice.path is None:
+            yield model, choice
+            return
+        path, config = choice.path, dict(model.pipe.vae.config)
+        name = f"vae:{choice.short_hash}:{model.family}"
+        vae = ctx.device.resident(
+            name, lambda: load_vae(path, config, model.dtype, self._settings.allow_pickle), kind="vae",
+            version=(str(model.dtype), tuple(config.get("block_out_channels", ()))), max_of_kind=MAX_LOADED_VAES)
+        with ctx.device.pinned(name):
+            yield replace(model, vae=vae), choice
 
     def _review(self, ctx: JobContext, images: list, policy: ProvenancePolicy,
                 result: GenerationResult) -> tuple[list, list]:

@@ -5,8 +5,9 @@ naming the key, so a client can neither fill ``config.json`` with arbitrary data
 would silently ignore under a misspelt name. The table holds the A1111 v1.10 names that clients commonly set.
 
 Honoured here: ``sd_model_checkpoint`` (queues a checkpoint switch job), ``CLIP_stop_at_last_layers`` (the API's default clip
-skip), ``randn_source`` and ``eta_noise_seed_delta`` (the API's default noise source and ENSD), and the
-``provenance_*`` / ``safety_checker`` switches (read by the image writers). The other A1111 names are
+skip), ``randn_source`` and ``eta_noise_seed_delta`` (the API's default noise source and ENSD), the
+``provenance_*`` / ``safety_checker`` switches (read by the image writers) and ``sd_vae`` (the VAE of jobs that do
+not name one). The other A1111 names are
 stored and echoed so that clients which set them keep working. Stored in ``config.json`` under the data dir,
 written atomically; unknown or invalid entries found there at start-up are dropped with a log line.
 """
@@ -98,7 +99,7 @@ OPTIONS: dict[str, Option] = {
     # refused at any other, so nobody believes a setting took effect when it did not.
     "samples_save": Option(bool, True),
     "samples_format": Option(str, "png", choices=("png", "jpg", "jpeg", "webp")),
-    "sd_vae": Option(str, "Automatic"),
+    "sd_vae": Option(str, "Automatic", honoured=True),  # which VAE file (the container checks it exists)
     "sd_unet": Option(str, "Automatic"),
     "eta_noise_seed_delta": Option(int, 0, 0, 2**32 - 1, honoured=True),  # the default of the request field
     "eta_ddim": Option(float, 0.0, 0, 1),

@@ -27,6 +27,10 @@ def _titles(services: Services) -> list[str]:
     return [info.title for info in services.registry.list()]
 
 
+def _vae_choices(services: Services) -> list[str]:
+    return services.vaes.choices() if services.vaes is not None else ["Automatic", "None"]
+
+
 def _notice(services: Services) -> str:
     if services.registry.list():
         return ""
@@ -62,6 +66,8 @@ def build_ui(services: Services) -> gr.Blocks:
             checkpoint = gr.Dropdown(_titles(services), value=selected.title if selected else None,
                                      label="Stable Diffusion checkpoint", scale=4, elem_id="checkpoint",
                                      allow_custom_value=False)
+            vae = gr.Dropdown(_vae_choices(services), value=services.options.value("sd_vae"), label="SD VAE",
+                              scale=2, elem_id="sd_vae", allow_custom_value=False)
             refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="refresh_checkpoints")
             status = gr.Markdown(elem_id="model_status")
         with gr.Group(visible=not services.registry.list()) as first_run:
@@ -77,7 +83,7 @@ def build_ui(services: Services) -> gr.Blocks:
                 i2i = img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build({"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
-                              services.settings.limits)
+                              services, checkpoint, status, lambda title: _switch_checkpoint(services, title))
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
         devices = ", ".join(services.queue.devices)
@@ -91,6 +97,21 @@ def build_ui(services: Services) -> gr.Blocks:
             return gr.update(choices=titles, value=value), gr.update(visible=not titles), _notice(services)
 
         refresh.click(do_refresh, checkpoint, [checkpoint, first_run, notice], api_visibility="private")
+
+        def refresh_vaes(current: str | None):
+            choices = _vae_choices(services)
+            return gr.update(choices=choices, value=current if current in choices else "Automatic")
+
+        def select_vae(name: str):
+            # A1111's "SD VAE" quick setting: the sd_vae option, used by every job that does not name a VAE.
+            try:
+                services.options.update({"sd_vae": name})
+            except StudioError as exc:
+                return f"⚠ {exc}", gr.update(value=services.options.value("sd_vae"))
+            return f"SD VAE: **{name}**", gr.update()
+
+        refresh.click(refresh_vaes, vae, vae, api_visibility="private")
+        vae.input(select_vae, vae, [status, vae], api_visibility="private")
 
         def do_select(title: str | None) -> Iterator[tuple[str, object]]:
             yield from _switch_checkpoint(services, title)

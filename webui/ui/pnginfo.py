@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import html
+import re
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 
 from webui.config import Limits
-from webui.errors import InvalidRequest
+from webui.errors import InvalidRequest, ModelNotFound
 from webui.image_io import open_image
-from webui.infotext import parse_infotext, read_png_infotext, to_generation_fields
+from webui.infotext import parse_infotext, read_png_infotext
+from webui.infotext_paste import Paste, paste
 from webui.parameters import BY_NAME
+from webui.samplers import schedules_for
+from webui.services.container import Services
 from webui.ui.generation_form import Widgets, error_html
 from webui.ui.image_inputs import ImageSource, UploadedImage
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
 
 
 def parameters_table(text: str | None) -> str:
@@ -37,16 +44,58 @@ def read_parameters(upload: ImageSource | None, limits: Limits) -> tuple[str, st
     return text or "", parameters_table(text)
 
 
-def field_updates(text: str, widgets: Widgets) -> list:
+def field_updates(text: str, widgets: Widgets) -> tuple[list, Paste]:
     """One update per widget: the value the infotext gives its request field (shown as the widget shows it),
-    or no change where the text has none."""
-    values = to_generation_fields(parse_infotext(text)) if text else {}
-    return [gr.update(value=BY_NAME[name].widget.to_ui(values[name])) if name in values else gr.update()
-            for name in widgets]
+    or no change where the text has none; the scheduler's choices follow the sampler sent with it."""
+    pasted = paste(text, widgets) if text else Paste()
+    values = pasted.values
+    updates = []
+    for name in widgets:
+        if name not in values:
+            updates.append(gr.update())
+        elif name == "scheduler" and "sampler_name" in values:
+            updates.append(gr.update(choices=list(schedules_for(values["sampler_name"])), value=values[name]))
+        else:
+            updates.append(gr.update(value=BY_NAME[name].widget.to_ui(values[name])))
+    return updates, pasted
 
 
-def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, limits: Limits) -> None:
-    """``targets``: tab id -> (its label, its widgets by request field name), one "Send to" button each."""
+def checkpoint_to_switch(services: Services, pasted: Paste) -> tuple[str | None, str]:
+    """The checkpoint the image was made with, found by hash, then by name: (its title when it is not the one
+    in use, else None; a one-line notice when it is not on disk)."""
+    for query in (pasted.model_hash, pasted.model_name):
+        if not query:
+            continue
+        try:
+            title = services.registry.find(query).title
+        except ModelNotFound:
+            continue
+        selected = services.manager.selected
+        return (None if selected is not None and selected.title == title else title), ""
+    if not (pasted.model_hash or pasted.model_name):
+        return None, ""
+    named = " ".join(filter(None, (pasted.model_name, f"[{pasted.model_hash}]" if pasted.model_hash else None)))
+    return None, f"Checkpoint {named} is not on disk: the current one stays selected."
+
+
+def notice_html(lines: list[str]) -> str:
+    return "".join(f"<p class='studio-muted'>{html.escape(line)}</p>" for line in lines if line)
+
+
+def notice_markdown(lines: list[str]) -> str:
+    """The same lines for the checkpoint bar's status (Markdown): names from an image are data, never markup,
+    so a crafted model name cannot add a link or load a remote image."""
+    return "\n\n".join(_MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(line, quote=False)) for line in lines if line)
+
+
+def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Services,
+          checkpoint: gr.Dropdown, status: gr.Markdown,
+          switch: Callable[[str | None], Iterator[tuple[object, object]]]) -> None:
+    """``targets``: tab id -> (its label, its widgets by request field name), one "Send to" button each.
+
+    ``checkpoint``/``status`` are the checkpoint bar's dropdown and status line; ``switch(title)`` streams a
+    checkpoint switch into them (None: nothing to switch)."""
+    limits = services.settings.limits
     with gr.Row():
         with gr.Column():
             # The upload's own file, text chunks included; opened only through webui.image_io.
@@ -58,6 +107,8 @@ def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, limits: Limits
             with gr.Row():
                 buttons = {tab_id: gr.Button(f"Send to {label}", elem_id=f"pnginfo_send_{tab_id}")
                            for tab_id, (label, _) in targets.items()}
+            notice = gr.HTML(elem_id="pnginfo_notice")
+    to_switch = gr.State(None)
 
     def read(upload: ImageSource | None) -> tuple[str, str]:
         return read_parameters(upload, limits)
@@ -67,7 +118,21 @@ def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, limits: Limits
     for tab_id, (_, widgets) in targets.items():
         def send(text: str, tab_id: str = tab_id, widgets: Widgets = widgets) -> list:
             if not text:
-                return [gr.update()] * (len(widgets) + 1)
-            return field_updates(text, widgets) + [gr.Tabs(selected=tab_id)]
+                return [gr.update()] * (len(widgets) + 1) + ["", None, gr.update()]
+            updates, pasted = field_updates(text, widgets)
+            title, missing = checkpoint_to_switch(services, pasted)
+            not_applied = f"Not applied: {', '.join(pasted.not_applied)}" if pasted.not_applied else ""
+            lines = [missing, not_applied]
+            # Also in the status line above the tabs: "Send to" leaves this tab, and the user should see it.
+            return updates + [gr.Tabs(selected=tab_id), notice_html(lines), title, notice_markdown(lines)]
 
-        buttons[tab_id].click(send, raw, list(widgets.values()) + [tabs], api_visibility="private")
+        def switch_to(title: str | None, shown: str) -> Iterator[tuple[object, object]]:
+            if title is None:
+                yield gr.update(), gr.update()
+                return
+            for text, dropdown in switch(title):
+                yield (f"{shown}\n\n{text}" if shown else text), dropdown
+
+        buttons[tab_id].click(send, raw, list(widgets.values()) + [tabs, notice, to_switch, status],
+                              api_visibility="private").then(
+            switch_to, [to_switch, status], [status, checkpoint], api_visibility="private")
