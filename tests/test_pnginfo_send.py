@@ -9,6 +9,7 @@ import pytest
 from webui.infotext_paste import paste
 from webui.parameters import TXT2IMG, IMG2IMG, for_task
 from webui.ui.app import build_ui
+from webui.samplers import schedules_for
 
 TXT2IMG_FIELDS = [p.name for p in for_task(TXT2IMG) if p.widget is not None]
 IMG2IMG_FIELDS = [p.name for p in for_task(IMG2IMG) if p.widget is not None]
@@ -34,9 +35,9 @@ def test_missing_clip_skip_schedule_and_negative_take_a1111s_defaults():
 @pytest.mark.parametrize("text, sampler, schedule, refused", [
     ("a\nSteps: 9, Sampler: DPM++ 2M Karras, Seed: 1", "DPM++ 2M", "Karras", ()),  # old fused name
     ("a\nSteps: 9, Sampler: DPM++ 2M, Schedule type: Exponential, Seed: 1", "DPM++ 2M", "Exponential", ()),
-    ("a\nSteps: 9, Sampler: Euler a, Schedule type: Karras, Seed: 1", "Euler a", "Automatic", ("Schedule type",)),
-    ("a\nSteps: 9, Sampler: DPM++ 2M, Schedule type: Align Your Steps, Seed: 1", "DPM++ 2M", "Automatic",
-     ("Schedule type",)),
+    ("a\nSteps: 9, Sampler: Euler a, Schedule type: Karras, Seed: 1", "Euler a", "Karras", ()),
+    ("a\nSteps: 9, Sampler: DPM++ 2M, Schedule type: Align Your Steps, Seed: 1", "DPM++ 2M", "Align Your Steps", ()),
+    ("a\nSteps: 9, Sampler: DDIM, Schedule type: Karras, Seed: 1", "DDIM", "Automatic", ("Schedule type",)),
     ("a\nSteps: 9, Sampler: Restart, Schedule type: Karras, Seed: 1", None, None, ("Sampler",)),
 ])
 def test_sampler_and_schedule_are_set_together(text, sampler, schedule, refused):
@@ -77,7 +78,7 @@ def test_send_switches_to_the_images_checkpoint_by_hash(services):
     # The schedule arrives with the sampler's own schedule choices, so "Karras" is a valid choice there.
     assert shown["Schedule type"]["value"] == "Karras"
     assert [c[0] if isinstance(c, tuple) else c for c in shown["Schedule type"]["choices"]] == \
-        ["Automatic", "Karras", "Exponential", "SGM Uniform"]
+        list(schedules_for("DPM++ 2M"))
     assert shown["Clip skip"]["value"] == 1  # A1111 resets it when the text has none
     *_, (status, dropdown) = list(switch.fn(title, status))
     assert services.manager.selected.title == other.title
