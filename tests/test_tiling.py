@@ -66,3 +66,14 @@ def test_the_api_takes_tiling_and_the_infotext_gives_it_back(services):
     assert "Tiling: True" in response.json()["info"]
     bad = client.post("/sdapi/v1/txt2img", json={"prompt": "tile", "tiling": "sometimes"})
     assert bad.status_code == 422 and bad.json()["error"].startswith("tiling")
+
+
+def test_a_refiner_is_refused_not_ignored(services):
+    from fastapi.testclient import TestClient
+
+    from webui.server import create_app
+
+    client = TestClient(create_app(services), base_url="http://127.0.0.1:7860")
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "refiner_checkpoint": "sdxl-refiner",
+                                                      "refiner_switch_at": 0.8})
+    assert response.status_code == 422 and response.json()["error"].startswith("refiner_checkpoint: ")

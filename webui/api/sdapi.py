@@ -93,6 +93,8 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
                                        "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
     if extra.get("restore_faces"):
         raise InvalidRequest("restore_faces", "this server has no face restorers (GET /sdapi/v1/face-restorers)")
+    if extra.get("refiner_checkpoint") not in (None, "", "None"):
+        raise InvalidRequest("refiner_checkpoint", "the SDXL refiner is not supported yet; leave it out")
 
 
 def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
