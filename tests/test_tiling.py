@@ -1,4 +1,5 @@
-"""Tiling (seamless textures): circular padding for the job, recorded in the infotext, restored afterwards."""
+"""Tiling (seamless textures): circular padding for the job, recorded in the infotext, restored afterwards; and the
+SDXL refiner, refused until it exists."""
 
 from __future__ import annotations
 
