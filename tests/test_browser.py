@@ -608,9 +608,17 @@ def test_variation_seed_from_the_extra_row_and_reuse_seed_buttons(page):
     set_seed(page, -1)
     page.locator("#txt2img_seed_extra").get_by_text("Extra: variation seed and noise").click()
     subseed = page.locator("#txt2img_subseed input[type=number]")
-    subseed.fill("777")
-    subseed.press("Tab")
     set_slider(page, "Variation strength", 0.5)
+    # The accordion's first opening can re-mount its widgets a moment later (seen on a cold start), putting the
+    # default back: type the value until it holds.
+    for _attempt in range(5):
+        subseed.fill("777")
+        subseed.press("Enter")
+        subseed.blur()
+        page.wait_for_timeout(500)
+        if subseed.input_value() == "777":
+            break
+    expect(subseed).to_have_value("777")
 
     page.locator("#txt2img_generate").click()
 
