@@ -223,6 +223,7 @@ class Units:
     def __init__(self, services: Services):
         self.gates = [threading.Event() for _ in range(3)]
         self.events: list[str] = []
+        self.first_started = threading.Event()
         services.queue.register(JobKind("test-long", self._run, pausable=True, priority=LONG))
 
     def _run(self, ctx, _request) -> int:
@@ -232,9 +233,20 @@ class Units:
             if ctx.interrupted:
                 break
             self.events.append(f"unit {index} started")
+            self.first_started.set()
             assert gate.wait(120)
             done += 1
         return done
+
+
+def paused_after_first_unit(services: Services, units: Units):
+    """A long job, paused while its first unit runs; returned once it has stopped at the next safe point."""
+    long_job = services.queue.submit("test-long")
+    assert units.first_started.wait(60)
+    services.queue.pause(long_job.id)
+    units.gates[0].set()
+    wait_state(long_job, JobState.PAUSED)
+    return long_job
 
 
 def test_interactive_jobs_run_between_the_steps_of_a_long_job(services):
@@ -242,8 +254,7 @@ def test_interactive_jobs_run_between_the_steps_of_a_long_job(services):
     long_job = services.queue.submit("test-long")
     wait_state(long_job, JobState.RUNNING)
     quick = services.generation.submit_txt2img(Txt2ImgRequest(prompt="between", seed=3, **SMALL))
-    while not units.events:
-        long_job.watch(0, timeout=0.05)
+    assert units.first_started.wait(60)
     units.gates[0].set()  # unit 0 ends; at the safe point the waiting txt2img runs first
     quick.wait(120)
     assert quick.device == long_job.device and not long_job.finished
@@ -255,12 +266,7 @@ def test_interactive_jobs_run_between_the_steps_of_a_long_job(services):
 
 def test_a_long_job_pauses_at_a_safe_point_lets_others_run_and_resumes(services):
     units = Units(services)
-    long_job = services.queue.submit("test-long")
-    while not units.events:
-        long_job.watch(0, timeout=0.05)
-    services.queue.pause(long_job.id)
-    units.gates[0].set()
-    wait_state(long_job, JobState.PAUSED)
+    long_job = paused_after_first_unit(services, units)
     # While paused, other work (of any priority) uses the device.
     result = services.generation.txt2img(Txt2ImgRequest(prompt="while paused", seed=4, **SMALL), timeout=120)
     assert len(result.images) == 1 and long_job.progress.state is JobState.PAUSED
@@ -273,12 +279,7 @@ def test_a_long_job_pauses_at_a_safe_point_lets_others_run_and_resumes(services)
 
 def test_a_paused_job_can_be_cancelled_and_only_long_jobs_pause(services):
     units = Units(services)
-    long_job = services.queue.submit("test-long")
-    while not units.events:
-        long_job.watch(0, timeout=0.05)
-    services.queue.pause(long_job.id)
-    units.gates[0].set()
-    wait_state(long_job, JobState.PAUSED)
+    long_job = paused_after_first_unit(services, units)
     long_job.interrupt()
     assert long_job.wait(60) == 1  # stopped at the safe point, after its first unit
     quick = services.generation.submit_txt2img(Txt2ImgRequest(prompt="x", seed=1, **SMALL))

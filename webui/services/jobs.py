@@ -363,26 +363,25 @@ class JobQueue:
         if not job.spec.pausable:
             raise InvalidRequest("job_id", f"a {job.kind} job cannot be paused; only long jobs (batch folders, "
                                            "training) can")
-        if job.finished:
-            raise InvalidRequest("job_id", f"job {job_id} has already ended ({job.state.value})")
-        with self._lock:
-            job.pause_requested.set()
-            if job in self._pending:
-                job._update(state=JobState.PAUSED, textinfo="Paused (not started)")
-            self._lock.notify_all()
-        self._record("set_status", job.id, JobState.PAUSED.value)
-        return job
+        return self._hold(job, True)
 
     def resume(self, job_id: str) -> Job:
-        job = self._known(job_id)
+        return self._hold(self._known(job_id), False)
+
+    def _hold(self, job: Job, paused: bool) -> Job:
+        """Request or lift a pause; a job still waiting changes state at once, a running one at its safe point."""
         if job.finished:
-            raise InvalidRequest("job_id", f"job {job_id} has already ended ({job.state.value})")
+            raise InvalidRequest("job_id", f"job {job.id} has already ended ({job.state.value})")
         with self._lock:
-            job.pause_requested.clear()
+            if paused:
+                job.pause_requested.set()
+            else:
+                job.pause_requested.clear()
             if job in self._pending:
-                job._update(state=JobState.QUEUED, textinfo="")
+                job._update(state=JobState.PAUSED if paused else JobState.QUEUED,
+                            textinfo="Paused (not started)" if paused else "")
             self._lock.notify_all()
-        self._record("set_status", job.id, job.state.value)
+        self._record("set_status", job.id, JobState.PAUSED.value if paused else job.state.value)
         return job
 
     def _known(self, job_id: str) -> Job:
