@@ -20,7 +20,7 @@ from tests.tiny_models import tiny_sd1_components, write_tiny_single_file
 from webui.errors import InvalidRequest, ModelLoadError
 from webui.infotext import parse_infotext, to_generation_fields
 from webui.models.ldm_convert import VAE_PREFIX, pipeline_components_to_ldm, vae_to_ldm
-from webui.models.vae import load_vae
+from webui.models.vae import VaeFiles, load_vae
 from webui.server import create_app
 from webui.services.container import Services, build_services
 from webui.types import Txt2ImgRequest
@@ -251,3 +251,33 @@ def test_img2img_encodes_and_decodes_with_the_vae_file(stack):
     swapped = img2img(sd_vae="None", checkpoint="swapped-sd15.safetensors")
     assert np.array_equal(pixels(with_file), pixels(swapped))
     assert params(with_file)["VAE"] == "blue.safetensors"
+
+
+def test_the_vae_folder_is_scanned_once_until_it_changes_or_is_refreshed(tmp_path, caplog):
+    """A request naming a VAE reads the cached list: the folder is not walked (nor its bad entries logged) again."""
+    vae_dir = tmp_path / "VAE"
+    write_vae_file(vae_dir / "blue.safetensors")
+    (vae_dir / "link.safetensors").symlink_to("/etc/hostname")  # skipped and logged at each scan
+    vaes = VaeFiles(vae_dir, lambda _path: "0" * 64)
+    with caplog.at_level("WARNING"):
+        for _ in range(5):
+            assert vaes.find("blue") == vae_dir / "blue.safetensors"
+            assert vaes.problem("link.safetensors") is not None
+    assert caplog.text.count("link.safetensors") == 1
+    write_vae_file(vae_dir / "sub" / "nested.safetensors")  # the top folder changes: the next request rescans
+    assert vaes.find("nested") == vae_dir / "sub" / "nested.safetensors"
+    write_vae_file(vae_dir / "sub" / "later.safetensors")  # only the sub-folder changes: Refresh is needed
+    assert vaes.find("later") is None
+    vaes.refresh()
+    assert vaes.find("later") == vae_dir / "sub" / "later.safetensors"
+
+
+def test_refresh_vae_endpoint_lists_files_added_in_sub_folders(stack):
+    write_vae_file(stack.vae_dir / "sub" / "fresh.safetensors")
+    try:
+        assert stack.client.post("/sdapi/v1/refresh-vae").status_code == 200
+        names = [item["model_name"] for item in stack.client.get("/sdapi/v1/sd-vae").json()]
+        assert "fresh.safetensors" in names
+    finally:
+        (stack.vae_dir / "sub" / "fresh.safetensors").unlink()
+        stack.client.post("/sdapi/v1/refresh-vae")

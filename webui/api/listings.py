@@ -154,8 +154,15 @@ def build_listings_router(services: Services) -> APIRouter:
     @router.get("/sd-vae", response_model=list[SdVaeItem])
     def sd_vae() -> list[dict[str, Any]]:
         # A1111 names a VAE by its file name with extension; "filename" is the full path.
-        vaes = list_vaes(services.settings.vae_dir, allow_external_links=links)
+        vaes = services.vaes.files() if services.vaes is not None else \
+            list_vaes(services.settings.vae_dir, allow_external_links=links)
         return [{"model_name": p.name, "filename": str(p)} for p in vaes]
+
+    @router.post("/refresh-vae")
+    def refresh_vae() -> dict:
+        if services.vaes is not None:
+            services.vaes.refresh()
+        return {}
 
     @router.get("/loras", response_model=list[LoraItem])
     def list_loras() -> list[dict[str, Any]]:

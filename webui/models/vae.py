@@ -12,6 +12,8 @@ the job places it through its device owner and hands it to its own pipeline obje
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +51,13 @@ class VaeChoice:
 
 
 class VaeFiles:
-    """The VAE files a server offers and which one a choice means. ``sha256(path)`` is the shared hash cache."""
+    """The VAE files a server offers and which one a choice means. ``sha256(path)`` is the shared hash cache.
+
+    The folder is scanned once, then again when its own entries change (its mtime: files added, removed or renamed
+    at the top level) or on :meth:`refresh` (the UI's Refresh button, ``POST /sdapi/v1/refresh-vae``; needed for
+    changes inside sub-folders), so a request naming a VAE does not walk the folder (and log its skipped entries)
+    each time.
+    """
 
     def __init__(self, vae_dir: Path, sha256: Callable[[Path], str], *, allow_pickle: bool = False,
                  allow_external_links: bool = False):
@@ -57,11 +65,33 @@ class VaeFiles:
         self._dir = vae_dir
         self._sha256 = sha256
         self._allow_pickle = allow_pickle
+        self._lock = threading.Lock()
+        self._listed: list[Path] | None = None
+        self._stamp: int | None = None  # the folder's mtime at the last scan
 
     def files(self) -> list[Path]:
-        """``models/VAE`` files (recursive), sorted by file name as A1111's dropdown is."""
+        """``models/VAE`` files (recursive), sorted by file name as A1111's dropdown is; from the last scan."""
+        with self._lock:
+            if self._listed is None or self._folder_stamp() != self._stamp:
+                self._scan()
+            return list(self._listed)
+
+    def refresh(self) -> list[Path]:
+        """Scan the folder again (new, removed or renamed files) and return the new list."""
+        with self._lock:
+            self._scan()
+            return list(self._listed)
+
+    def _scan(self) -> None:
+        self._stamp = self._folder_stamp()
         found = self._folder.scan(VAE_SUFFIXES).files
-        return sorted(found, key=lambda p: (p.name.lower(), str(p)))
+        self._listed = sorted(found, key=lambda p: (p.name.lower(), str(p)))
+
+    def _folder_stamp(self) -> int | None:
+        try:
+            return os.stat(self._dir).st_mtime_ns
+        except OSError:
+            return None
 
     def choices(self) -> list[str]:
         return [AUTOMATIC, NONE, *(p.name for p in self.files())]

@@ -99,6 +99,8 @@ def build_ui(services: Services) -> gr.Blocks:
         refresh.click(do_refresh, checkpoint, [checkpoint, first_run, notice], api_visibility="private")
 
         def refresh_vaes(current: str | None):
+            if services.vaes is not None:
+                services.vaes.refresh()
             choices = _vae_choices(services)
             return gr.update(choices=choices, value=current if current in choices else "Automatic")
 
