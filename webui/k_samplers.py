@@ -22,7 +22,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from webui.schedules import DiscreteSigmas, alphas_cumprod_from_config, schedule_sigmas
 
-__all__ = ["ALGORITHMS", "BrownianNoise", "KDiffusionScheduler"]
+__all__ = ["ALGORITHMS", "BrownianNoise", "ImageStart", "KDiffusionScheduler", "img2img_steps"]
 
 Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Yields (x, sigma, starts_a_step) where the denoiser is needed, receives the denoised x, returns the final x.
@@ -302,6 +302,35 @@ class BrownianNoise:
         return (w / (t1 - t0).abs().sqrt()).to(self._dtype)
 
 
+def img2img_steps(steps: int, denoising_strength: float, fixed_steps: bool) -> tuple[int, int]:
+    """(length of the schedule, t_enc) for sampling from an image, as A1111's ``setup_img2img_steps``.
+
+    By default the schedule is the one for ``steps`` and its last ``t_enc + 1`` steps run (t_enc =
+    int(strength * steps)). With ``fixed_steps`` (A1111's ``img2img_fix_steps`` option, and always in the hires
+    pass) the schedule is stretched to ``int(steps / strength)`` so that exactly ``steps`` steps run.
+    """
+    strength = min(denoising_strength, 0.999)
+    if fixed_steps:
+        return (int(steps / strength) if denoising_strength > 0 else 0), steps - 1
+    return steps, int(strength * steps)
+
+
+@dataclass(frozen=True)
+class ImageStart:
+    """What A1111's ``sample_img2img`` starts from: init latents, its own noise for them, the strength.
+
+    ``generators`` (one per image) continue the noise's stream for the ancestral samplers' step noise, as
+    A1111's image RNG does; the pipeline's own ``generator`` is not used, since diffusers draws (and discards)
+    a noise tensor from it before sampling.
+    """
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    denoising_strength: float
+    fixed_steps: bool = False
+    generators: Sequence[torch.Generator] | None = None
+
+
 def _generator_noise(generator) -> Noise:
     """Ancestral noise: each image's next normal sample from its own generator (same as a single run)."""
     def draw(_sigma, _sigma_next, *, like: torch.Tensor) -> torch.Tensor:
@@ -334,7 +363,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"prediction_type {prediction_type!r} is not supported by the k-diffusion samplers")
         self.model_sigmas = DiscreteSigmas(alphas_cumprod_from_config(self.config))
         self.noise_sampler_seed: list[int] | None = None
+        self.image_start: ImageStart | None = None  # set by start_from_image: sample from an image (img2img)
         self.sigmas: torch.Tensor | None = None
+        self.noise_sigmas: torch.Tensor | None = None  # the whole schedule, which the Brownian tree spans
         self.timesteps: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
         self._calls: list[torch.Tensor] = []
@@ -363,13 +394,40 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         if begin_index:
-            raise ValueError("The k-diffusion schedulers here run whole schedules (txt2img) only")
+            raise ValueError("The k-diffusion schedulers slice the schedule themselves (start_from_image); "
+                             "run diffusers' img2img pipelines with strength=1.0")
+
+    def start_from_image(self, start: ImageStart) -> None:
+        """Sample from an image as A1111's ``KDiffusionSampler.sample_img2img``: call before the pipeline.
+
+        ``set_timesteps(steps)`` then keeps the tail ``sigmas[schedule - t_enc - 1:]`` of A1111's schedule (see
+        :func:`img2img_steps`), and ``add_noise`` starts from ``latents + noise * that tail's first sigma``. Run a
+        diffusers img2img pipeline with ``strength=1.0`` and the latents as ``image``: it then takes every
+        timestep given here, and the ``t_enc + 1`` steps that run are A1111's.
+        """
+        self.image_start = start
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """A1111's img2img start ``x + noise * sigma_sched[0]``, with the noise of :meth:`start_from_image`
+        (float32, as A1111 samples); diffusers' ``noise`` and its copy of the latents are not used."""
+        start = self.image_start
+        if start is None:
+            raise RuntimeError("add_noise needs start_from_image(...) first")
+        device = original_samples.device
+        x = start.latents.to(device, torch.float32) + start.noise.to(device, torch.float32) * self.sigmas[0].to(device)
+        return x.to(original_samples.dtype)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         config = self.config
         self.num_inference_steps = num_inference_steps
-        self.sigmas = schedule_sigmas(config.schedule, num_inference_steps, self.model_sigmas, sdxl=config.sdxl,
-                                      discard_penultimate=config.discard_penultimate_sigma)
+        start = self.image_start
+        schedule_steps, t_enc = (num_inference_steps, num_inference_steps - 1) if start is None else \
+            img2img_steps(num_inference_steps, start.denoising_strength, start.fixed_steps)
+        if schedule_steps < 1:
+            raise ValueError("denoising strength 0 samples nothing; skip sampling instead")
+        self.noise_sigmas = schedule_sigmas(config.schedule, schedule_steps, self.model_sigmas, sdxl=config.sdxl,
+                                            discard_penultimate=config.discard_penultimate_sigma)
+        self.sigmas = self.noise_sigmas[schedule_steps - t_enc - 1:]
         calls = self.denoiser_calls(self.sigmas)
         self._calls = [sigma for sigma, _starts in calls]
         # A1111 counts sampler steps, not UNet calls: the step each call belongs to (1-based), for progress.
@@ -411,7 +469,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
              return_dict: bool = True):
         if self._run is None:
-            self._start(sample, generator)
+            own = self.image_start.generators if self.image_start is not None else None
+            self._start(sample, list(own) if own else generator)
         x, sigma, _starts = self._pending
         sigma = sigma.to(x.device)
         output = model_output.float()
@@ -436,7 +495,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         sigmas = self.sigmas.to(x.device)
         if algorithm.brownian:
             seeds = self.noise_sampler_seed or [int(torch.randint(0, 2 ** 63 - 1, []).item())] * x.shape[0]
-            noise: Noise = BrownianNoise(x, sigmas, seeds)
+            # A1111 spans the tree over the whole schedule, also when img2img runs only its tail.
+            noise: Noise = BrownianNoise(x, self.noise_sigmas.to(x.device), seeds)
         else:
             draw = _generator_noise(generator)
             noise = lambda s, n: draw(s, n, like=x)  # noqa: E731

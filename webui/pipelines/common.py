@@ -48,16 +48,18 @@ class BatchOutput:
     stopped_early: bool
 
 
-def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int]):
+def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int], *, exact: bool | None = None):
     """A pipeline object of ``cls`` for one batch: it shares the loaded weights, never scheduler state.
 
     Pipelines that sample the whole schedule from noise (txt2img: no init ``image``) get A1111's exact
     k-diffusion samplers and sigmas; img2img-style pipelines slice diffusers' timesteps, so they keep
-    diffusers' schedulers for now.
+    diffusers' schedulers unless ``exact`` asks for the k-diffusion ones (then the caller must use
+    ``KDiffusionScheduler.start_from_image`` and ``strength=1.0``, as the hires pass does).
     """
-    whole_schedule = "image" not in inspect.signature(cls.__call__).parameters
+    if exact is None:
+        exact = "image" not in inspect.signature(cls.__call__).parameters
     scheduler = build_scheduler(model.scheduler_config, sampling.spec.name, sampling.schedule,
-                                exact=whole_schedule, sdxl=model.family == "sdxl")
+                                exact=exact, sdxl=model.family == "sdxl")
     if hasattr(scheduler, "noise_sampler_seed"):
         scheduler.noise_sampler_seed = list(seeds)  # the SDE samplers' Brownian noise, one seed per image
     # Built from the constructor rather than from_pipe: from_pipe ends with a .to(dtype) of the shared modules
