@@ -232,8 +232,8 @@ def test_malformed_prompt_is_encoded_as_literal_text(tiny):
 
 
 def test_img2img_counts_schedule_steps_from_where_sampling_starts(tiny):
-    # A1111 schedules over the full 6 steps and counts from 0 where the strength-0.5 run starts (3 evaluations):
-    # [(1, "cat"), (6, "dog")] gives cat, cat, dog.
+    # A1111 schedules over the full 6 steps and counts from 0 where the strength-0.5 run starts (t_enc + 1 = 4
+    # evaluations): [(1, "cat"), (6, "dog")] gives cat, cat, dog, dog.
     init = Image.new("RGB", (64, 64), "gray")
     request = Img2ImgRequest(prompt="[cat:dog:1]", init_images=[init], width=64, height=64, steps=6,
                              denoising_strength=0.5, seed=3, sampler_name="Euler", cfg_scale=5)
@@ -241,8 +241,8 @@ def test_img2img_counts_schedule_steps_from_where_sampling_starts(tiny):
     with UNetInputs(tiny.pipe.unet) as inputs:
         img2img.run_batch(tiny, request, prepared, "img2img", [3], Listener(), preview_every=0)
     cat, dog, uncond = embeds(tiny, "cat"), embeds(tiny, "dog"), embeds(tiny, "")
-    assert len(inputs.seen) == 3
-    for step, expected in enumerate([cat, cat, dog]):
+    assert len(inputs.seen) == 4
+    for step, expected in enumerate([cat, cat, dog, dog]):
         assert_halves(inputs.seen[step], uncond, expected)
 
 

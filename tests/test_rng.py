@@ -236,12 +236,19 @@ def test_api_refuses_a_raw_nan_strength(client):
     assert response.status_code == 422 and "subseed_strength" in response.json()["error"]
 
 
-def test_img2img_refuses_variation_seeds_it_cannot_apply_yet(client):
+def test_img2img_applies_variation_seeds_and_refuses_them_where_it_cannot(client):
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (120, 60, 30)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
-    body = {"prompt": "x", "width": 64, "height": 64, "steps": 3, "init_images": [image], "subseed_strength": 0.3}
-    response = client.post("/sdapi/v1/img2img", json=body)
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 3, "init_images": [image], "seed": 5,
+            "sampler_name": "Euler", "denoising_strength": 0.9}
+    plain = client.post("/sdapi/v1/img2img", json=body)
+    varied = client.post("/sdapi/v1/img2img", json={**body, "subseed": 6, "subseed_strength": 0.5})
+    assert plain.status_code == 200 and varied.status_code == 200
+    assert plain.json()["images"][0] != varied.json()["images"][0]
+    assert "Variation seed strength: 0.5" in json.loads(varied.json()["info"])["infotexts"][0]
+    # DDIM runs on diffusers' scheduler, which draws its own noise: refused, not ignored
+    response = client.post("/sdapi/v1/img2img", json={**body, "sampler_name": "DDIM", "subseed_strength": 0.3})
     assert response.status_code == 422 and "subseed_strength" in response.json()["error"]
 
 

@@ -170,8 +170,8 @@ def test_img2img_schedulers_are_diffusers_classes_with_the_schedule_flags(spec: 
             assert config.timestep_spacing == "linspace"
 
 
-def test_img2img_refuses_schedules_only_txt2img_has() -> None:
-    with pytest.raises(ValueError, match="'Beta' is available for txt2img only"):
+def test_diffusers_schedulers_refuse_schedules_only_k_diffusion_has() -> None:
+    with pytest.raises(ValueError, match="'Beta' is not available with InstructPix2Pix"):
         build_scheduler(SD15_CONFIG, "Euler", "Beta", exact=False)
 
 

@@ -357,18 +357,16 @@ def test_half_precision_unet_with_cfg_runs_and_stays_close_to_float32(tiny_model
     torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
 
 
-def test_img2img_refuses_a_txt2img_only_schedule_before_queueing(services) -> None:
+def test_img2img_samples_every_schedule_type(services) -> None:
+    """img2img runs A1111's k-diffusion samplers too, so schedule types diffusers lacks work there as well."""
     from PIL import Image
 
-    from webui.errors import InvalidRequest
     from webui.types import Img2ImgRequest
 
     request = Img2ImgRequest(prompt="x", init_images=[Image.new("RGB", (64, 64))], width=64, height=64,
-                             sampler_name="Euler", scheduler="Align Your Steps", steps=2)
-    with pytest.raises(InvalidRequest) as excinfo:
-        services.generation.submit_img2img(request)
-    assert excinfo.value.field == "scheduler"
-    assert "'Align Your Steps' is available for txt2img only" in str(excinfo.value)
+                             sampler_name="Euler", scheduler="Align Your Steps", steps=2, save_images=False)
+    result = services.generation.img2img(request)
+    assert "Schedule type: Align Your Steps" in result.infotexts[0]
 
 
 @pytest.mark.parametrize(("sampler", "schedule", "written"), [

@@ -329,6 +329,19 @@ class ImageStart:
     denoising_strength: float
     fixed_steps: bool = False
     generators: Sequence[torch.Generator] | None = None
+    # Inpainting: 1 where the original is kept. As A1111's CFG denoiser, every denoised prediction (and the result)
+    # takes the init latents there, so only the masked area is sampled.
+    keep_mask: torch.Tensor | None = None
+
+    def first_latents(self, sigma: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``latents + noise * sigma`` in float32: where A1111's img2img sampling starts."""
+        return self.latents.to(device, torch.float32) + self.noise.to(device, torch.float32) * sigma.to(device)
+
+    def blend(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keep_mask is None:
+            return x
+        keep = self.keep_mask.to(x.device, x.dtype)
+        return x * (1 - keep) + self.latents.to(x.device, x.dtype) * keep
 
 
 def _generator_noise(generator) -> Noise:
@@ -413,9 +426,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         start = self.image_start
         if start is None:
             raise RuntimeError("add_noise needs start_from_image(...) first")
-        device = original_samples.device
-        x = start.latents.to(device, torch.float32) + start.noise.to(device, torch.float32) * self.sigmas[0].to(device)
-        return x.to(original_samples.dtype)
+        return start.first_latents(self.sigmas[0], original_samples.device).to(original_samples.dtype)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         config = self.config
@@ -457,10 +468,14 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return (x / (sigma ** 2 + 1) ** 0.5).to(sample.dtype)
 
     def _own_latents(self, sample: torch.Tensor) -> torch.Tensor:
-        """The sampler's float32 latents behind ``sample`` (the pipeline's may be fp16 copies, and doubled for CFG)."""
-        if self._pending is None:
+        """The sampler's float32 latents behind ``sample`` (the pipeline's may be fp16 copies, and doubled for CFG).
+
+        Before the first step they are the image start's, whatever the pipeline prepared: diffusers' inpainting
+        pipeline starts from ``noise * init_noise_sigma`` alone when given the whole (already sliced) schedule.
+        """
+        if self._pending is None and self.image_start is None:
             return sample.float()
-        x = self._pending[0]
+        x = self._pending[0] if self._pending is not None else self._initial_latents(sample)
         copies, rest = divmod(sample.shape[0], x.shape[0])
         if rest or sample.shape[1:] != x.shape[1:]:
             return sample.float()
@@ -478,12 +493,14 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             denoised = output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)
         else:
             denoised = x - output * sigma
+        if self.image_start is not None:
+            denoised = self.image_start.blend(denoised)
         self._step_index += 1
         try:
             self._pending = self._run.send(denoised)
             prev = self._pending[0]
         except StopIteration as done:
-            prev = done.value
+            prev = done.value if self.image_start is None else self.image_start.blend(done.value)
             self._pending = None
         prev = prev.to(sample.dtype)  # the pipeline keeps its latents in the UNet's dtype
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
@@ -491,7 +508,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def _start(self, sample: torch.Tensor, generator) -> None:
         """Start the sampler on float32 latents, as A1111 samples (only the UNet runs in half precision)."""
         algorithm = ALGORITHMS[self.config.algorithm]
-        x = sample.float()
+        x = self._initial_latents(sample)
         sigmas = self.sigmas.to(x.device)
         if algorithm.brownian:
             seeds = self.noise_sampler_seed or [int(torch.randint(0, 2 ** 63 - 1, []).item())] * x.shape[0]
@@ -502,6 +519,12 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             noise = lambda s, n: draw(s, n, like=x)  # noqa: E731
         self._run = algorithm.run(x, sigmas, noise)
         self._pending = next(self._run)
+
+    def _initial_latents(self, sample: torch.Tensor) -> torch.Tensor:
+        """Float32 latents the sampler starts from: the image start's, or the pipeline's first batch."""
+        if self.image_start is None:
+            return sample.float()
+        return self.image_start.first_latents(self.sigmas[0], sample.device)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -465,12 +465,12 @@ _DIFFUSERS_SCHEDULES = (AUTOMATIC, UNIFORM, KARRAS, EXPONENTIAL, SGM_UNIFORM)
 
 
 def partial_schedule_problem(spec: SamplerSpec, schedule: str) -> str | None:
-    """Why img2img (diffusers' schedulers, ``exact=False``) can't run this schedule, or None if it can."""
+    """Why a diffusers scheduler (``exact=False``: InstructPix2Pix) can't run this schedule, or None if it can."""
     effective = effective_schedule(spec, schedule)
     if not spec.k_algorithm or effective in _DIFFUSERS_SCHEDULES:
         return None
-    return (f"Schedule type {effective!r} is available for txt2img only for now; for img2img choose one of "
-            f"{', '.join(_DIFFUSERS_SCHEDULES)}")
+    return (f"Schedule type {effective!r} is not available with InstructPix2Pix checkpoints (they sample with "
+            f"diffusers' schedulers); choose one of {', '.join(_DIFFUSERS_SCHEDULES)}")
 
 
 def build_scheduler(

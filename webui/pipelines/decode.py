@@ -53,7 +53,7 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     images = _decode_or_tile(vae, latents)
     if torch.isnan(images).any() and vae.dtype != torch.float32:
         log.warning("VAE produced NaNs in %s; decoding again with an fp32 copy", vae.dtype)
-        fp32_vae = _fp32_copy(vae, latents.device)
+        fp32_vae = fp32_copy(vae, latents.device)
         try:
             images = _decode_or_tile(fp32_vae, latents.float())
         finally:
@@ -93,7 +93,7 @@ def _scaled(vae, latents: torch.Tensor) -> torch.Tensor:
     return (latents.to(vae.dtype) / vae.config.scaling_factor).to(vae.device)
 
 
-def _fp32_copy(vae, device: torch.device):
+def fp32_copy(vae, device: torch.device):
     """An fp32 twin of ``vae`` on ``device``. Built from the config and the weights rather than deepcopy: a VAE
     under model CPU offload carries accelerate hooks that reference the pipeline's other models."""
     with init_empty_weights(include_buffers=False):

@@ -29,7 +29,6 @@ from webui.pipelines.common import BatchOutput, seamless
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
 from webui.provenance.policy import ProvenancePolicy
-from webui.samplers import partial_schedule_problem
 from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
 from webui.services.prompt_budget import PromptBudget
@@ -91,15 +90,11 @@ class GenerationService:
         self._check(request)
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
-        schedule_problem = partial_schedule_problem(request.sampling.spec, request.sampling.schedule)
-        if schedule_problem:
-            raise InvalidRequest("scheduler", schedule_problem)
         budget = self._settings.limits.max_image_pixels
         for index, image in enumerate(request.init_images):
             if image.width * image.height > budget:
                 raise InvalidRequest(f"init_images.{index}", f"{image.width}x{image.height} is over this server's "
                                                              f"limit of {budget} pixels")
-        _refuse_noise_options_img2img_lacks(request)
         if request.mask is not None:
             init_size = request.init_images[0].size
             if request.mask.size != init_size:
@@ -119,7 +114,6 @@ class GenerationService:
         overwriting a file already there.
         """
         self._check(template)
-        _refuse_noise_options_img2img_lacks(template)
         self._folders.input_files(str(input_dir), "input_dir")
         output = str(output_dir) if output_dir is not None and str(output_dir).strip() else None
         if output is not None:
@@ -347,13 +341,13 @@ class _Img2Img(_Task):
         pass  # every variant has an image-to-image use
 
     def steps(self, model: LoadedModel) -> int:
-        return img2img.steps_run(self.request.steps, self.request.denoising_strength, self.method(model))
+        return img2img.steps_run(self.request, self.method(model))
 
     def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
         method = self.method(model)
         init = self.request.init_images[batch_index % len(self.request.init_images)]
         prepared = img2img.prepare(self.request, init, method)
-        return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every)
+        return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every, subseeds)
 
 
 def batch_seeds(request: Txt2ImgRequest, base_seed: int, base_subseed: int,
@@ -364,16 +358,3 @@ def batch_seeds(request: Txt2ImgRequest, base_seed: int, base_subseed: int,
     indices = range(first, first + request.batch_size)
     varied = request.subseed_strength != 0
     return [base_seed + (0 if varied else k) for k in indices], [base_subseed + k for k in indices]
-
-
-def _refuse_noise_options_img2img_lacks(request: Img2ImgRequest) -> None:
-    """img2img's noise is drawn inside the diffusers pipelines from torch generators: variation seeds, seed resize
-    and Philox noise are not applied there yet, so they are refused rather than silently ignored."""
-    if request.subseed_strength:
-        raise InvalidRequest("subseed_strength", "variation seeds are supported in txt2img only on this server "
-                                                 "yet; send 0 for img2img")
-    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
-        raise InvalidRequest("seed_resize_from_w", "seed resize is supported in txt2img only on this server yet")
-    if request.randn_source == "NV":
-        raise InvalidRequest("randn_source", "NV noise is supported in txt2img only on this server yet; use "
-                                             "GPU or CPU for img2img")
