@@ -192,3 +192,18 @@ def test_inpainting_checkpoints_sample_with_a1111s_samplers_and_schedules(inpain
     assert max(step for step, _total in listener.seen) == 3
     outside = np.asarray(square_mask()) == 0
     assert np.abs(pixels(out.images[0]) - pixels(picture()))[outside].max() == 0
+
+
+def test_fill_paints_the_masked_area_with_the_surrounding_colours_as_a1111():
+    from webui.images import pre_fill
+
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    ImageDraw.Draw(image).rectangle((40, 0, 63, 63), fill=(20, 40, 220))  # blue band on the right
+    image.paste((0, 255, 0), (8, 20, 24, 36))  # a green square, masked out below
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((8, 20, 23, 35), fill=255)
+    filled = pixels(pre_fill(image, mask))
+    outside = np.asarray(mask) == 0
+    assert np.abs(filled - pixels(image))[outside].max() <= 1  # unmasked pixels stay
+    centre = filled[28, 16]
+    assert centre[0] > 150 and centre[1] < 80  # red from around it, none of the green it replaced

@@ -86,6 +86,20 @@ def _shift_inside(lo: int, hi: int, limit: int) -> tuple[int, int]:
 
 
 def pre_fill(image: Image.Image, mask: Image.Image) -> Image.Image:
-    """A1111's "fill" masked content: replace the masked area with heavily blurred surroundings."""
-    blurred = image.filter(ImageFilter.GaussianBlur(max(image.size) // 8 or 1))
-    return Image.composite(blurred, image, mask.point(lambda v: 255 if v > 127 else 0))
+    """A1111's "fill" masked content: the masked area painted with the surrounding colours, blurred.
+
+    Only the unmasked pixels are kept (premultiplied alpha, so blurring spreads colour and coverage together),
+    then blurred copies from very coarse to sharp are laid over each other: far from the edge the coarse layers
+    show, near it the sharp ones, and unmasked pixels come out as they were.
+    """
+    keep = ImageOps.invert(mask.convert("L"))
+    kept = Image.new("RGBa", image.size)
+    kept.paste(image.convert("RGBA").convert("RGBa"), mask=keep)
+    out = Image.new("RGBA", image.size)
+    for radius, layers in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        blurred = kept.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(layers):
+            out.alpha_composite(blurred)
+    return out.convert("RGB")
+
+
