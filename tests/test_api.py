@@ -107,6 +107,7 @@ def test_txt2img_does_not_save_unless_asked(client, data_dir):
     ({"styles": ["cinematic"]}, "styles"),
     ({"subseed_strength": 1.3}, "subseed_strength"),
     ({"restore_faces": True}, "restore_faces"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts.ADetailer"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, "override_settings.sd_model_checkpoint"),
 ])

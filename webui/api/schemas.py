@@ -1,6 +1,6 @@
 """HTTP request/response shapes of A1111's ``/sdapi/v1``, with its field names and defaults.
 
-Clients send many fields we accept and ignore (``alwayson_scripts``, ``restore_faces`` ...): the request models
+Clients send many fields we accept and ignore (``do_not_save_grid``, ``comments`` ...): the request models
 allow extra keys, but every field we use is typed, and NaN/Infinity are rejected, in extra keys too.
 """
 

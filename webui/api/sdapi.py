@@ -88,6 +88,10 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
     extra = body.model_extra or {}
     if body.enable_hr:
         raise InvalidRequest("enable_hr", "hires fix is not supported yet; send enable_hr: false")
+    if body.alwayson_scripts:  # A1111 answers 422 for an always-on script it does not have, too
+        name = next(iter(body.alwayson_scripts))
+        raise InvalidRequest(f"alwayson_scripts.{name}", f"no always-on script named '{name}': this server has "
+                                                         "no extensions yet (GET /sdapi/v1/scripts lists them)")
     if body.styles:
         raise InvalidRequest("styles", f"unknown style(s) {', '.join(map(repr, body.styles))}: this server has "
                                        "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
