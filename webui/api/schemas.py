@@ -60,6 +60,8 @@ class Txt2ImgBody(ApiBody):
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    refiner_checkpoint: str | None = None  # txt2img: a checkpoint's title, name or hash; "None"/"": no refiner
+    refiner_switch_at: float | None = None  # null: 0.8
 
 
 class Img2ImgBody(Txt2ImgBody):

@@ -11,14 +11,20 @@ from __future__ import annotations
 import torch
 
 from webui.models.loader import LoadedModel
-from webui.pipelines import common, noise
+from webui.pipelines import common, noise, refiner
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, subseeds: list[int] | None = None) -> BatchOutput:
+              preview_every: int, subseeds: list[int] | None = None,
+              lease_refiner: refiner.Lease | None = None) -> BatchOutput:
+    """``lease_refiner``: borrows the request's refiner checkpoint (webui/pipelines/refiner.py)."""
+    if lease_refiner is not None:
+        return refiner.run_batch(model, request, seeds, listener, preview_every,
+                                 lambda runner: _initial_latents(runner, request, seeds, subseeds or []),
+                                 lease_refiner)
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
     latents, gens = _initial_latents(runner, request, seeds, subseeds or [])
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,

@@ -195,6 +195,23 @@ class GenerationService:
                 self._manager.registry.find(request.checkpoint)
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
+        self._check_refiner(request)
+
+    def _check_refiner(self, request: Txt2ImgRequest) -> None:
+        """The refiner must exist and be able to continue the sampler; its family is checked when it loads."""
+        refiner = request.refiner_checkpoint
+        if refiner is None:
+            return
+        if isinstance(request, Img2ImgRequest):
+            raise InvalidRequest("refiner_checkpoint", "the refiner is supported in txt2img only on this server "
+                                                       "yet; leave it out")
+        try:
+            self._manager.registry.find(refiner)
+        except ModelNotFound as exc:
+            raise InvalidRequest("refiner_checkpoint", str(exc)) from None
+        if request.sampling.spec.k_algorithm is None:
+            raise InvalidRequest("refiner_checkpoint", f"the refiner needs one of the k-diffusion samplers; "
+                                                       f"{request.sampling.spec.name} is not one")
 
     def _check_job_pixels(self, request: Txt2ImgRequest) -> None:
         """One budget for the whole job, so many allowed sizes cannot multiply into hours of GPU time."""
@@ -244,7 +261,8 @@ class GenerationService:
                 images, verdicts = self._review(ctx, out.images, policy, result)
                 for image, seed, subseed, verdict in zip(images, seeds, subseeds, verdicts):
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
-                                              subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash)
+                                              subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
+                                              refiner=out.refiner)
                     params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
                     if verdict:
                         params["Safety checker"] = verdict
@@ -331,7 +349,10 @@ class _Txt2Img(_Task):
         return None
 
     def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
-        return txt2img.run_batch(model, self.request, seeds, ctx, preview_every, subseeds)
+        refiner = self.request.refiner_checkpoint
+        # Leased like any checkpoint, inside this job's lease of the base (so the base stays loaded meanwhile).
+        lease = (lambda: ctx.models.lease(refiner)) if refiner else None
+        return txt2img.run_batch(model, self.request, seeds, ctx, preview_every, subseeds, lease_refiner=lease)
 
 
 class _Img2Img(_Task):
