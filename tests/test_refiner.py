@@ -256,3 +256,30 @@ def test_the_sampler_continues_as_k_diffusion_with_a_model_switching_denoiser(sa
     assert "ref" in used
     got, want = np.asarray(out.images[0], dtype=np.int16), np.asarray(pixels, dtype=np.int16)
     assert np.abs(got - want).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------------- the UI
+
+
+def test_txt2img_has_a1111s_refiner_accordion_and_png_info_fills_it(services):
+    from tests.test_ui import _send_handlers
+    from webui.ui.app import build_ui
+
+    demo = build_ui(services)
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    dropdown, slider = by_id["txt2img_refiner_checkpoint"], by_id["txt2img_refiner_switch_at"]
+    assert [c[0] for c in dropdown.choices] == ["None"] + [i.title for i in services.registry.list()]
+    assert dropdown.value == "None" and slider.value == 0.8
+    assert by_id["txt2img_refiner"].label == "Refiner"
+    other = services.registry.find("other-sd15")
+    text = (f"a fox\nSteps: 6, Sampler: Euler a, CFG scale: 5, Seed: 3, Size: 64x64, Model: tiny-sd15, "
+            f"Refiner: other-sd15 [{other.short_hash}], Refiner switch at: 0.5")
+    dep = _send_handlers(demo)["txt2img"]
+    *updates, _selected, notice, _switch, _status = dep.fn(text)
+    shown = {c.elem_id: u["value"] for c, u in zip(dep.outputs, updates) if "value" in u}
+    assert shown["txt2img_refiner_checkpoint"] == f"other-sd15 [{other.short_hash}]"
+    assert shown["txt2img_refiner_switch_at"] == 0.5
+    assert "Refiner" not in str(notice)
+    # img2img has no refiner: the keys are named as not applied there.
+    *_updates, _selected, notice, _switch, _status = _send_handlers(demo)["img2img"].fn(text)
+    assert "Refiner" in str(notice)
