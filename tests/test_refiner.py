@@ -283,3 +283,77 @@ def test_txt2img_has_a1111s_refiner_accordion_and_png_info_fills_it(services):
     # img2img has no refiner: the keys are named as not applied there.
     *_updates, _selected, notice, _switch, _status = _send_handlers(demo)["img2img"].fn(text)
     assert "Refiner" in str(notice)
+
+
+# ------------------------------------------------------------------------------- a real SDXL refiner's layout
+
+
+@pytest.fixture(scope="module")
+def xl_files(tmp_path_factory) -> dict[str, Path]:
+    from tests.tiny_models import write_tiny_sdxl_refiner_single_file, write_tiny_sdxl_single_file
+
+    root = tmp_path_factory.mktemp("xl")
+    return {"base": write_tiny_sdxl_single_file(root / "tiny-xl-base.safetensors", seed=0),
+            "refiner": write_tiny_sdxl_refiner_single_file(root / "tiny-xl-refiner.safetensors", seed=1)}
+
+
+@pytest.fixture
+def xl_services(data_dir, xl_files, tiny_loader):
+    from tests.conftest import install, make_settings
+    from webui.services.container import build_services
+
+    for path in xl_files.values():
+        install(path, data_dir)
+    svc = build_services(make_settings(data_dir), load=tiny_loader)
+    yield svc
+    svc.queue.shutdown()
+
+
+def test_an_sdxl_refiner_file_is_detected_and_loads_offline(xl_files):
+    from webui.models import detect, loader
+
+    spec = detect.detect(detect.read_safetensors_header(xl_files["refiner"]), "tiny-xl-refiner")
+    assert (spec.family, spec.variant, spec.label) == ("sdxl", "refiner", "SDXL refiner")
+    info = CheckpointInfo(path=xl_files["refiner"], name="tiny-xl-refiner.safetensors", model_name="tiny-xl-refiner",
+                          kind="safetensors", short_hash="0", sha256=None)
+    model = loader.load(info, torch.float32)
+    assert model.pipe.text_encoder is None and model.pipe.tokenizer is None
+    assert model.pipe.text_encoder_2 is not None and model.pipe.unet.config.cross_attention_dim == 64
+
+
+def test_an_sdxl_refiner_continues_an_sdxl_base_with_aesthetic_time_ids(xl_services):
+    base = xl_services.registry.find("tiny-xl-base").title
+    refiner_title = xl_services.registry.find("tiny-xl-refiner").title
+    refiner_model = _lease(xl_services, refiner_title)
+    seen: list = []
+
+    def hook(_module, _args, kwargs):
+        seen.append((kwargs["encoder_hidden_states"].shape, kwargs["added_cond_kwargs"]["time_ids"].clone()))
+
+    handle = refiner_model.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        result = xl_services.generation.txt2img(Txt2ImgRequest(
+            seed=4, sampler_name="DPM++ 2M", checkpoint=base, refiner_checkpoint="tiny-xl-refiner",
+            refiner_switch_at=0.6, **SMALL), timeout=120)
+    finally:
+        handle.remove()
+    assert 0 < len(seen) < 6
+    shape, time_ids = seen[0]
+    assert shape[-1] == 64  # OpenCLIP-G's width alone, no CLIP-L
+    # [negative, prompt]: original size, crop, A1111's low / high aesthetic score
+    assert time_ids.tolist() == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]]
+    assert "Refiner: tiny-xl-refiner [" in result.infotexts[0]
+
+
+def test_an_sdxl_refiner_is_not_a_txt2img_checkpoint_and_sd_cannot_refine_sdxl(xl_services, model_files):
+    from webui.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="^checkpoint: .*SDXL refiner"):
+        xl_services.generation.txt2img(Txt2ImgRequest(checkpoint="tiny-xl-refiner", **SMALL), timeout=120)
+    from tests.conftest import install
+
+    install(model_files["single"], xl_services.settings.data_dir)
+    xl_services.registry.refresh()
+    with pytest.raises(InvalidRequest, match="^refiner_checkpoint: .*latent spaces differ"):
+        xl_services.generation.txt2img(Txt2ImgRequest(checkpoint="tiny-sd15", refiner_checkpoint="tiny-xl-refiner",
+                                                      refiner_switch_at=0.5, **SMALL), timeout=120)

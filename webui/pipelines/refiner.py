@@ -45,7 +45,7 @@ def check_pair(base: LoadedModel, refiner: LoadedModel) -> None:
         raise InvalidRequest("refiner_checkpoint", f"{refiner.info.title} is an {_label(refiner)} model and "
                                                    f"{base.info.title} an {_label(base)} one: their latent "
                                                    "spaces differ, so one cannot continue the other's image")
-    if refiner.variant != "normal":
+    if refiner.variant not in ("normal", "refiner"):
         raise InvalidRequest("refiner_checkpoint", f"{refiner.info.title} is an {refiner.variant} model; a "
                                                    "refiner must be a text-to-image checkpoint")
 

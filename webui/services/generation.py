@@ -339,6 +339,7 @@ class _Txt2Img(_Task):
         self.request = request
 
     def check_model(self, model: LoadedModel) -> None:
+        _refuse_refiner_as_checkpoint(model)
         if model.variant != "normal":
             raise InvalidRequest("checkpoint", f"{model.info.title} is an {model.variant} model; use it from img2img.")
 
@@ -365,7 +366,7 @@ class _Img2Img(_Task):
         return img2img.method_for(model, self.request.mask is not None)
 
     def check_model(self, model: LoadedModel) -> None:
-        pass  # every variant has an image-to-image use
+        _refuse_refiner_as_checkpoint(model)  # every other variant has an image-to-image use
 
     def steps(self, model: LoadedModel) -> int:
         return img2img.steps_run(self.request.steps, self.request.denoising_strength, self.method(model))
@@ -375,6 +376,12 @@ class _Img2Img(_Task):
         init = self.request.init_images[batch_index % len(self.request.init_images)]
         prepared = img2img.prepare(self.request, init, method)
         return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every)
+
+
+def _refuse_refiner_as_checkpoint(model: LoadedModel) -> None:
+    if model.variant == "refiner":
+        raise InvalidRequest("checkpoint", f"{model.info.title} is an SDXL refiner: it continues another SDXL "
+                                           "checkpoint's image; choose it under Refiner (refiner_checkpoint) in txt2img")
 
 
 def batch_seeds(request: Txt2ImgRequest, base_seed: int, base_subseed: int,
