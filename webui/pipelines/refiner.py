@@ -59,6 +59,9 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
               lease_refiner: Lease) -> BatchOutput:
     """txt2img with ``model`` until the switch, then with the leased refiner; ``initial(runner)`` gives the
     starting noise and step-noise generators exactly as the refiner-less path makes them."""
+    if model.variant != "normal":
+        raise InvalidRequest("refiner_checkpoint", f"{model.info.title} is an {model.variant} model; the refiner "
+                                                   "continues a text-to-image checkpoint")
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
     scheduler = runner.scheduler
     if not isinstance(scheduler, KDiffusionScheduler):

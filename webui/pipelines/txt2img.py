@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from webui.models.loader import LoadedModel
-from webui.pipelines import common, noise, refiner
+from webui.pipelines import blank_inpaint, common, noise, refiner
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
@@ -26,6 +26,9 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
                                  lambda runner: _initial_latents(runner, request, seeds, subseeds or []),
                                  lease_refiner)
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
+    if model.variant == "inpaint":  # A1111: the whole blank image is the area to paint
+        conditioning = blank_inpaint.blank_conditioning(runner.vae, request.height, request.width)
+        runner.unet = blank_inpaint.BlankInpaintUNet(runner.unet, conditioning)
     latents, gens = _initial_latents(runner, request, seeds, subseeds or [])
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
                                   request.steps, len(seeds))

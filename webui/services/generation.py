@@ -340,7 +340,8 @@ class _Txt2Img(_Task):
 
     def check_model(self, model: LoadedModel) -> None:
         _refuse_refiner_as_checkpoint(model)
-        if model.variant != "normal":
+        # An inpainting checkpoint paints the whole blank image, as in A1111 (webui/pipelines/blank_inpaint.py).
+        if model.variant not in ("normal", "inpaint"):
             raise InvalidRequest("checkpoint", f"{model.info.title} is an {model.variant} model; use it from img2img.")
 
     def steps(self, model: LoadedModel) -> int:
