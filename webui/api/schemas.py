@@ -48,8 +48,8 @@ class Txt2ImgBody(ApiBody):
     n_iter: int = 1
     steps: int = 50  # A1111's API default (the UI's is 20)
     cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    width: int | None = None  # null or left out: the checkpoint's native size (A1111: 512)
+    height: int | None = None
     denoising_strength: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True

@@ -99,7 +99,13 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody, task: str) -> None:
 
 
 def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
-    return Txt2ImgRequest.parse(**_table_fields(body, parameters.TXT2IMG, services))
+    fields = _table_fields(body, parameters.TXT2IMG, services)
+    if "width" not in fields or "height" not in fields:
+        # A1111 uses 512; we use the checkpoint's native size (SDXL 1024), read without loading it.
+        size = services.generation.native_size(fields.get("checkpoint"))
+        fields.setdefault("width", size)
+        fields.setdefault("height", size)
+    return Txt2ImgRequest.parse(**fields)
 
 
 def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2ImgRequest:

@@ -16,12 +16,14 @@ from typing import Callable
 
 from webui import VERSION
 from webui.config import Settings
-from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
 from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
+from webui.models.native_size import FALLBACK as FALLBACK_SIZE
+from webui.models.native_size import native_size
 from webui.models.vae import AUTOMATIC as AUTOMATIC_VAE
 from webui.models.vae import VaeChoice, VaeFiles, load_vae
 from webui.pipelines import img2img, txt2img
@@ -196,6 +198,14 @@ class GenerationService:
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
         self._check_refiner(request)
+
+    def native_size(self, checkpoint: str | None = None) -> int:
+        """The native image size of ``checkpoint`` (None: the current one), known without loading it; A1111's 512
+        when there is no checkpoint (the job then says so)."""
+        try:
+            return native_size(self._manager.resolve(checkpoint))
+        except (ModelNotFound, NoModelAvailable):
+            return FALLBACK_SIZE
 
     def _check_refiner(self, request: Txt2ImgRequest) -> None:
         """The refiner must exist and be able to continue the sampler; its family is checked when it loads."""
