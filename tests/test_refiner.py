@@ -354,6 +354,9 @@ def test_an_sdxl_refiner_is_not_a_txt2img_checkpoint_and_sd_cannot_refine_sdxl(x
 
     install(model_files["single"], xl_services.settings.data_dir)
     xl_services.registry.refresh()
-    with pytest.raises(InvalidRequest, match="^refiner_checkpoint: .*latent spaces differ"):
+    base = _lease(xl_services, "tiny-sd15")
+    calls: list = []
+    with unet_calls(base, calls), pytest.raises(InvalidRequest, match="^refiner_checkpoint: .*latent spaces differ"):
         xl_services.generation.txt2img(Txt2ImgRequest(checkpoint="tiny-sd15", refiner_checkpoint="tiny-xl-refiner",
                                                       refiner_switch_at=0.5, **SMALL), timeout=120)
+    assert calls == []  # refused before any sampling

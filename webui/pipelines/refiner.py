@@ -13,7 +13,7 @@ on an aesthetic score in their time ids (A1111's defaults: 6 for the prompt, 2.5
 from __future__ import annotations
 
 import functools
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 import torch
@@ -81,24 +81,26 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
         width=request.width, height=request.height, num_images_per_prompt=len(seeds),
         latents=latents, generator=gens,
     )
-    with torch.inference_mode():
+    # Borrowed (and checked) before the base pass, so a refiner that cannot continue this model costs no sampling;
+    # not at all when sampling never reaches the switch (A1111 does not load it then either).
+    with torch.inference_mode(), (lease_refiner() if switch is not None else nullcontext()) as refiner:
         try:
+            if refiner is not None:
+                check_pair(model, refiner)
             if switch != 0:
                 latents = runner(**kwargs, output_type="latent", **callback.kwargs()).images
             else:  # the refiner from the first call on: the pipeline would only scale the noise
                 latents = latents * scheduler.init_noise_sigma
-            if switch is None or callback.inner.stopped:
+            if refiner is None or callback.inner.stopped:
                 images = decode.decode_latents(runner.vae, latents)
                 return BatchOutput(decode.to_pil(images), stopped_early=callback.inner.stopped)
-            with lease_refiner() as refiner:
-                check_pair(model, refiner)
-                with common.seamless(refiner, request.tiling):
-                    latents, stopped = _continue(refiner, scheduler, latents, gens, request, len(seeds), switch,
-                                                 listener, preview_every)
-                    # A1111 decodes with the model loaded at the end (the refiner, with the job's VAE file if any).
-                    vae = model.vae if model.vae is not None else refiner.pipe.vae
-                    images = decode.decode_latents(vae, latents)
-                return BatchOutput(decode.to_pil(images), stopped_early=stopped, refiner=short_title(refiner))
+            with common.seamless(refiner, request.tiling):
+                latents, stopped = _continue(refiner, scheduler, latents, gens, request, len(seeds), switch,
+                                             listener, preview_every)
+                # A1111 decodes with the model loaded at the end (the refiner, with the job's VAE file if any).
+                vae = model.vae if model.vae is not None else refiner.pipe.vae
+                images = decode.decode_latents(vae, latents)
+            return BatchOutput(decode.to_pil(images), stopped_early=stopped, refiner=short_title(refiner))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise OutOfMemory(f"Out of GPU memory while sampling {len(seeds)} image(s) with a refiner. Lower the "
