@@ -100,6 +100,16 @@ def test_progress_counts_every_step_across_the_switch(services):
     assert job.progress.step == 6 and job.progress.steps == 6
 
 
+def test_image_k_of_a_refined_batch_equals_a_single_run_with_its_seed(services):
+    other = services.registry.find("other-sd15").title
+    common = dict(sampler_name="Euler a", refiner_checkpoint=other, refiner_switch_at=0.5, **SMALL)
+    batch = services.generation.txt2img(Txt2ImgRequest(seed=20, batch_size=2, **common), timeout=120)
+    single = services.generation.txt2img(Txt2ImgRequest(seed=21, **common), timeout=120)
+    assert batch.seeds == [20, 21]
+    got, want = (np.asarray(r.convert("RGB"), dtype=np.int16) for r in (batch.images[1], single.images[0]))
+    assert np.abs(got - want).max() <= 1
+
+
 def test_infotext_round_trip_names_the_refiner(services):
     other = services.registry.find("other-sd15")
     result = services.generation.txt2img(Txt2ImgRequest(seed=2, sampler_name="Euler", refiner_checkpoint=other.name,
