@@ -36,6 +36,21 @@ def test_native_size_is_read_from_the_file_without_loading_it(services, family_f
     assert services.manager.loaded_titles() == []  # nothing was loaded to find out
 
 
+def test_a_diffusers_folder_says_its_size_in_its_configs(model_files, tmp_path):
+    import json
+    import shutil
+
+    from webui.types import CheckpointInfo
+
+    folder = shutil.copytree(model_files["diffusers"], tmp_path / "folder")
+    info = CheckpointInfo(path=folder, name="folder", model_name="folder", kind="diffusers", short_hash=None,
+                          sha256=None)
+    assert native_size(info) == 512  # the tiny folder's 8 x 2 = 16 is no size a request may have
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": 384}))
+    assert native_size(info) == 768  # UNet sample size x the VAE's factor (2 here; 96 x 8 in a real SD 2.x-v)
+
+
 def test_api_uses_the_native_size_when_width_and_height_are_left_out(data_dir, model_files, family_files,
                                                                       tiny_loader):
     install(model_files["single"], data_dir)

@@ -36,7 +36,9 @@ def native_size(info: CheckpointInfo) -> int:
 def _diffusers_size(folder: Path) -> int:
     unet = json.loads((folder / "unet" / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    # Only a size a request may have (a multiple of 8, at least 64); toy configs say other things.
+    return size if size >= 64 and size % 8 == 0 else FALLBACK
 
 
 def _is_v_prediction(path: Path) -> bool:
