@@ -197,13 +197,13 @@ def test_img2img_still_refuses_the_refiner(client):
 # -------------------------------------------------------------------- against k-diffusion (A1111's sampler)
 
 
-def _tiny(seed: int, name: str) -> LoadedModel:
+def _tiny(seed: int, name: str, prediction: str = "epsilon") -> LoadedModel:
     pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=seed), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     info = CheckpointInfo(path=Path(name), name=f"{name}.safetensors", model_name=name, kind="safetensors",
                           short_hash=f"{seed:010d}", sha256=None)
     return LoadedModel(info=info, family="sd1", variant="normal", pipe=pipe,
-                       scheduler_config=base_scheduler_config(), default_size=64)
+                       scheduler_config=base_scheduler_config(prediction), default_size=64)
 
 
 class _Listener:
@@ -217,10 +217,13 @@ class _Listener:
         return False
 
 
-@pytest.mark.parametrize("sampler, switch_at", [("DPM++ 2M", 0.5), ("LMS", 0.7), ("DPM++ 2M", 0.0)])
-def test_the_sampler_continues_as_k_diffusion_with_a_model_switching_denoiser(sampler, switch_at):
+@pytest.mark.parametrize("sampler, switch_at, prediction", [
+    ("DPM++ 2M", 0.5, "epsilon"), ("LMS", 0.7, "epsilon"), ("DPM++ 2M", 0.0, "epsilon"),
+    ("DPM++ 2M", 0.5, "v_prediction"),  # e.g. an SD 2.x-v refiner of an SD 1.5 image
+])
+def test_the_sampler_continues_as_k_diffusion_with_a_model_switching_denoiser(sampler, switch_at, prediction):
     k = kdiffusion_ref.load()
-    base, other = _tiny(0, "base"), _tiny(1, "ref")
+    base, other = _tiny(0, "base"), _tiny(1, "ref", prediction)
     request = Txt2ImgRequest(seed=SEED, sampler_name=sampler, refiner_checkpoint="ref", refiner_switch_at=switch_at,
                              **SMALL)
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(99))
@@ -243,21 +246,31 @@ def test_the_sampler_continues_as_k_diffusion_with_a_model_switching_denoiser(sa
              for m in (base, other)}
     used: list[str] = []
 
+    alphas = alphas_cumprod_from_config(base_scheduler_config())
+
+    class Eps(k.external.DiscreteEpsDDPMDenoiser):
+        def get_eps(self, x, t, context):
+            return self.inner_model(x, t, encoder_hidden_states=context).sample
+
+    class V(k.external.DiscreteVDDPMDenoiser):
+        def get_v(self, x, t, context):
+            return self.inner_model(x, t, encoder_hidden_states=context).sample
+
+    wrappers = {"base": Eps(base.pipe.unet, alphas, quantize=False),
+                "ref": (V if prediction == "v_prediction" else Eps)(other.pipe.unet, alphas, quantize=False)}
+
     class Switching(k.external.DiscreteEpsDDPMDenoiser):
         def forward(self, x, sigma, **kwargs):
             t = torch.argmin((self.sigmas - sigma.max()).abs())
             model = other if used and used[-1] == "ref" or not (999 - t) / 1000 < switch_at else base
             used.append(model.info.model_name)
             cond, uncond = conds[id(model)]
-            self.unet = model.pipe.unet
-            c = super().forward(x, sigma, context=cond.embeds)
-            u = super().forward(x, sigma, context=uncond.embeds)
+            wrapper = wrappers[model.info.model_name]
+            c = wrapper(x, sigma, context=cond.embeds)
+            u = wrapper(x, sigma, context=uncond.embeds)
             return u + (c - u) * request.cfg_scale
 
-        def get_eps(self, x, t, context):
-            return self.unet(x, t, encoder_hidden_states=context).sample
-
-    denoiser = Switching(None, alphas_cumprod_from_config(base_scheduler_config()), quantize=False)
+    denoiser = Switching(None, alphas, quantize=False)
     name = {"DPM++ 2M": "sample_dpmpp_2m", "LMS": "sample_lms"}[sampler]
     with torch.no_grad():
         expected = getattr(k.sampling, name)(denoiser, noise * sigmas[0], sigmas, disable=True)

@@ -134,6 +134,11 @@ def _continue(refiner: LoadedModel, scheduler: KDiffusionScheduler, latents: tor
     pair = PromptSwitch.encode(pipe, refiner.family, request.prompt, request.negative_prompt, request.clip_skip,
                                request.steps, images).pair
     guided = request.cfg_scale > 1  # as diffusers' pipelines decide, so the base pass and this one agree
+    # The refiner's UNet may predict v where the base's predicts eps (an SD 2.x-v refiner of SD 1.5): the sampler
+    # turns its output into denoised latents the refiner's way from here on. The job's scheduler is its own.
+    prediction = refiner.scheduler_config.get("prediction_type", "epsilon")
+    if prediction != scheduler.config.prediction_type:
+        scheduler.register_to_config(prediction_type=prediction)
     latents = latents.to(device, unet.dtype)
     for index in range(first_call, len(scheduler.timesteps)):
         # The prompt schedule's step, as the base pass's callback counts it (sampler steps done so far).
