@@ -383,3 +383,24 @@ def test_an_sdxl_refiner_is_not_a_txt2img_checkpoint_and_sd_cannot_refine_sdxl(x
         xl_services.generation.txt2img(Txt2ImgRequest(checkpoint="tiny-sd15", refiner_checkpoint="tiny-xl-refiner",
                                                       refiner_switch_at=0.5, **SMALL), timeout=120)
     assert calls == []  # refused before any sampling
+
+
+def test_interrupt_on_the_refiner_stops_there_and_keeps_the_image():
+    base, other = _tiny(0, "base"), _tiny(1, "ref")
+    request = Txt2ImgRequest(seed=SEED, sampler_name="Euler", refiner_checkpoint="ref", refiner_switch_at=0.3,
+                             **SMALL)
+
+    class StopAt4(_Listener):
+        def should_stop(self) -> bool:
+            return bool(self.steps) and self.steps[-1] >= 4
+
+    @contextmanager
+    def lease():
+        yield other
+
+    listener = StopAt4()
+    out = refiner.run_batch(base, request, [SEED], listener, 0,
+                            lambda _runner: (torch.randn((1, 4, 32, 32), generator=torch.Generator().manual_seed(1)),
+                                             [torch.Generator().manual_seed(SEED)]), lease)
+    assert listener.steps == [1, 2, 3, 4] and out.stopped_early
+    assert out.refiner == "ref [0000000001]" and out.images[0].size == (64, 64)
