@@ -175,11 +175,12 @@ def test_no_checkpoint_gives_a_clear_error(data_dir):
         services.queue.shutdown()
 
 
-def test_inpainting_checkpoint_is_refused_for_txt2img(data_dir, model_files, tiny_loader):
-    install(model_files["inpaint"], data_dir)
+def test_instruct_pix2pix_checkpoint_is_refused_for_txt2img(data_dir, model_files, tiny_loader):
+    """It needs an image to edit (an inpainting checkpoint paints a blank one: tests/test_blank_inpaint.py)."""
+    install(model_files["ip2p"], data_dir)
     services = build_services(make_settings(data_dir), load=tiny_loader)
     try:
-        with pytest.raises(InvalidRequest, match="inpaint model; use it from img2img"):
+        with pytest.raises(InvalidRequest, match="instruct-pix2pix model; use it from img2img"):
             services.generation.txt2img(Txt2ImgRequest(**SMALL))
     finally:
         services.queue.shutdown()

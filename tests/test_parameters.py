@@ -36,11 +36,13 @@ IMG2IMG = {
 }
 
 
-def round_trip(request: Txt2ImgRequest, method: str | None) -> tuple[Txt2ImgRequest, set[str]]:
+def round_trip(request: Txt2ImgRequest, method: str | None,
+               refiner: str | None = None) -> tuple[Txt2ImgRequest, set[str]]:
     """request -> infotext -> parsed -> request; also the infotext keys that were written."""
     vae_hash = VAE_HASH if request.sd_vae else None  # the job writes the VAE file it used
     context = InfotextContext(seed=request.seed, model_name=MODEL_NAME, model_hash=MODEL_HASH, method=method,
-                              subseed=request.subseed, vae_name=request.sd_vae, vae_hash=vae_hash)
+                              subseed=request.subseed, vae_name=request.sd_vae, vae_hash=vae_hash,
+                              refiner=refiner)  # the job writes the refiner once sampling switched to it
     params = infotext_params(request, context)
     text = format_infotext(request.prompt, request.negative_prompt, {**params, "Version": "studio-test"})
     fields = to_generation_fields(parse_infotext(text))
@@ -96,6 +98,12 @@ def test_every_img2img_row_round_trips_in_the_method_that_records_it():
     ddim = Txt2ImgRequest.parse(**dict(TXT2IMG, sampler_name="DDIM", scheduler="Automatic", eta=0.4))
     rebuilt, written = round_trip(ddim, None)
     assert_same(rebuilt, ddim, infotext_names(written, parameters.TXT2IMG))
+    covered |= written
+    title = "refiner-xl [0123456789]"
+    refined = Txt2ImgRequest.parse(**dict(TXT2IMG, refiner_checkpoint=title, refiner_switch_at=0.6))
+    rebuilt, written = round_trip(refined, None, refiner=title)
+    assert {"refiner_checkpoint", "refiner_switch_at"} <= infotext_names(written, parameters.TXT2IMG)
+    assert_same(rebuilt, refined, infotext_names(written, parameters.TXT2IMG))
     covered |= written
     every_key = {rule.key for p in PARAMS for rule in p.infotext}
     assert covered == every_key  # no row of the table escapes the round trip
@@ -160,6 +168,7 @@ A1111_VALUES: dict[str, Any] = {
     "resize_mode": 1, "denoising_strength": 0.3, "image_cfg_scale": 1.25, "mask_blur": 6, "inpainting_fill": 2,
     "inpaint_full_res": False, "inpaint_full_res_padding": 12, "inpainting_mask_invert": 1, "tiling": True,
     "subseed": 5, "subseed_strength": 0.2, "seed_resize_from_w": 256, "seed_resize_from_h": 320, "eta": 1.0,
+    "refiner_checkpoint": "other-sd15", "refiner_switch_at": 0.6,
 }
 EXPECTED = dict(A1111_VALUES, scheduler="Karras", inpainting_mask_invert=True)
 
@@ -179,7 +188,9 @@ def test_every_row_with_an_api_key_is_mapped_from_the_body(services):
     txt = to_txt2img_request(schemas.Txt2ImgBody(**{k: v for k, v in A1111_VALUES.items()
                                                     if k in schemas.Txt2ImgBody.model_fields},
                                                  override_settings=overrides), services)
-    img = to_img2img_request(schemas.Img2ImgBody(**A1111_VALUES, init_images=[png_base64()],
+    txt2img_only = {p.name for p in PARAMS if p.tasks == {parameters.TXT2IMG}}
+    img = to_img2img_request(schemas.Img2ImgBody(**{k: v for k, v in A1111_VALUES.items() if k not in txt2img_only},
+                                                 init_images=[png_base64()],
                                                  override_settings=overrides), services)
     for request, task in ((txt, parameters.TXT2IMG), (img, parameters.IMG2IMG)):
         for param in parameters.for_task(task):
@@ -211,8 +222,11 @@ def test_a_setting_override_out_of_the_tables_range_names_the_key_and_bounds(ser
 
 def test_every_user_set_request_field_has_a_row_and_every_row_a_field():
     not_parameters = {"save_images", "init_images", "mask"}
-    for model, task in ((Txt2ImgRequest, parameters.TXT2IMG), (Img2ImgRequest, parameters.IMG2IMG)):
-        assert set(model.model_fields) - not_parameters == {p.name for p in parameters.for_task(task)}
+    # img2img inherits txt2img's refiner fields and refuses them (GenerationService._check_refiner).
+    inherited = {p.name for p in PARAMS if p.tasks == {parameters.TXT2IMG}}
+    for model, task, extra in ((Txt2ImgRequest, parameters.TXT2IMG, set()),
+                               (Img2ImgRequest, parameters.IMG2IMG, inherited)):
+        assert set(model.model_fields) - not_parameters == {p.name for p in parameters.for_task(task)} | extra
 
 
 def test_radio_widgets_map_labels_to_request_values():

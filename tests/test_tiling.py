@@ -1,5 +1,5 @@
-"""Tiling (seamless textures): circular padding for the job, recorded in the infotext, restored afterwards; and the
-SDXL refiner, refused until it exists."""
+"""Tiling (seamless textures): circular padding for the job, recorded in the infotext, restored afterwards; and a
+refiner that is not on disk, refused rather than ignored (the refiner itself: tests/test_refiner.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_the_api_takes_tiling_and_the_infotext_gives_it_back(services):
     assert bad.status_code == 422 and bad.json()["error"].startswith("tiling")
 
 
-def test_a_refiner_is_refused_not_ignored(services):
+def test_an_unknown_refiner_is_refused_not_ignored(services):
     from fastapi.testclient import TestClient
 
     from webui.server import create_app

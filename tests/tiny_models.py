@@ -260,3 +260,28 @@ def write_tiny_diffusers_folder(path: str | Path, seed: int = 0) -> Path:
     shutil.copy(SCHEDULER_CONFIG, root / "scheduler" / "scheduler_config.json")
     (root / "model_index.json").write_text(json.dumps(_model_index(), indent=2) + "\n")
     return root
+
+
+# An SDXL refiner as Stability ships it: OpenCLIP-bigG only (``conditioner.embedders.0.model.``), a UNet whose
+# added conditioning is 5 time ids (original size, crop, aesthetic score) + the pooled embedding, and, like the
+# real one, no attention on its last level while its middle block has several transformer layers.
+SDXL_REFINER_OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."
+SDXL_REFINER_UNET = dict(
+    SDXL_UNET,
+    block_out_channels=(32, 64, 64),
+    attention_head_dim=(1, 1, 1),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=2,
+    cross_attention_dim=SDXL_CLIP_G["hidden_size"],
+    projection_class_embeddings_input_dim=5 * SDXL_TIME_EMBED_DIM + SDXL_CLIP_G["projection_dim"],
+)
+
+
+def write_tiny_sdxl_refiner_single_file(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SDXL_REFINER_UNET).eval()
+    weights = _ldm_state(unet, tiny_vae().eval())
+    encoder = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_CLIP_G)).eval()
+    weights.update(open_clip_to_ldm(encoder.state_dict(), SDXL_REFINER_OPEN_CLIP_PREFIX, add_dropped_last_layer=False))
+    return _save_single_file(path, weights, dtype)

@@ -528,3 +528,29 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    # ------------------------------------------------------------------ the refiner (webui/pipelines/refiner.py)
+
+    def refiner_switch_call(self, switch_at: float) -> int | None:
+        """Index of the first denoiser call that A1111 1.6+ runs on the refiner (None: it never switches).
+
+        A1111 decides before every denoiser call, by noise level: the call's sigma is matched to the nearest of
+        the model's 1000 discrete sigmas, index ``t``, and the refiner takes over once ``(999 - t) / 1000``
+        reaches ``switch_at`` (float32, as A1111 compares). At 1.0 it never does. Call after ``set_timesteps``.
+        """
+        table = self.model_sigmas.sigmas
+        for index, sigma in enumerate(self._calls):
+            timestep = torch.argmin((table - sigma.to(table.device)).abs())
+            if not bool((999 - timestep) / 1000 < switch_at):
+                return index
+        return None
+
+    @property
+    def latents(self) -> torch.Tensor | None:
+        """The running sampler's float32 latents at the next denoiser call (None before the first step).
+
+        The sampler's state (its latents, a multistep sampler's history, the noise streams) lives in this
+        object between calls, so a refiner continues it simply by calling ``scale_model_input``/``step`` on
+        the same scheduler with another UNet.
+        """
+        return None if self._pending is None else self._pending[0]

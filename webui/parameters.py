@@ -57,6 +57,7 @@ class InfotextContext:
     subseed: int | None = None  # the variation seed of this image
     vae_name: str | None = None  # the VAE file used (A1111's "VAE"), None: the checkpoint's own
     vae_hash: str | None = None
+    refiner: str | None = None  # the refiner's "name [hash]" when sampling switched to it
 
 
 Write = Callable[[Any, InfotextContext], object]  # (request, context) -> value, or None to leave the key out
@@ -390,6 +391,27 @@ NOISE_PARAMS: tuple[Param, ...] = (
           infotext=(InfotextRule("Eta DDIM", _ddim_eta, lambda raw: {"eta": float(raw)}),)),
 )
 PARAMS = PARAMS + NOISE_PARAMS
+
+# ------------------------------------------------------------------- the refiner (webui/pipelines/refiner.py)
+ONLY_TXT2IMG = frozenset({TXT2IMG})
+NO_REFINER = ("", "None", "none")  # A1111's dropdown and clients send these for "no refiner"
+
+
+def _refined(_request: Any, ctx: InfotextContext) -> bool:
+    return ctx.refiner is not None  # A1111 writes both keys only once sampling has switched
+
+
+REFINER_PARAMS: tuple[Param, ...] = (
+    Param("refiner_checkpoint", str, None, tasks=ONLY_TXT2IMG, api_key="refiner_checkpoint",
+          infotext=(InfotextRule("Refiner", lambda _r, c: c.refiner, lambda raw: {"refiner_checkpoint": raw}),),
+          widget=Widget("dropdown", "Checkpoint", elem_id="{tab}_refiner_checkpoint", row="refiner",
+                        panel="refiner")),
+    Param("refiner_switch_at", float, 0.8, ge=0.0, le=1.0, tasks=ONLY_TXT2IMG, api_key="refiner_switch_at",
+          infotext=(_scalar("Refiner switch at", "refiner_switch_at", float, _refined),),
+          widget=_slider("Switch at", 0.01, 1, 0.01, elem_id="{tab}_refiner_switch_at", row="refiner",
+                         panel="refiner")),
+)
+PARAMS = PARAMS + REFINER_PARAMS
 
 BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from webui.errors import InvalidRequest
 from webui.parameters import BY_NAME as P
-from webui.parameters import FIXED_ETA_SAMPLERS, PARAMS, RANDN_SOURCES
+from webui.parameters import FIXED_ETA_SAMPLERS, NO_REFINER, PARAMS, RANDN_SOURCES
 from webui.samplers import Sampling
 
 if TYPE_CHECKING:
@@ -98,6 +98,9 @@ class Txt2ImgRequest(BaseModel):
     eta_noise_seed_delta: int = P["eta_noise_seed_delta"].field()
     eta: float | None = P["eta"].field()
     sd_vae: str | None = P["sd_vae"].field()  # Automatic, None or a models/VAE file; None: the sd_vae option
+    # The refiner (A1111 1.6+): a checkpoint's title, name or hash, and the fraction of sampling done on the base.
+    refiner_checkpoint: str | None = P["refiner_checkpoint"].field()
+    refiner_switch_at: float = P["refiner_switch_at"].field()
 
     @model_validator(mode="before")
     @classmethod
@@ -122,6 +125,13 @@ class Txt2ImgRequest(BaseModel):
         if value is not None and (problem := text_problem(value)) is not None:
             raise ValueError(problem)
         return value
+
+    @field_validator("refiner_checkpoint")
+    @classmethod
+    def _refiner(cls, value: str | None) -> str | None:
+        if value is not None and (problem := text_problem(value)) is not None:
+            raise ValueError(problem)
+        return None if value is None or value.strip() in NO_REFINER else value
 
     @field_validator("randn_source")
     @classmethod

@@ -48,8 +48,8 @@ class Txt2ImgBody(ApiBody):
     n_iter: int = 1
     steps: int = 50  # A1111's API default (the UI's is 20)
     cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    width: int | None = None  # null or left out: the checkpoint's native size (A1111: 512)
+    height: int | None = None
     denoising_strength: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
@@ -60,6 +60,8 @@ class Txt2ImgBody(ApiBody):
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    refiner_checkpoint: str | None = None  # txt2img: a checkpoint's title, name or hash; "None"/"": no refiner
+    refiner_switch_at: float | None = None  # null: 0.8
 
 
 class Img2ImgBody(Txt2ImgBody):

@@ -64,7 +64,7 @@ def _table_fields(body: schemas.Txt2ImgBody, task: str, services: Services) -> d
     if body.script_name:
         raise InvalidRequest("script_name", f"no script named '{body.script_name}': this server has no "
                                             "selectable scripts yet (GET /sdapi/v1/scripts lists them)")
-    _refuse_unsupported(body)
+    _refuse_unsupported(body, task)
     fields: dict[str, Any] = {"save_images": body.save_images}
     for param in parameters.for_task(task):
         if param.api_key is not None:
@@ -83,7 +83,7 @@ def _as_bool(key: str, value: Any) -> bool:
     raise InvalidRequest(key, "must be true or false")
 
 
-def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
+def _refuse_unsupported(body: schemas.Txt2ImgBody, task: str) -> None:
     """Say so rather than silently return something other than what was asked for."""
     extra = body.model_extra or {}
     if body.enable_hr:
@@ -97,12 +97,19 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
                                        "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
     if extra.get("restore_faces"):
         raise InvalidRequest("restore_faces", "this server has no face restorers (GET /sdapi/v1/face-restorers)")
-    if extra.get("refiner_checkpoint") not in (None, "", "None"):
-        raise InvalidRequest("refiner_checkpoint", "the SDXL refiner is not supported yet; leave it out")
+    if task == parameters.IMG2IMG and body.refiner_checkpoint not in (None, *parameters.NO_REFINER):
+        raise InvalidRequest("refiner_checkpoint", "the refiner is supported in txt2img only on this server yet; "
+                                                   "leave it out")
 
 
 def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2ImgRequest:
-    return Txt2ImgRequest.parse(**_table_fields(body, parameters.TXT2IMG, services))
+    fields = _table_fields(body, parameters.TXT2IMG, services)
+    if "width" not in fields or "height" not in fields:
+        # A1111 uses 512; we use the checkpoint's native size (SDXL 1024), read without loading it.
+        size = services.generation.native_size(fields.get("checkpoint"))
+        fields.setdefault("width", size)
+        fields.setdefault("height", size)
+    return Txt2ImgRequest.parse(**fields)
 
 
 def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2ImgRequest:

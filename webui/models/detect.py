@@ -23,6 +23,7 @@ CLIP_L_SD1 = "cond_stage_model.transformer."
 OPENCLIP_SD2 = "cond_stage_model.model."
 CLIP_L_SDXL = "conditioner.embedders.0.transformer."
 OPENCLIP_SDXL = "conditioner.embedders.1.model."
+OPENCLIP_SDXL_REFINER = "conditioner.embedders.0.model."  # an SDXL refiner's only text encoder (OpenCLIP-bigG)
 
 
 
@@ -31,7 +32,7 @@ class ModelSpec:
     """What a checkpoint is, plus the diffusers configs that rebuild its components."""
 
     family: str          # "sd1", "sd2" or "sdxl"
-    variant: str         # "normal", "inpaint" or "instruct-pix2pix"
+    variant: str         # "normal", "inpaint", "instruct-pix2pix" or "refiner" (SDXL refiner: OpenCLIP-G only)
     unet_config: dict[str, Any]
     vae_config: dict[str, Any]
     text_configs: tuple[dict[str, Any], ...]  # CLIPTextConfig kwargs, one per text encoder
@@ -42,7 +43,8 @@ class ModelSpec:
     @property
     def label(self) -> str:
         names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-        suffix = {"normal": "", "inpaint": " inpainting", "instruct-pix2pix": " InstructPix2Pix"}
+        suffix = {"normal": "", "inpaint": " inpainting", "instruct-pix2pix": " InstructPix2Pix",
+                  "refiner": " refiner"}
         return names[self.family] + suffix[self.variant]
 
 
@@ -99,7 +101,10 @@ def detect(shapes: Shapes, filename: str = "checkpoint") -> ModelSpec:
         raise ModelLoadError(
             f"{filename}: UNet with {unet_config['in_channels']} input channels is not a known Stable Diffusion "
             "variant (expected 4, 8 for InstructPix2Pix or 9 for inpainting).")
-    if family == "sd1":
+    if family == "sdxl" and _is_sdxl_refiner(shapes):
+        variant = "refiner" if variant == "normal" else variant
+        text = (_openclip_config(_strip(shapes, OPENCLIP_SDXL_REFINER), drop_last_layer=False),)
+    elif family == "sd1":
         text = (_clip_config(_strip(shapes, CLIP_L_SD1), "quick_gelu"),)
     elif family == "sd2":
         text = (_openclip_config(_strip(shapes, OPENCLIP_SD2), drop_last_layer=True),)
@@ -125,12 +130,20 @@ def _family(shapes: Shapes, filename: str) -> str:
             f"'{UNET}*' tensors). LoRAs go in models/Lora, VAEs in models/VAE.")
     if has(CLIP_L_SDXL) and has(OPENCLIP_SDXL) and f"{UNET}label_emb.0.0.weight" in shapes:
         return "sdxl"
+    if _is_sdxl_refiner(shapes):
+        return "sdxl"  # the same latent space as SDXL; ModelSpec.variant says "refiner"
     if has(OPENCLIP_SD2):
         return "sd2"
     if has(CLIP_L_SD1):
         return "sd1"
     raise ModelLoadError(
         f"{filename}: unknown model layout (no text encoder recognised). Supported: SD 1.x, SD 2.x, SDXL.")
+
+
+def _is_sdxl_refiner(shapes: Shapes) -> bool:
+    """Stability's SDXL refiner: OpenCLIP-bigG alone as embedder 0, and SDXL's label embedding in the UNet."""
+    return (not any(k.startswith(CLIP_L_SDXL) for k in shapes) and f"{UNET}label_emb.0.0.weight" in shapes
+            and any(k.startswith(OPENCLIP_SDXL_REFINER) for k in shapes))
 
 
 def _strip(shapes: Shapes, prefix: str) -> Shapes:
@@ -193,6 +206,10 @@ def _unet_config(unet: Shapes, family: str, filename: str) -> dict[str, Any]:
         "transformer_layers_per_block": depths if family == "sdxl" else 1,
         "norm_num_groups": 32,
     }
+    if family == "sdxl" and not attention[-1] and mid_depth:
+        # diffusers gives the middle block the last level's depth; a level without attention ignores its own, so
+        # it carries the middle block's (the SDXL refiner: no attention on its last level, 4 layers in the middle).
+        config["transformer_layers_per_block"] = depths[:-1] + [mid_depth]
     if mid_depth == 0:
         config["mid_block_type"] = "UNetMidBlock2D"
     if family == "sd1":

@@ -109,7 +109,8 @@ def _build(info: CheckpointInfo, spec: detect.ModelSpec, state: dict[str, torch.
     if spec.family == "sdxl":
         pipe = StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1],
-            tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR), tokenizer_2=tokenizer,
+            tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR) if text_encoders[0] is not None else None,
+            tokenizer_2=tokenizer,
             unet=unet, scheduler=scheduler)
     else:
         pipe = StableDiffusionPipeline(
@@ -142,6 +143,9 @@ def _text_encoders(spec: detect.ModelSpec, state: dict[str, torch.Tensor],
         last = f"{detect.OPENCLIP_SD2}transformer.resblocks.{spec.text_configs[0]['num_hidden_layers']}."
         kept = {k: v for k, v in state.items() if not k.startswith(last)}
         return [_open_clip(CLIPTextModel, spec.text_configs[0], kept, detect.OPENCLIP_SD2, dtype)]
+    if spec.variant == "refiner":  # OpenCLIP-bigG only: the pipeline's first text encoder slot stays empty
+        return [None, _open_clip(CLIPTextModelWithProjection, spec.text_configs[0], state,
+                                 detect.OPENCLIP_SDXL_REFINER, dtype)]
     clip_l = _flatten_text_model(convert_ldm_clip_checkpoint(state))
     return [_instantiate(lambda: CLIPTextModel(CLIPTextConfig(**spec.text_configs[0])), clip_l, dtype),
             _open_clip(CLIPTextModelWithProjection, spec.text_configs[1], state, detect.OPENCLIP_SDXL, dtype)]

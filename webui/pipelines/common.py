@@ -46,6 +46,7 @@ class StepListener(Protocol):
 class BatchOutput:
     images: list[Image.Image]
     stopped_early: bool
+    refiner: str | None = None  # the refiner's "name [hash]" when sampling switched to it (A1111's "Refiner")
 
 
 def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int], *, exact: bool | None = None):

@@ -113,8 +113,9 @@ def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode(pipe, chunks: list[Chunk], clip_skip: int, device: torch.device) -> Conditioning:
     """Encode chunks with the pipeline's text encoder(s); SDXL concatenates CLIP-L and OpenCLIP-bigG features."""
-    encoders = [(pipe.tokenizer, pipe.text_encoder)]
     is_xl = getattr(pipe, "text_encoder_2", None) is not None
+    # An SDXL refiner has no CLIP-L: it conditions on OpenCLIP-bigG alone.
+    encoders = [(pipe.tokenizer, pipe.text_encoder)] if pipe.text_encoder is not None else []
     if is_xl:
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
     parts, pooled = [], None
@@ -124,7 +125,7 @@ def encode(pipe, chunks: list[Chunk], clip_skip: int, device: torch.device) -> C
             ids, weights = _chunk_ids(tokenizer, chunk, _pad_id(tokenizer))
             hidden, pool = _hidden(encoder, torch.tensor([ids], device=device), clip_skip, penultimate=is_xl)
             features.append(_apply_weights(hidden, torch.tensor([weights], device=hidden.device)))
-            if is_xl and enc_index == 1 and chunk_index == 0:
+            if is_xl and enc_index == len(encoders) - 1 and chunk_index == 0:
                 pooled = pool  # A1111 pools the first chunk
         parts.append(torch.cat(features, dim=-1))
     return Conditioning(embeds=torch.cat(parts, dim=1), pooled=pooled)
@@ -133,13 +134,18 @@ def encode(pipe, chunks: list[Chunk], clip_skip: int, device: torch.device) -> C
 def encode_pair(pipe, prompt: str, negative: str, clip_skip: int,
                 device: torch.device) -> tuple[Conditioning, Conditioning]:
     """Encode prompt and negative prompt, padded to the same number of chunks (diffusers needs equal shapes)."""
-    tokenizer = pipe.tokenizer
+    tokenizer = _chunking_tokenizer(pipe)
     pos, neg = chunk_prompt(tokenizer, prompt), chunk_prompt(tokenizer, negative)
     while len(neg) < len(pos):
         neg.append(Chunk())
     while len(pos) < len(neg):
         pos.append(Chunk())
     return encode(pipe, pos, clip_skip, device), encode(pipe, neg, clip_skip, device)
+
+
+def _chunking_tokenizer(pipe):
+    """The tokenizer that splits prompts into chunks: CLIP-L's, or OpenCLIP's (same vocabulary) for a refiner."""
+    return pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
 
 
 @dataclass
@@ -169,7 +175,7 @@ def encode_scheduled_pair(pipe, prompt: str, negative: str, clip_skip: int, devi
     positive = prompt_schedule(composable_text(prompt), steps, hires_steps)
     negatives = prompt_schedule(negative, steps, hires_steps)
     texts = list(dict.fromkeys(text for _, text in positive + negatives))
-    chunked = {text: chunk_prompt(pipe.tokenizer, text) for text in texts}
+    chunked = {text: chunk_prompt(_chunking_tokenizer(pipe), text) for text in texts}
     # Every entry is padded to the longest: diffusers concatenates cond and uncond, and a switch keeps the shape.
     longest = max(len(chunks) for chunks in chunked.values())
     encoded = {text: encode(pipe, chunks + [Chunk() for _ in range(longest - len(chunks))], clip_skip, device)

@@ -11,15 +11,24 @@ from __future__ import annotations
 import torch
 
 from webui.models.loader import LoadedModel
-from webui.pipelines import common, noise
+from webui.pipelines import blank_inpaint, common, noise, refiner
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, subseeds: list[int] | None = None) -> BatchOutput:
+              preview_every: int, subseeds: list[int] | None = None,
+              lease_refiner: refiner.Lease | None = None) -> BatchOutput:
+    """``lease_refiner``: borrows the request's refiner checkpoint (webui/pipelines/refiner.py)."""
+    if lease_refiner is not None:
+        return refiner.run_batch(model, request, seeds, listener, preview_every,
+                                 lambda runner: _initial_latents(runner, request, seeds, subseeds or []),
+                                 lease_refiner)
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
+    if model.variant == "inpaint":  # A1111: the whole blank image is the area to paint
+        conditioning = blank_inpaint.blank_conditioning(runner.vae, request.height, request.width)
+        runner.unet = blank_inpaint.BlankInpaintUNet(runner.unet, conditioning)
     latents, gens = _initial_latents(runner, request, seeds, subseeds or [])
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
                                   request.steps, len(seeds))

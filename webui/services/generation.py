@@ -16,12 +16,14 @@ from typing import Callable
 
 from webui import VERSION
 from webui.config import Settings
-from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
 from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
+from webui.models.native_size import FALLBACK as FALLBACK_SIZE
+from webui.models.native_size import native_size
 from webui.models.vae import AUTOMATIC as AUTOMATIC_VAE
 from webui.models.vae import VaeChoice, VaeFiles, load_vae
 from webui.pipelines import img2img, txt2img
@@ -189,6 +191,31 @@ class GenerationService:
                 self._manager.registry.find(request.checkpoint)
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
+        self._check_refiner(request)
+
+    def native_size(self, checkpoint: str | None = None) -> int:
+        """The native image size of ``checkpoint`` (None: the current one), known without loading it; A1111's 512
+        when there is no checkpoint (the job then says so)."""
+        try:
+            return native_size(self._manager.resolve(checkpoint))
+        except (ModelNotFound, NoModelAvailable):
+            return FALLBACK_SIZE
+
+    def _check_refiner(self, request: Txt2ImgRequest) -> None:
+        """The refiner must exist and be able to continue the sampler; its family is checked when it loads."""
+        refiner = request.refiner_checkpoint
+        if refiner is None:
+            return
+        if isinstance(request, Img2ImgRequest):
+            raise InvalidRequest("refiner_checkpoint", "the refiner is supported in txt2img only on this server "
+                                                       "yet; leave it out")
+        try:
+            self._manager.registry.find(refiner)
+        except ModelNotFound as exc:
+            raise InvalidRequest("refiner_checkpoint", str(exc)) from None
+        if request.sampling.spec.k_algorithm is None:
+            raise InvalidRequest("refiner_checkpoint", f"the refiner needs one of the k-diffusion samplers; "
+                                                       f"{request.sampling.spec.name} is not one")
 
     def _check_job_pixels(self, request: Txt2ImgRequest) -> None:
         """One budget for the whole job, so many allowed sizes cannot multiply into hours of GPU time."""
@@ -238,7 +265,8 @@ class GenerationService:
                 images, verdicts = self._review(ctx, out.images, policy, result)
                 for image, seed, subseed, verdict in zip(images, seeds, subseeds, verdicts):
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
-                                              subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash)
+                                              subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
+                                              refiner=out.refiner)
                     params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
                     if verdict:
                         params["Safety checker"] = verdict
@@ -315,7 +343,9 @@ class _Txt2Img(_Task):
         self.request = request
 
     def check_model(self, model: LoadedModel) -> None:
-        if model.variant != "normal":
+        _refuse_refiner_as_checkpoint(model)
+        # An inpainting checkpoint paints the whole blank image, as in A1111 (webui/pipelines/blank_inpaint.py).
+        if model.variant not in ("normal", "inpaint"):
             raise InvalidRequest("checkpoint", f"{model.info.title} is an {model.variant} model; use it from img2img.")
 
     def steps(self, model: LoadedModel) -> int:
@@ -325,7 +355,10 @@ class _Txt2Img(_Task):
         return None
 
     def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
-        return txt2img.run_batch(model, self.request, seeds, ctx, preview_every, subseeds)
+        refiner = self.request.refiner_checkpoint
+        # Leased like any checkpoint, inside this job's lease of the base (so the base stays loaded meanwhile).
+        lease = (lambda: ctx.models.lease(refiner)) if refiner else None
+        return txt2img.run_batch(model, self.request, seeds, ctx, preview_every, subseeds, lease_refiner=lease)
 
 
 class _Img2Img(_Task):
@@ -338,7 +371,7 @@ class _Img2Img(_Task):
         return img2img.method_for(model, self.request.mask is not None)
 
     def check_model(self, model: LoadedModel) -> None:
-        pass  # every variant has an image-to-image use
+        _refuse_refiner_as_checkpoint(model)  # every other variant has an image-to-image use
 
     def steps(self, model: LoadedModel) -> int:
         return img2img.steps_run(self.request, self.method(model))
@@ -348,6 +381,12 @@ class _Img2Img(_Task):
         init = self.request.init_images[batch_index % len(self.request.init_images)]
         prepared = img2img.prepare(self.request, init, method)
         return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every, subseeds)
+
+
+def _refuse_refiner_as_checkpoint(model: LoadedModel) -> None:
+    if model.variant == "refiner":
+        raise InvalidRequest("checkpoint", f"{model.info.title} is an SDXL refiner: it continues another SDXL "
+                                           "checkpoint's image; choose it under Refiner (refiner_checkpoint) in txt2img")
 
 
 def batch_seeds(request: Txt2ImgRequest, base_seed: int, base_subseed: int,

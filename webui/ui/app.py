@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import history, img2img, pnginfo, txt2img
+from webui.ui import history, img2img, pnginfo, size_defaults, txt2img
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -121,6 +121,8 @@ def build_ui(services: Services) -> gr.Blocks:
         # The switch is a job on the queue: its place in line, loading, and the outcome stream into the status;
         # on failure the dropdown goes back to the model that is really active.
         checkpoint.input(do_select, checkpoint, [status, checkpoint], api_visibility="private")
+
+        size_defaults.wire(demo, checkpoint, [t2i.settings, i2i.settings], services.generation.native_size)
 
         def download_default() -> Iterator[str]:
             yield from _download(services)  # a generator function, so Gradio streams each progress line

@@ -58,7 +58,8 @@ def param_widget(param: Param, prefix: str, limits: Limits | None = None, **extr
     if w.kind == "textbox":
         return gr.Textbox(lines=w.lines, **options)
     if w.kind == "dropdown":
-        return gr.Dropdown(options.pop("choices", list(w.choices)), value=param.default, **options)
+        return gr.Dropdown(options.pop("choices", list(w.choices)), value=options.pop("value", param.default),
+                           **options)
     if w.kind == "radio":
         return gr.Radio(list(w.choices), value=w.to_ui(param.default), **options)
     if w.kind == "checkbox":

@@ -8,8 +8,9 @@ import gradio as gr
 
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
+from webui.parameters import widget_rows
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
-                                      build_settings_and_reuse, request_fields, wire, wire_reuse)
+                                      build_settings_and_reuse, build_widgets, request_fields, wire, wire_reuse)
 
 
 @dataclass
@@ -23,11 +24,33 @@ class Txt2ImgTab:
         return {"prompt": self.row.prompt, "negative_prompt": self.row.negative_prompt, **self.settings}
 
 
+def refiner_choices(services: Services) -> list[str]:
+    """A1111's refiner dropdown: "None", then every checkpoint by title."""
+    return ["None"] + [info.title for info in services.registry.list()]
+
+
+def build_refiner(services: Services) -> Widgets:
+    """A1111's "Refiner" accordion: the checkpoint to switch to and when (widgets from the parameter table).
+
+    A pasted infotext may name a refiner by "name [hash]" or one not on disk: the dropdown keeps such a value and
+    the job says clearly when it cannot be found.
+    """
+    with gr.Accordion("Refiner", open=False, elem_id="txt2img_refiner"):
+        widgets = build_widgets(widget_rows("txt2img", panel="refiner"), "txt2img", services.settings.limits,
+                                refiner_checkpoint={"choices": refiner_choices(services), "value": "None",
+                                                    "allow_custom_value": True})
+    dropdown = widgets["refiner_checkpoint"]
+    # The checkpoints may have changed since the page was built (refresh, downloads): list them anew on focus.
+    dropdown.focus(lambda: gr.update(choices=refiner_choices(services)), None, dropdown, api_visibility="private")
+    return widgets
+
+
 def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     row = build_prompt_row("txt2img", "a watercolor fox in a snowy forest")
     with gr.Row():
         with gr.Column():
             settings, reuse = build_settings_and_reuse(services, "txt2img")
+            settings.update(build_refiner(services))
         with gr.Column():
             outputs = build_outputs("txt2img")
     tab = Txt2ImgTab(row, settings, outputs)
