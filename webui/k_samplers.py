@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from types import MappingProxyType
 
 import torch
@@ -25,6 +26,12 @@ from webui.schedules import DiscreteSigmas, alphas_cumprod_from_config, schedule
 __all__ = ["ALGORITHMS", "BrownianNoise", "KDiffusionScheduler"]
 
 Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class StepNoise(Protocol):
+    def next(self, like: torch.Tensor) -> torch.Tensor: ...
+
+
 # Yields (x, sigma, starts_a_step) where the denoiser is needed, receives the denoised x, returns the final x.
 Sampler = Generator[tuple[torch.Tensor, torch.Tensor, bool], torch.Tensor, torch.Tensor]
 ETA = 1.0  # A1111's "Eta for ancestral samplers" default; also the SDE samplers' eta
@@ -318,7 +325,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     ``timesteps`` lists one (fractional) timestep per UNet call, so second-order samplers have more entries
     than steps, as diffusers' own Heun does. ``noise_sampler_seed`` (one seed per image) must be set for the
-    SDE samplers to reproduce A1111; without it their noise is random.
+    SDE samplers to reproduce A1111; without it their noise is random. ``step_noise`` (an object whose
+    ``next(like)`` returns one normal draw per image, e.g. webui/pipelines/noise.ImageNoise) is where the other
+    samplers' noise comes from, as A1111's ``rng.next()``; without it, from the generators ``step`` is given.
     """
 
     order = 1
@@ -334,6 +343,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"prediction_type {prediction_type!r} is not supported by the k-diffusion samplers")
         self.model_sigmas = DiscreteSigmas(alphas_cumprod_from_config(self.config))
         self.noise_sampler_seed: list[int] | None = None
+        self.step_noise: StepNoise | None = None
         self.sigmas: torch.Tensor | None = None
         self.timesteps: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
@@ -437,6 +447,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if algorithm.brownian:
             seeds = self.noise_sampler_seed or [int(torch.randint(0, 2 ** 63 - 1, []).item())] * x.shape[0]
             noise: Noise = BrownianNoise(x, sigmas, seeds)
+        elif self.step_noise is not None:
+            source = self.step_noise
+            noise = lambda _s, _n: source.next(x)  # noqa: E731
         else:
             draw = _generator_noise(generator)
             noise = lambda s, n: draw(s, n, like=x)  # noqa: E731
