@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from webui.errors import InvalidRequest
 from webui.parameters import BY_NAME as P
-from webui.parameters import FIXED_ETA_SAMPLERS, PARAMS, RANDN_SOURCES
+from webui.parameters import PARAMS, RANDN_SOURCES, img2img_unsupported_sampler_option
 from webui.samplers import Sampling
 
 if TYPE_CHECKING:
@@ -98,6 +98,19 @@ class Txt2ImgRequest(BaseModel):
     eta_noise_seed_delta: int = P["eta_noise_seed_delta"].field()
     eta: float | None = P["eta"].field()
     sd_vae: str | None = P["sd_vae"].field()  # Automatic, None or a models/VAE file; None: the sd_vae option
+    # A1111's "Sampler parameters" options (webui/pipelines/sampler_options.py); txt2img's k-samplers take them.
+    eta_ancestral: float = P["eta_ancestral"].field()
+    s_churn: float = P["s_churn"].field()
+    s_tmin: float = P["s_tmin"].field()
+    s_tmax: float = P["s_tmax"].field()
+    s_noise: float = P["s_noise"].field()
+    sigma_min: float = P["sigma_min"].field()
+    sigma_max: float = P["sigma_max"].field()
+    rho: float = P["rho"].field()
+    beta_dist_alpha: float = P["beta_dist_alpha"].field()
+    beta_dist_beta: float = P["beta_dist_beta"].field()
+    always_discard_next_to_last_sigma: bool = P["always_discard_next_to_last_sigma"].field()
+    sgm_noise_multiplier: bool = P["sgm_noise_multiplier"].field()
 
     @model_validator(mode="before")
     @classmethod
@@ -131,11 +144,9 @@ class Txt2ImgRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _eta_we_can_run(self) -> "Txt2ImgRequest":
-        # diffusers' ancestral/SDE schedulers have no eta: anything but A1111's default would be silently ignored.
-        if self.eta is not None and self.eta != 1 and self.sampler_name in FIXED_ETA_SAMPLERS:
-            raise InvalidRequest("eta", f"{self.sampler_name} runs with eta 1 on this server; send 1 or null "
-                                        "(eta is adjustable for DDIM)")
+    def _sigma_range(self) -> "Txt2ImgRequest":
+        if self.sigma_min and self.sigma_max and self.sigma_min >= self.sigma_max:
+            raise InvalidRequest("sigma_min", f"must be below sigma_max ({self.sigma_max:g}), or 0 for the model's")
         return self
 
     @field_validator(*(p.name for p in PARAMS if p.multiple_of))
@@ -173,6 +184,17 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpaint_full_res: bool = P["inpaint_full_res"].field()  # "only masked": the masked region at full resolution
     inpaint_full_res_padding: int = P["inpaint_full_res_padding"].field()
     inpainting_mask_invert: bool = P["inpainting_mask_invert"].field()
+
+    @model_validator(mode="after")
+    def _sampler_options_we_can_run(self) -> "Img2ImgRequest":
+        # img2img samples with diffusers' schedulers, which take none of A1111's sampler options: anything but
+        # their defaults would be silently ignored.
+        field = img2img_unsupported_sampler_option(self)
+        if field is not None:
+            raise InvalidRequest(field, f"{self.sampler_name} runs with A1111's default {field} in img2img on this "
+                                        f"server (send {P[field].default if field != 'eta' else '1 or null'}); "
+                                        "txt2img honours it")
+        return self
 
     @field_validator("init_images")
     @classmethod

@@ -60,6 +60,11 @@ class Txt2ImgBody(ApiBody):
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    # A1111's sampler parameters in the body (null: the option of the same name)
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
 
 
 class Img2ImgBody(Txt2ImgBody):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from webui.models.loader import LoadedModel
-from webui.pipelines import common, noise
+from webui.pipelines import common, noise, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
@@ -23,6 +23,7 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
     latents, image_noise = _initial_latents(runner, request, seeds, subseeds or [])
     if hasattr(runner.scheduler, "step_noise"):
         runner.scheduler.step_noise = image_noise  # A1111's rng.next(): each image's own stream, continued
+        runner.scheduler.options = sampler_options.from_request(request)  # eta, churn, sigma overrides...
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
                                   request.steps, len(seeds))
     kwargs = dict(
