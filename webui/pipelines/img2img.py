@@ -126,6 +126,7 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
                                   request.steps, len(seeds))
     if method == "instruct-pix2pix":
         prompts.refuse_switching("with InstructPix2Pix checkpoints")  # their loops lay embeddings out differently
+    prompts.install(runner)  # composable AND
     kwargs = dict(
         prompts.kwargs(),
         image=prepared.image, guidance_scale=request.cfg_scale,

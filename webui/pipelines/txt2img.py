@@ -26,6 +26,7 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
         runner.scheduler.options = sampler_options.from_request(request)  # eta, churn, sigma overrides...
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
                                   request.steps, len(seeds))
+    prompts.install(runner)  # composable AND
     kwargs = dict(
         prompts.kwargs(),
         num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
