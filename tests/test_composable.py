@@ -160,3 +160,33 @@ def test_too_many_sub_prompts_are_refused_before_queueing(services) -> None:
         services.generation.txt2img(Txt2ImgRequest(prompt=" AND ".join(["cat"] * 200), width=64, height=64,
                                                    steps=2, save_images=False))
     assert refused.value.field == "prompt" and "sub-prompts" in refused.value.reason
+
+
+def test_sdxl_sub_prompts_bring_their_own_pooled_embeddings(tmp_path_factory, tiny_loader, monkeypatch) -> None:
+    """A1111 conditions each SDXL sub-prompt on its own text (cross-attention and pooled vector alike)."""
+    from tiny_models import write_tiny_sdxl_single_file
+    from webui.models.registry import CheckpointInfo
+
+    path = write_tiny_sdxl_single_file(tmp_path_factory.mktemp("xl") / "tiny-xl.safetensors", dtype=torch.float32)
+    model = tiny_loader(CheckpointInfo(path=path, name=path.name, model_name=path.stem, kind="safetensors",
+                                       short_hash=None, sha256=None), torch.float32)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(_module, _args, kwargs):
+        seen.append((kwargs["encoder_hidden_states"].clone(), kwargs["added_cond_kwargs"]["text_embeds"].clone()))
+
+    handle = model.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        composed = _ours(monkeypatch, model, "cat AND dog :0.5", seeds=SEEDS[:1])
+    finally:
+        handle.remove()
+    cat, dog, uncond = (conditioning.encode(model.pipe, conditioning.chunk_prompt(model.pipe.tokenizer, text), 1,
+                                            CPU) for text in ("cat", "dog", ""))
+    assert len(seen) == 2 * STEPS  # per step: [uncond, cat], then [dog]
+    (guided_embeds, guided_pooled), (extra_embeds, extra_pooled) = seen[0], seen[1]
+    torch.testing.assert_close(guided_embeds, torch.cat([uncond.embeds, cat.embeds]))
+    torch.testing.assert_close(guided_pooled, torch.cat([uncond.pooled, cat.pooled]))
+    torch.testing.assert_close(extra_embeds, dog.embeds)
+    torch.testing.assert_close(extra_pooled, dog.pooled)
+    assert torch.isfinite(composed).all()
+    assert not torch.allclose(composed, _ours(monkeypatch, model, "cat", seeds=SEEDS[:1]), atol=1e-4)
