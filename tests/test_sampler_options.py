@@ -312,6 +312,14 @@ def test_options_and_override_settings_set_the_sampler_options(client) -> None:
     assert "Sigma churn: 1," in text
 
 
+def test_unipc_options_are_accepted_at_a1111s_defaults_only(client) -> None:
+    defaults = {"uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3,
+                "uni_pc_lower_order_final": True}
+    assert client.post("/sdapi/v1/options", json=defaults).status_code == 200
+    response = client.post("/sdapi/v1/options", json={"uni_pc_variant": "bh2"})
+    assert response.status_code == 422 and response.json()["error"].startswith("uni_pc_variant")
+
+
 @pytest.mark.parametrize(("path", "body", "field"), [
     ("/sdapi/v1/options", {"s_noise": 1.5}, "s_noise"),
     ("/sdapi/v1/options", {"eta_ancestral": -0.1}, "eta_ancestral"),

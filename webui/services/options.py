@@ -123,6 +123,11 @@ OPTIONS: dict[str, Option] = {
     # A1111's "Sampler parameters" (eta_ancestral, s_churn... sgm_noise_multiplier): honoured by txt2img's
     # k-diffusion samplers; type, bounds and default from their rows in webui/parameters.py.
     **{p.setting: Option(p.type, p.default, p.ge, p.le, honoured=True) for p in SAMPLER_OPTION_PARAMS},
+    # UniPC is diffusers' here, run with A1111's defaults: those are accepted, any other value refused.
+    "uni_pc_variant": Option(str, "bh1", choices=("bh1", "bh2", "vary_coeff")),
+    "uni_pc_skip_type": Option(str, "time_uniform", choices=("time_uniform", "time_quadratic", "logSNR")),
+    "uni_pc_order": Option(int, 3, 1, 50),
+    "uni_pc_lower_order_final": Option(bool, True),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 
