@@ -76,7 +76,8 @@ def request(**fields) -> Img2ImgRequest:
     return Img2ImgRequest(**{**base, **fields})
 
 
-def a1111_reference(k, model, embeds, req: Img2ImgRequest, init, start_noise, keep=None) -> torch.Tensor:
+def a1111_reference(k, model, embeds, req: Img2ImgRequest, init, start_noise, keep=None,
+                    noise_sampler=None) -> torch.Tensor:
     """A1111's sample_img2img over k-diffusion's sampler, with CFGDenoiser's inpainting blend when ``keep``."""
     unet = model.pipe.unet
 
@@ -95,6 +96,8 @@ def a1111_reference(k, model, embeds, req: Img2ImgRequest, init, start_noise, ke
     sigmas = a1111_sigmas(k, denoiser, effective_schedule(spec, "Automatic"), steps)
     sigma_sched = sigmas[steps - t_enc - 1:]
     name, extra = K_FUNCTIONS[req.sampler_name]
+    if noise_sampler is not None:
+        extra = {**extra, "noise_sampler": noise_sampler}
     with torch.no_grad():
         out = getattr(k.sampling, name)(blended, init + start_noise * sigma_sched[0], sigma_sched, disable=True,
                                         **extra)
@@ -166,7 +169,7 @@ def test_latent_fills_replace_the_masked_latents_as_a1111(tiny, fill):
     req = request(mask=square_mask(), inpainting_fill=fill)
     prepared = img2img.prepare(req, req.init_images[0], "inpaint")
     runner = common.job_pipeline(tiny, StableDiffusionImg2ImgPipeline, req.sampling, [SEED], exact=True)
-    start = img2img._image_start(runner, req, prepared, [SEED], [])
+    start, _noise = img2img._image_start(runner, req, prepared, [SEED], [])
     masked = start.keep_mask == 0
     assert masked.any() and (~masked).any()
     seeds_noise, _ = noise.initial_noise(tuple(start.latents.shape[1:]), [SEED], [], noise.NoiseSettings(), "cpu")
@@ -207,3 +210,20 @@ def test_fill_paints_the_masked_area_with_the_surrounding_colours_as_a1111():
     assert np.abs(filled - pixels(image))[outside].max() <= 1  # unmasked pixels stay
     centre = filled[28, 16]
     assert centre[0] > 150 and centre[1] < 80  # red from around it, none of the green it replaced
+
+
+@pytest.mark.parametrize("source", ["GPU", "NV", "CPU"])
+def test_ancestral_step_noise_continues_each_images_stream_as_a1111(k, tiny, source):
+    """Euler a in img2img: the starting noise and then every step's noise are A1111's rng.next() draws."""
+    req = request(sampler_name="Euler a", denoising_strength=0.8, randn_source=source)
+    prepared = img2img.prepare(req, req.init_images[0], "img2img")
+    with UNetInputs(tiny.pipe.unet) as inputs:
+        out = img2img.run_batch(tiny, req, prepared, "img2img", [SEED], Steps(), preview_every=0)
+    runner = common.job_pipeline(tiny, StableDiffusionImg2ImgPipeline, req.sampling, [SEED], exact=True)
+    init = encode_images(runner, [prepared.image], [SEED])
+    streams = noise.ImageNoise(tuple(init.shape[1:]), [SEED], [], noise.NoiseSettings(source), "cpu")
+    start_noise = streams.first()
+    expected = a1111_reference(k, tiny, inputs.seen[0], req, init, start_noise,
+                               noise_sampler=lambda _s, _n: streams.next(init))
+    [reference] = decode.to_pil(decode.decode_latents(tiny.pipe.vae, expected))
+    assert np.abs(pixels(out.images[0]) - pixels(reference)).max() <= 1

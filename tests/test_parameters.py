@@ -105,7 +105,17 @@ def test_every_img2img_row_round_trips_in_the_method_that_records_it():
     assert {"refiner_checkpoint", "refiner_switch_at"} <= infotext_names(written, parameters.TXT2IMG)
     assert_same(rebuilt, refined, infotext_names(written, parameters.TXT2IMG))
     covered |= written
-    every_key = {rule.key for p in PARAMS for rule in p.infotext}
+    # A1111's sampler parameters: txt2img's k-samplers, each key where its sampler/schedule takes it.
+    for fields in (dict(sampler_name="Euler", scheduler="Karras", s_churn=1.5, s_tmin=0.5, s_tmax=9.0, s_noise=1.02,
+                        sigma_min=0.1, sigma_max=10.0, rho=5.0, always_discard_next_to_last_sigma=True,
+                        sgm_noise_multiplier=True),
+                   dict(sampler_name="Euler a", scheduler="Automatic", eta_ancestral=0.5),
+                   dict(sampler_name="Euler", scheduler="Beta", beta_dist_alpha=0.3, beta_dist_beta=0.4)):
+        options = Txt2ImgRequest.parse(**dict(TXT2IMG, **fields))
+        rebuilt, written = round_trip(options, None)
+        assert_same(rebuilt, options, infotext_names(written, parameters.TXT2IMG))
+        covered |= written
+    every_key = {rule.key for p in PARAMS for rule in p.infotext} - parameters.READ_ONLY_KEYS
     assert covered == every_key  # no row of the table escapes the round trip
 
 
@@ -169,6 +179,7 @@ A1111_VALUES: dict[str, Any] = {
     "inpaint_full_res": False, "inpaint_full_res_padding": 12, "inpainting_mask_invert": 1, "tiling": True,
     "subseed": 5, "subseed_strength": 0.2, "seed_resize_from_w": 256, "seed_resize_from_h": 320, "eta": 1.0,
     "refiner_checkpoint": "other-sd15", "refiner_switch_at": 0.6,
+    "s_churn": 0.0, "s_tmin": 0.5, "s_tmax": 9.0, "s_noise": 1.0,
 }
 EXPECTED = dict(A1111_VALUES, scheduler="Karras", inpainting_mask_invert=True)
 

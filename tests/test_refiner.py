@@ -17,6 +17,7 @@ from tiny_models import tiny_sd1_components
 from webui.infotext import parse_infotext
 from webui.models.loader import LoadedModel, base_scheduler_config
 from webui.parameters import parse_params
+from webui.pipelines.noise import ImageNoise, NoiseSettings
 from webui.pipelines import conditioning, decode, refiner
 from webui.samplers import build_scheduler
 from webui.schedules import alphas_cumprod_from_config
@@ -226,7 +227,8 @@ def test_the_sampler_continues_as_k_diffusion_with_a_model_switching_denoiser(sa
     base, other = _tiny(0, "base"), _tiny(1, "ref", prediction)
     request = Txt2ImgRequest(seed=SEED, sampler_name=sampler, refiner_checkpoint="ref", refiner_switch_at=switch_at,
                              **SMALL)
-    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(99))
+    image_noise = ImageNoise((4, 8, 8), [SEED], [], NoiseSettings(), "cpu")  # A1111's noise for the seed
+    noise = image_noise.first()
 
     @contextmanager
     def lease():
@@ -234,7 +236,7 @@ def test_the_sampler_continues_as_k_diffusion_with_a_model_switching_denoiser(sa
 
     listener = _Listener()
     out = refiner.run_batch(base, request, [SEED], listener, 0,
-                            lambda _runner: (noise.clone(), [torch.Generator().manual_seed(SEED)]), lease)
+                            lambda _runner: (noise.clone(), image_noise), lease)
     assert out.refiner == "ref [0000000001]"
     assert listener.steps == [1, 2, 3, 4, 5, 6]
 
@@ -399,8 +401,8 @@ def test_interrupt_on_the_refiner_stops_there_and_keeps_the_image():
         yield other
 
     listener = StopAt4()
+    image_noise = ImageNoise((4, 32, 32), [SEED], [], NoiseSettings(), "cpu")
     out = refiner.run_batch(base, request, [SEED], listener, 0,
-                            lambda _runner: (torch.randn((1, 4, 32, 32), generator=torch.Generator().manual_seed(1)),
-                                             [torch.Generator().manual_seed(SEED)]), lease)
+                            lambda _runner: (image_noise.first(), image_noise), lease)
     assert listener.steps == [1, 2, 3, 4] and out.stopped_early
     assert out.refiner == "ref [0000000001]" and out.images[0].size == (64, 64)

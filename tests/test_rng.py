@@ -266,9 +266,14 @@ def test_ddim_eta_is_honoured_and_recorded(services):
     assert "Eta DDIM" not in parse_infotext(zero.infotexts[0]).params
 
 
-def test_eta_other_than_1_is_refused_for_samplers_that_cannot_take_it(client):
+def test_eta_of_ancestral_samplers_is_honoured_in_txt2img_and_img2img(client):
     body = {"prompt": "x", "width": 64, "height": 64, "steps": 3, "sampler_name": "Euler a"}
     response = client.post("/sdapi/v1/txt2img", json={**body, "eta": 0.5})
-    assert response.status_code == 422 and response.json()["error"].startswith("eta: Euler a runs with eta 1")
+    assert response.status_code == 200 and "Eta: 0.5" in json.loads(response.json()["info"])["infotexts"][0]
     assert client.post("/sdapi/v1/txt2img", json={**body, "eta": 1.0}).status_code == 200  # webuiapi's default
     assert client.post("/sdapi/v1/txt2img", json={**body, "eta": 2}).status_code == 422
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="PNG")
+    img2img = {**body, "init_images": [base64.b64encode(buffer.getvalue()).decode()], "eta": 0.5}
+    response = client.post("/sdapi/v1/img2img", json=img2img)
+    assert response.status_code == 200 and "Eta: 0.5" in json.loads(response.json()["info"])["infotexts"][0]

@@ -14,21 +14,50 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from types import MappingProxyType
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from webui.schedules import DiscreteSigmas, alphas_cumprod_from_config, schedule_sigmas
+from webui.schedules import DiscreteSigmas, ScheduleOptions, alphas_cumprod_from_config, schedule_sigmas
 
-__all__ = ["ALGORITHMS", "BrownianNoise", "ImageStart", "KDiffusionScheduler", "img2img_steps"]
+__all__ = ["ALGORITHMS", "BrownianNoise", "ImageStart", "KDiffusionScheduler", "SamplerOptions", "img2img_steps"]
 
 Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class StepNoise(Protocol):
+    def next(self, like: torch.Tensor) -> torch.Tensor: ...
+
+
 # Yields (x, sigma, starts_a_step) where the denoiser is needed, receives the denoised x, returns the final x.
 Sampler = Generator[tuple[torch.Tensor, torch.Tensor, bool], torch.Tensor, torch.Tensor]
 ETA = 1.0  # A1111's "Eta for ancestral samplers" default; also the SDE samplers' eta
 S_NOISE = 1.0
+_CHURN_CAP = 2 ** 0.5 - 1  # k-diffusion's cap on gamma
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """A1111's "Sampler parameters" options, as its samplers take them (defaults: A1111's).
+
+    Which algorithm takes which is ``Algorithm.takes`` (A1111's ``sampler_extra_params`` plus ``eta`` where the
+    k-diffusion function has one); the rest shape the schedule or the starting noise.
+    """
+
+    eta: float = ETA
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = S_NOISE
+    schedule: ScheduleOptions = ScheduleOptions()
+    always_discard_penultimate_sigma: bool = False
+    sgm_noise_multiplier: bool = False  # start from noise * sqrt(1 + sigma_max**2), as SGM's (SDXL's) code
+
+
+CHURN = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"})
 
 
 def _to_d(x, sigma, denoised):
@@ -51,28 +80,46 @@ def _t_fn(sigma):
     return sigma.log().neg()
 
 
-def euler(x, sigmas, noise: Noise) -> Sampler:
+def _churn(x, sigmas, i, noise: Noise, s_churn, s_tmin, s_tmax, s_noise):
+    """k-diffusion's stochastic churn before step ``i``: the raised sigma, and x with the matching noise added.
+
+    k-diffusion draws the noise on every step whenever it runs these samplers; A1111 feeds that draw from the
+    image's stream, so it is drawn here on every step too (when churn is on at all), to keep the streams aligned.
+    """
+    if not s_churn:
+        return x, sigmas[i]
+    gamma = min(s_churn / (len(sigmas) - 1), _CHURN_CAP) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+    eps = noise(sigmas[i], sigmas[i]) * s_noise
+    sigma_hat = sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        x = x + eps * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+    return x, sigma_hat
+
+
+def euler(x, sigmas, noise: Noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=S_NOISE) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i], True
-        x = x + _to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = yield x, sigma_hat, True
+        x = x + _to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
     return x
 
 
-def euler_ancestral(x, sigmas, noise: Noise) -> Sampler:
+def euler_ancestral(x, sigmas, noise: Noise, eta=ETA, s_noise=S_NOISE) -> Sampler:
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i], True
-        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + _to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * S_NOISE * sigma_up
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
-def heun(x, sigmas, noise: Noise) -> Sampler:
+def heun(x, sigmas, noise: Noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=S_NOISE) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i], True
-        d = _to_d(x, sigmas[i], denoised)
-        dt = sigmas[i + 1] - sigmas[i]
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = yield x, sigma_hat, True
+        d = _to_d(x, sigma_hat, denoised)
+        dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             x = x + d * dt
         else:
@@ -82,24 +129,25 @@ def heun(x, sigmas, noise: Noise) -> Sampler:
     return x
 
 
-def dpm_2(x, sigmas, noise: Noise) -> Sampler:
+def dpm_2(x, sigmas, noise: Noise, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=S_NOISE) -> Sampler:
     for i in range(len(sigmas) - 1):
-        denoised = yield x, sigmas[i], True
-        d = _to_d(x, sigmas[i], denoised)
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = yield x, sigma_hat, True
+        d = _to_d(x, sigma_hat, denoised)
         if sigmas[i + 1] == 0:
-            x = x + d * (sigmas[i + 1] - sigmas[i])
+            x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
-            sigma_mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
-            x_2 = x + d * (sigma_mid - sigmas[i])
+            sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigma_hat)
             denoised_2 = yield x_2, sigma_mid, False
-            x = x + _to_d(x_2, sigma_mid, denoised_2) * (sigmas[i + 1] - sigmas[i])
+            x = x + _to_d(x_2, sigma_mid, denoised_2) * (sigmas[i + 1] - sigma_hat)
     return x
 
 
-def dpm_2_ancestral(x, sigmas, noise: Noise) -> Sampler:
+def dpm_2_ancestral(x, sigmas, noise: Noise, eta=ETA, s_noise=S_NOISE) -> Sampler:
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i], True
-        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1], eta)
         d = _to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
             x = x + d * (sigma_down - sigmas[i])
@@ -108,7 +156,7 @@ def dpm_2_ancestral(x, sigmas, noise: Noise) -> Sampler:
             x_2 = x + d * (sigma_mid - sigmas[i])
             denoised_2 = yield x_2, sigma_mid, False
             x = x + _to_d(x_2, sigma_mid, denoised_2) * (sigma_down - sigmas[i])
-            x = x + noise(sigmas[i], sigmas[i + 1]) * S_NOISE * sigma_up
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -139,10 +187,10 @@ def lms(x, sigmas, noise: Noise, order: int = 4) -> Sampler:
     return x
 
 
-def dpmpp_2s_ancestral(x, sigmas, noise: Noise) -> Sampler:
+def dpmpp_2s_ancestral(x, sigmas, noise: Noise, eta=ETA, s_noise=S_NOISE) -> Sampler:
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i], True
-        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1], eta)
         if sigma_down == 0:
             x = x + _to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
@@ -153,11 +201,11 @@ def dpmpp_2s_ancestral(x, sigmas, noise: Noise) -> Sampler:
             denoised_2 = yield x_2, _sigma_fn(s), False
             x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised_2
         if sigmas[i + 1] > 0:
-            x = x + noise(sigmas[i], sigmas[i + 1]) * S_NOISE * sigma_up
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
-def dpmpp_sde(x, sigmas, noise: Noise, r: float = 1 / 2) -> Sampler:
+def dpmpp_sde(x, sigmas, noise: Noise, eta=ETA, s_noise=S_NOISE, r: float = 1 / 2) -> Sampler:
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i], True
         if sigmas[i + 1] == 0:
@@ -167,16 +215,16 @@ def dpmpp_sde(x, sigmas, noise: Noise, r: float = 1 / 2) -> Sampler:
         h = t_next - t
         s = t + h * r
         fac = 1 / (2 * r)
-        sd, su = _ancestral_step(_sigma_fn(t), _sigma_fn(s))
+        sd, su = _ancestral_step(_sigma_fn(t), _sigma_fn(s), eta)
         s_ = _t_fn(sd)
         x_2 = (_sigma_fn(s_) / _sigma_fn(t)) * x - (t - s_).expm1() * denoised
-        x_2 = x_2 + noise(_sigma_fn(t), _sigma_fn(s)) * S_NOISE * su
+        x_2 = x_2 + noise(_sigma_fn(t), _sigma_fn(s)) * s_noise * su
         denoised_2 = yield x_2, _sigma_fn(s), False
-        sd, su = _ancestral_step(_sigma_fn(t), _sigma_fn(t_next))
+        sd, su = _ancestral_step(_sigma_fn(t), _sigma_fn(t_next), eta)
         t_next_ = _t_fn(sd)
         denoised_d = (1 - fac) * denoised + fac * denoised_2
         x = (_sigma_fn(t_next_) / _sigma_fn(t)) * x - (t - t_next_).expm1() * denoised_d
-        x = x + noise(_sigma_fn(t), _sigma_fn(t_next)) * S_NOISE * su
+        x = x + noise(_sigma_fn(t), _sigma_fn(t_next)) * s_noise * su
     return x
 
 
@@ -196,7 +244,7 @@ def dpmpp_2m(x, sigmas, noise: Noise) -> Sampler:
     return x
 
 
-def _dpmpp_2m_sde(x, sigmas, noise: Noise, heun_solver: bool) -> Sampler:
+def _dpmpp_2m_sde(x, sigmas, noise: Noise, heun_solver: bool, eta=ETA, s_noise=S_NOISE) -> Sampler:
     old_denoised = h_last = h = None
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i], True
@@ -205,7 +253,7 @@ def _dpmpp_2m_sde(x, sigmas, noise: Noise, heun_solver: bool) -> Sampler:
         else:
             t, s = -sigmas[i].log(), -sigmas[i + 1].log()
             h = s - t
-            eta_h = ETA * h
+            eta_h = eta * h
             x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
             if old_denoised is not None:
                 r = h_last / h
@@ -213,21 +261,22 @@ def _dpmpp_2m_sde(x, sigmas, noise: Noise, heun_solver: bool) -> Sampler:
                     x = x + ((-h - eta_h).expm1().neg() / (-h - eta_h) + 1) * (1 / r) * (denoised - old_denoised)
                 else:
                     x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old_denoised)
-            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * S_NOISE
+            if eta:
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * eta_h).expm1().neg().sqrt() * s_noise
         old_denoised = denoised
         h_last = h
     return x
 
 
-def dpmpp_2m_sde(x, sigmas, noise: Noise) -> Sampler:
-    return (yield from _dpmpp_2m_sde(x, sigmas, noise, heun_solver=False))
+def dpmpp_2m_sde(x, sigmas, noise: Noise, eta=ETA, s_noise=S_NOISE) -> Sampler:
+    return (yield from _dpmpp_2m_sde(x, sigmas, noise, False, eta, s_noise))
 
 
-def dpmpp_2m_sde_heun(x, sigmas, noise: Noise) -> Sampler:
-    return (yield from _dpmpp_2m_sde(x, sigmas, noise, heun_solver=True))
+def dpmpp_2m_sde_heun(x, sigmas, noise: Noise, eta=ETA, s_noise=S_NOISE) -> Sampler:
+    return (yield from _dpmpp_2m_sde(x, sigmas, noise, True, eta, s_noise))
 
 
-def dpmpp_3m_sde(x, sigmas, noise: Noise) -> Sampler:
+def dpmpp_3m_sde(x, sigmas, noise: Noise, eta=ETA, s_noise=S_NOISE) -> Sampler:
     denoised_1 = denoised_2 = h = h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
         denoised = yield x, sigmas[i], True
@@ -236,7 +285,7 @@ def dpmpp_3m_sde(x, sigmas, noise: Noise) -> Sampler:
         else:
             t, s = -sigmas[i].log(), -sigmas[i + 1].log()
             h = s - t
-            h_eta = h * (ETA + 1)
+            h_eta = h * (eta + 1)
             x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
@@ -250,7 +299,8 @@ def dpmpp_3m_sde(x, sigmas, noise: Noise) -> Sampler:
             elif h_1 is not None:
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
-            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * ETA).expm1().neg().sqrt() * S_NOISE
+            if eta:
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
@@ -260,21 +310,26 @@ def dpmpp_3m_sde(x, sigmas, noise: Noise) -> Sampler:
 class Algorithm:
     run: Callable[..., Sampler]
     brownian: bool = False  # noise from a Brownian tree seeded per image (A1111's "brownian_noise")
+    takes: frozenset[str] = frozenset()  # the SamplerOptions A1111 passes it (sampler_extra_params, eta)
+
+    def kwargs(self, options: SamplerOptions) -> dict[str, float]:
+        return {name: getattr(options, name) for name in self.takes}
 
 
+_ETA_NOISE = frozenset({"eta", "s_noise"})
 ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({
-    "euler": Algorithm(euler),
-    "euler_ancestral": Algorithm(euler_ancestral),
-    "heun": Algorithm(heun),
-    "dpm_2": Algorithm(dpm_2),
-    "dpm_2_ancestral": Algorithm(dpm_2_ancestral),
+    "euler": Algorithm(euler, takes=CHURN),
+    "euler_ancestral": Algorithm(euler_ancestral, takes=frozenset({"eta"})),  # A1111 passes it no s_noise
+    "heun": Algorithm(heun, takes=CHURN),
+    "dpm_2": Algorithm(dpm_2, takes=CHURN),
+    "dpm_2_ancestral": Algorithm(dpm_2_ancestral, takes=_ETA_NOISE),
     "lms": Algorithm(lms),
-    "dpmpp_2s_ancestral": Algorithm(dpmpp_2s_ancestral),
+    "dpmpp_2s_ancestral": Algorithm(dpmpp_2s_ancestral, takes=_ETA_NOISE),
     "dpmpp_2m": Algorithm(dpmpp_2m),
-    "dpmpp_sde": Algorithm(dpmpp_sde, brownian=True),
-    "dpmpp_2m_sde": Algorithm(dpmpp_2m_sde, brownian=True),
-    "dpmpp_2m_sde_heun": Algorithm(dpmpp_2m_sde_heun, brownian=True),
-    "dpmpp_3m_sde": Algorithm(dpmpp_3m_sde, brownian=True),
+    "dpmpp_sde": Algorithm(dpmpp_sde, brownian=True, takes=_ETA_NOISE),
+    "dpmpp_2m_sde": Algorithm(dpmpp_2m_sde, brownian=True, takes=_ETA_NOISE),
+    "dpmpp_2m_sde_heun": Algorithm(dpmpp_2m_sde_heun, brownian=True, takes=_ETA_NOISE),
+    "dpmpp_3m_sde": Algorithm(dpmpp_3m_sde, brownian=True, takes=_ETA_NOISE),
 })
 
 
@@ -360,7 +415,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     ``timesteps`` lists one (fractional) timestep per UNet call, so second-order samplers have more entries
     than steps, as diffusers' own Heun does. ``noise_sampler_seed`` (one seed per image) must be set for the
-    SDE samplers to reproduce A1111; without it their noise is random.
+    SDE samplers to reproduce A1111; without it their noise is random. ``step_noise`` (an object whose
+    ``next(like)`` returns one normal draw per image, e.g. webui/pipelines/noise.ImageNoise) is where the other
+    samplers' noise comes from, as A1111's ``rng.next()``; without it, from the generators ``step`` is given.
     """
 
     order = 1
@@ -377,6 +434,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.model_sigmas = DiscreteSigmas(alphas_cumprod_from_config(self.config))
         self.noise_sampler_seed: list[int] | None = None
         self.image_start: ImageStart | None = None  # set by start_from_image: sample from an image (img2img)
+        self.step_noise: StepNoise | None = None
+        self.options = SamplerOptions()  # set before the pipeline runs; read by set_timesteps and the sampler
         self.sigmas: torch.Tensor | None = None
         self.noise_sigmas: torch.Tensor | None = None  # the whole schedule, which the Brownian tree spans
         self.timesteps: torch.Tensor | None = None
@@ -387,6 +446,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def _reset(self) -> None:
         self._run: Sampler | None = None
+        self._generator = None
         self._step_index = 0
         self._pending: tuple[torch.Tensor, torch.Tensor, bool] | None = None
 
@@ -394,8 +454,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> float:
-        """k-diffusion starts from noise * sigmas[0]."""
-        return float(self.sigmas[0]) if self.sigmas is not None else self.model_sigmas.sigma_max
+        """k-diffusion starts from noise * sigmas[0] (A1111's SGM noise multiplier: sqrt(1 + sigmas[0]**2))."""
+        sigma = self.sigmas[0] if self.sigmas is not None else torch.tensor(self.model_sigmas.sigma_max)
+        return float(torch.sqrt(1.0 + sigma ** 2.0)) if self.options.sgm_noise_multiplier else float(sigma)
 
     @property
     def step_index(self) -> int:
@@ -436,8 +497,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             img2img_steps(num_inference_steps, start.denoising_strength, start.fixed_steps)
         if schedule_steps < 1:
             raise ValueError("denoising strength 0 samples nothing; skip sampling instead")
+        discard = config.discard_penultimate_sigma or self.options.always_discard_penultimate_sigma
         self.noise_sigmas = schedule_sigmas(config.schedule, schedule_steps, self.model_sigmas, sdxl=config.sdxl,
-                                            discard_penultimate=config.discard_penultimate_sigma)
+                                            discard_penultimate=discard, options=self.options.schedule)
         self.sigmas = self.noise_sigmas[schedule_steps - t_enc - 1:]
         calls = self.denoiser_calls(self.sigmas)
         self._calls = [sigma for sigma, _starts in calls]
@@ -452,7 +514,8 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
         They depend on the sigmas alone, so a dry run over a dummy one-element latent finds them.
         """
-        run = ALGORITHMS[self.config.algorithm].run(torch.zeros(1), sigmas, lambda _s, _n: torch.zeros(1))
+        algorithm = ALGORITHMS[self.config.algorithm]
+        run = algorithm.run(torch.zeros(1), sigmas, lambda _s, _n: torch.zeros(1), **algorithm.kwargs(self.options))
         calls = []
         try:
             _x, sigma, starts = next(run)
@@ -463,6 +526,11 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
             return calls
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        if self._run is None:
+            # Here, not in step: Euler's churn changes x before the first UNet call. With CFG the pipeline hands
+            # over [latents, latents]; one copy per image is the sampler's.
+            images = len(self.noise_sampler_seed) if self.noise_sampler_seed else sample.shape[0]
+            self._start(sample[:images] if sample.shape[0] % images == 0 else sample)
         x = self._own_latents(sample)
         sigma = self._calls[self._step_index].to(x.device)
         return (x / (sigma ** 2 + 1) ** 0.5).to(sample.dtype)
@@ -484,8 +552,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
              return_dict: bool = True):
         if self._run is None:
-            own = self.image_start.generators if self.image_start is not None else None
-            self._start(sample, list(own) if own else generator)
+            self._start(sample)
+        if self.image_start is None or not self.image_start.generators:
+            self._generator = generator
         x, sigma, _starts = self._pending
         sigma = sigma.to(x.device)
         output = model_output.float()
@@ -505,19 +574,25 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         prev = prev.to(sample.dtype)  # the pipeline keeps its latents in the UNet's dtype
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
-    def _start(self, sample: torch.Tensor, generator) -> None:
+    def _start(self, sample: torch.Tensor) -> None:
         """Start the sampler on float32 latents, as A1111 samples (only the UNet runs in half precision)."""
         algorithm = ALGORITHMS[self.config.algorithm]
+        if self.image_start is not None and self.image_start.generators:
+            self._generator = list(self.image_start.generators)  # the image noise's own streams
         x = self._initial_latents(sample)
         sigmas = self.sigmas.to(x.device)
         if algorithm.brownian:
             seeds = self.noise_sampler_seed or [int(torch.randint(0, 2 ** 63 - 1, []).item())] * x.shape[0]
             # A1111 spans the tree over the whole schedule, also when img2img runs only its tail.
             noise: Noise = BrownianNoise(x, self.noise_sigmas.to(x.device), seeds)
+        elif self.step_noise is not None:
+            source = self.step_noise
+            noise = lambda _s, _n: source.next(x)  # noqa: E731
         else:
-            draw = _generator_noise(generator)
-            noise = lambda s, n: draw(s, n, like=x)  # noqa: E731
-        self._run = algorithm.run(x, sigmas, noise)
+            # The generators ``step`` was given (diffusers passes them on every call); churn noise drawn before
+            # the first step has none yet and comes from torch's global generator.
+            noise = lambda s, n: _generator_noise(self._generator)(s, n, like=x)  # noqa: E731
+        self._run = algorithm.run(x, sigmas, noise, **algorithm.kwargs(self.options))
         self._pending = next(self._run)
 
     def _initial_latents(self, sample: torch.Tensor) -> torch.Tensor:

@@ -382,7 +382,7 @@ NOISE_PARAMS: tuple[Param, ...] = (
                         choices=RANDN_SOURCES, row="noise_source", panel="seed_extra")),
     Param("eta_noise_seed_delta", int, 0, ge=0, le=2**32 - 1, setting="eta_noise_seed_delta",
           infotext=(_scalar("ENSD", "eta_noise_seed_delta", int,
-                            lambda r, c: r.eta_noise_seed_delta != 0 and c.method is None
+                            lambda r, c: r.eta_noise_seed_delta != 0 and c.method != "instruct-pix2pix"
                             and r.sampling.spec.name in ENSD_SAMPLERS),),
           widget=Widget("number", "Eta noise seed delta (ENSD)", elem_id="{tab}_ensd", row="noise_source",
                         panel="seed_extra")),
@@ -413,7 +413,124 @@ REFINER_PARAMS: tuple[Param, ...] = (
 )
 PARAMS = PARAMS + REFINER_PARAMS
 
+# ------------------------------------------------------- A1111's "Sampler parameters" options (txt2img's k-samplers)
+# Which k-diffusion algorithms A1111 hands which option (sd_samplers_kdiffusion.sampler_extra_params, plus eta
+# where the function has one); webui/k_samplers.ALGORITHMS runs them the same way (tests/test_sampler_options.py).
+CHURN_ALGORITHMS = frozenset({"euler", "heun", "dpm_2"})
+S_NOISE_ALGORITHMS = CHURN_ALGORITHMS | {"dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
+                                         "dpmpp_2m_sde_heun", "dpmpp_3m_sde"}
+ETA_ALGORITHMS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
+                            "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
+SCHEDULE_RHO = {"Karras": 7.0, "Polyexponential": 1.0}  # the schedules that take a rho, and its default
+
+
+def _k_sampling(request: Any, ctx: InfotextContext) -> str | None:
+    """The k-diffusion algorithm a request samples with, or None (diffusers' schedulers: DDIM, PLMS ..., and every
+    sampler with an InstructPix2Pix checkpoint)."""
+    return (request.sampling.spec.k_algorithm or None) if ctx.method != "instruct-pix2pix" else None
+
+
+def effective_eta(request: Any) -> float:
+    """A1111's eta of the ancestral and SDE samplers: the request's ``eta``, else the ``eta_ancestral`` option."""
+    return request.eta if request.eta is not None else request.eta_ancestral
+
+
+def _takes(algorithms: frozenset[str], name: str, default: float) -> Callable[[Any, InfotextContext], bool]:
+    return lambda r, c: _k_sampling(r, c) in algorithms and getattr(r, name) != default
+
+
+def _overridden(name: str) -> Callable[[Any, InfotextContext], bool]:
+    # A1111 applies (and records) sigma min/max to the schedule types it computes itself, not to "Automatic".
+    return lambda r, c: bool(_k_sampling(r, c)) and r.sampling.effective_schedule != AUTOMATIC and getattr(r, name) != 0
+
+
+def _rho_applies(r: Any, c: InfotextContext) -> bool:
+    schedule = r.sampling.effective_schedule
+    return bool(_k_sampling(r, c)) and schedule in SCHEDULE_RHO and r.rho not in (0, SCHEDULE_RHO[schedule])
+
+
+def _beta_schedule(r: Any, c: InfotextContext) -> bool:
+    return bool(_k_sampling(r, c)) and r.sampling.effective_schedule == "Beta"
+
+
+# Second spellings that are only read: A1111's option table names these keys differently from its writer.
+READ_ONLY_KEYS = frozenset({"Beta scheduler alpha", "Beta scheduler beta", "SGM noise multplier"})
+
+
+def _read_alias(key: str, name: str, convert: Callable[[str], Any]) -> InfotextRule:
+    assert key in READ_ONLY_KEYS
+    return InfotextRule(key, lambda _r, _c: None, lambda raw: {name: convert(raw)})
+
+
+SAMPLER_OPTION_PARAMS: tuple[Param, ...] = (
+    Param("eta_ancestral", float, 1.0, ge=0.0, le=1.0, setting="eta_ancestral",
+          infotext=(_scalar("Eta", "eta_ancestral", float,
+                            lambda r, c: _k_sampling(r, c) in ETA_ALGORITHMS and effective_eta(r) != 1.0,
+                            effective_eta),)),
+    Param("s_churn", float, 0.0, ge=0.0, le=100.0, api_key="s_churn", setting="s_churn",
+          infotext=(_scalar("Sigma churn", "s_churn", float, _takes(CHURN_ALGORITHMS, "s_churn", 0.0)),)),
+    Param("s_tmin", float, 0.0, ge=0.0, le=10.0, api_key="s_tmin", setting="s_tmin",
+          infotext=(_scalar("Sigma tmin", "s_tmin", float, _takes(CHURN_ALGORITHMS, "s_tmin", 0.0)),)),
+    # 0 means infinity, as in A1111.
+    Param("s_tmax", float, 0.0, ge=0.0, le=999.0, api_key="s_tmax", setting="s_tmax",
+          infotext=(_scalar("Sigma tmax", "s_tmax", float, _takes(CHURN_ALGORITHMS, "s_tmax", 0.0)),)),
+    Param("s_noise", float, 1.0, ge=0.0, le=1.1, api_key="s_noise", setting="s_noise",
+          infotext=(_scalar("Sigma noise", "s_noise", float, _takes(S_NOISE_ALGORITHMS, "s_noise", 1.0)),)),
+    # 0: the model's own (about 0.03 and 14.6 for SD); rho 0: the schedule's default.
+    Param("sigma_min", float, 0.0, ge=0.0, le=1000.0, setting="sigma_min",
+          infotext=(_scalar("Schedule min sigma", "sigma_min", float, _overridden("sigma_min")),)),
+    Param("sigma_max", float, 0.0, ge=0.0, le=1000.0, setting="sigma_max",
+          infotext=(_scalar("Schedule max sigma", "sigma_max", float, _overridden("sigma_max")),)),
+    Param("rho", float, 0.0, ge=0.0, le=100.0, setting="rho",
+          infotext=(_scalar("Schedule rho", "rho", float, _rho_applies),)),
+    Param("beta_dist_alpha", float, 0.6, ge=0.01, le=1.0, setting="beta_dist_alpha",
+          infotext=(_scalar("Beta schedule alpha", "beta_dist_alpha", float, _beta_schedule),
+                    _read_alias("Beta scheduler alpha", "beta_dist_alpha", float))),
+    Param("beta_dist_beta", float, 0.6, ge=0.01, le=1.0, setting="beta_dist_beta",
+          infotext=(_scalar("Beta schedule beta", "beta_dist_beta", float, _beta_schedule),
+                    _read_alias("Beta scheduler beta", "beta_dist_beta", float))),
+    Param("always_discard_next_to_last_sigma", bool, False, setting="always_discard_next_to_last_sigma",
+          infotext=(_scalar("Discard penultimate sigma", "always_discard_next_to_last_sigma", _read_bool,
+                            lambda r, c: bool(_k_sampling(r, c)) and r.always_discard_next_to_last_sigma
+                            and not r.sampling.spec.discard_penultimate_sigma),)),
+    # A1111 writes "SGM noise multiplier" and its option table reads "SGM noise multplier"; both are read here.
+    Param("sgm_noise_multiplier", bool, False, setting="sgm_noise_multiplier",
+          infotext=(_scalar("SGM noise multiplier", "sgm_noise_multiplier", _read_bool,
+                            lambda r, c: bool(_k_sampling(r, c)) and c.method is None and r.sgm_noise_multiplier),
+                    _read_alias("SGM noise multplier", "sgm_noise_multiplier", _read_bool))),
+)
+
+PARAMS = PARAMS + SAMPLER_OPTION_PARAMS
+
 BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})
+
+
+def unapplied_sampler_option(request: Any) -> str | None:
+    """The first sampler option a request sets that its sampler would take in A1111 but a diffusers scheduler (an
+    InstructPix2Pix job) cannot apply, or None. Options A1111 itself ignores for the sampler pass."""
+    algorithm = request.sampling.spec.k_algorithm
+    if not algorithm:
+        return None
+    schedule = request.sampling.effective_schedule
+    if algorithm in ETA_ALGORITHMS and effective_eta(request) != 1.0:
+        return "eta" if request.eta is not None else "eta_ancestral"
+    if algorithm in CHURN_ALGORITHMS and request.s_churn != 0:
+        return "s_churn"
+    if algorithm in S_NOISE_ALGORITHMS and request.s_noise != 1.0:
+        return "s_noise"
+    if schedule != AUTOMATIC:
+        for name in ("sigma_min", "sigma_max"):
+            if getattr(request, name) != 0:
+                return name
+    if schedule in SCHEDULE_RHO and request.rho not in (0, SCHEDULE_RHO[schedule]):
+        return "rho"
+    if schedule == "Beta":
+        for name in ("beta_dist_alpha", "beta_dist_beta"):
+            if getattr(request, name) != BY_NAME[name].default:
+                return name
+    if request.always_discard_next_to_last_sigma and not request.sampling.spec.discard_penultimate_sigma:
+        return "always_discard_next_to_last_sigma"
+    return None  # sgm_noise_multiplier: A1111 applies it to txt2img only, as here
 
 
 def for_task(task: str) -> Iterator[Param]:

@@ -25,9 +25,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from webui.errors import InvalidRequest
 
-__all__ = ["composable_text", "index_at_step", "prompt_schedule", "split_and"]
+__all__ = ["index_at_step", "prompt_schedule", "split_and"]
 
 _SPECIAL = "\\[]():|"
 # lark's SIGNED_NUMBER, then the optional whitespace and the closing bracket of a scheduled prompt.
@@ -224,22 +223,3 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
         text, weight = _WEIGHT.search(part).groups()
         result.append((text, float(weight) if weight is not None else 1.0))
     return result
-
-
-def composable_text(prompt: str) -> str:
-    """The prompt without A1111's composable syntax; refuses what would need per-sub-prompt guidance.
-
-    A1111 splits a prompt (not a negative prompt) on ``AND`` and reads a trailing ``:weight`` on each part as that
-    part's guidance weight. One part with weight 1 is the plain prompt; anything else is refused rather than
-    encoded as literal text, which would silently give a different image.
-    """
-    parts = split_and(prompt)
-    if len(parts) > 1:
-        raise InvalidRequest("prompt", "composable prompts (sub-prompts joined with AND) are not supported yet; "
-                                       "write \"and\" in lower case to mean the word")
-    text, weight = parts[0]
-    if weight != 1.0:
-        raise InvalidRequest("prompt", f"a prompt ending in \":{weight:g}\" sets a composable-prompt weight in "
-                                       "A1111, which is not supported yet; remove it, or for emphasis use "
-                                       "(text:1.2)")
-    return text

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["DiscreteSigmas", "alphas_cumprod_from_config", "schedule_sigmas"]
+__all__ = ["DiscreteSigmas", "ScheduleOptions", "alphas_cumprod_from_config", "schedule_sigmas"]
 
 # Align Your Steps (NVIDIA's published 10-step schedules, as A1111 ships them).
 _AYS_SD = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
@@ -26,6 +27,35 @@ KARRAS_RHO = 7.0
 POLYEXPONENTIAL_RHO = 1.0
 BETA_ALPHA = 0.6
 BETA_BETA = 0.6
+DEFAULT_RHO = {"Karras": KARRAS_RHO, "Polyexponential": POLYEXPONENTIAL_RHO}  # the schedules that take a rho
+# Schedules A1111 computes with a function of its own; "Automatic" (the model's plain schedule) takes no overrides.
+_OVERRIDABLE = frozenset({"Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                          "Align Your Steps", "Simple", "Normal", "DDIM", "Beta"})
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """A1111's schedule options ``sigma_min``, ``sigma_max``, ``rho`` (0: the model's / schedule's default) and
+    ``beta_dist_alpha`` / ``beta_dist_beta`` (the Beta schedule's distribution)."""
+
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    beta_alpha: float = BETA_ALPHA
+    beta_beta: float = BETA_BETA
+
+    def applied(self, schedule: str, model: DiscreteSigmas) -> dict[str, float]:
+        """The overrides A1111 applies (and records) for ``schedule`` on ``model``, by their infotext meaning."""
+        if schedule not in _OVERRIDABLE:
+            return {}
+        applied = {}
+        if self.sigma_min and self.sigma_min != model.sigma_min:
+            applied["sigma_min"] = self.sigma_min
+        if self.sigma_max and self.sigma_max != model.sigma_max:
+            applied["sigma_max"] = self.sigma_max
+        if schedule in DEFAULT_RHO and self.rho and self.rho != DEFAULT_RHO[schedule]:
+            applied["rho"] = self.rho
+        return applied
 
 
 def alphas_cumprod_from_config(config: Mapping[str, Any]) -> torch.Tensor:
@@ -85,18 +115,18 @@ def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 
-def _karras(n: int, lo: float, hi: float) -> torch.Tensor:
+def _karras(n: int, lo: float, hi: float, rho: float = KARRAS_RHO) -> torch.Tensor:
     ramp = torch.linspace(0, 1, n)
-    lo_inv, hi_inv = lo ** (1 / KARRAS_RHO), hi ** (1 / KARRAS_RHO)
-    return _append_zero((hi_inv + ramp * (lo_inv - hi_inv)) ** KARRAS_RHO)
+    lo_inv, hi_inv = lo ** (1 / rho), hi ** (1 / rho)
+    return _append_zero((hi_inv + ramp * (lo_inv - hi_inv)) ** rho)
 
 
 def _exponential(n: int, lo: float, hi: float) -> torch.Tensor:
     return _append_zero(torch.linspace(math.log(hi), math.log(lo), n).exp())
 
 
-def _polyexponential(n: int, lo: float, hi: float) -> torch.Tensor:
-    ramp = torch.linspace(1, 0, n) ** POLYEXPONENTIAL_RHO
+def _polyexponential(n: int, lo: float, hi: float, rho: float = POLYEXPONENTIAL_RHO) -> torch.Tensor:
+    ramp = torch.linspace(1, 0, n) ** rho
     return _append_zero(torch.exp(ramp * (math.log(hi) - math.log(lo)) + math.log(lo)))
 
 
@@ -136,36 +166,40 @@ def _ddim(model: DiscreteSigmas, n: int) -> torch.Tensor:
     return torch.FloatTensor(picked[::-1] + [0.0])
 
 
-def _beta(n: int, lo: float, hi: float) -> torch.Tensor:
+def _beta(n: int, lo: float, hi: float, alpha: float = BETA_ALPHA, beta: float = BETA_BETA) -> torch.Tensor:
     from scipy import stats  # lazy: only this schedule needs scipy
 
-    fractions = [stats.beta.ppf(x, BETA_ALPHA, BETA_BETA) for x in 1 - np.linspace(0, 1, n)]
+    fractions = [stats.beta.ppf(x, alpha, beta) for x in 1 - np.linspace(0, 1, n)]
     return torch.FloatTensor([lo + x * (hi - lo) for x in fractions] + [0.0])
 
 
 def schedule_sigmas(schedule: str, steps: int, model: DiscreteSigmas, *, sdxl: bool = False,
-                    discard_penultimate: bool = False) -> torch.Tensor:
+                    discard_penultimate: bool = False, options: ScheduleOptions | None = None) -> torch.Tensor:
     """A1111's sigma sequence (ending 0, or sigma_min for KL Optimal) for a schedule label and step count.
 
     ``schedule`` is a label of webui.samplers.SCHEDULE_TYPES with "Automatic" already resolved ("Automatic"
     itself means the model's uniform schedule). ``discard_penultimate`` is A1111's option for DPM2, DPM2 a and
-    DPM++ 3M SDE: one more step is computed and the next-to-last sigma dropped.
+    DPM++ 3M SDE: one more step is computed and the next-to-last sigma dropped. ``options``: A1111's sigma
+    min/max and rho overrides and the Beta schedule's alpha and beta.
     """
+    options = options or ScheduleOptions()
+    applied = options.applied(schedule, model)
     n = steps + 1 if discard_penultimate else steps
-    lo, hi = model.sigma_min, model.sigma_max
+    lo, hi = applied.get("sigma_min", model.sigma_min), applied.get("sigma_max", model.sigma_max)
+    rho = applied.get("rho", DEFAULT_RHO.get(schedule, 0.0))
     builders = {
         "Automatic": lambda: model.uniform(n),
         "Uniform": lambda: model.uniform(n),
-        "Karras": lambda: _karras(n, lo, hi),
+        "Karras": lambda: _karras(n, lo, hi, rho),
         "Exponential": lambda: _exponential(n, lo, hi),
-        "Polyexponential": lambda: _polyexponential(n, lo, hi),
+        "Polyexponential": lambda: _polyexponential(n, lo, hi, rho),
         "SGM Uniform": lambda: _timestep_spaced(model, n, lo, hi, sgm=True),
         "KL Optimal": lambda: _kl_optimal(n, lo, hi),
         "Align Your Steps": lambda: _align_your_steps(n, sdxl),
         "Simple": lambda: _simple(model, n),
         "Normal": lambda: _timestep_spaced(model, n, lo, hi, sgm=False),
         "DDIM": lambda: _ddim(model, n),
-        "Beta": lambda: _beta(n, lo, hi),
+        "Beta": lambda: _beta(n, lo, hi, options.beta_alpha, options.beta_beta),
     }
     if schedule not in builders:
         raise ValueError(f"Unknown schedule type {schedule!r}")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from webui.errors import InvalidRequest
 from webui.parameters import BY_NAME as P
-from webui.parameters import FIXED_ETA_SAMPLERS, NO_REFINER, PARAMS, RANDN_SOURCES
+from webui.parameters import NO_REFINER, PARAMS, RANDN_SOURCES
 from webui.samplers import Sampling
 
 if TYPE_CHECKING:
@@ -101,6 +101,19 @@ class Txt2ImgRequest(BaseModel):
     # The refiner (A1111 1.6+): a checkpoint's title, name or hash, and the fraction of sampling done on the base.
     refiner_checkpoint: str | None = P["refiner_checkpoint"].field()
     refiner_switch_at: float = P["refiner_switch_at"].field()
+    # A1111's "Sampler parameters" options (webui/pipelines/sampler_options.py); txt2img's k-samplers take them.
+    eta_ancestral: float = P["eta_ancestral"].field()
+    s_churn: float = P["s_churn"].field()
+    s_tmin: float = P["s_tmin"].field()
+    s_tmax: float = P["s_tmax"].field()
+    s_noise: float = P["s_noise"].field()
+    sigma_min: float = P["sigma_min"].field()
+    sigma_max: float = P["sigma_max"].field()
+    rho: float = P["rho"].field()
+    beta_dist_alpha: float = P["beta_dist_alpha"].field()
+    beta_dist_beta: float = P["beta_dist_beta"].field()
+    always_discard_next_to_last_sigma: bool = P["always_discard_next_to_last_sigma"].field()
+    sgm_noise_multiplier: bool = P["sgm_noise_multiplier"].field()
 
     @model_validator(mode="before")
     @classmethod
@@ -141,11 +154,9 @@ class Txt2ImgRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _eta_we_can_run(self) -> "Txt2ImgRequest":
-        # diffusers' ancestral/SDE schedulers have no eta: anything but A1111's default would be silently ignored.
-        if self.eta is not None and self.eta != 1 and self.sampler_name in FIXED_ETA_SAMPLERS:
-            raise InvalidRequest("eta", f"{self.sampler_name} runs with eta 1 on this server; send 1 or null "
-                                        "(eta is adjustable for DDIM)")
+    def _sigma_range(self) -> "Txt2ImgRequest":
+        if self.sigma_min and self.sigma_max and self.sigma_min >= self.sigma_max:
+            raise InvalidRequest("sigma_min", f"must be below sigma_max ({self.sigma_max:g}), or 0 for the model's")
         return self
 
     @field_validator(*(p.name for p in PARAMS if p.multiple_of))

@@ -62,6 +62,11 @@ class Txt2ImgBody(ApiBody):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     refiner_checkpoint: str | None = None  # txt2img: a checkpoint's title, name or hash; "None"/"": no refiner
     refiner_switch_at: float | None = None  # null: 0.8
+    # A1111's sampler parameters in the body (null: the option of the same name)
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
 
 
 class Img2ImgBody(Txt2ImgBody):

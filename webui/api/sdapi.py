@@ -67,11 +67,10 @@ def _table_fields(body: schemas.Txt2ImgBody, task: str, services: Services) -> d
     _refuse_unsupported(body, task)
     fields: dict[str, Any] = {"save_images": body.save_images}
     for param in parameters.for_task(task):
-        if param.api_key is not None:
-            value = _body_value(body, param)
-            if value is not None:  # absent (e.g. image_cfg_scale): the request's default
-                fields[param.name] = _as_bool(param.api_key, value) if param.type is bool else value
-        elif param.setting is not None:
+        value = _body_value(body, param) if param.api_key is not None else None
+        if value is not None:  # absent (e.g. image_cfg_scale): the setting below, else the request's default
+            fields[param.name] = _as_bool(param.api_key, value) if param.type is bool else value
+        elif param.setting is not None:  # A1111 options; a body key (s_churn...) wins over its option
             fields[param.name] = _setting_value(param, overrides, services)
     return fields
 

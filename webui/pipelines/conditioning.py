@@ -4,7 +4,8 @@ Emphasis weights scale each token's embedding (then the mean is restored, as A11
 75 tokens are split into 75-token chunks that are encoded separately and concatenated, never truncated; ``BREAK``
 starts a new chunk. Conditional and unconditional embeddings are padded to the same number of chunks.
 Scheduled prompts (``[a:b:N]``, ``[a|b]``) are encoded once per distinct text; :class:`ScheduledPair` says which
-embeddings apply at each sampler step.
+embeddings apply at each sampler step. A composable prompt (``a :1.2 AND b``) gives one schedule per sub-prompt,
+each with its weight (webui/pipelines/composable.py combines them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from webui.prompt_schedule import composable_text, index_at_step, prompt_schedule
+from webui.prompt_schedule import index_at_step, prompt_schedule, split_and
 from webui.prompts import parse_prompt_attention
 
 CHUNK_TOKENS = 75
@@ -149,17 +150,40 @@ def _chunking_tokenizer(pipe):
 
 
 @dataclass
+class SubPrompt:
+    """A composable prompt's second or later part: its weight and its own schedule."""
+
+    weight: float
+    ends: list[int]
+    conds: list[Conditioning]
+
+    def at(self, step: int) -> Conditioning:
+        return self.conds[index_at_step(self.ends, step)]
+
+
+@dataclass
 class ScheduledPair:
-    """Prompt and negative prompt embeddings per schedule entry, all padded to the same number of chunks."""
+    """Prompt and negative prompt embeddings per schedule entry, all padded to the same number of chunks.
+
+    ``conds`` is the first sub-prompt of a composable prompt (the whole prompt otherwise), ``weight`` its weight;
+    ``extra`` the other sub-prompts.
+    """
 
     cond_ends: list[int]
     conds: list[Conditioning]
     uncond_ends: list[int]
     unconds: list[Conditioning]
+    weight: float = 1.0
+    extra: list[SubPrompt] = field(default_factory=list)
 
     @property
     def switches(self) -> bool:
-        return len(self.conds) > 1 or len(self.unconds) > 1
+        return len(self.conds) > 1 or len(self.unconds) > 1 or any(len(sub.conds) > 1 for sub in self.extra)
+
+    @property
+    def composable(self) -> bool:
+        """Whether guidance must combine several sub-prompts (or weight the only one), as A1111's AND."""
+        return bool(self.extra) or self.weight != 1.0
 
     def indexes_at(self, step: int) -> tuple[int, int]:
         """Which (cond, uncond) entries apply at 0-based sampler step ``step``."""
@@ -171,14 +195,20 @@ def encode_scheduled_pair(pipe, prompt: str, negative: str, clip_skip: int, devi
     """Encode every text the prompt and negative prompt schedules use over ``steps`` steps, each text once.
 
     ``hires_steps``: the schedule of a hires fix's second pass (see :func:`webui.prompt_schedule.prompt_schedule`).
+    The prompt splits on ``AND`` as A1111's; the negative prompt does not (an ``AND`` there is text, as in A1111).
     """
-    positive = prompt_schedule(composable_text(prompt), steps, hires_steps)
+    parts = [(prompt_schedule(text, steps, hires_steps), weight) for text, weight in split_and(prompt)]
+    positive, weight = parts[0]
     negatives = prompt_schedule(negative, steps, hires_steps)
-    texts = list(dict.fromkeys(text for _, text in positive + negatives))
+    texts = list(dict.fromkeys(text for schedule, _ in parts for _, text in schedule))
+    texts += [text for _, text in negatives if text not in texts]
     chunked = {text: chunk_prompt(_chunking_tokenizer(pipe), text) for text in texts}
     # Every entry is padded to the longest: diffusers concatenates cond and uncond, and a switch keeps the shape.
     longest = max(len(chunks) for chunks in chunked.values())
     encoded = {text: encode(pipe, chunks + [Chunk() for _ in range(longest - len(chunks))], clip_skip, device)
                for text, chunks in chunked.items()}
+    extra = [SubPrompt(w, [end for end, _ in schedule], [encoded[text] for _, text in schedule])
+             for schedule, w in parts[1:]]
     return ScheduledPair(cond_ends=[end for end, _ in positive], conds=[encoded[text] for _, text in positive],
-                         uncond_ends=[end for end, _ in negatives], unconds=[encoded[text] for _, text in negatives])
+                         uncond_ends=[end for end, _ in negatives], unconds=[encoded[text] for _, text in negatives],
+                         weight=weight, extra=extra)

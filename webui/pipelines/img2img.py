@@ -27,7 +27,8 @@ from webui import images as imageops
 from webui.errors import InvalidRequest
 from webui.models.loader import LoadedModel
 from webui.k_samplers import ImageStart, img2img_steps
-from webui.pipelines import common, noise
+from webui.parameters import unapplied_sampler_option
+from webui.pipelines import common, noise, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.encode import encode_images
 from webui.pipelines.prompt_switch import PromptSwitch
@@ -156,11 +157,14 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
     nine_channels = model.variant == "inpaint"
     cls = _CLASSES[(family, "inpaint" if nine_channels else "img2img")]
     runner = common.job_pipeline(model, cls, request.sampling, seeds, exact=True)
-    start = _image_start(runner, request, prepared, seeds, subseeds or [])
+    start, image_noise = _image_start(runner, request, prepared, seeds, subseeds or [])
     runner.scheduler.start_from_image(start)
+    runner.scheduler.step_noise = image_noise  # A1111's rng.next(): each image's stream, continued
+    runner.scheduler.options = sampler_options.from_request(request)  # eta, churn, sigma overrides...
     # A1111 schedules an img2img prompt over the full steps and counts from 0 where sampling starts.
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
                                   request.steps, len(seeds))
+    prompts.install(runner)  # composable AND
     kwargs = dict(
         prompts.kwargs(),
         guidance_scale=request.cfg_scale, num_inference_steps=request.steps, num_images_per_prompt=len(seeds),
@@ -179,14 +183,15 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
 
 
 def _image_start(runner, request: Img2ImgRequest, prepared: PreparedInput, seeds: list[int],
-                 subseeds: list[int]) -> ImageStart:
+                 subseeds: list[int]) -> tuple[ImageStart, noise.ImageNoise]:
     """A1111's img2img start: the init image's latents (masked-content fills applied), the image RNG's noise, and
     for inpainting the latent mask (the blurred mask at latent size, rounded)."""
     latents = encode_images(runner, [prepared.image] * len(seeds), seeds)
     settings = noise.NoiseSettings(request.randn_source, request.subseed_strength, request.seed_resize_from_w,
                                    request.seed_resize_from_h, request.eta_noise_seed_delta)
     device = latents.device
-    start_noise, generators = noise.initial_noise(tuple(latents.shape[1:]), seeds, subseeds, settings, device)
+    image_noise = noise.ImageNoise(tuple(latents.shape[1:]), seeds, subseeds, settings, device)
+    start_noise = image_noise.first()
     keep = None
     if prepared.mask is not None:
         height, width = latents.shape[-2:]
@@ -199,14 +204,16 @@ def _image_start(runner, request: Img2ImgRequest, prepared: PreparedInput, seeds
             latents = latents * keep + fill.to(device) * (1 - keep)
         elif request.inpainting_fill == 3:  # latent nothing
             latents = latents * keep
-    return ImageStart(latents, start_noise.to(device), request.denoising_strength, generators=generators,
-                      keep_mask=keep)
+    return ImageStart(latents, start_noise.to(device), request.denoising_strength, keep_mask=keep), image_noise
 
 
 def _run_diffusers(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInput, method: str,
                    seeds: list[int], listener: StepListener, total: int, preview_every: int) -> BatchOutput:
     """diffusers' own img2img, inpainting and InstructPix2Pix pipelines and schedulers (DDIM, PLMS, UniPC...)."""
     _refuse_noise_options(request, method)
+    if (option := unapplied_sampler_option(request)) is not None:
+        raise InvalidRequest(option, f"{request.sampler_name} runs with A1111's default {option} with "
+                                     "InstructPix2Pix checkpoints (diffusers' scheduler)")
     family = "sdxl" if model.family == "sdxl" else "sd"
     try:
         runner = common.job_pipeline(model, _CLASSES[(family, method)], request.sampling, seeds)
@@ -216,6 +223,7 @@ def _run_diffusers(model: LoadedModel, request: Img2ImgRequest, prepared: Prepar
                                   request.steps, len(seeds))
     if method == "instruct-pix2pix":
         prompts.refuse_switching("with InstructPix2Pix checkpoints")  # their loops lay embeddings out differently
+    prompts.install(runner)  # composable AND
     kwargs = dict(
         prompts.kwargs(),
         image=prepared.image, guidance_scale=request.cfg_scale, num_images_per_prompt=len(seeds),

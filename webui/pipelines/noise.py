@@ -11,6 +11,9 @@ Sources (A1111's "Random number generator source", option ``randn_source``):
 Variation seeds follow A1111's ``ImageRNG.first``: the seed's noise and the variation seed's noise are mixed by
 spherical interpolation at ``subseed_strength``; with ``seed_resize_from`` the seed's noise is drawn at that size and
 pasted centred into noise of the real size, so a composition found at one size survives at another.
+
+The samplers' own noise (ancestral steps, Euler's churn) is A1111's ``ImageRNG.next``: each image's stream
+continued after its starting noise (:class:`ImageNoise`), so Euler a on a CPU-only machine gives A1111's GPU/NV image.
 """
 
 from __future__ import annotations
@@ -131,36 +134,76 @@ class NoiseSettings:
     eta_noise_seed_delta: int = 0
 
 
+class ImageNoise:
+    """A batch's noise as A1111's ``ImageRNG``: :meth:`first` is the starting noise, :meth:`next` the step noise.
+
+    Each image has its own stream (Philox, or a torch generator on the source's device), so image k of a batch
+    gets the numbers a single run with its seed gets. The step noise (ancestral samplers, Euler's churn) continues
+    each stream after its starting noise, or restarts it at seed + eta noise seed delta when the delta is set.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], seeds: list[int], subseeds: list[int],
+                 settings: NoiseSettings, device: torch.device | str):
+        self.shape = tuple(shape)
+        self.seeds = list(seeds)
+        self.subseeds = list(subseeds)
+        self.settings = settings
+        self.device = torch.device(device)
+        self._streams = [_Stream(seed, settings.source, self.device) for seed in self.seeds]
+
+    def first(self) -> torch.Tensor:
+        """The starting noise (float32, CPU, shape (len(seeds), *shape)); then the streams move on to step noise."""
+        settings, shape, device = self.settings, self.shape, self.device
+        resize_h, resize_w = settings.seed_resize_from_h, settings.seed_resize_from_w
+        resized = resize_h > 0 and resize_w > 0
+        noise_shape = (shape[0], resize_h // LATENT_FACTOR, resize_w // LATENT_FACTOR) if resized else shape
+        images = []
+        for i, (seed, stream) in enumerate(zip(self.seeds, self._streams)):
+            sub = None
+            if settings.subseed_strength != 0:
+                sub = randn(self.subseeds[i] if i < len(self.subseeds) else 0, noise_shape, settings.source, device)
+            if noise_shape != shape:
+                noise = randn(seed, noise_shape, settings.source, device)  # a fresh stream, as A1111's randn(seed, ...)
+            else:
+                noise = stream.randn(shape)
+            if sub is not None:
+                noise = slerp(settings.subseed_strength, noise, sub)
+            if noise_shape != shape:
+                noise = _paste_centred(noise, stream.randn(shape))
+            images.append(noise)
+        if settings.eta_noise_seed_delta:
+            delta = settings.eta_noise_seed_delta
+            self._streams = [_Stream(seed + delta, settings.source, device) for seed in self.seeds]
+        return torch.stack(images)
+
+    def next(self, like: torch.Tensor) -> torch.Tensor:
+        """One step's noise for latents ``like`` (one row per image), each image's next draw from its stream."""
+        if like.shape[0] != len(self._streams):
+            raise ValueError(f"step noise for {like.shape[0]} latents, but the batch has {len(self._streams)} seeds")
+        draws = [stream.randn(tuple(like.shape[1:])) for stream in self._streams]
+        return torch.stack(draws).to(like.device, like.dtype)
+
+    def torch_generators(self) -> list[torch.Generator]:
+        """Torch generators for diffusers' own schedulers (DDIM's eta), which cannot draw from a Philox stream:
+        the stream's generator where it has one, else one of the same seed (plus the delta) on the source's device.
+        """
+        delta = self.settings.eta_noise_seed_delta
+        device = torch_device_for(self.settings.source, self.device)
+        return [stream.generator if stream.generator is not None
+                else torch.Generator(device).manual_seed(seed + delta)
+                for seed, stream in zip(self.seeds, self._streams)]
+
+
 def initial_noise(shape: tuple[int, int, int], seeds: list[int], subseeds: list[int], settings: NoiseSettings,
                   device: torch.device | str) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """A batch's starting noise (float32, CPU, shape (len(seeds), *shape)) and the generators for its step noise.
+    """A batch's starting noise (float32, CPU, shape (len(seeds), *shape)) and torch generators for step noise.
 
-    ``shape`` is one image's latent (channels, height, width). The generators continue each image's stream after
-    its starting noise (or restart at seed + eta noise seed delta, as A1111 does when the delta is set); they are
-    torch generators, because that is what the diffusers schedulers draw ancestral/SDE noise from.
+    ``shape`` is one image's latent (channels, height, width). The generators continue each image's torch stream
+    after its starting noise (or restart at seed + eta noise seed delta); for Philox sources they are torch
+    generators of the same seed. Samplers that can take A1111's own streams use :class:`ImageNoise` instead.
     """
-    device = torch.device(device)
-    resize_h, resize_w = settings.seed_resize_from_h, settings.seed_resize_from_w
-    resized = resize_h > 0 and resize_w > 0
-    noise_shape = (shape[0], resize_h // LATENT_FACTOR, resize_w // LATENT_FACTOR) if resized else shape
-    images = []
-    streams = []
-    for i, seed in enumerate(seeds):
-        stream = _Stream(seed, settings.source, device)
-        streams.append(stream)
-        sub = None
-        if settings.subseed_strength != 0:
-            sub = randn(subseeds[i] if i < len(subseeds) else 0, noise_shape, settings.source, device)
-        if noise_shape != shape:
-            noise = randn(seed, noise_shape, settings.source, device)  # a fresh stream, as A1111's randn(seed, ...)
-        else:
-            noise = stream.randn(shape)
-        if sub is not None:
-            noise = slerp(settings.subseed_strength, noise, sub)
-        if noise_shape != shape:
-            noise = _paste_centred(noise, stream.randn(shape))
-        images.append(noise)
-    return torch.stack(images), _step_generators(seeds, streams, settings, device)
+    image_noise = ImageNoise(shape, seeds, subseeds, settings, device)
+    return image_noise.first(), image_noise.torch_generators()
 
 
 def _paste_centred(small: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
@@ -172,16 +215,3 @@ def _paste_centred(small: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     sx, sy = max(-dx, 0), max(-dy, 0)
     full[:, ty:ty + h, tx:tx + w] = small[:, sy:sy + h, sx:sx + w]
     return full
-
-
-def _step_generators(seeds: list[int], streams: list[_Stream], settings: NoiseSettings,
-                     device: torch.device) -> list[torch.Generator]:
-    delta = settings.eta_noise_seed_delta
-    generators = []
-    for seed, stream in zip(seeds, streams):
-        if stream.generator is not None and not delta:
-            generators.append(stream.generator)  # A1111 continues the same stream for the sampler's noise
-        else:
-            # A Philox stream cannot feed diffusers' schedulers: they get a torch generator of the same seed.
-            generators.append(torch.Generator(torch_device_for(settings.source, device)).manual_seed(seed + delta))
-    return generators

@@ -3,7 +3,8 @@
 diffusers concatenates the prompt embeddings once before its loop ([uncond x n, cond x n] with guidance, SDXL's
 pooled embeddings likewise) and lets ``callback_on_step_end`` replace them; :meth:`PromptSwitch.outputs` returns
 the replacement for the next step whenever the schedule changes. Steps are counted as A1111's denoiser counts them:
-one per model evaluation, starting at 0.
+one per model evaluation, starting at 0. A composable prompt (``AND``) also needs the job's UNet wrapped
+(:meth:`PromptSwitch.install`, webui/pipelines/composable.py); its sub-prompts switch on the same steps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class PromptSwitch:
         self._xl = family == "sdxl"
         self._images = num_images
         self._current = pair.indexes_at(0)
+        self.step = 0  # the step whose embeddings apply now (read by the composable UNet)
 
     @classmethod
     def encode(cls, runner, family: str, prompt: str, negative: str, clip_skip: int, steps: int,
@@ -30,8 +32,18 @@ class PromptSwitch:
                                                   steps, hires_steps)
         return cls(pair, family, num_images)
 
+    def install(self, runner) -> None:
+        """Wrap the job pipeline's UNet for a composable prompt (nothing to do otherwise)."""
+        if self.pair.composable:
+            from webui.pipelines.composable import ComposableUNet
+
+            runner.unet = ComposableUNet(runner.unet, self.pair, self._images, self)
+
     def refuse_switching(self, why: str) -> None:
         """For pipelines whose loop cannot take new embeddings: a schedule is an error, never silently dropped."""
+        if self.pair.composable:
+            raise InvalidRequest("prompt", f"composable prompts (AND, or a \":weight\" at the end) are not "
+                                           f"supported {why}; write \"and\" in lower case to mean the word")
         if self.pair.switches:
             raise InvalidRequest("prompt", f"prompt editing ([from:to:when], [a|b]) is not supported {why}")
 
@@ -46,6 +58,7 @@ class PromptSwitch:
 
     def outputs(self, pipeline, next_step: int) -> dict:
         """Tensors for ``callback_on_step_end`` to return: new embeddings when ``next_step`` uses other texts."""
+        self.step = next_step
         indexes = self.pair.indexes_at(next_step)
         if indexes == self._current:
             return {}

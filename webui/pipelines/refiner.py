@@ -21,7 +21,7 @@ import torch
 from webui.errors import InvalidRequest, OutOfMemory
 from webui.k_samplers import KDiffusionScheduler
 from webui.models.loader import LoadedModel
-from webui.pipelines import common, decode
+from webui.pipelines import common, decode, noise, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
@@ -55,10 +55,10 @@ def _label(model: LoadedModel) -> str:
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, initial: Callable[[object], tuple[torch.Tensor, list[torch.Generator]]],
+              preview_every: int, initial: Callable[[object], tuple[torch.Tensor, noise.ImageNoise]],
               lease_refiner: Lease) -> BatchOutput:
     """txt2img with ``model`` until the switch, then with the leased refiner; ``initial(runner)`` gives the
-    starting noise and step-noise generators exactly as the refiner-less path makes them."""
+    starting noise and the step noise exactly as the refiner-less path makes them."""
     if model.variant != "normal":
         raise InvalidRequest("refiner_checkpoint", f"{model.info.title} is an {model.variant} model; the refiner "
                                                    "continues a text-to-image checkpoint")
@@ -67,9 +67,15 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
     if not isinstance(scheduler, KDiffusionScheduler):
         raise InvalidRequest("refiner_checkpoint", f"the refiner needs one of the k-diffusion samplers; "
                                                    f"{request.sampling.spec.name} is not one")
-    latents, gens = initial(runner)
+    latents, image_noise = initial(runner)
+    scheduler.step_noise = image_noise  # A1111's rng.next(): each image's stream, continued on the refiner too
+    scheduler.options = sampler_options.from_request(request)
+    gens = image_noise.torch_generators()
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
                                   request.steps, len(seeds))
+    if prompts.pair.composable:
+        raise InvalidRequest("prompt", "composable prompts (AND) are not supported with a refiner yet; leave the "
+                                       "refiner out or write \"and\" in lower case to mean the word")
     device = runner._execution_device
     scheduler.set_timesteps(request.steps, device=device)  # the pipeline sets the same again; nothing ran yet
     switch = scheduler.refiner_switch_call(request.refiner_switch_at)

@@ -1,7 +1,7 @@
 """Text to image: one batch through the diffusers pipeline with our own conditioning, sampler and decode.
 
 diffusers runs the denoising loop; we hand it A1111-style prompt embeddings, the chosen scheduler, the starting
-noise made as A1111 makes it (webui/pipelines/noise.py: RNG source, variation seed, seed resize) with one generator
+noise made as A1111 makes it (webui/pipelines/noise.py: RNG source, variation seed, seed resize) with one stream
 per image for the sampler's own noise (so image k of a batch equals a single run with its seed), and a step callback
 that reports progress, previews and honours interrupt. Decoding happens here so NaN and out-of-memory fallbacks apply.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from webui.models.loader import LoadedModel
-from webui.pipelines import blank_inpaint, common, noise, refiner
+from webui.pipelines import blank_inpaint, common, noise, refiner, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
@@ -29,15 +29,19 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
     if model.variant == "inpaint":  # A1111: the whole blank image is the area to paint
         conditioning = blank_inpaint.blank_conditioning(runner.vae, request.height, request.width)
         runner.unet = blank_inpaint.BlankInpaintUNet(runner.unet, conditioning)
-    latents, gens = _initial_latents(runner, request, seeds, subseeds or [])
+    latents, image_noise = _initial_latents(runner, request, seeds, subseeds or [])
+    if hasattr(runner.scheduler, "step_noise"):
+        runner.scheduler.step_noise = image_noise  # A1111's rng.next(): each image's own stream, continued
+        runner.scheduler.options = sampler_options.from_request(request)  # eta, churn, sigma overrides...
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
                                   request.steps, len(seeds))
+    prompts.install(runner)  # composable AND
     kwargs = dict(
         prompts.kwargs(),
         num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
         width=request.width, height=request.height, num_images_per_prompt=len(seeds),
         latents=latents,
-        generator=gens,  # the generators also feed ancestral/SDE samplers' noise
+        generator=image_noise.torch_generators(),  # diffusers' own schedulers' noise (DDIM's eta)
         **common.eta_kwargs(request),
     )
     callback = common.StepCallback(listener, request.steps, preview_every, model.family, prompts)
@@ -45,12 +49,12 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
 
 
 def _initial_latents(pipe, request: Txt2ImgRequest, seeds: list[int],
-                     subseeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """A1111's starting noise (diffusers scales it by the scheduler's init sigma) and the step-noise generators."""
+                     subseeds: list[int]) -> tuple[torch.Tensor, noise.ImageNoise]:
+    """A1111's starting noise (diffusers scales it by the scheduler's init sigma) and the source of step noise."""
     shape = (pipe.vae.config.latent_channels, request.height // pipe.vae_scale_factor,
              request.width // pipe.vae_scale_factor)
     settings = noise.NoiseSettings(request.randn_source, request.subseed_strength, request.seed_resize_from_w,
                                    request.seed_resize_from_h, request.eta_noise_seed_delta)
     device = pipe._execution_device
-    latents, generators = noise.initial_noise(shape, seeds, subseeds, settings, device)
-    return latents.to(device, dtype=pipe.unet.dtype), generators
+    image_noise = noise.ImageNoise(shape, seeds, subseeds, settings, device)
+    return image_noise.first().to(device, dtype=pipe.unet.dtype), image_noise

@@ -6,8 +6,8 @@ would silently ignore under a misspelt name. The table holds the A1111 v1.10 nam
 
 Honoured here: ``sd_model_checkpoint`` (queues a checkpoint switch job), ``CLIP_stop_at_last_layers`` (the API's default clip
 skip), ``randn_source`` and ``eta_noise_seed_delta`` (the API's default noise source and ENSD), the
-``provenance_*`` / ``safety_checker`` switches (read by the image writers) and ``sd_vae`` (the VAE of jobs that do
-not name one). The other A1111 names are
+``provenance_*`` / ``safety_checker`` switches (read by the image writers), ``sd_vae`` (the VAE of jobs that do
+not name one) and A1111's sampler parameters (``eta_ancestral``, ``s_churn``... for the API's jobs). The other A1111 names are
 stored and echoed so that clients which set them keep working. Stored in ``config.json`` under the data dir,
 written atomically; unknown or invalid entries found there at start-up are dropped with a log line.
 """
@@ -25,7 +25,7 @@ from typing import Any, Callable
 from webui.errors import InvalidRequest
 from webui.models.manager import ModelManager
 from webui.atomic import atomic_write_text
-from webui.parameters import PARAMS, RANDN_SOURCES
+from webui.parameters import PARAMS, RANDN_SOURCES, SAMPLER_OPTION_PARAMS
 from webui.types import safe_label, text_problem
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,6 @@ OPTIONS: dict[str, Option] = {
     "sd_unet": Option(str, "Automatic"),
     "eta_noise_seed_delta": Option(int, 0, 0, 2**32 - 1, honoured=True),  # the default of the request field
     "eta_ddim": Option(float, 0.0, 0, 1),
-    "eta_ancestral": Option(float, 1.0, 0, 1),
-    "s_churn": Option(float, 0.0, 0, 100),
-    "s_tmin": Option(float, 0.0, 0, 10),
-    "s_tmax": Option(float, 0.0, 0, 999),
-    "s_noise": Option(float, 1.0, 0, 1.1),
     "randn_source": Option(str, "GPU", choices=RANDN_SOURCES, honoured=True),  # webui/pipelines/noise.py
     "token_merging_ratio": Option(float, 0.0, 0, 0.9),
     "sd_checkpoint_cache": Option(int, 0, 0, 10),
@@ -125,6 +120,14 @@ OPTIONS: dict[str, Option] = {
     "add_model_hash_to_info": Option(bool, True),
     "add_model_name_to_info": Option(bool, True),
     "do_not_show_images": Option(bool, False),
+    # A1111's "Sampler parameters" (eta_ancestral, s_churn... sgm_noise_multiplier): honoured by txt2img's
+    # k-diffusion samplers; type, bounds and default from their rows in webui/parameters.py.
+    **{p.setting: Option(p.type, p.default, p.ge, p.le, honoured=True) for p in SAMPLER_OPTION_PARAMS},
+    # UniPC is diffusers' here, run with A1111's defaults: those are accepted, any other value refused.
+    "uni_pc_variant": Option(str, "bh1", choices=("bh1", "bh2", "vary_coeff")),
+    "uni_pc_skip_type": Option(str, "time_uniform", choices=("time_uniform", "time_quadratic", "logSNR")),
+    "uni_pc_order": Option(int, 3, 1, 50),
+    "uni_pc_lower_order_final": Option(bool, True),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 

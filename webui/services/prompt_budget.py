@@ -18,7 +18,7 @@ from webui.config import Limits
 from webui.errors import InvalidRequest
 from webui.models.loader import TOKENIZER_DIR
 from webui.pipelines.conditioning import CHUNK_TOKENS, COMMA_BACKTRACK, chunk_prompt
-from webui.prompt_schedule import composable_text, prompt_schedule
+from webui.prompt_schedule import prompt_schedule, split_and
 
 _BREAK = re.compile(r"\bBREAK\b")  # the keyword as webui.prompts splits on it
 
@@ -50,8 +50,8 @@ class PromptBudget:
         """Raise InvalidRequest naming ``field`` and the count when ``text`` is over a limit.
 
         A scheduled prompt (``[a:b:N]``, ``[a|b]``) is measured by its longest text over ``steps`` steps, since
-        each text is encoded on its own; ``composable`` (the positive prompt) also refuses ``AND`` as conditioning
-        does.
+        each text is encoded on its own; ``composable`` (the positive prompt) splits on ``AND`` as conditioning does,
+        each sub-prompt measured alone, and at most as many sub-prompts as chunks (each costs a UNet evaluation).
         """
         if len(text) > self._max_chars:
             raise InvalidRequest(field, f"{len(text)} characters is over this server's limit of "
@@ -67,9 +67,11 @@ class PromptBudget:
         if breaks >= self._max_chunks:
             raise InvalidRequest(field, f"{breaks} BREAK keywords is over this server's limit of "
                                         f"{self._max_chunks - 1} (each starts a chunk of {CHUNK_TOKENS} tokens)")
-        if composable:
-            text = composable_text(text)
-        texts = dict.fromkeys(variant for _, variant in prompt_schedule(text, steps))
+        parts = [part for part, _ in split_and(text)] if composable else [text]  # AND: each sub-prompt is encoded
+        if len(parts) > self._max_chunks:
+            raise InvalidRequest(field, f"{len(parts)} sub-prompts joined with AND is over this server's limit of "
+                                        f"{self._max_chunks}")
+        texts = dict.fromkeys(variant for part in parts for _, variant in prompt_schedule(part, steps))
         counts = [self.count(variant) for variant in texts]
         tokens, chunks = max(t for t, _ in counts), max(c for _, c in counts)
         if tokens > self._max_tokens:
