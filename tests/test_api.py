@@ -108,6 +108,9 @@ def test_txt2img_does_not_save_unless_asked(client, data_dir):
     ({"subseed_strength": 1.3}, "subseed_strength"),
     ({"restore_faces": True}, "restore_faces"),
     ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts.ADetailer"),
+    ({"s_min_uncond": 0.5}, "s_min_uncond"),
+    ({"infotext": "a cat\nSteps: 20"}, "infotext"),
+    ({"firstpass_image": "iVBORw0KGgo="}, "firstpass_image"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, "override_settings.sd_model_checkpoint"),
 ])

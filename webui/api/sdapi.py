@@ -96,6 +96,15 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody, task: str) -> None:
                                        "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
     if extra.get("restore_faces"):
         raise InvalidRequest("restore_faces", "this server has no face restorers (GET /sdapi/v1/face-restorers)")
+    # A1111 1.10 body fields that would change the image and that this server does not apply yet.
+    if extra.get("s_min_uncond") not in (None, 0, 0.0):
+        raise InvalidRequest("s_min_uncond", "skipping the negative prompt at low noise (NGMS) is not supported "
+                                             "yet; send 0")
+    if extra.get("infotext"):
+        raise InvalidRequest("infotext", "filling a request from infotext is not supported yet; read it with "
+                                         "POST /sdapi/v1/png-info and send the fields")
+    if extra.get("firstpass_image"):
+        raise InvalidRequest("firstpass_image", "hires fix from a given first-pass image is not supported yet")
     if task == parameters.IMG2IMG and body.refiner_checkpoint not in (None, *parameters.NO_REFINER):
         raise InvalidRequest("refiner_checkpoint", "the refiner is supported in txt2img only on this server yet; "
                                                    "leave it out")
