@@ -661,7 +661,7 @@ def test_sd_vae_selector_picks_a_vae_file_for_the_next_image(page, app_server: R
 
 def test_pnginfo_send_sets_sampler_with_schedule_resets_clip_skip_and_says_what_it_could_not_apply(page, tmp_path):
     text = ("a lighthouse at dusk\nSteps: 9, Sampler: DPM++ 2M Karras, CFG scale: 6, Seed: 5, Size: 64x64, "
-            "Model hash: 0123456789, Model: dreamshaper_8, Hires upscale: 2, ADetailer model: face_yolov8n.pt")
+            "Model hash: 0123456789, Model: dreamshaper_8, Hires checkpoint: juggernaut, ADetailer model: face_yolov8n.pt")
     source = tmp_path / "civitai.png"
     meta = PngImagePlugin.PngInfo()
     meta.add_text("parameters", text)
@@ -679,6 +679,6 @@ def test_pnginfo_send_sets_sampler_with_schedule_resets_clip_skip_and_says_what_
     expect(page.get_by_label("number input for Clip skip", exact=True)).to_have_value("1")
     status = page.locator("#model_status")
     expect(status).to_contain_text("Checkpoint dreamshaper_8 [0123456789] is not on disk")
-    expect(status).to_contain_text("Not applied: Hires upscale, ADetailer model")
+    expect(status).to_contain_text("Not applied: Hires checkpoint, ADetailer model")
     expect(page.locator("#checkpoint input")).to_have_value(re.compile(r"^tiny-sd15\.safetensors \["))
     screenshot(page, "pnginfo-send-notice.png")

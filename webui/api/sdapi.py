@@ -86,8 +86,6 @@ def _as_bool(key: str, value: Any) -> bool:
 def _refuse_unsupported(body: schemas.Txt2ImgBody) -> None:
     """Say so rather than silently return something other than what was asked for."""
     extra = body.model_extra or {}
-    if body.enable_hr:
-        raise InvalidRequest("enable_hr", "hires fix is not supported yet; send enable_hr: false")
     if body.styles:
         raise InvalidRequest("styles", f"unknown style(s) {', '.join(map(repr, body.styles))}: this server has "
                                        "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
@@ -102,6 +100,8 @@ def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2Img
 
 
 def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2ImgRequest:
+    if body.enable_hr:
+        raise InvalidRequest("enable_hr", "hires fix is a txt2img option; send enable_hr: false")
     if not body.init_images:
         raise InvalidRequest("init_images", "at least one image is required")
     budget, formats = services.settings.limits.max_image_pixels, services.settings.limits.image_formats

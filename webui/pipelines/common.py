@@ -129,13 +129,19 @@ class StepCallback:
 
 
 def run_and_decode(runner, kwargs: dict, callback: StepCallback) -> BatchOutput:
+    latents = run_latents(runner, kwargs, callback)
+    with torch.inference_mode():
+        images = decode.decode_latents(runner.vae, latents)
+    return BatchOutput(images=decode.to_pil(images), stopped_early=callback.stopped)
+
+
+def run_latents(runner, kwargs: dict, callback: StepCallback) -> torch.Tensor:
+    """Sample and return the final latents (undecoded), with the out-of-memory message."""
     with torch.inference_mode():
         try:
-            result = runner(**kwargs, output_type="latent", **callback.kwargs())
+            return runner(**kwargs, output_type="latent", **callback.kwargs()).images
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the memory back before the next job, then explain
             raise OutOfMemory(
                 f"Out of GPU memory while sampling {kwargs.get('num_images_per_prompt', 1)} image(s). Lower the "
                 "size or batch size, or start with --memory-profile 8gb or 4gb.") from None
-        images = decode.decode_latents(runner.vae, result.images)
-    return BatchOutput(images=decode.to_pil(images), stopped_early=callback.stopped)

@@ -19,6 +19,15 @@ from webui.types import Txt2ImgRequest
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
               preview_every: int, subseeds: list[int] | None = None) -> BatchOutput:
+    return common.run_and_decode(*prepare(model, request, seeds, listener, preview_every, subseeds,
+                                          request.steps))
+
+
+def prepare(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
+            preview_every: int, subseeds: list[int] | None, total_steps: int) -> tuple[object, dict,
+                                                                                       common.StepCallback]:
+    """The runner, its arguments and the step callback of one batch (``total_steps``: what progress counts to;
+    more than ``request.steps`` when a hires pass follows)."""
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
     latents, gens = _initial_latents(runner, request, seeds, subseeds or [])
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
@@ -31,8 +40,8 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
         generator=gens,  # the generators also feed ancestral/SDE samplers' noise
         **common.eta_kwargs(request),
     )
-    callback = common.StepCallback(listener, request.steps, preview_every, model.family, prompts)
-    return common.run_and_decode(runner, kwargs, callback)
+    callback = common.StepCallback(listener, total_steps, preview_every, model.family, prompts)
+    return runner, kwargs, callback
 
 
 def _initial_latents(pipe, request: Txt2ImgRequest, seeds: list[int],

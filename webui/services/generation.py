@@ -24,7 +24,7 @@ from webui.models.loader import LoadedModel
 from webui.models.manager import ModelManager
 from webui.models.vae import AUTOMATIC as AUTOMATIC_VAE
 from webui.models.vae import VaeChoice, VaeFiles, load_vae
-from webui.pipelines import img2img, txt2img
+from webui.pipelines import hires, img2img, txt2img
 from webui.pipelines.common import BatchOutput, seamless
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
@@ -188,6 +188,8 @@ class GenerationService:
         self._check_job_pixels(request)
         self._prompts.check("prompt", request.prompt, request.steps, composable=True)
         self._prompts.check("negative_prompt", request.negative_prompt, request.steps)
+        if getattr(request, "enable_hr", False) and not hasattr(request, "init_images"):
+            self._check_hires(request)
         if request.sd_vae is not None and self._vaes is not None:
             self._vaes.check("sd_vae", request.sd_vae)
         if request.checkpoint:
@@ -195,6 +197,31 @@ class GenerationService:
                 self._manager.registry.find(request.checkpoint)
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
+
+    def _check_hires(self, request: Txt2ImgRequest) -> None:
+        """The hires pass against the same limits as a first pass of its size."""
+        limits = self._settings.limits
+        width, height = request.hires_size.final()
+        field = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+        if width < 8 or height < 8:
+            raise InvalidRequest(field, f"the hires size {width}x{height} is too small")
+        for side, value, limit in (("width", width, limits.max_width), ("height", height, limits.max_height)):
+            if value > limit:
+                raise InvalidRequest(field, f"the hires {side} {value} is over this server's limit of {limit}")
+        if request.hr_second_pass_steps > limits.max_steps:
+            raise InvalidRequest("hr_second_pass_steps", f"{request.hr_second_pass_steps} is over this server's "
+                                                         f"limit of {limits.max_steps}")
+        total = width * height * request.batch_size * request.n_iter
+        if total > limits.max_job_pixels:
+            raise InvalidRequest(field, f"the hires size {width}x{height} x batch_size x n_iter is "
+                                        f"{_pixels(total)}, over this server's per-job budget of "
+                                        f"{_pixels(limits.max_job_pixels)}")
+        sampling = request.hires_sampling
+        if (problem := partial_schedule_problem(sampling.spec, sampling.schedule)) and not sampling.spec.k_algorithm:
+            raise InvalidRequest("hr_scheduler", problem)
+        steps = hires.hires_steps(request)
+        self._prompts.check("hr_prompt", request.hr_prompt, steps, composable=True)
+        self._prompts.check("hr_negative_prompt", request.hr_negative_prompt, steps)
 
     def _check_job_pixels(self, request: Txt2ImgRequest) -> None:
         """One budget for the whole job, so many allowed sizes cannot multiply into hours of GPU time."""
@@ -325,12 +352,15 @@ class _Txt2Img(_Task):
             raise InvalidRequest("checkpoint", f"{model.info.title} is an {model.variant} model; use it from img2img.")
 
     def steps(self, model: LoadedModel) -> int:
-        return self.request.steps
+        # A1111 counts both passes of a hires job.
+        return self.request.steps + (hires.hires_steps(self.request) if self.request.enable_hr else 0)
 
     def method(self, model: LoadedModel) -> str | None:
         return None
 
     def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
+        if self.request.enable_hr:
+            return hires.run_batch(model, self.request, seeds, ctx, preview_every, subseeds)
         return txt2img.run_batch(model, self.request, seeds, ctx, preview_every, subseeds)
 
 

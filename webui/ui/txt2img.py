@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from webui.parameters import TXT2IMG, widget_rows
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
-                                      build_settings_and_reuse, request_fields, wire, wire_reuse)
+                                      build_settings_and_reuse, build_widgets, request_fields, wire,
+                                      wire_reuse)
 
 
 @dataclass
@@ -28,6 +30,10 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     with gr.Row():
         with gr.Column():
             settings, reuse = build_settings_and_reuse(services, "txt2img")
+            # A1111's "Hires. fix": upscale and run a second, img2img pass (webui/pipelines/hires.py).
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
+                settings.update(build_widgets(widget_rows(TXT2IMG, panel="hires"), "txt2img",
+                                              services.settings.limits))
         with gr.Column():
             outputs = build_outputs("txt2img")
     tab = Txt2ImgTab(row, settings, outputs)
