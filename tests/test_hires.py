@@ -349,3 +349,29 @@ def test_the_infotext_we_write_reads_back_into_the_same_request(client):
     data = _post(client, **fields)
     values = paste(data["info"]["infotexts"][0], [p.name for p in for_task(TXT2IMG)]).values
     assert {k: values[k] for k in fields} == fields and values["enable_hr"] is True
+
+
+def test_sdxl_checkpoints_run_the_hires_pass_through_the_sdxl_img2img_pipeline():
+    from diffusers import StableDiffusionXLPipeline
+
+    from tiny_models import tiny_sdxl_components
+    from webui.pipelines import hires
+
+    class Quiet:
+        def on_step(self, step, steps, preview):
+            pass
+
+        def should_stop(self):
+            return False
+
+    sd1 = tiny_sd1_components(seed=0)
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed=0), tokenizer=sd1["tokenizer"],
+                                     tokenizer_2=sd1["tokenizer"], scheduler=sd1["scheduler"])
+    model = LoadedModel(info=None, family="sdxl", variant="normal", pipe=pipe,
+                        scheduler_config=base_scheduler_config(), default_size=64)
+    request = Txt2ImgRequest.parse(**{**SMALL, "hr_sampler_name": "DPM++ 2M SDE"})
+    first = hires.run_batch(model, request, [5], Quiet(), 0, [0])
+    again = hires.run_batch(model, request, [5], Quiet(), 0, [0])
+    factor = pipe.vae_scale_factor
+    assert first.images[0].size == (64 // factor * 2 * factor,) * 2
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
