@@ -163,6 +163,12 @@ class Txt2ImgRequest(BaseModel):
             raise ValueError(f"must be a multiple of {step} (got {value})")
         return value
 
+    @field_validator("hr_prompt", "hr_negative_prompt", mode="before")
+    @classmethod
+    def _empty_hires_prompt(cls, value: Any) -> Any:
+        # An untouched textbox reaches Gradio API clients as null: the same as empty (the first pass's prompt).
+        return "" if value is None else value
+
     @model_validator(mode="after")
     def _hires_we_can_run(self) -> "Txt2ImgRequest":
         """Hires fields are checked when hires fix is on (A1111 ignores them otherwise); names made canonical."""
