@@ -375,3 +375,45 @@ def test_sdxl_checkpoints_run_the_hires_pass_through_the_sdxl_img2img_pipeline()
     factor = pipe.vae_scale_factor
     assert first.images[0].size == (64 // factor * 2 * factor,) * 2
     assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
+
+
+def test_the_hires_job_is_a1111s_second_pass_over_k_diffusion(k, tiny_model):
+    """The whole job against A1111's recipe: our first pass (itself checked in test_sigmas.py), A1111's latent
+    upscale, fresh noise from the same seed at the new size, then k-diffusion's Euler a over the tail of a
+    stretched schedule (fixed steps) from ``x + noise * sigma_sched[0]``, continuing the seed's stream."""
+    from webui.pipelines import conditioning, decode, hires, noise, txt2img
+    from webui.pipelines.common import run_latents
+
+    class Quiet:
+        def on_step(self, step, steps, preview):
+            pass
+
+        def should_stop(self):
+            return False
+
+    request = Txt2ImgRequest.parse(prompt="a red cube", steps=3, width=64, height=64, cfg_scale=1.0, seed=5,
+                                   sampler_name="Euler a", enable_hr=True, denoising_strength=0.5,
+                                   hr_second_pass_steps=4)
+    got = hires.run_batch(tiny_model, request, [5], Quiet(), 0, [0]).images[0]
+
+    runner, kwargs, callback = txt2img.prepare(tiny_model, request, [5], Quiet(), 0, [0], 7)
+    first = run_latents(runner, kwargs, callback)
+    x = torch.nn.functional.interpolate(first.float(), scale_factor=2, mode="bilinear", antialias=False)
+    start, generators = noise.initial_noise(tuple(x.shape[1:]), [5], [0], noise.NoiseSettings(), "cpu")
+    embeds = conditioning.encode_scheduled_pair(runner, "a red cube", "", 1, torch.device("cpu"), 3, 4).conds[0].embeds
+    unet = tiny_model.pipe.unet
+
+    class TinyCompVis(k.external.DiscreteEpsDDPMDenoiser):
+        def get_eps(self, x, t, **kwargs):
+            return unet(x, t, encoder_hidden_states=embeds).sample
+
+    denoiser = TinyCompVis(None, _ldm_alphas_cumprod(), quantize=False)
+    sigmas = a1111_sigmas(k, denoiser, "Automatic", 8)  # int(4 / 0.5): A1111's fixed steps for the hires pass
+    sigma_sched = sigmas[8 - 4:]
+    with torch.no_grad():
+        expected = k.sampling.sample_euler_ancestral(
+            denoiser, x + start * sigma_sched[0], sigma_sched, disable=True,
+            noise_sampler=lambda _s, _n: torch.randn(x.shape, generator=generators[0]))
+        reference = decode.to_pil(decode.decode_latents(tiny_model.pipe.vae, expected))[0]
+    diff = np.abs(np.asarray(got, dtype=int) - np.asarray(reference, dtype=int))
+    assert got.size == reference.size and diff.max() <= 1

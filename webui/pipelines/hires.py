@@ -134,7 +134,9 @@ def _second_pass(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], 
     if hasattr(runner.scheduler, "start_from_image"):
         runner.scheduler.start_from_image(ImageStart(latents.float(), start_noise, request.denoising_strength,
                                                      fixed_steps=True, generators=generators))
-        kwargs.update(strength=1.0, num_inference_steps=steps)
+        # diffusers draws a noise tensor it will not use: from throwaway generators, so the seeds' streams
+        # reach the sampler's step noise untouched
+        kwargs.update(strength=1.0, num_inference_steps=steps, generator=common.generators(seeds))
     else:  # diffusers' slicing: about ``steps`` steps of a schedule stretched as A1111's fixed steps
         strength = min(request.denoising_strength, 0.999)
         kwargs.update(strength=strength, num_inference_steps=max(steps, int(steps / strength)))
