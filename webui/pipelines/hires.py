@@ -9,8 +9,9 @@
   pass. Samplers without a k-diffusion algorithm (DDIM, UniPC, ...) use diffusers' own img2img slicing: close,
   not exact.
 - Denoising strength 0 samples nothing: the upscaled latents are decoded, as in A1111.
-- Progress counts both passes (``steps + hires steps``). With the 8gb/4gb memory profiles the VAE decodes (and
-  encodes) tiled, since the profile turns tiling on for the model's VAE.
+- Progress counts both passes (``steps + hires steps``). The decodes go through ``decode.decode_latents``; with
+  the 8gb/4gb memory profiles the checkpoint's own VAE has tiling on (webui/models/memory.py), so the larger
+  second pass decodes (and a pixel upscaler encodes) tiled; any VAE retries tiled when it runs out of memory.
 """
 
 from __future__ import annotations
