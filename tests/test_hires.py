@@ -417,3 +417,16 @@ def test_the_hires_job_is_a1111s_second_pass_over_k_diffusion(k, tiny_model):
         reference = decode.to_pil(decode.decode_latents(tiny_model.pipe.vae, expected))[0]
     diff = np.abs(np.asarray(got, dtype=int) - np.asarray(reference, dtype=int))
     assert got.size == reference.size and diff.max() <= 1
+
+
+def test_the_first_pass_is_saved_before_hires_fix_when_the_option_is_on(services, client):
+    folder = services.settings.data_dir / "outputs" / "txt2img-images"
+    _post(client, save_images=True)
+    assert not list(folder.rglob("*-before-highres-fix.png"))  # A1111's default: off
+    assert client.post("/sdapi/v1/options", json={"save_images_before_highres_fix": True}).status_code == 200
+    data = _post(client, save_images=True, seed=77)
+    [before] = list(folder.rglob("*-77-before-highres-fix.png"))
+    with Image.open(before) as image:
+        assert image.size == (64, 64)  # the first pass's size
+        assert "Hires upscale: 2" in image.info["parameters"] and "Seed: 77" in image.info["parameters"]
+    assert len(data["images"]) == 1 and _image(data).size == (128, 128)  # returned: the final image only

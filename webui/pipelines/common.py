@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -46,6 +46,7 @@ class StepListener(Protocol):
 class BatchOutput:
     images: list[Image.Image]
     stopped_early: bool
+    first_pass: list[Image.Image] = field(default_factory=list)  # hires fix: the images before it, when asked
 
 
 def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int], *, exact: bool | None = None):

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
@@ -52,20 +54,24 @@ class _SecondPass:
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, subseeds: list[int]) -> BatchOutput:
+              preview_every: int, subseeds: list[int], keep_first_pass: bool = False) -> BatchOutput:
+    """``keep_first_pass``: also return the first pass's images (A1111's save_images_before_highres_fix)."""
     total = request.steps + hires_steps(request)
     runner, kwargs, callback = txt2img.prepare(model, request, seeds, listener, preview_every, subseeds, total)
     latents = common.run_latents(runner, kwargs, callback)
     if callback.stopped:  # interrupted in the first pass: A1111 returns the first pass's images
         return _decoded(runner.vae, latents, stopped=True)
+    first = _decoded(runner.vae, latents, stopped=False).images if keep_first_pass else []
     size = request.hires_size
     with torch.inference_mode():
         factor = runner.vae_scale_factor
         latents = _crop(upscale(runner.vae, latents, request.hr_upscaler, size, factor), size.truncate(factor))
     if request.denoising_strength == 0:
-        return _decoded(runner.vae, latents, stopped=False)
-    return _second_pass(model, request, seeds, subseeds, latents, _SecondPass(listener, request.steps),
-                        preview_every, total)
+        out = _decoded(runner.vae, latents, stopped=False)
+    else:
+        out = _second_pass(model, request, seeds, subseeds, latents, _SecondPass(listener, request.steps),
+                           preview_every, total)
+    return replace(out, first_pass=first)
 
 
 def upscale(vae, latents: torch.Tensor, upscaler: str, size: HiresSize, factor: int = 8) -> torch.Tensor:

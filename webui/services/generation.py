@@ -51,10 +51,12 @@ class GenerationService:
                  credentials: ContentCredentials | None = None,
                  provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy,
                  safety: SafetyService | None = None, *, vaes: VaeFiles | None = None,
-                 vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE):
+                 vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE,
+                 save_before_hires: Callable[[], bool] = lambda: False):
         self._settings = settings
         self._vaes = vaes  # None: every job uses its checkpoint's own VAE
         self._vae_option = vae_option  # read per job, like the provenance policy
+        self._save_before_hires = save_before_hires  # A1111's save_images_before_highres_fix, read per job
         self._safety = safety
         self._manager = manager
         self._queue = queue
@@ -78,7 +80,8 @@ class GenerationService:
         return self._manager.registry.find(query).title if query else None
 
     def _txt2img_job(self, ctx: JobContext, request: Txt2ImgRequest) -> GenerationResult:
-        return self._run(ctx, request, _Txt2Img(request), self._provenance())
+        keep = request.enable_hr and request.save_images and self._save_before_hires()
+        return self._run(ctx, request, _Txt2Img(request, keep_first_pass=keep), self._provenance())
 
     def _img2img_job(self, ctx: JobContext, request: Img2ImgRequest) -> GenerationResult:
         return self._run(ctx, request, _Img2Img(request), self._provenance())
@@ -269,10 +272,12 @@ class GenerationService:
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
                 images, verdicts = self._review(ctx, out.images, policy, result)
+                batch_params = []
                 for image, seed, subseed, verdict in zip(images, seeds, subseeds, verdicts):
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
                                               subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash)
                     params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
+                    batch_params.append(dict(params))
                     if verdict:
                         params["Safety checker"] = verdict
                     final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
@@ -284,10 +289,30 @@ class GenerationService:
                     result.infotexts.append(final.infotext)
                     if request.save_images:
                         self._save(result, final.png, task.category, seed)
+                if out.first_pass:
+                    self._save_first_pass(ctx, out.first_pass, seeds, batch_params, request, policy, task, result)
             result.interrupted = ctx.interrupted
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
         return result
+
+    def _save_first_pass(self, ctx: JobContext, images: list, seeds: list[int], batch_params: list[dict],
+                         request: Txt2ImgRequest, policy: ProvenancePolicy, task: "_Task",
+                         result: GenerationResult) -> None:
+        """A1111's "-before-highres-fix" copies: saved only (not returned), each with its final image's infotext
+        (as A1111 writes it), through the same safety review and provenance as every image."""
+        reviewed, verdicts = self._review(ctx, images, policy, result)
+        for image, seed, params, verdict in zip(reviewed, seeds, batch_params, verdicts):
+            params = {key: value for key, value in params.items() if key != "Safety checker"}
+            if verdict:
+                params["Safety checker"] = verdict
+            final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
+                               self._credentials, title=f"Stable Studio {task.category}, seed {seed}, before hires")
+            try:
+                result.paths.append(self._store.save(final.png, task.category, seed,
+                                                     label=f"{seed}-before-highres-fix"))
+            except OSError as exc:
+                log.warning("Could not save a first-pass image: %s", exc)
 
     @contextmanager
     def _job_vae(self, ctx: JobContext, request: Txt2ImgRequest,
@@ -344,8 +369,9 @@ class _Task:
 class _Txt2Img(_Task):
     category = "txt2img"
 
-    def __init__(self, request: Txt2ImgRequest):
+    def __init__(self, request: Txt2ImgRequest, keep_first_pass: bool = False):
         self.request = request
+        self.keep_first_pass = keep_first_pass
 
     def check_model(self, model: LoadedModel) -> None:
         if model.variant != "normal":
@@ -360,7 +386,8 @@ class _Txt2Img(_Task):
 
     def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
         if self.request.enable_hr:
-            return hires.run_batch(model, self.request, seeds, ctx, preview_every, subseeds)
+            return hires.run_batch(model, self.request, seeds, ctx, preview_every, subseeds,
+                                   self.keep_first_pass)
         return txt2img.run_batch(model, self.request, seeds, ctx, preview_every, subseeds)
 
 

@@ -125,6 +125,8 @@ OPTIONS: dict[str, Option] = {
     "add_model_hash_to_info": Option(bool, True),
     "add_model_name_to_info": Option(bool, True),
     "do_not_show_images": Option(bool, False),
+    # A1111's "Save a copy of image before applying highres fix" (NNNNN-SEED-before-highres-fix.png).
+    "save_images_before_highres_fix": Option(bool, False, honoured=True),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 
