@@ -103,7 +103,7 @@ def test_txt2img_does_not_save_unless_asked(client, data_dir):
     ({"batch_size": 0}, "batch_size"),
     ({"seed": -5}, "seed"),
     ({"script_name": "x/y plot"}, "script_name"),
-    ({"enable_hr": True}, "enable_hr"),
+    ({"enable_hr": True, "hr_upscaler": "ESRGAN_4x"}, "hr_upscaler"),
     ({"styles": ["cinematic"]}, "styles"),
     ({"subseed_strength": 1.3}, "subseed_strength"),
     ({"restore_faces": True}, "restore_faces"),

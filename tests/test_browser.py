@@ -661,7 +661,7 @@ def test_sd_vae_selector_picks_a_vae_file_for_the_next_image(page, app_server: R
 
 def test_pnginfo_send_sets_sampler_with_schedule_resets_clip_skip_and_says_what_it_could_not_apply(page, tmp_path):
     text = ("a lighthouse at dusk\nSteps: 9, Sampler: DPM++ 2M Karras, CFG scale: 6, Seed: 5, Size: 64x64, "
-            "Model hash: 0123456789, Model: dreamshaper_8, Hires upscale: 2, ADetailer model: face_yolov8n.pt")
+            "Model hash: 0123456789, Model: dreamshaper_8, Hires checkpoint: juggernaut, ADetailer model: face_yolov8n.pt")
     source = tmp_path / "civitai.png"
     meta = PngImagePlugin.PngInfo()
     meta.add_text("parameters", text)
@@ -679,6 +679,42 @@ def test_pnginfo_send_sets_sampler_with_schedule_resets_clip_skip_and_says_what_
     expect(page.get_by_label("number input for Clip skip", exact=True)).to_have_value("1")
     status = page.locator("#model_status")
     expect(status).to_contain_text("Checkpoint dreamshaper_8 [0123456789] is not on disk")
-    expect(status).to_contain_text("Not applied: Hires upscale, ADetailer model")
+    expect(status).to_contain_text("Not applied: Hires checkpoint, ADetailer model")
     expect(page.locator("#checkpoint input")).to_have_value(re.compile(r"^tiny-sd15\.safetensors \["))
     screenshot(page, "pnginfo-send-notice.png")
+
+
+def test_hires_fix_from_the_accordion_doubles_the_image_and_records_it(page, app_server: RunningApp):
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 3)):
+        set_slider(page, label, value)
+    page.locator("#txt2img_prompt textarea").fill("a hires lighthouse")
+    set_seed(page, 4242)
+    page.locator("#txt2img_hires_fix").get_by_text("Hires. fix").first.click()
+    enable = page.locator("#txt2img_enable_hr input[type=checkbox]")
+    # The accordion's first opening can re-mount its widgets (as the seed row's): check until it holds.
+    for _attempt in range(5):
+        if not enable.is_checked():
+            enable.check()
+        page.wait_for_timeout(500)
+        if enable.is_checked():
+            break
+    expect(enable).to_be_checked()
+    page.locator("#txt2img_hr_upscaler input").click()
+    page.get_by_role("option", name="Latent (nearest-exact)").click()
+    set_slider(page, "Hires steps", 2)
+    set_slider(page, "Denoising strength", 0.6)
+
+    page.locator("#txt2img_generate").click()
+
+    info = page.locator("#txt2img_info textarea")
+    expect(info).to_have_value(re.compile(r"Seed: 4242\b"), timeout=GENERATE_TIMEOUT)
+    text = info.input_value()
+    for part in ("Size: 64x64", "Denoising strength: 0.6", "Hires upscale: 2", "Hires steps: 2",
+                 "Hires upscaler: Latent (nearest-exact)"):
+        assert part in text, (part, text)
+    folder = app_server.data_dir / "outputs" / "txt2img-images" / dt.date.today().isoformat()
+    saved = sorted(folder.glob("*-4242.png"))
+    assert saved, sorted(p.name for p in folder.glob("*"))
+    with Image.open(saved[-1]) as img:
+        assert img.size == (128, 128)  # the hires size; the infotext keeps the first pass's
+    screenshot(page, "hires-fix.png")

@@ -190,6 +190,9 @@ FIELD_EXAMPLES = [
             "model_name": "v1-5-pruned-emaonly",
             "denoising_strength": 0.45,
             "clip_skip": 2,
+            "enable_hr": True,  # hires fix is on when the text has its upscale keys
+            "hr_scale": 2.0,
+            "hr_upscaler": "Latent",
         },
         id="sd15-hires-lora",
     ),

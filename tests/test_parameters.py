@@ -115,6 +115,16 @@ def test_every_img2img_row_round_trips_in_the_method_that_records_it():
         rebuilt, written = round_trip(options, None)
         assert_same(rebuilt, options, infotext_names(written, parameters.TXT2IMG))
         covered |= written
+    # Hires fix: by scale with its own sampler and prompts, and by size with its own schedule.
+    for hires in ({"hr_scale": 1.5, "hr_second_pass_steps": 7, "hr_upscaler": "Latent (bicubic)",
+                   "hr_sampler_name": "DPM++ 2M", "hr_prompt": "castle at night", "hr_negative_prompt": "fog",
+                   "denoising_strength": 0.45},
+                  {"hr_resize_x": 1024, "hr_resize_y": 768, "hr_upscaler": "Lanczos", "hr_scheduler": "Karras"}):
+        request = Txt2ImgRequest.parse(**dict(TXT2IMG, sampler_name="Euler a", scheduler="Automatic",
+                                              enable_hr=True, **hires))
+        rebuilt, written = round_trip(request, None)
+        assert_same(rebuilt, request, infotext_names(written, parameters.TXT2IMG) | {"enable_hr"})
+        covered |= written
     every_key = {rule.key for p in PARAMS for rule in p.infotext} - parameters.READ_ONLY_KEYS
     assert covered == every_key  # no row of the table escapes the round trip
 
@@ -127,7 +137,8 @@ def test_keys_are_written_only_where_a1111_writes_them():
     default = Txt2ImgRequest.parse(sampler_name="Euler", clip_skip=1)
     params = infotext_params(default, InfotextContext(seed=5))
     assert params["Clip skip"] is None and params["Schedule type"] is None  # A1111 leaves both out
-    assert "Denoising strength" not in params  # img2img rows never reach a txt2img infotext
+    assert params.get("Denoising strength") is None  # txt2img writes it only for a hires pass
+    assert "Mask blur" not in params  # img2img rows never reach a txt2img infotext
     text = format_infotext("x", "", params)
     assert "Size: 512x512" in text and "Schedule type" not in text and "Clip skip" not in text
 
@@ -180,7 +191,11 @@ A1111_VALUES: dict[str, Any] = {
     "subseed": 5, "subseed_strength": 0.2, "seed_resize_from_w": 256, "seed_resize_from_h": 320, "eta": 1.0,
     "refiner_checkpoint": "other-sd15", "refiner_switch_at": 0.6,
     "s_churn": 0.0, "s_tmin": 0.5, "s_tmax": 9.0, "s_noise": 1.0,
+    "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent (nearest)", "hr_second_pass_steps": 4,
+    "hr_resize_x": 0, "hr_resize_y": 256, "hr_sampler_name": "Euler", "hr_scheduler": "Karras",
+    "hr_prompt": "a lion", "hr_negative_prompt": "a mouse", "hr_checkpoint_name": "Use same checkpoint",
 }
+TXT2IMG_ONLY = {p.name for p in PARAMS if p.tasks == {parameters.TXT2IMG}}
 EXPECTED = dict(A1111_VALUES, scheduler="Karras", inpainting_mask_invert=True)
 
 
@@ -199,8 +214,7 @@ def test_every_row_with_an_api_key_is_mapped_from_the_body(services):
     txt = to_txt2img_request(schemas.Txt2ImgBody(**{k: v for k, v in A1111_VALUES.items()
                                                     if k in schemas.Txt2ImgBody.model_fields},
                                                  override_settings=overrides), services)
-    txt2img_only = {p.name for p in PARAMS if p.tasks == {parameters.TXT2IMG}}
-    img = to_img2img_request(schemas.Img2ImgBody(**{k: v for k, v in A1111_VALUES.items() if k not in txt2img_only},
+    img = to_img2img_request(schemas.Img2ImgBody(**{k: v for k, v in A1111_VALUES.items() if k not in TXT2IMG_ONLY},
                                                  init_images=[png_base64()],
                                                  override_settings=overrides), services)
     for request, task in ((txt, parameters.TXT2IMG), (img, parameters.IMG2IMG)):
@@ -233,11 +247,10 @@ def test_a_setting_override_out_of_the_tables_range_names_the_key_and_bounds(ser
 
 def test_every_user_set_request_field_has_a_row_and_every_row_a_field():
     not_parameters = {"save_images", "init_images", "mask"}
-    # img2img inherits txt2img's refiner fields and refuses them (GenerationService._check_refiner).
-    inherited = {p.name for p in PARAMS if p.tasks == {parameters.TXT2IMG}}
-    for model, task, extra in ((Txt2ImgRequest, parameters.TXT2IMG, set()),
-                               (Img2ImgRequest, parameters.IMG2IMG, inherited)):
-        assert set(model.model_fields) - not_parameters == {p.name for p in parameters.for_task(task)} | extra
+    for model, task in ((Txt2ImgRequest, parameters.TXT2IMG), (Img2ImgRequest, parameters.IMG2IMG)):
+        # img2img requests inherit the hires fields and refuse enable_hr (test_hires.py): not img2img parameters
+        inherited = TXT2IMG_ONLY if task == parameters.IMG2IMG else set()
+        assert set(model.model_fields) - not_parameters - inherited == {p.name for p in parameters.for_task(task)}
 
 
 def test_radio_widgets_map_labels_to_request_values():

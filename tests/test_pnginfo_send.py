@@ -20,9 +20,11 @@ HIRES = ("a fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x5
 
 def test_keys_we_cannot_apply_are_named_and_record_keys_are_not():
     pasted = paste(HIRES, TXT2IMG_FIELDS)
-    # txt2img has no denoising strength of its own (here it is hires fix's), and no hires fix yet.
-    assert pasted.not_applied == ("Denoising strength", "Hires upscale", "Hires upscaler", "ADetailer model")
+    # The hires keys turn txt2img's hires fix on with their values; the extension's key is named.
+    assert pasted.not_applied == ("ADetailer model",)
     assert pasted.values["sampler_name"] == "Euler a" and pasted.values["seed"] == 5
+    assert (pasted.values["enable_hr"], pasted.values["hr_scale"], pasted.values["hr_upscaler"],
+            pasted.values["denoising_strength"]) == (True, 2.0, "Latent", 0.5)
     # The same text sent to img2img applies its denoising strength.
     assert "Denoising strength" not in paste(HIRES, IMG2IMG_FIELDS).not_applied
 
@@ -93,12 +95,11 @@ def test_send_says_in_one_line_which_checkpoint_is_missing_and_what_was_not_appl
     *_, notice, title, status = send.fn(text)
     assert title is None
     assert "Checkpoint dreamshaper_8 [0123456789] is not on disk" in notice
-    assert "Not applied: Denoising strength, Hires upscale, Hires upscaler, ADetailer model" in notice
+    assert "Not applied: ADetailer model" in notice  # the hires keys set txt2img's hires fix
     assert notice.count("<p") == 2
     # The same two lines above the tabs, where the user lands after "Send to" (Markdown-escaped).
     assert status.split("\n\n") == [r"Checkpoint dreamshaper\_8 \[0123456789\] is not on disk: the current one "
-                                     r"stays selected\.", r"Not applied: Denoising strength, Hires upscale, Hires "
-                                     r"upscaler, ADetailer model"]
+                                     r"stays selected\.", r"Not applied: ADetailer model"]
     assert list(switch.fn(None, status)) == [(gr.update(), gr.update())]
     assert services.manager.selected.title == before
 

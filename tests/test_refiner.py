@@ -153,6 +153,7 @@ def test_api_runs_the_refiner_and_reports_it(client, services):
     ({"refiner_checkpoint": "other-sd15", "refiner_switch_at": 1.5}, "less than or equal to 1"),
     ({"refiner_checkpoint": "other-sd15", "refiner_switch_at": "soon"}, ""),
     ({"refiner_checkpoint": "other-sd15", "sampler_name": "DDIM"}, "k-diffusion"),
+    ({"refiner_checkpoint": "other-sd15", "enable_hr": True}, "hires fix"),
     ({"refiner_checkpoint": ["other-sd15"]}, ""),
 ])
 def test_api_refuses_bad_refiner_fields_with_422(client, extra, problem):
@@ -406,3 +407,4 @@ def test_interrupt_on_the_refiner_stops_there_and_keeps_the_image():
                             lambda _runner: (image_noise.first(), image_noise), lease)
     assert listener.steps == [1, 2, 3, 4] and out.stopped_early
     assert out.refiner == "ref [0000000001]" and out.images[0].size == (64, 64)
+

@@ -376,7 +376,7 @@ class ImageStart:
 
     ``generators`` (one per image) continue the noise's stream for the ancestral samplers' step noise, as
     A1111's image RNG does; the pipeline's own ``generator`` is not used, since diffusers draws (and discards)
-    a noise tensor from it before sampling.
+    a noise tensor from it before sampling: give the pipeline other generator objects than these.
     """
 
     latents: torch.Tensor

@@ -19,8 +19,9 @@ from typing import Any
 
 from pydantic import Field
 
+from webui.hires_fix import SAME_SAMPLER, SAME_SCHEDULER, UPSCALERS
 from webui.images import RESIZE_MODES
-from webui.samplers import (AUTOMATIC, find_sampler, normalize_schedule, sampler_names,
+from webui.samplers import (AUTOMATIC, SCHEDULE_TYPES, find_sampler, normalize_schedule, sampler_names,
                             split_fused_sampler_name)
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
 TXT2IMG, IMG2IMG = "txt2img", "img2img"
 BOTH = frozenset({TXT2IMG, IMG2IMG})
 ONLY_IMG2IMG = frozenset({IMG2IMG})
+ONLY_TXT2IMG = frozenset({TXT2IMG})
 PROMPT_KEY, NEGATIVE_KEY = "Prompt", "Negative prompt"  # the infotext's first lines, not its ``Key: value`` line
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
 _SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
@@ -88,6 +90,8 @@ class Widget:
     lines: int = 1
     row: str | None = None  # consecutive widgets with the same row name sit side by side
     panel: str | None = None  # a tab's sub-panel holding it (img2img: "inpaint"); None: the main settings
+    # For a row both tasks have that each tab places itself: (task, panel) pairs; it is then never shared.
+    task_panels: tuple[tuple[str, str | None], ...] = ()
 
     def to_ui(self, value: Any) -> Any:
         """A request value as the widget shows it (radio: the label)."""
@@ -287,10 +291,12 @@ PARAMS: tuple[Param, ...] = (
     Param("resize_mode", int, 0, ge=0, le=3, tasks=ONLY_IMG2IMG, api_key="resize_mode",
           infotext=(_choice("Resize mode", "resize_mode", _RESIZE_LABELS, lambda r, _c: r.resize_mode != 0),),
           widget=Widget("radio", "Resize mode", choices=_RESIZE_LABELS)),
-    Param("denoising_strength", float, 0.75, ge=0.0, le=1.0, tasks=ONLY_IMG2IMG, api_key="denoising_strength",
+    # txt2img: the hires pass's strength (A1111 writes it only with hires fix on).
+    Param("denoising_strength", float, 0.75, ge=0.0, le=1.0, api_key="denoising_strength",
           infotext=(_scalar("Denoising strength", "denoising_strength", float,
-                           lambda _r, c: c.method != "instruct-pix2pix"),),
-          widget=_slider("Denoising strength", 0, 1, 0.01, elem_id="img2img_denoising", row="strength")),
+                           lambda r, c: r.enable_hr if c.method is None else c.method != "instruct-pix2pix"),),
+          widget=Widget("slider", "Denoising strength", 0, 1, 0.01, elem_id="{tab}_denoising", row="strength",
+                        task_panels=((IMG2IMG, None), (TXT2IMG, "hires")))),
     Param("image_cfg_scale", float, 1.5, ge=0.0, le=100.0, tasks=ONLY_IMG2IMG, api_key="image_cfg_scale",
           infotext=(_scalar("Image CFG scale", "image_cfg_scale", float,
                            lambda _r, c: c.method == "instruct-pix2pix"),),
@@ -502,6 +508,105 @@ SAMPLER_OPTION_PARAMS: tuple[Param, ...] = (
 
 PARAMS = PARAMS + SAMPLER_OPTION_PARAMS
 
+# ------------------------------------------------------------------------- hires fix (txt2img's second pass)
+# Written as A1111's txt2img writes them, only with hires fix on; reading any of the upscale keys turns it on
+# (A1111's paste does the same from "Hires upscale"/"Hires resize"/"Hires upscaler").
+
+
+def _hires(when: Callable[[Any], bool] = lambda _r: True) -> Callable[[Any, InfotextContext], bool]:
+    return lambda r, c: c.method is None and r.enable_hr and when(r)
+
+
+def _hires_scalar(key: str, name: str, convert: Callable[[str], Any],
+                  when: Callable[[Any], bool] = lambda _r: True) -> InfotextRule:
+    rule = _scalar(key, name, convert, _hires(when))
+    return InfotextRule(key, rule.write, lambda raw: {**rule.read(raw), "enable_hr": True})
+
+
+def _read_hires_resize(raw: str) -> dict[str, Any]:
+    size = _read_size(raw)
+    return {"hr_resize_x": size["width"], "hr_resize_y": size["height"], "enable_hr": True}
+
+
+def _resized(r: Any) -> bool:
+    return r.hr_resize_x > 0 or r.hr_resize_y > 0
+
+
+def _hires_sampler(r: Any, _c: InfotextContext) -> object:
+    """Written when the second pass samples with another sampler, as A1111 writes "Hires sampler"."""
+    return r.hr_sampler_name if _hires()(r, _c) and r.hr_sampler_name not in ("", SAME_SAMPLER, r.sampler_name) \
+        else None
+
+
+def _hires_schedule(r: Any, _c: InfotextContext) -> object:
+    if not _hires()(r, _c) or r.hr_scheduler in ("", SAME_SCHEDULER):
+        return None
+    return r.hr_scheduler if r.hr_scheduler != r.sampling.effective_schedule else None
+
+
+def _read_hires_sampler(raw: str) -> dict[str, Any]:
+    fields = _read_sampler(raw)
+    result = {"hr_sampler_name": fields["sampler_name"]}
+    if "scheduler" in fields:
+        result["hr_scheduler"] = fields["scheduler"]
+    return result
+
+
+HIRES_RESIZE = InfotextRule("Hires resize", lambda r, c: f"{r.hr_resize_x}x{r.hr_resize_y}"
+                            if _hires(_resized)(r, c) else None, _read_hires_resize)
+
+
+def _hires_slider(label: str, minimum: float, maximum: float, step: float, name: str, row: str,
+                  limit: str | None = None) -> Widget:
+    return Widget("slider", label, minimum, maximum, step, limit, f"{{tab}}_{name}", row=row, panel="hires")
+
+
+HIRES_PARAMS: tuple[Param, ...] = (
+    Param("enable_hr", bool, False, tasks=ONLY_TXT2IMG, api_key="enable_hr",
+          widget=Widget("checkbox", "Hires. fix", elem_id="{tab}_enable_hr", panel="hires")),
+    Param("hr_upscaler", str, "Latent", tasks=ONLY_TXT2IMG, api_key="hr_upscaler", api_default="Latent",
+          infotext=(_hires_scalar("Hires upscaler", "hr_upscaler", str),),
+          widget=Widget("dropdown", "Upscaler", elem_id="{tab}_hr_upscaler", choices=UPSCALERS, row="hires_1",
+                        panel="hires")),
+    Param("hr_second_pass_steps", int, 0, ge=0, tasks=ONLY_TXT2IMG, api_key="hr_second_pass_steps",
+          infotext=(_hires_scalar("Hires steps", "hr_second_pass_steps", int, lambda r: r.hr_second_pass_steps > 0),),
+          widget=_hires_slider("Hires steps", 0, 150, 1, "hires_steps", "hires_1",
+                               limit="max_steps")),
+    Param("hr_scale", float, 2.0, ge=1.0, le=4.0, tasks=ONLY_TXT2IMG, api_key="hr_scale", api_default=2.0,
+          infotext=(_hires_scalar("Hires upscale", "hr_scale", float, lambda r: not _resized(r)),),
+          widget=_hires_slider("Upscale by", 1, 4, 0.05, "hr_scale", "hires_2")),
+    Param("hr_resize_x", int, 0, ge=0, multiple_of=8, tasks=ONLY_TXT2IMG, api_key="hr_resize_x",
+          infotext=(HIRES_RESIZE,),
+          widget=_hires_slider("Resize width to", 0, 2048, 8, "hr_resize_x", "hires_2",
+                               limit="max_width")),
+    Param("hr_resize_y", int, 0, ge=0, multiple_of=8, tasks=ONLY_TXT2IMG, api_key="hr_resize_y",
+          infotext=(HIRES_RESIZE,),
+          widget=_hires_slider("Resize height to", 0, 2048, 8, "hr_resize_y", "hires_2",
+                               limit="max_height")),
+    Param("hr_sampler_name", str, SAME_SAMPLER, tasks=ONLY_TXT2IMG, api_key="hr_sampler_name",
+          api_default=SAME_SAMPLER, infotext=(InfotextRule("Hires sampler", _hires_sampler, _read_hires_sampler),),
+          widget=Widget("dropdown", "Hires sampling method", elem_id="{tab}_hr_sampler",
+                        choices=(SAME_SAMPLER, *sampler_names()), row="hires_3", panel="hires")),
+    Param("hr_scheduler", str, SAME_SCHEDULER, tasks=ONLY_TXT2IMG, api_key="hr_scheduler",
+          api_default=SAME_SCHEDULER,
+          infotext=(InfotextRule("Hires schedule type", _hires_schedule,
+                                 lambda raw: {"hr_scheduler": _read_schedule(raw)["scheduler"]}),),
+          widget=Widget("dropdown", "Hires schedule type", elem_id="{tab}_hr_scheduler",
+                        choices=(SAME_SCHEDULER, *SCHEDULE_TYPES), row="hires_3", panel="hires")),
+    Param("hr_prompt", str, "", tasks=ONLY_TXT2IMG, api_key="hr_prompt",
+          infotext=(_hires_scalar("Hires prompt", "hr_prompt", str, lambda r: r.hr_prompt not in ("", r.prompt)),),
+          widget=Widget("textbox", "Hires prompt (empty = same prompt)", elem_id="{tab}_hr_prompt", lines=2,
+                        row="hires_prompts", panel="hires")),
+    Param("hr_negative_prompt", str, "", tasks=ONLY_TXT2IMG, api_key="hr_negative_prompt",
+          infotext=(_hires_scalar("Hires negative prompt", "hr_negative_prompt", str,
+                                  lambda r: r.hr_negative_prompt not in ("", r.negative_prompt)),),
+          widget=Widget("textbox", "Hires negative prompt (empty = same)", elem_id="{tab}_hr_negative_prompt",
+                        lines=2, row="hires_prompts", panel="hires")),
+    # Another checkpoint for the second pass is refused (422) for now; the same one is accepted.
+    Param("hr_checkpoint_name", str, "", tasks=ONLY_TXT2IMG, api_key="hr_checkpoint_name"),
+)
+PARAMS = PARAMS + HIRES_PARAMS
+
 BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})
 
 
@@ -544,7 +649,13 @@ def widget_rows(task: str | None = None, panel: str | None = None, with_prompts:
     The prompts are left out unless asked for: each tab puts them in its own prompt row.
     """
     wanted = BOTH if task is None else frozenset({task})
-    return (p for p in PARAMS if p.widget is not None and p.tasks == wanted and p.widget.panel == panel
+
+    def placed(p: Param) -> bool:
+        if p.widget.task_panels:
+            return task is not None and task in p.tasks and dict(p.widget.task_panels).get(task, "") == panel
+        return p.tasks == wanted and p.widget.panel == panel
+
+    return (p for p in PARAMS if p.widget is not None and placed(p)
             and (with_prompts or p.name not in ("prompt", "negative_prompt")))
 
 

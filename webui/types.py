@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from webui.errors import InvalidRequest
+from webui.hires_fix import SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, UPSCALERS, HiresSize, hires_size
 from webui.parameters import BY_NAME as P
 from webui.parameters import NO_REFINER, PARAMS, RANDN_SOURCES
 from webui.samplers import Sampling
@@ -114,6 +115,19 @@ class Txt2ImgRequest(BaseModel):
     beta_dist_beta: float = P["beta_dist_beta"].field()
     always_discard_next_to_last_sigma: bool = P["always_discard_next_to_last_sigma"].field()
     sgm_noise_multiplier: bool = P["sgm_noise_multiplier"].field()
+    # Hires fix (webui/pipelines/hires.py): a second, img2img pass at a larger size. txt2img only.
+    enable_hr: bool = P["enable_hr"].field()
+    denoising_strength: float = P["denoising_strength"].field()
+    hr_upscaler: str = P["hr_upscaler"].field()
+    hr_second_pass_steps: int = P["hr_second_pass_steps"].field()
+    hr_scale: float = P["hr_scale"].field()
+    hr_resize_x: int = P["hr_resize_x"].field()
+    hr_resize_y: int = P["hr_resize_y"].field()
+    hr_sampler_name: str = P["hr_sampler_name"].field()  # canonical after validation, or SAME_SAMPLER
+    hr_scheduler: str = P["hr_scheduler"].field()  # canonical after validation, or SAME_SCHEDULER
+    hr_prompt: str = P["hr_prompt"].field()
+    hr_negative_prompt: str = P["hr_negative_prompt"].field()
+    hr_checkpoint_name: str = P["hr_checkpoint_name"].field()
 
     @model_validator(mode="before")
     @classmethod
@@ -132,7 +146,9 @@ class Txt2ImgRequest(BaseModel):
             raise InvalidRequest("sampler_name", str(exc)) from None
         return {**data, "sampler_name": sampling.spec.name, "scheduler": sampling.schedule}
 
-    @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint", "sd_vae")
+    @field_validator("prompt", "negative_prompt", "sampler_name", "scheduler", "checkpoint", "sd_vae",
+                     "hr_upscaler", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+                     "hr_checkpoint_name")
     @classmethod
     def _encodable(cls, value: str | None) -> str | None:
         if value is not None and (problem := text_problem(value)) is not None:
@@ -168,10 +184,53 @@ class Txt2ImgRequest(BaseModel):
             raise ValueError(f"must be a multiple of {step} (got {value})")
         return value
 
+    @field_validator("hr_prompt", "hr_negative_prompt", mode="before")
+    @classmethod
+    def _empty_hires_prompt(cls, value: Any) -> Any:
+        # An untouched textbox reaches Gradio API clients as null: the same as empty (the first pass's prompt).
+        return "" if value is None else value
+
+    @model_validator(mode="after")
+    def _hires_we_can_run(self) -> "Txt2ImgRequest":
+        """Hires fields are checked when hires fix is on (A1111 ignores them otherwise); names made canonical."""
+        if not self.enable_hr:
+            return self
+        if self.hr_upscaler not in UPSCALERS:
+            raise InvalidRequest("hr_upscaler", f"unknown upscaler {safe_label(self.hr_upscaler)!r}; choose one "
+                                                f"of {', '.join(UPSCALERS)} (GET /sdapi/v1/upscalers and "
+                                                "/sdapi/v1/latent-upscale-modes)")
+        if self.hr_checkpoint_name not in ("", SAME_CHECKPOINT):
+            raise InvalidRequest("hr_checkpoint_name", "another checkpoint for the hires pass is not supported "
+                                                       f"yet; send \"{SAME_CHECKPOINT}\" or leave it out")
+        same_sampler = self.hr_sampler_name in ("", SAME_SAMPLER)
+        same_schedule = self.hr_scheduler in ("", SAME_SCHEDULER)
+        try:
+            sampling = Sampling.resolve(self.sampler_name if same_sampler else self.hr_sampler_name,
+                                        self.scheduler if same_schedule else self.hr_scheduler)
+        except ValueError as exc:
+            raise InvalidRequest("hr_scheduler" if same_sampler else "hr_sampler_name", str(exc)) from None
+        # frozen model: the canonical names are set the way pydantic itself sets fields
+        object.__setattr__(self, "hr_sampler_name", SAME_SAMPLER if same_sampler else sampling.spec.name)
+        object.__setattr__(self, "hr_scheduler", SAME_SCHEDULER if same_schedule else sampling.schedule)
+        return self
+
     @property
     def sampling(self) -> Sampling:
         """The sampler spec and schedule this request runs with (its fields are already canonical)."""
         return Sampling.resolve(self.sampler_name, self.scheduler)
+
+    @property
+    def hires_sampling(self) -> Sampling:
+        """The hires pass's sampler and schedule: the first pass's where the request says "use same"."""
+        same_sampler = self.hr_sampler_name in ("", SAME_SAMPLER)
+        same_schedule = self.hr_scheduler in ("", SAME_SCHEDULER)
+        return Sampling.resolve(self.sampler_name if same_sampler else self.hr_sampler_name,
+                                self.scheduler if same_schedule else self.hr_scheduler)
+
+    @property
+    def hires_size(self) -> HiresSize:
+        """Where the hires pass upscales to (A1111's calculate_target_resolution)."""
+        return hires_size(self.width, self.height, self.hr_scale, self.hr_resize_x, self.hr_resize_y)
 
     @classmethod
     def parse(cls, **fields: Any) -> "Txt2ImgRequest":
@@ -194,6 +253,12 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpaint_full_res: bool = P["inpaint_full_res"].field()  # "only masked": the masked region at full resolution
     inpaint_full_res_padding: int = P["inpaint_full_res_padding"].field()
     inpainting_mask_invert: bool = P["inpainting_mask_invert"].field()
+
+    @model_validator(mode="after")
+    def _no_hires(self) -> "Img2ImgRequest":
+        if self.enable_hr:
+            raise InvalidRequest("enable_hr", "hires fix is a txt2img option; send enable_hr: false")
+        return self
 
     @field_validator("init_images")
     @classmethod

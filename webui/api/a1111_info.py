@@ -9,7 +9,22 @@ import time
 from typing import Any
 
 from webui import VERSION
+from webui.parameters import InfotextContext, infotext_params
 from webui.types import GenerationResult
+
+
+def _img2img_or_hires(request) -> bool:
+    return hasattr(request, "init_images") or request.enable_hr
+
+
+def _hires_params(result: GenerationResult) -> dict[str, Any]:
+    """A1111 lists the hires fix's infotext keys (and the strength) in ``extra_generation_params``."""
+    request = result.request
+    if hasattr(request, "init_images") or not request.enable_hr:
+        return {}
+    params = infotext_params(request, InfotextContext(result.base_seed))
+    return {key: value for key, value in params.items()
+            if value is not None and (key.startswith("Hires ") or key == "Denoising strength")}
 
 
 def a1111_info(result: GenerationResult) -> dict[str, Any]:
@@ -43,8 +58,8 @@ def a1111_info(result: GenerationResult) -> dict[str, Any]:
         "sd_vae_hash": result.vae_hash,
         "seed_resize_from_w": request.seed_resize_from_w,
         "seed_resize_from_h": request.seed_resize_from_h,
-        "denoising_strength": getattr(request, "denoising_strength", None),
-        "extra_generation_params": {},
+        "denoising_strength": request.denoising_strength if _img2img_or_hires(request) else None,
+        "extra_generation_params": _hires_params(result),
         "index_of_first_image": 0,
         "infotexts": result.infotexts,
         "styles": [],

@@ -56,6 +56,17 @@ class Txt2ImgBody(ApiBody):
     send_images: bool = True
     save_images: bool = False
     enable_hr: bool = False
+    # hires fix (txt2img), A1111's defaults; null or "" for the sampler/scheduler/checkpoint: the first pass's
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
     tiling: bool | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)

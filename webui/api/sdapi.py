@@ -85,8 +85,6 @@ def _as_bool(key: str, value: Any) -> bool:
 def _refuse_unsupported(body: schemas.Txt2ImgBody, task: str) -> None:
     """Say so rather than silently return something other than what was asked for."""
     extra = body.model_extra or {}
-    if body.enable_hr:
-        raise InvalidRequest("enable_hr", "hires fix is not supported yet; send enable_hr: false")
     if body.alwayson_scripts:  # A1111 answers 422 for an always-on script it does not have, too
         name = next(iter(body.alwayson_scripts))
         raise InvalidRequest(f"alwayson_scripts.{name}", f"no always-on script named '{name}': this server has "
@@ -121,6 +119,8 @@ def to_txt2img_request(body: schemas.Txt2ImgBody, services: Services) -> Txt2Img
 
 
 def to_img2img_request(body: schemas.Img2ImgBody, services: Services) -> Img2ImgRequest:
+    if body.enable_hr:
+        raise InvalidRequest("enable_hr", "hires fix is a txt2img option; send enable_hr: false")
     if not body.init_images:
         raise InvalidRequest("init_images", "at least one image is required")
     budget, formats = services.settings.limits.max_image_pixels, services.settings.limits.image_formats

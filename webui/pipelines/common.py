@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -47,6 +47,7 @@ class BatchOutput:
     images: list[Image.Image]
     stopped_early: bool
     refiner: str | None = None  # the refiner's "name [hash]" when sampling switched to it (A1111's "Refiner")
+    first_pass: list[Image.Image] = field(default_factory=list)  # hires fix: the images before it, when asked
 
 
 def job_pipeline(model: LoadedModel, cls, sampling: Sampling, seeds: list[int], *, exact: bool | None = None):
@@ -130,13 +131,19 @@ class StepCallback:
 
 
 def run_and_decode(runner, kwargs: dict, callback: StepCallback) -> BatchOutput:
+    latents = run_latents(runner, kwargs, callback)
+    with torch.inference_mode():
+        images = decode.decode_latents(runner.vae, latents)
+    return BatchOutput(images=decode.to_pil(images), stopped_early=callback.stopped)
+
+
+def run_latents(runner, kwargs: dict, callback: StepCallback) -> torch.Tensor:
+    """Sample and return the final latents (undecoded), with the out-of-memory message."""
     with torch.inference_mode():
         try:
-            result = runner(**kwargs, output_type="latent", **callback.kwargs())
+            return runner(**kwargs, output_type="latent", **callback.kwargs()).images
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the memory back before the next job, then explain
             raise OutOfMemory(
                 f"Out of GPU memory while sampling {kwargs.get('num_images_per_prompt', 1)} image(s). Lower the "
                 "size or batch size, or start with --memory-profile 8gb or 4gb.") from None
-        images = decode.decode_latents(runner.vae, result.images)
-    return BatchOutput(images=decode.to_pil(images), stopped_early=callback.stopped)

@@ -25,6 +25,15 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
         return refiner.run_batch(model, request, seeds, listener, preview_every,
                                  lambda runner: _initial_latents(runner, request, seeds, subseeds or []),
                                  lease_refiner)
+    return common.run_and_decode(*prepare(model, request, seeds, listener, preview_every, subseeds,
+                                          request.steps))
+
+
+def prepare(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
+            preview_every: int, subseeds: list[int] | None, total_steps: int) -> tuple[object, dict,
+                                                                                       common.StepCallback]:
+    """The runner, its arguments and the step callback of one batch (``total_steps``: what progress counts to;
+    more than ``request.steps`` when a hires pass follows)."""
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
     if model.variant == "inpaint":  # A1111: the whole blank image is the area to paint
         conditioning = blank_inpaint.blank_conditioning(runner.vae, request.height, request.width)
@@ -44,8 +53,8 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
         generator=image_noise.torch_generators(),  # diffusers' own schedulers' noise (DDIM's eta)
         **common.eta_kwargs(request),
     )
-    callback = common.StepCallback(listener, request.steps, preview_every, model.family, prompts)
-    return common.run_and_decode(runner, kwargs, callback)
+    callback = common.StepCallback(listener, total_steps, preview_every, model.family, prompts)
+    return runner, kwargs, callback
 
 
 def _initial_latents(pipe, request: Txt2ImgRequest, seeds: list[int],

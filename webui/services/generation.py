@@ -26,7 +26,7 @@ from webui.models.native_size import FALLBACK as FALLBACK_SIZE
 from webui.models.native_size import native_size
 from webui.models.vae import AUTOMATIC as AUTOMATIC_VAE
 from webui.models.vae import VaeChoice, VaeFiles, load_vae
-from webui.pipelines import img2img, txt2img
+from webui.pipelines import hires, img2img, txt2img
 from webui.pipelines.common import BatchOutput, seamless
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import finish_png
@@ -52,10 +52,12 @@ class GenerationService:
                  credentials: ContentCredentials | None = None,
                  provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy,
                  safety: SafetyService | None = None, *, vaes: VaeFiles | None = None,
-                 vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE):
+                 vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE,
+                 save_before_hires: Callable[[], bool] = lambda: False):
         self._settings = settings
         self._vaes = vaes  # None: every job uses its checkpoint's own VAE
         self._vae_option = vae_option  # read per job, like the provenance policy
+        self._save_before_hires = save_before_hires  # A1111's save_images_before_highres_fix, read per job
         self._safety = safety
         self._manager = manager
         self._queue = queue
@@ -79,7 +81,8 @@ class GenerationService:
         return self._manager.registry.find(query).title if query else None
 
     def _txt2img_job(self, ctx: JobContext, request: Txt2ImgRequest) -> GenerationResult:
-        return self._run(ctx, request, _Txt2Img(request), self._provenance())
+        keep = request.enable_hr and request.save_images and self._save_before_hires()
+        return self._run(ctx, request, _Txt2Img(request, keep_first_pass=keep), self._provenance())
 
     def _img2img_job(self, ctx: JobContext, request: Img2ImgRequest) -> GenerationResult:
         return self._run(ctx, request, _Img2Img(request), self._provenance())
@@ -184,6 +187,8 @@ class GenerationService:
         self._check_job_pixels(request)
         self._prompts.check("prompt", request.prompt, request.steps, composable=True)
         self._prompts.check("negative_prompt", request.negative_prompt, request.steps)
+        if getattr(request, "enable_hr", False) and not hasattr(request, "init_images"):
+            self._check_hires(request)
         if request.sd_vae is not None and self._vaes is not None:
             self._vaes.check("sd_vae", request.sd_vae)
         if request.checkpoint:
@@ -213,9 +218,34 @@ class GenerationService:
             self._manager.registry.find(refiner)
         except ModelNotFound as exc:
             raise InvalidRequest("refiner_checkpoint", str(exc)) from None
-        if request.sampling.spec.k_algorithm is None:
+        if request.enable_hr:
+            raise InvalidRequest("refiner_checkpoint", "the refiner together with hires fix is not supported on "
+                                                       "this server yet; use one of them")
+        if not request.sampling.spec.k_algorithm:
             raise InvalidRequest("refiner_checkpoint", f"the refiner needs one of the k-diffusion samplers; "
                                                        f"{request.sampling.spec.name} is not one")
+
+    def _check_hires(self, request: Txt2ImgRequest) -> None:
+        """The hires pass against the same limits as a first pass of its size."""
+        limits = self._settings.limits
+        width, height = request.hires_size.final()
+        field = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+        if width < 8 or height < 8:
+            raise InvalidRequest(field, f"the hires size {width}x{height} is too small")
+        for side, value, limit in (("width", width, limits.max_width), ("height", height, limits.max_height)):
+            if value > limit:
+                raise InvalidRequest(field, f"the hires {side} {value} is over this server's limit of {limit}")
+        if request.hr_second_pass_steps > limits.max_steps:
+            raise InvalidRequest("hr_second_pass_steps", f"{request.hr_second_pass_steps} is over this server's "
+                                                         f"limit of {limits.max_steps}")
+        total = width * height * request.batch_size * request.n_iter
+        if total > limits.max_job_pixels:
+            raise InvalidRequest(field, f"the hires size {width}x{height} x batch_size x n_iter is "
+                                        f"{_pixels(total)}, over this server's per-job budget of "
+                                        f"{_pixels(limits.max_job_pixels)}")
+        steps = hires.hires_steps(request)
+        self._prompts.check("hr_prompt", request.hr_prompt, steps, composable=True)
+        self._prompts.check("hr_negative_prompt", request.hr_negative_prompt, steps)
 
     def _check_job_pixels(self, request: Txt2ImgRequest) -> None:
         """One budget for the whole job, so many allowed sizes cannot multiply into hours of GPU time."""
@@ -263,11 +293,13 @@ class GenerationService:
                 if ctx.consume_skip() and not ctx.interrupted:
                     continue  # Skip drops this batch and moves on to the next one
                 images, verdicts = self._review(ctx, out.images, policy, result)
+                batch_params = []
                 for image, seed, subseed, verdict in zip(images, seeds, subseeds, verdicts):
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
                                               subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
                                               refiner=out.refiner)
                     params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
+                    batch_params.append(dict(params))
                     if verdict:
                         params["Safety checker"] = verdict
                     final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
@@ -279,10 +311,30 @@ class GenerationService:
                     result.infotexts.append(final.infotext)
                     if request.save_images:
                         self._save(result, final.png, task.category, seed)
+                if out.first_pass:
+                    self._save_first_pass(ctx, out.first_pass, seeds, batch_params, request, policy, task, result)
             result.interrupted = ctx.interrupted
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
         return result
+
+    def _save_first_pass(self, ctx: JobContext, images: list, seeds: list[int], batch_params: list[dict],
+                         request: Txt2ImgRequest, policy: ProvenancePolicy, task: "_Task",
+                         result: GenerationResult) -> None:
+        """A1111's "-before-highres-fix" copies: saved only (not returned), each with its final image's infotext
+        (as A1111 writes it), through the same safety review and provenance as every image."""
+        reviewed, verdicts = self._review(ctx, images, policy, result)
+        for image, seed, params, verdict in zip(reviewed, seeds, batch_params, verdicts):
+            params = {key: value for key, value in params.items() if key != "Safety checker"}
+            if verdict:
+                params["Safety checker"] = verdict
+            final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
+                               self._credentials, title=f"Stable Studio {task.category}, seed {seed}, before hires")
+            try:
+                result.paths.append(self._store.save(final.png, task.category, seed,
+                                                     label=f"{seed}-before-highres-fix"))
+            except OSError as exc:
+                log.warning("Could not save a first-pass image: %s", exc)
 
     @contextmanager
     def _job_vae(self, ctx: JobContext, request: Txt2ImgRequest,
@@ -339,8 +391,9 @@ class _Task:
 class _Txt2Img(_Task):
     category = "txt2img"
 
-    def __init__(self, request: Txt2ImgRequest):
+    def __init__(self, request: Txt2ImgRequest, keep_first_pass: bool = False):
         self.request = request
+        self.keep_first_pass = keep_first_pass
 
     def check_model(self, model: LoadedModel) -> None:
         _refuse_refiner_as_checkpoint(model)
@@ -349,12 +402,16 @@ class _Txt2Img(_Task):
             raise InvalidRequest("checkpoint", f"{model.info.title} is an {model.variant} model; use it from img2img.")
 
     def steps(self, model: LoadedModel) -> int:
-        return self.request.steps
+        # A1111 counts both passes of a hires job.
+        return self.request.steps + (hires.hires_steps(self.request) if self.request.enable_hr else 0)
 
     def method(self, model: LoadedModel) -> str | None:
         return None
 
     def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
+        if self.request.enable_hr:
+            return hires.run_batch(model, self.request, seeds, ctx, preview_every, subseeds,
+                                   self.keep_first_pass)
         refiner = self.request.refiner_checkpoint
         # Leased like any checkpoint, inside this job's lease of the base (so the base stays loaded meanwhile).
         lease = (lambda: ctx.models.lease(refiner)) if refiner else None

@@ -128,6 +128,8 @@ OPTIONS: dict[str, Option] = {
     "uni_pc_skip_type": Option(str, "time_uniform", choices=("time_uniform", "time_quadratic", "logSNR")),
     "uni_pc_order": Option(int, 3, 1, 50),
     "uni_pc_lower_order_final": Option(bool, True),
+    # A1111's "Save a copy of image before applying highres fix" (NNNNN-SEED-before-highres-fix.png).
+    "save_images_before_highres_fix": Option(bool, False, honoured=True),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from webui.parameters import BY_NAME, TXT2IMG, Param, widget_rows
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
-from webui.parameters import widget_rows
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, request_fields, wire, wire_reuse)
 
@@ -45,11 +45,21 @@ def build_refiner(services: Services) -> Widgets:
     return widgets
 
 
+def _hires_rows() -> list[Param]:
+    """The accordion's rows in A1111's order: the strength (a row img2img shares) after the hires steps."""
+    rows = [p for p in widget_rows(TXT2IMG, panel="hires") if p.name != "denoising_strength"]
+    at = next(i for i, p in enumerate(rows) if p.name == "hr_second_pass_steps") + 1
+    return [*rows[:at], BY_NAME["denoising_strength"], *rows[at:]]
+
+
 def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     row = build_prompt_row("txt2img", "a watercolor fox in a snowy forest")
     with gr.Row():
         with gr.Column():
             settings, reuse = build_settings_and_reuse(services, "txt2img")
+            # A1111's "Hires. fix": upscale and run a second, img2img pass (webui/pipelines/hires.py).
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
+                settings.update(build_widgets(_hires_rows(), "txt2img", services.settings.limits))
             settings.update(build_refiner(services))
         with gr.Column():
             outputs = build_outputs("txt2img")
