@@ -399,7 +399,8 @@ def test_the_hires_job_is_a1111s_second_pass_over_k_diffusion(k, tiny_model):
     runner, kwargs, callback = txt2img.prepare(tiny_model, request, [5], Quiet(), 0, [0], 7)
     first = run_latents(runner, kwargs, callback)
     x = torch.nn.functional.interpolate(first.float(), scale_factor=2, mode="bilinear", antialias=False)
-    start, generators = noise.initial_noise(tuple(x.shape[1:]), [5], [0], noise.NoiseSettings(), "cpu")
+    streams = noise.ImageNoise(tuple(x.shape[1:]), [5], [0], noise.NoiseSettings(), "cpu")  # A1111's ImageRNG
+    start = streams.first()
     embeds = conditioning.encode_scheduled_pair(runner, "a red cube", "", 1, torch.device("cpu"), 3, 4).conds[0].embeds
     unet = tiny_model.pipe.unet
 
@@ -413,7 +414,7 @@ def test_the_hires_job_is_a1111s_second_pass_over_k_diffusion(k, tiny_model):
     with torch.no_grad():
         expected = k.sampling.sample_euler_ancestral(
             denoiser, x + start * sigma_sched[0], sigma_sched, disable=True,
-            noise_sampler=lambda _s, _n: torch.randn(x.shape, generator=generators[0]))
+            noise_sampler=lambda _s, _n: streams.next(x))
         reference = decode.to_pil(decode.decode_latents(tiny_model.pipe.vae, expected))[0]
     diff = np.abs(np.asarray(got, dtype=int) - np.asarray(reference, dtype=int))
     assert got.size == reference.size and diff.max() <= 1
