@@ -718,3 +718,29 @@ def test_hires_fix_from_the_accordion_doubles_the_image_and_records_it(page, app
     with Image.open(saved[-1]) as img:
         assert img.size == (128, 128)  # the hires size; the infotext keeps the first pass's
     screenshot(page, "hires-fix.png")
+
+
+def test_refiner_from_the_accordion_switches_checkpoint_and_records_it(page, app_server: RunningApp):
+    """Any checkpoint of the same latent space can refine: here the tiny SD 1.5 refines its own first half."""
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 4)):
+        set_slider(page, label, value)
+    page.locator("#txt2img_prompt textarea").fill("a refined lighthouse")
+    set_seed(page, 5151)
+    page.locator("#txt2img_refiner").get_by_text("Refiner").first.click()
+    dropdown = page.locator("#txt2img_refiner_checkpoint input")
+    for _attempt in range(5):  # the accordion's first opening can re-mount its widgets: pick until it holds
+        dropdown.click()
+        page.get_by_role("option", name=re.compile(r"^tiny-sd15")).click()
+        page.wait_for_timeout(500)
+        if dropdown.input_value().startswith("tiny-sd15"):
+            break
+    expect(dropdown).to_have_value(re.compile(r"^tiny-sd15"))
+    set_slider(page, "Switch at", 0.5)
+
+    page.locator("#txt2img_generate").click()
+
+    info = page.locator("#txt2img_info textarea")
+    expect(info).to_have_value(re.compile(r"Seed: 5151\b"), timeout=GENERATE_TIMEOUT)
+    text = info.input_value()
+    assert re.search(r"Refiner: tiny-sd15 \[[0-9a-f]{10}\], Refiner switch at: 0\.5", text), text
+    screenshot(page, "refiner.png")

@@ -357,3 +357,18 @@ def test_img2img_applies_and_records_sampler_options(client, extra, written) -> 
     assert written in json.loads(response.json()["info"])["infotexts"][0]
     assert response.json()["images"][0] != plain.json()["images"][0]
 
+
+
+def test_the_ui_applies_the_options_as_a1111s_settings_do(client) -> None:
+    """Set through /options (A1111's settings), the sampler parameters apply to jobs from the UI too."""
+    from tests import gradio_events
+
+    assert client.post("/sdapi/v1/options", json={"s_churn": 1.0}).status_code == 200
+    try:
+        config = client.get("/config").json()
+        by_label = {"Prompt": "a cat", "Negative prompt": "", "Sampling steps": 3, "Width": 64, "Height": 64,
+                    "Sampling method": "Euler", "Seed": 3}
+        stream = gradio_events.call(client, "txt2img", gradio_events.inputs_by_label(config, "txt2img", by_label))
+        assert "Sigma churn: 1" in stream, stream[-2000:]
+    finally:
+        client.post("/sdapi/v1/options", json={"s_churn": 0.0})

@@ -18,7 +18,7 @@ import gradio as gr
 from webui.config import Limits
 from webui.errors import StudioError
 from webui.infotext import parse_infotext
-from webui.parameters import BY_NAME, Param, widget_rows
+from webui.parameters import BY_NAME, Param, for_task, widget_rows
 from webui.samplers import sampler_names, schedules_for
 from webui.services.container import Services
 from webui.services.jobs import Job
@@ -88,6 +88,17 @@ def build_widgets(params: Iterable[Param], prefix: str, limits: Limits,
 def request_fields(values: dict, widgets: Widgets) -> dict[str, Any]:
     """Widget values as request fields (radio labels to indices, Gradio's float numbers to ints)."""
     return {name: BY_NAME[name].from_ui(values[component]) for name, component in widgets.items()}
+
+
+# Picked with their own selectors at the top of the page, which the job reads.
+_OWN_SELECTORS = frozenset({"checkpoint", "sd_vae"})
+
+
+def option_fields(services: Services, task: str, widgets: Widgets) -> dict[str, Any]:
+    """Fields a server option supplies and the form has no widget for (A1111's sampler parameters ...): the
+    option's current value, as A1111 applies its settings to every job from its UI too."""
+    return {p.name: services.options.value(p.setting) for p in for_task(task)
+            if p.setting and p.name not in widgets and p.name not in _OWN_SELECTORS}
 
 
 def progress_html(progress: Progress, position: int | None = None) -> str:

@@ -22,8 +22,8 @@ from webui.services.container import Services
 from webui.types import Img2ImgRequest, StyleTransferRequest
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
-                                      build_settings_and_reuse, build_widgets, error_html, request_fields,
-                                      warnings_html, wire, wire_reuse)
+                                      build_settings_and_reuse, build_widgets, error_html, option_fields,
+                                      request_fields, warnings_html, wire, wire_reuse)
 
 MODES = ("img2img", "Inpaint", "Batch", "Style transfer")
 
@@ -193,7 +193,8 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     open_upload = image_opener(services)
 
     def submit(values: dict):
-        fields = dict(request_fields(values, settings), **request_fields(values, img2img_settings),
+        fields = dict(option_fields(services, IMG2IMG, {**settings, **img2img_settings, **inpaint_settings}),
+                      **request_fields(values, settings), **request_fields(values, img2img_settings),
                       prompt=values[row.prompt], negative_prompt=values[row.negative_prompt],
                       checkpoint=values[checkpoint] or None)
         chosen = values[mode]

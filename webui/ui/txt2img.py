@@ -10,7 +10,8 @@ from webui.parameters import BY_NAME, TXT2IMG, Param, widget_rows
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
-                                      build_settings_and_reuse, build_widgets, request_fields, wire, wire_reuse)
+                                      build_settings_and_reuse, build_widgets, option_fields, request_fields, wire,
+                                      wire_reuse)
 
 
 @dataclass
@@ -66,7 +67,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     tab = Txt2ImgTab(row, settings, outputs)
 
     def submit(values: dict):
-        fields = request_fields(values, settings)
+        fields = dict(option_fields(services, TXT2IMG, settings), **request_fields(values, settings))
         request = Txt2ImgRequest.parse(prompt=values[row.prompt], negative_prompt=values[row.negative_prompt],
                                        checkpoint=values[checkpoint] or None, **fields)
         return services.generation.submit_txt2img(request)
