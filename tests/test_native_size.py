@@ -78,6 +78,7 @@ def test_api_uses_the_native_size_when_width_and_height_are_left_out(data_dir, m
     ((640, 512), 512, 1024, None),            # the user's own size stays
     ((512, 512), 1024, 1024, None),           # 512 chosen on purpose under SDXL stays
     ((512.0, 512.0), 512, 768, (768, 768)),   # Gradio sends floats
+    ((512, 512), 512, 512, None),             # the same default: nothing sent, a size typed meanwhile stays
 ])
 def test_ui_size_follows_the_checkpoint_only_while_untouched(size, previous, native, expected):
     width, height = follow(*size, previous, native)
@@ -96,6 +97,7 @@ def test_ui_wires_the_size_to_page_load_and_checkpoint_choice(services):
     dep = handlers[0]
     widths = [c for c in dep.outputs if getattr(c, "label", None) == "Width"]
     assert len(widths) == 2  # txt2img and img2img
-    *updates, applied = dep.fn(services.manager.selected.title, 512, 512, 512, 640, 512)
-    assert updates[:2] == [512, 512] and applied == 512
+    *updates, applied = dep.fn(services.manager.selected.title, 768, 768, 768, 640, 512)
+    assert updates[:2] == [512, 512] and applied == 512  # the tiny SD 1.5's 512 replaces the old default
+    assert updates[2:] == [{"__type__": "update"}] * 2  # the user's own 640x512 stays
     assert updates[2] == {"__type__": "update"}

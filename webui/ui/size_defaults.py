@@ -17,8 +17,9 @@ TABLE_DEFAULT = BY_NAME["width"].default  # what the widgets start at, before an
 def follow(width: float, height: float, previous: int, native: int) -> tuple[Any, Any]:
     """New (width, height) for a form at ``width`` x ``height`` when the default moves from ``previous`` to
     ``native``: the native size if the form was still at the previous default, else no change."""
-    if (int(width), int(height)) == (previous, previous):
+    if native != previous and (int(width), int(height)) == (previous, previous):
         return native, native
+    # Nothing to move: send no value, so a size typed while this ran (at page load) is not overwritten.
     return gr.update(), gr.update()
 
 
