@@ -92,7 +92,10 @@ def a1111_reference(k, model, embeds, req: Img2ImgRequest, init, start_noise, ke
         return denoised if keep is None else init * keep + (1 - keep) * denoised
 
     spec, _ = resolve_sampler(req.sampler_name, "Automatic")
-    steps, t_enc = req.steps, int(min(req.denoising_strength, 0.999) * req.steps)
+    if req.img2img_fix_steps:  # sd_samplers_common.setup_img2img_steps with opts.img2img_fix_steps
+        steps, t_enc = int(req.steps / min(req.denoising_strength, 0.999)), req.steps - 1
+    else:
+        steps, t_enc = req.steps, int(min(req.denoising_strength, 0.999) * req.steps)
     sigmas = a1111_sigmas(k, denoiser, effective_schedule(spec, "Automatic"), steps)
     sigma_sched = sigmas[steps - t_enc - 1:]
     name, extra = K_FUNCTIONS[req.sampler_name]
@@ -225,5 +228,19 @@ def test_ancestral_step_noise_continues_each_images_stream_as_a1111(k, tiny, sou
     start_noise = streams.first()
     expected = a1111_reference(k, tiny, inputs.seen[0], req, init, start_noise,
                                noise_sampler=lambda _s, _n: streams.next(init))
+    [reference] = decode.to_pil(decode.decode_latents(tiny.pipe.vae, expected))
+    assert np.abs(pixels(out.images[0]) - pixels(reference)).max() <= 1
+
+
+def test_img2img_fix_steps_runs_exactly_the_steps_as_a1111s_option(k, tiny):
+    req = request(steps=4, denoising_strength=0.5, img2img_fix_steps=True)
+    assert img2img.steps_run(req, "img2img") == 4  # of a schedule stretched to 8
+    prepared = img2img.prepare(req, req.init_images[0], "img2img")
+    listener = Steps()
+    with UNetInputs(tiny.pipe.unet) as inputs:
+        out = img2img.run_batch(tiny, req, prepared, "img2img", [SEED], listener, preview_every=0)
+    assert len(inputs.seen) == 4 and {total for _step, total in listener.seen} == {4}
+    init, start_noise = start_of(tiny, req, prepared)
+    expected = a1111_reference(k, tiny, inputs.seen[0], req, init, start_noise)
     [reference] = decode.to_pil(decode.decode_latents(tiny.pipe.vae, expected))
     assert np.abs(pixels(out.images[0]) - pixels(reference)).max() <= 1

@@ -607,6 +607,10 @@ HIRES_PARAMS: tuple[Param, ...] = (
 )
 PARAMS = PARAMS + HIRES_PARAMS
 
+# A1111's "With img2img, do exactly the amount of steps the slider specifies": the schedule is stretched to
+# int(steps / strength) so that ``steps`` steps run (A1111 writes nothing to the infotext for it).
+PARAMS = PARAMS + (Param("img2img_fix_steps", bool, False, tasks=ONLY_IMG2IMG, setting="img2img_fix_steps"),)
+
 BY_NAME: MappingProxyType[str, Param] = MappingProxyType({p.name: p for p in PARAMS})
 
 

@@ -253,6 +253,7 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpaint_full_res: bool = P["inpaint_full_res"].field()  # "only masked": the masked region at full resolution
     inpaint_full_res_padding: int = P["inpaint_full_res_padding"].field()
     inpainting_mask_invert: bool = P["inpainting_mask_invert"].field()
+    img2img_fix_steps: bool = P["img2img_fix_steps"].field()  # A1111's option: exactly ``steps`` steps run
 
     @model_validator(mode="after")
     def _no_hires(self) -> "Img2ImgRequest":

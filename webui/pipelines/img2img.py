@@ -70,14 +70,18 @@ def steps_run(request: Img2ImgRequest, method: str) -> int:
     if strength <= 0:
         return 0
     if is_exact(request, method):
-        _schedule, t_enc = img2img_steps(steps, strength, fixed_steps=False)
+        _schedule, t_enc = img2img_steps(steps, strength, fixed_steps=request.img2img_fix_steps)
         return t_enc + 1
-    scheduled = _diffusers_schedule_steps(steps, strength)
+    scheduled = _diffusers_schedule_steps(request)
     return min(int(scheduled * strength), scheduled)
 
 
-def _diffusers_schedule_steps(steps: int, strength: float) -> int:
-    """Steps of the full schedule to ask diffusers for; raised when a low strength would run none at all."""
+def _diffusers_schedule_steps(request: Img2ImgRequest) -> int:
+    """Steps of the full schedule to ask diffusers for: stretched with A1111's ``img2img_fix_steps`` so that about
+    ``steps`` run, and raised when a low strength would run none at all."""
+    steps, strength = request.steps, min(request.denoising_strength, 0.999)
+    if request.img2img_fix_steps and strength > 0:
+        return max(steps, int(steps / strength))
     if strength <= 0 or int(steps * strength) >= 1:
         return steps
     return math.ceil(1 / strength)
@@ -204,7 +208,9 @@ def _image_start(runner, request: Img2ImgRequest, prepared: PreparedInput, seeds
             latents = latents * keep + fill.to(device) * (1 - keep)
         elif request.inpainting_fill == 3:  # latent nothing
             latents = latents * keep
-    return ImageStart(latents, start_noise.to(device), request.denoising_strength, keep_mask=keep), image_noise
+    start = ImageStart(latents, start_noise.to(device), request.denoising_strength,
+                       fixed_steps=request.img2img_fix_steps, keep_mask=keep)
+    return start, image_noise
 
 
 def _run_diffusers(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInput, method: str,
@@ -233,7 +239,7 @@ def _run_diffusers(model: LoadedModel, request: Img2ImgRequest, prepared: Prepar
         kwargs.update(image_guidance_scale=request.image_cfg_scale, num_inference_steps=request.steps)
     else:
         kwargs.update(strength=request.denoising_strength,
-                      num_inference_steps=_diffusers_schedule_steps(request.steps, request.denoising_strength))
+                      num_inference_steps=_diffusers_schedule_steps(request))
     if method == "inpaint":
         kwargs.update(mask_image=prepared.mask, width=request.width, height=request.height)
     callback = common.StepCallback(listener, total, preview_every, model.family, prompts)

@@ -116,7 +116,7 @@ OPTIONS: dict[str, Option] = {
     "live_previews_enable": Option(bool, True),
     "show_progress_every_n_steps": Option(int, 10, -1, 32),
     "img2img_color_correction": Option(bool, False),
-    "img2img_fix_steps": Option(bool, False),
+    "img2img_fix_steps": Option(bool, False, honoured=True),
     "add_model_hash_to_info": Option(bool, True),
     "add_model_name_to_info": Option(bool, True),
     "do_not_show_images": Option(bool, False),
