@@ -130,13 +130,34 @@ def test_the_scheduler_runs_only_the_tail_of_the_schedule(tiny_model) -> None:
 
 # ------------------------------------------------------------------------------- the hires job, through the API
 
-@pytest.fixture
-def client(services):
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, model_files, tiny_loader):
+    """One app for this module's API tests (building one per test cost about 2 s each)."""
+    from tests.conftest import install, make_settings
+    from webui.services.container import build_services
+
+    data_dir = tmp_path_factory.mktemp("hires") / "data"
+    install(model_files["single"], data_dir)
+    install(model_files["other"], data_dir)
+    svc = build_services(make_settings(data_dir), load=tiny_loader)
+    yield svc
+    svc.queue.shutdown()
+
+
+@pytest.fixture(scope="module")
+def app_client(services):
     from fastapi.testclient import TestClient
 
     from webui.server import create_app
 
-    return TestClient(create_app(services), base_url="http://127.0.0.1:7860")
+    with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def client(app_client):
+    yield app_client
+    app_client.post("/sdapi/v1/options", json={"save_images_before_highres_fix": False})  # the one option set here
 
 
 SMALL = {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 5, "enable_hr": True,

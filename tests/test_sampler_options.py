@@ -24,7 +24,7 @@ from tiny_models import tiny_sd1_components
 from webui import k_samplers
 from webui.infotext import format_infotext, parse_infotext
 from webui.models.loader import LoadedModel, base_scheduler_config
-from webui.parameters import (CHURN_ALGORITHMS, ETA_ALGORITHMS, S_NOISE_ALGORITHMS, InfotextContext,
+from webui.parameters import (SAMPLER_OPTION_PARAMS, CHURN_ALGORITHMS, ETA_ALGORITHMS, S_NOISE_ALGORITHMS, InfotextContext,
                               infotext_params, parse_params)
 from webui.pipelines import conditioning, decode, txt2img
 from webui.pipelines.noise import Philox
@@ -285,10 +285,28 @@ def test_a1111_option_table_spellings_are_read_too() -> None:
 # ------------------------------------------------------------------------------------------------- API
 
 
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory, model_files, tiny_loader):
+    """One app for this module's API tests (building one per test cost about 2 s each)."""
+    from tests.conftest import install, make_settings
+    from webui.services.container import build_services
+
+    data_dir = tmp_path_factory.mktemp("options") / "data"
+    install(model_files["single"], data_dir)
+    install(model_files["other"], data_dir)
+    services = build_services(make_settings(data_dir), load=tiny_loader)
+    try:
+        with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as test_client:
+            yield test_client
+    finally:
+        services.queue.shutdown()
+
+
 @pytest.fixture
-def client(services):
-    with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as test_client:
-        yield test_client
+def client(app_client):
+    yield app_client
+    # The options a test set go back to A1111's defaults for the next one.
+    app_client.post("/sdapi/v1/options", json={p.setting: p.default for p in SAMPLER_OPTION_PARAMS})
 
 
 BODY = {"prompt": "a cat", "seed": 3, "width": 64, "height": 64, "steps": 3}
