@@ -608,16 +608,18 @@ def test_variation_seed_from_the_extra_row_and_reuse_seed_buttons(page):
     set_seed(page, -1)
     page.locator("#txt2img_seed_extra").get_by_text("Extra: variation seed and noise").click()
     subseed = page.locator("#txt2img_subseed input[type=number]")
-    set_slider(page, "Variation strength", 0.5)
+    strength = page.locator("#tab_txt2img").get_by_label("number input for Variation strength", exact=True)
     # The accordion's first opening can re-mount its widgets a moment later (seen on a cold start), putting the
-    # default back: type the value until it holds.
+    # defaults back: type both values until they hold.
     for _attempt in range(5):
-        subseed.fill("777")
-        subseed.press("Enter")
-        subseed.blur()
+        for box, value in ((strength, "0.5"), (subseed, "777")):
+            box.fill(value)
+            box.press("Enter")
+            box.blur()
         page.wait_for_timeout(500)
-        if subseed.input_value() == "777":
+        if subseed.input_value() == "777" and strength.input_value() == "0.5":
             break
+    expect(strength).to_have_value("0.5")
     expect(subseed).to_have_value("777")
 
     page.locator("#txt2img_generate").click()
