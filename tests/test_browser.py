@@ -746,3 +746,21 @@ def test_refiner_from_the_accordion_switches_checkpoint_and_records_it(page, app
     text = info.input_value()
     assert re.search(r"Refiner: tiny-sd15 \[[0-9a-f]{10}\], Refiner switch at: 0\.5", text), text
     screenshot(page, "refiner.png")
+
+
+def test_api_docs_render_without_a_network(page, app_server: RunningApp):
+    """Swagger UI's files come from this server: any request elsewhere is blocked, and the docs still render."""
+    outside = []
+
+    def block_outside(route):
+        if route.request.url.startswith(app_server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", block_outside)
+    page.goto(app_server.url + "/docs")
+    expect(page.get_by_text("/sdapi/v1/txt2img").first).to_be_visible(timeout=30_000)
+    assert outside == []
+    screenshot(page, "api-docs.png")

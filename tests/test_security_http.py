@@ -4,6 +4,8 @@ parse. Every test goes through the whole app (Gradio mounted in FastAPI) built b
 
 from __future__ import annotations
 
+import re
+
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -246,7 +248,7 @@ def test_security_headers_on_login_refusals(secured):
 
 # --- the API docs -----------------------------------------------------------------------------------------------------
 
-DOCS = ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"]
+DOCS = ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/docs/assets/swagger-ui-bundle.js"]
 
 
 def test_api_docs_need_the_api_login(secured):
@@ -260,6 +262,18 @@ def test_api_docs_need_the_api_login(secured):
 def test_api_docs_are_as_open_as_the_api(local):
     for path in DOCS:
         assert local.get(path).status_code == 200
+
+
+def test_api_docs_load_nothing_from_outside_the_server(local):
+    """Offline, a CDN-hosted Swagger UI is a blank page: every script and stylesheet comes from this server."""
+    page = local.get("/docs").text
+    assets = re.findall(r'(?:src|href)=["\']([^"\']+)', page)
+    assert assets and all(url.startswith("/") for url in assets), assets
+    for url in assets:
+        assert local.get(url).status_code == 200, url
+    assert "SwaggerUIBundle" in local.get("/docs/assets/swagger-ui-bundle.js").text
+    redoc = local.get("/redoc").text
+    assert "/docs/assets/redoc.standalone.js" in redoc and "cdn." not in redoc
 
 
 # --- request bodies ---------------------------------------------------------------------------------------------------

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gradio as gr
 from gradio.utils import get_upload_folder as gradio_upload_folder
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from webui import VERSION
 from webui.api.hosts import HostPolicy
 from webui.api.jobs import build_jobs_router
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import build_router, install_error_handlers
-from webui.api.security import API_PREFIXES, install_security
+from webui.api.security import API_PREFIXES, DOCS_ASSETS, install_security
 from webui.api.studio import build_studio_router
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
@@ -22,8 +23,10 @@ from webui.ui.upload_guard import UploadGuardMiddleware
 def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     """The whole app; ``hosts`` (built from the settings when None) is the Host allow-list, which the caller keeps
     to add the share link's host once it is known."""
-    app = FastAPI(title="Stable Studio API", version=VERSION,
-                  description="A1111-compatible `/sdapi/v1` routes over the same job queue as the web UI.")
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this server; FastAPI's own pages load them from
+    # a CDN, so they were blank offline.
+    app = FastAPIOffline(title="Stable Studio API", version=VERSION, static_url=DOCS_ASSETS,
+                         description="A1111-compatible `/sdapi/v1` routes over the same job queue as the web UI.")
     install_error_handlers(app)
     app.include_router(build_router(services))
     app.include_router(build_listings_router(services))

@@ -29,6 +29,7 @@ Credentials = tuple[tuple[str, str], ...]
 API_PREFIXES = ("/sdapi", "/studio")  # A1111's API and the project's own
 # FastAPI's interactive docs describe the API, so they sit behind the API's login.
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ASSETS = "/docs/assets"  # the docs pages' Swagger UI and ReDoc files, served by this server
 REALM = "Stable Studio API"
 # Methods a browser lets any page send cross-site (forms, fetch no-cors): the ones a forged request can abuse.
 STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -150,7 +151,8 @@ def _exposure(settings: Settings) -> str | None:
 # --- HTTP -------------------------------------------------------------------------------------------------------------
 
 def is_api_path(path: str) -> bool:
-    return path in DOCS_PATHS or any(path == prefix or path.startswith(prefix + "/") for prefix in API_PREFIXES)
+    return path in DOCS_PATHS or path.startswith(DOCS_ASSETS + "/") or \
+        any(path == prefix or path.startswith(prefix + "/") for prefix in API_PREFIXES)
 
 
 class ApiAuthMiddleware:
