@@ -126,3 +126,24 @@ def services(data_dir, model_files, tiny_loader) -> Iterator[Services]:
     svc = build_services(make_settings(data_dir), load=tiny_loader)
     yield svc
     svc.queue.shutdown()
+
+
+@pytest.fixture(scope="session")
+def k():
+    """The reference k-diffusion sampling/external modules (tests/kdiffusion_ref.py)."""
+    from tests import kdiffusion_ref
+
+    return kdiffusion_ref.load()
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> LoadedModel:
+    """A tiny random SD 1.x pipeline (fp32, CPU) as a loaded model, one per test module."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.tiny_models import tiny_sd1_components
+
+    pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    return LoadedModel(info=None, family="sd", variant="normal", pipe=pipe,
+                       scheduler_config=loader.base_scheduler_config(), default_size=64)

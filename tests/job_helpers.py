@@ -11,3 +11,13 @@ def submit_work(queue: JobQueue, kind: str, work: Callable[[Any], Any], **option
     """Register ``kind`` (a handler calling ``work(ctx)``) and queue one job of it."""
     queue.register(JobKind(kind, lambda ctx, _request: work(ctx), **options))
     return queue.submit(kind)
+
+
+class QuietListener:
+    """A step listener for pipelines run directly in tests: no progress shown, never stopped."""
+
+    def on_step(self, step, steps, preview) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False

@@ -49,3 +49,9 @@ def load() -> types.SimpleNamespace:
         module_spec.loader.exec_module(module)
         setattr(package, name, module)
     return types.SimpleNamespace(sampling=package.sampling, external=package.external)
+
+
+def ldm_alphas_cumprod() -> torch.Tensor:
+    """SD's schedule as LDM builds it (float64 betas, float32 buffer): scaled linear 0.00085..0.012."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, dim=0).float()

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
-import kdiffusion_ref
-from tiny_models import tiny_sd1_components
+from job_helpers import QuietListener
 from webui.errors import InvalidRequest
-from webui.models.loader import LoadedModel, base_scheduler_config
 from webui.pipelines import conditioning, decode, txt2img
 from webui.pipelines.noise import Philox
 from webui.pipelines.prompt_switch import PromptSwitch
@@ -31,27 +28,6 @@ SHAPE = (4, 32, 32)
 CPU = torch.device("cpu")
 
 
-class _Quiet:
-    def on_step(self, step, steps, preview) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-
-@pytest.fixture(scope="module")
-def k():
-    return kdiffusion_ref.load()
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> LoadedModel:
-    pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    return LoadedModel(info=None, family="sd", variant="normal", pipe=pipe,
-                       scheduler_config=base_scheduler_config(), default_size=64)
-
-
 def _ours(monkeypatch, model, prompt: str, negative: str = "", cfg: float = 7.0, seeds=SEEDS) -> torch.Tensor:
     request = Txt2ImgRequest(prompt=prompt, negative_prompt=negative, sampler_name="Euler", steps=STEPS, width=64,
                              height=64, cfg_scale=cfg, randn_source="NV", save_images=False)
@@ -62,7 +38,7 @@ def _ours(monkeypatch, model, prompt: str, negative: str = "", cfg: float = 7.0,
         return torch.zeros((latents.shape[0], 3, 8, 8))
 
     monkeypatch.setattr(decode, "decode_latents", keep)
-    txt2img.run_batch(model, request, list(seeds), _Quiet(), preview_every=0)
+    txt2img.run_batch(model, request, list(seeds), QuietListener(), preview_every=0)
     return captured["latents"]
 
 

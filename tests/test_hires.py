@@ -11,10 +11,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline
 
 import kdiffusion_ref
-from test_sigmas import BROWNIAN, K_FUNCTIONS, _ldm_alphas_cumprod, a1111_sigmas
+from job_helpers import QuietListener
+from test_sigmas import BROWNIAN, K_FUNCTIONS, a1111_sigmas
 from PIL import Image
 from tiny_models import tiny_sd1_components
 from webui.hires_fix import LATENT_MODES, PIXEL_UPSCALERS, UPSCALERS
@@ -36,19 +37,6 @@ SEED = 4321
 
 
 @pytest.fixture(scope="module")
-def k():
-    return kdiffusion_ref.load()
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> LoadedModel:
-    pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    return LoadedModel(info=None, family="sd", variant="normal", pipe=pipe,
-                       scheduler_config=base_scheduler_config(), default_size=64)
-
-
-@pytest.fixture(scope="module")
 def embeds() -> torch.Tensor:
     return torch.randn((1, 77, 32), generator=torch.Generator().manual_seed(7))
 
@@ -63,7 +51,7 @@ def _reference_img2img(k, model, embeds, sampler: str, steps: int, strength: flo
         def get_eps(self, x, t, **kwargs):
             return unet(x, t, encoder_hidden_states=embeds).sample
 
-    denoiser = TinyCompVis(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCompVis(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
     # sd_samplers_common.setup_img2img_steps, written out
     if fixed_steps:
         schedule, t_enc = int(steps / min(strength, 0.999)), steps - 1
@@ -378,21 +366,14 @@ def test_sdxl_checkpoints_run_the_hires_pass_through_the_sdxl_img2img_pipeline()
     from tiny_models import tiny_sdxl_components
     from webui.pipelines import hires
 
-    class Quiet:
-        def on_step(self, step, steps, preview):
-            pass
-
-        def should_stop(self):
-            return False
-
     sd1 = tiny_sd1_components(seed=0)
     pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed=0), tokenizer=sd1["tokenizer"],
                                      tokenizer_2=sd1["tokenizer"], scheduler=sd1["scheduler"])
     model = LoadedModel(info=None, family="sdxl", variant="normal", pipe=pipe,
                         scheduler_config=base_scheduler_config(), default_size=64)
     request = Txt2ImgRequest.parse(**{**SMALL, "hr_sampler_name": "DPM++ 2M SDE"})
-    first = hires.run_batch(model, request, [5], Quiet(), 0, [0])
-    again = hires.run_batch(model, request, [5], Quiet(), 0, [0])
+    first = hires.run_batch(model, request, [5], QuietListener(), 0, [0])
+    again = hires.run_batch(model, request, [5], QuietListener(), 0, [0])
     factor = pipe.vae_scale_factor
     assert first.images[0].size == (64 // factor * 2 * factor,) * 2
     assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
@@ -405,19 +386,12 @@ def test_the_hires_job_is_a1111s_second_pass_over_k_diffusion(k, tiny_model):
     from webui.pipelines import conditioning, decode, hires, noise, txt2img
     from webui.pipelines.common import run_latents
 
-    class Quiet:
-        def on_step(self, step, steps, preview):
-            pass
-
-        def should_stop(self):
-            return False
-
     request = Txt2ImgRequest.parse(prompt="a red cube", steps=3, width=64, height=64, cfg_scale=1.0, seed=5,
                                    sampler_name="Euler a", enable_hr=True, denoising_strength=0.5,
                                    hr_second_pass_steps=4)
-    got = hires.run_batch(tiny_model, request, [5], Quiet(), 0, [0]).images[0]
+    got = hires.run_batch(tiny_model, request, [5], QuietListener(), 0, [0]).images[0]
 
-    runner, kwargs, callback = txt2img.prepare(tiny_model, request, [5], Quiet(), 0, [0], 7)
+    runner, kwargs, callback = txt2img.prepare(tiny_model, request, [5], QuietListener(), 0, [0], 7)
     first = run_latents(runner, kwargs, callback)
     x = torch.nn.functional.interpolate(first.float(), scale_factor=2, mode="bilinear", antialias=False)
     streams = noise.ImageNoise(tuple(x.shape[1:]), [5], [0], noise.NoiseSettings(), "cpu")  # A1111's ImageRNG
@@ -429,7 +403,7 @@ def test_the_hires_job_is_a1111s_second_pass_over_k_diffusion(k, tiny_model):
         def get_eps(self, x, t, **kwargs):
             return unet(x, t, encoder_hidden_states=embeds).sample
 
-    denoiser = TinyCompVis(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCompVis(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
     sigmas = a1111_sigmas(k, denoiser, "Automatic", 8)  # int(4 / 0.5): A1111's fixed steps for the hires pass
     sigma_sched = sigmas[8 - 4:]
     with torch.no_grad():

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 import kdiffusion_ref
 from test_prompt_syntax import UNetInputs
-from test_sigmas import K_FUNCTIONS, _ldm_alphas_cumprod, a1111_sigmas
+from test_sigmas import K_FUNCTIONS, a1111_sigmas
 from webui.models.registry import CheckpointInfo
 from webui.pipelines import common, decode, img2img, noise
 from webui.pipelines.encode import encode_images
@@ -40,11 +40,6 @@ def _load(model_files, tiny_loader, key):
     info = CheckpointInfo(path=path, name=path.name, model_name=path.stem, kind="safetensors", short_hash=None,
                           sha256=None)
     return tiny_loader(info, torch.float32)
-
-
-@pytest.fixture(scope="module")
-def k():
-    return kdiffusion_ref.load()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +80,7 @@ def a1111_reference(k, model, embeds, req: Img2ImgRequest, init, start_noise, ke
         def get_eps(self, x, t, **kwargs):
             return unet(x, t, encoder_hidden_states=embeds).sample
 
-    denoiser = TinyCompVis(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCompVis(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
 
     def blended(x, sigma, **kwargs):
         denoised = denoiser(x, sigma, **kwargs)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
 import kdiffusion_ref
-from tiny_models import tiny_sd1_components
-from webui.models.loader import LoadedModel, base_scheduler_config
+from job_helpers import QuietListener
+from webui.models.loader import LoadedModel
 from webui.pipelines import conditioning, decode, txt2img
 from webui.pipelines.noise import ImageNoise, NoiseSettings, Philox
 from webui.types import Txt2ImgRequest
@@ -23,32 +22,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
 
 STEPS = 4
 SEEDS = [101, 2024]
-
-
-class _Quiet:
-    def on_step(self, step, steps, preview) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-
-@pytest.fixture(scope="module")
-def k():
-    return kdiffusion_ref.load()
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> LoadedModel:
-    pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    return LoadedModel(info=None, family="sd", variant="normal", pipe=pipe,
-                       scheduler_config=base_scheduler_config(), default_size=64)
-
-
-def _ldm_alphas_cumprod() -> torch.Tensor:
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, dim=0).float()
 
 
 def _ours(monkeypatch, model: LoadedModel, sampler: str, source: str, seeds: list[int],
@@ -63,7 +36,7 @@ def _ours(monkeypatch, model: LoadedModel, sampler: str, source: str, seeds: lis
         return torch.zeros((latents.shape[0], 3, 8, 8))
 
     monkeypatch.setattr(decode, "decode_latents", keep)
-    txt2img.run_batch(model, request, seeds, _Quiet(), preview_every=0)
+    txt2img.run_batch(model, request, seeds, QuietListener(), preview_every=0)
     return captured["latents"]
 
 
@@ -78,7 +51,7 @@ def _reference(k, model: LoadedModel, seeds: list[int], ensd: int = 0) -> torch.
         def get_eps(self, x, t, **kwargs):
             return unet(x, t, encoder_hidden_states=embeds).sample
 
-    denoiser = TinyCompVis(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCompVis(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
     sigmas = denoiser.get_sigmas(STEPS)
     shape = (4, 32, 32)  # the tiny VAE halves: 64 px -> 32 latent cells
     streams = [Philox(seed) for seed in seeds]

@@ -14,13 +14,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from fastapi.testclient import TestClient
 from PIL import Image
 from scipy import stats
 
 import kdiffusion_ref
-from tiny_models import tiny_sd1_components
+from job_helpers import QuietListener
 from webui import k_samplers
 from webui.infotext import format_infotext, parse_infotext
 from webui.models.loader import LoadedModel, base_scheduler_config
@@ -42,32 +41,6 @@ SEED = 4321
 SHAPE = (4, 32, 32)  # one 64 px image's latent with the tiny VAE (it halves)
 
 
-class _Quiet:
-    def on_step(self, step, steps, preview) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-
-@pytest.fixture(scope="module")
-def k():
-    return kdiffusion_ref.load()
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> LoadedModel:
-    pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    return LoadedModel(info=None, family="sd", variant="normal", pipe=pipe,
-                       scheduler_config=base_scheduler_config(), default_size=64)
-
-
-def _ldm_alphas_cumprod() -> torch.Tensor:
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, dim=0).float()
-
-
 def _ours(monkeypatch, model: LoadedModel, **fields) -> torch.Tensor:
     """Final latents of the real txt2img batch code, NV noise, CFG 1 (decode skipped)."""
     request = Txt2ImgRequest(prompt="a red fox", steps=STEPS, width=64, height=64, cfg_scale=1.0, seed=SEED,
@@ -79,7 +52,7 @@ def _ours(monkeypatch, model: LoadedModel, **fields) -> torch.Tensor:
         return torch.zeros((latents.shape[0], 3, 8, 8))
 
     monkeypatch.setattr(decode, "decode_latents", keep)
-    txt2img.run_batch(model, request, [SEED], _Quiet(), preview_every=0)
+    txt2img.run_batch(model, request, [SEED], QuietListener(), preview_every=0)
     return captured["latents"]
 
 
@@ -106,7 +79,7 @@ def _reference(k, model: LoadedModel, monkeypatch, function: str, sigmas_of=None
         def get_eps(self, x, t, **kwargs):
             return unet(x, t, encoder_hidden_states=cond.embeds).sample
 
-    denoiser = TinyCompVis(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCompVis(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
     sigmas = sigmas_of(denoiser) if sigmas_of else denoiser.get_sigmas(STEPS)
     stream = Philox(SEED)
     noise = stream.randn(SHAPE).unsqueeze(0)

@@ -35,20 +35,9 @@ STEPS = (1, 2, 8, 11, 20, 30)
 
 
 @pytest.fixture(scope="module")
-def k():
-    return kdiffusion_ref.load()
-
-
-def _ldm_alphas_cumprod() -> torch.Tensor:
-    """SD's schedule as LDM builds it (float64 betas, float32 buffer): scaled linear 0.00085..0.012."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, dim=0).float()
-
-
-@pytest.fixture(scope="module")
 def ref_model(k):
     """k-diffusion's CompVisDenoiser equivalent as A1111 builds it (quantize off, A1111's default)."""
-    return k.external.DiscreteEpsDDPMDenoiser(None, _ldm_alphas_cumprod(), quantize=False)
+    return k.external.DiscreteEpsDDPMDenoiser(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
 
 
 @pytest.fixture(scope="module")
@@ -162,14 +151,6 @@ SEED = 1234
 
 
 @pytest.fixture(scope="module")
-def tiny_model() -> LoadedModel:
-    pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    return LoadedModel(info=None, family="sd", variant="normal", pipe=pipe,
-                       scheduler_config=base_scheduler_config(), default_size=64)
-
-
-@pytest.fixture(scope="module")
 def embeds() -> torch.Tensor:
     return torch.randn((1, 77, 32), generator=torch.Generator().manual_seed(7))
 
@@ -183,7 +164,7 @@ def _reference_latents(k, model: LoadedModel, embeds, sampler: str, schedule: st
         def get_eps(self, x, t, **kwargs):
             return unet(x, t, encoder_hidden_states=embeds).sample
 
-    denoiser = TinyCompVis(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCompVis(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
     n = steps + 1 if spec.discard_penultimate_sigma else steps
     sigmas = a1111_sigmas(k, denoiser, effective_schedule(spec, schedule), n)
     if spec.discard_penultimate_sigma:
@@ -248,7 +229,7 @@ def test_v_prediction_models_denoise_as_k_diffusion(k, tiny_model, embeds) -> No
         def get_v(self, x, t, **kwargs):
             return unet(x, t, encoder_hidden_states=embeds).sample
 
-    denoiser = TinyCompVisV(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCompVisV(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(21))
     sigmas = denoiser.get_sigmas(4)
     with torch.no_grad():
@@ -318,7 +299,7 @@ def test_cfg_matches_a1111_cfg_denoiser(k, tiny_model, embeds, sampler: str) -> 
         def get_eps(self, x, t, context):
             return unet(x, t, encoder_hidden_states=context).sample
 
-    denoiser = TinyCfg(None, _ldm_alphas_cumprod(), quantize=False)
+    denoiser = TinyCfg(None, kdiffusion_ref.ldm_alphas_cumprod(), quantize=False)
     spec, schedule = resolve_sampler(sampler)
     sigmas = a1111_sigmas(k, denoiser, effective_schedule(spec, schedule), 3)
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
