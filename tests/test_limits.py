@@ -250,7 +250,7 @@ def test_unknown_option_is_refused_and_nothing_is_stored(bare):
     client, services = bare
     config = services.settings.data_dir / "config.json"
     before = config.read_bytes() if config.exists() else None
-    for body in ({"outdir_samples": "/etc"}, {"x" * 1_000_000: 1}, {"jpeg_quality": 80, "my_secret_blob": "y"}):
+    for body in ({"outdir_everything": "/etc"}, {"x" * 1_000_000: 1}, {"jpeg_quality": 80, "my_secret_blob": "y"}):
         response = client.post("/sdapi/v1/options", json=body)
         assert response.status_code == 422
         message = error(response)
@@ -297,7 +297,7 @@ def test_a1111_options_clients_set_are_accepted_and_stored(bare):
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1, "provenance_c2pa": True})
 
 
-@pytest.mark.parametrize("key, value", [("samples_format", "jpg"), ("sd_unet", "other"), ("samples_save", False)])
+@pytest.mark.parametrize("key, value", [("upcast_attn", True), ("sd_unet", "other"), ("export_for_4chan", False)])
 def test_a1111_options_we_do_not_honour_are_refused_not_stored(bare, key, value):
     client, _ = bare
     response = client.post("/sdapi/v1/options", json={key: value})
@@ -310,16 +310,16 @@ def test_a_config_file_with_unknown_or_invalid_keys_still_starts(tmp_path, caplo
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "config.json").write_text(json.dumps({
-        "samples_format": "jpg", "junk": "x" * 1000, "CLIP_stop_at_last_layers": "two", "jpeg_quality": 80,
+        "sd_unet": "other", "junk": "x" * 1000, "CLIP_stop_at_last_layers": "two", "jpeg_quality": 80,
         "sd_model_checkpoint": "last-used.safetensors"}))
     with caplog.at_level(logging.WARNING):
         services = build_services(make_settings(data_dir))
     try:
         options = services.options.get_all()
-        assert options["samples_format"] == "png" and options["jpeg_quality"] == 80  # jpg is not honoured: dropped
+        assert options["sd_unet"] == "Automatic" and options["jpeg_quality"] == 80  # not honoured: dropped
         assert options["CLIP_stop_at_last_layers"] == 1 and "junk" not in options
         assert "junk: unknown option" in caplog.text and "CLIP_stop_at_last_layers" in caplog.text
-        assert "samples_format: 'jpg' is not supported" in caplog.text
+        assert "sd_unet: 'other' is not supported" in caplog.text
         services.options.update({"CLIP_stop_at_last_layers": 2})
         stored = json.loads((data_dir / "config.json").read_text())
         assert "junk" not in stored and stored["CLIP_stop_at_last_layers"] == 2

@@ -446,6 +446,8 @@ class GenerationResult:
     base_subseed: int = -1
     vae_name: str | None = None  # the VAE file used (None: the checkpoint's own)
     vae_hash: str | None = None
+    grid: "Image.Image | None" = None  # A1111's batch grid, when the return_grid option asks for it
+    grid_path: Path | None = None      # where the grid was saved (grid_save)
 
 
 @dataclass(frozen=True)

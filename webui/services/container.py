@@ -21,6 +21,7 @@ from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
 from webui.services.safety import SafetyService
+from webui.services.saving import SaveOptions
 from webui.services.style import StyleTransferService
 
 
@@ -69,7 +70,7 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
     options = OptionsService(settings.data_dir / "config.json", manager,
                              requirements={"safety_checker": lambda on: safety.status() if on else None,
                                            "sd_vae": vaes.problem},
-                             switch=checkpoints.submit_switch)
+                             switch=checkpoints.submit_switch, outputs_dir=settings.outputs_dir)
     credentials = ContentCredentials(settings.data_dir / "provenance")
 
     def provenance() -> ProvenancePolicy:
@@ -84,7 +85,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         checkpoints=checkpoints,
         generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety,
                                      vaes=vaes, vae_option=lambda: options.value("sd_vae"),
-                                     save_before_hires=lambda: options.value("save_images_before_highres_fix")),
+                                     save_before_hires=lambda: options.value("save_images_before_highres_fix"),
+                                     saving=lambda: SaveOptions.from_options(options.get_all())),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,

@@ -5,6 +5,7 @@ The Gradio UI, the REST API and the tests all call this; none of them touches mo
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import time
@@ -29,13 +30,16 @@ from webui.models.vae import VaeChoice, VaeFiles, load_vae
 from webui.pipelines import hires, img2img, txt2img
 from webui.pipelines.common import BatchOutput, seamless
 from webui.provenance.credentials import ContentCredentials
-from webui.provenance.encode import finish_png
+from webui.provenance.encode import FinalPng, finish_png
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.folders import folder_policy, unused_name
 from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
 from webui.services.prompt_budget import PromptBudget
 from webui.services.safety import SafetyService
+from webui.services.file_names import NameContext
+from webui.services.saving import ImageSaver, SaveOptions, image_bytes
 from webui.services.storage import ImageStore
+from webui.grids import image_grid
 from webui.types import GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
@@ -53,8 +57,11 @@ class GenerationService:
                  provenance: Callable[[], ProvenancePolicy] = ProvenancePolicy,
                  safety: SafetyService | None = None, *, vaes: VaeFiles | None = None,
                  vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE,
-                 save_before_hires: Callable[[], bool] = lambda: False):
+                 save_before_hires: Callable[[], bool] = lambda: False,
+                 saving: Callable[[], SaveOptions] = SaveOptions):
         self._settings = settings
+        self._saving = saving  # A1111's saving options (names, format, .txt, grids), read per job
+        self._saver = ImageSaver(store.root)
         self._vaes = vaes  # None: every job uses its checkpoint's own VAE
         self._vae_option = vae_option  # read per job, like the provenance policy
         self._save_before_hires = save_before_hires  # A1111's save_images_before_highres_fix, read per job
@@ -258,31 +265,44 @@ class GenerationService:
                                         f"x{request.batch_size}x{request.n_iter} = {_pixels(total)}, over this "
                                         f"server's per-job budget of {_pixels(budget)}")
 
-    def _save(self, result: GenerationResult, png: bytes, category: str, seed: int) -> None:
-        """Save one finished PNG; a full disk or unwritable outputs folder costs the file, never the image."""
+    def _save(self, result: GenerationResult, final: FinalPng, category: str, name: NameContext,
+              options: SaveOptions, policy: ProvenancePolicy, grid: bool = False) -> Path | None:
+        """Save one finished image as the options say; a full disk, unwritable folder or a folder option that
+        leads out of outputs/ costs the file, never the image (the reason is in the job's warnings)."""
+        fmt = options.extension(grid)
         try:
-            result.paths.append(self._store.save(png, category, seed))
-        except OSError as exc:
+            data, text = image_bytes(final.image, final.png, final.infotext, fmt, options, policy.ai_marker)
+            path = self._saver.save(data, text, category, name, options, grid=grid)
+        except (OSError, ValueError, InvalidRequest) as exc:
             log.warning("Could not save a %s image: %s", category, exc)
-            reason = exc.strerror or type(exc).__name__
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
             warning = f"Image not saved to the outputs folder ({reason}); it is only returned here."
             if warning not in result.warnings:
                 result.warnings.append(warning)
+            return None
+        if not grid:
+            result.paths.append(path)
+        return path
 
     def _run(self, ctx: JobContext, request: Txt2ImgRequest, task: "_Task",
              policy: ProvenancePolicy) -> GenerationResult:
         """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, provenance, saving."""
         started = time.time()
+        saving = self._saving()
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
         base_subseed = request.subseed if request.subseed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
                                   started=started, base_subseed=base_subseed)
+        first_params: dict = {}  # the first image's infotext parameters: a grid carries them, as in A1111
         with ctx.models.lease(request.checkpoint) as model, self._job_vae(ctx, request, model) as (model, vae), \
                 seamless(model, request.tiling):
             task.check_model(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
             result.model_variant = model.variant
             result.vae_name, result.vae_hash = vae.name, vae.short_hash
+            # A1111's [seed_first] / [seed_last] name tags: the job's first and last seeds.
+            job_seeds = (batch_seeds(request, base_seed, base_subseed, 0)[0][0],
+                         batch_seeds(request, base_seed, base_subseed, request.n_iter - 1)[0][-1])
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break
@@ -294,12 +314,13 @@ class GenerationService:
                     continue  # Skip drops this batch and moves on to the next one
                 images, verdicts = self._review(ctx, out.images, policy, result)
                 batch_params = []
-                for image, seed, subseed, verdict in zip(images, seeds, subseeds, verdicts):
+                for index, (image, seed, subseed, verdict) in enumerate(zip(images, seeds, subseeds, verdicts)):
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
                                               subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
                                               refiner=out.refiner)
                     params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
                     batch_params.append(dict(params))
+                    first_params = first_params or dict(params)
                     if verdict:
                         params["Safety checker"] = verdict
                     final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
@@ -309,14 +330,37 @@ class GenerationService:
                     result.seeds.append(seed)
                     result.subseeds.append(subseed)
                     result.infotexts.append(final.infotext)
-                    if request.save_images:
-                        self._save(result, final.png, task.category, seed)
+                    if request.save_images and saving.samples_save:
+                        name = replace(_name_context(request, model, seed, batch_index, index, started, task,
+                                                     vae.name), seeds=job_seeds)
+                        self._save(result, final, task.category, name, saving, policy)
                 if out.first_pass:
                     self._save_first_pass(ctx, out.first_pass, seeds, batch_params, request, policy, task, result)
+            self._grid(result, request, saving, policy, task, model, started, first_params, vae.name)
             result.interrupted = ctx.interrupted
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
         return result
+
+    def _grid(self, result: GenerationResult, request: Txt2ImgRequest, options: SaveOptions,
+              policy: ProvenancePolicy, task: "_Task", model: LoadedModel, started: float, params: dict,
+              vae_name: str | None) -> None:
+        """A1111's grid of the job's images: returned first in the UI's gallery (``return_grid``) and saved in
+        ``<category>-grids/`` (``grid_save``), with the first image's infotext and every provenance mark."""
+        if not result.images or (len(result.images) < 2 and options.grid_only_if_multiple):
+            return
+        save = options.grid_save and request.save_images
+        if not (options.return_grid or save):
+            return
+        grid = image_grid(result.images, request.batch_size, options.n_rows, options.grid_prevent_empty_spots)
+        final = finish_png(grid, request.prompt, request.negative_prompt, params, policy, self._credentials,
+                           title=f"Stable Studio {task.category} grid")
+        if options.return_grid:
+            result.grid = final.image
+        if save:
+            name = _name_context(request, model, result.seeds[0], 0, 0, started, task, vae_name)
+            name = replace(name, seeds=tuple(result.seeds))
+            result.grid_path = self._save(result, final, task.category, name, options, policy, grid=True)
 
     def _save_first_pass(self, ctx: JobContext, images: list, seeds: list[int], batch_params: list[dict],
                          request: Txt2ImgRequest, policy: ProvenancePolicy, task: "_Task",
@@ -438,6 +482,19 @@ class _Img2Img(_Task):
         init = self.request.init_images[batch_index % len(self.request.init_images)]
         prepared = img2img.prepare(self.request, init, method)
         return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every, subseeds)
+
+
+def _name_context(request: Txt2ImgRequest, model: LoadedModel, seed: int, iteration: int, index: int,
+                  started: float, task: "_Task", vae_name: str | None) -> NameContext:
+    """What a saved image's file name may use (A1111's FilenameGenerator fields)."""
+    return NameContext(
+        seed=seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
+        model_name=model.info.model_name, model_hash=model.info.short_hash or "",
+        sampler=request.sampler_name, scheduler=request.scheduler, steps=request.steps, cfg=request.cfg_scale,
+        width=request.width, height=request.height, clip_skip=request.clip_skip,
+        denoising=request.denoising_strength if task.category == "img2img" else None,
+        batch_index=index, batch_size=request.batch_size, iteration=iteration, n_iter=request.n_iter,
+        vae_name=vae_name or "", job_timestamp=datetime.datetime.fromtimestamp(started))
 
 
 def _refuse_refiner_as_checkpoint(model: LoadedModel) -> None:

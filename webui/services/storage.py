@@ -25,6 +25,11 @@ class ImageStore:
         self._lock = threading.Lock()  # numbering must not race between concurrent savers
         self._swept: set[Path] = set()  # folders already cleared of temp files a killed process left
 
+    @property
+    def root(self) -> Path:
+        """The outputs folder everything is saved under."""
+        return self._root
+
     def folder(self, category: str) -> Path:
         return self._root / f"{category}-images" / self._today().isoformat()
 
