@@ -356,6 +356,33 @@ class OptionsService:
     def clip_skip(self) -> int:
         return int(self.value("CLIP_stop_at_last_layers"))
 
+    def _checked(self, key: str, value: Any, allow_paths: bool) -> Any:
+        """The value to store for one key, or InvalidRequest naming it."""
+        option = OPTIONS.get(key)
+        if option is None:
+            raise InvalidRequest(_key_label(key), "unknown option. This server accepts: "
+                                                  f"{', '.join([CHECKPOINT_KEY, *OPTIONS])}")
+        if option.path and not allow_paths and option._typed(key, value) != self.value(key):
+            raise InvalidRequest(key, "is a folder on the server and cannot be set over the API; "
+                                      "set it in the Settings tab")
+        checked = option.check(key, value)
+        if option.path and self._outputs_dir is not None and checked != self.value(key):
+            resolve_outdir(key, checked, self._outputs_dir)  # no link leading out of outputs/
+        unmet = self._requirements.get(key, lambda _value: None)(checked)
+        if unmet:
+            raise InvalidRequest(key, unmet)
+        return checked
+
+    def problems(self, changes: dict[str, Any], *, allow_paths: bool = False) -> list[str]:
+        """Every key's problem at once (the Settings tab shows them all), without changing anything."""
+        found = []
+        for key, value in changes.items():
+            try:
+                self._checked(key, value, allow_paths)
+            except InvalidRequest as exc:
+                found.append(str(exc))
+        return found
+
     def update(self, changes: dict[str, Any], *, allow_paths: bool = False) -> Any:
         """Apply options, all or none: every key is checked before anything changes. A model switch is queued as
         a job (an unknown name is refused first, with nothing changed) and returned, so the caller can wait for
@@ -374,19 +401,7 @@ class OptionsService:
                     raise InvalidRequest(CHECKPOINT_KEY, "must be a checkpoint title")
                 checkpoint = value
                 continue
-            option = OPTIONS.get(key)
-            if option is None:
-                raise InvalidRequest(_key_label(key), "unknown option. This server accepts: "
-                                                      f"{', '.join([CHECKPOINT_KEY, *OPTIONS])}")
-            if option.path and not allow_paths and option._typed(key, value) != self.value(key):
-                raise InvalidRequest(key, "is a folder on the server and cannot be set over the API; "
-                                          "set it in the Settings tab")
-            checked[key] = option.check(key, value)
-            if option.path and self._outputs_dir is not None and checked[key] != self.value(key):
-                resolve_outdir(key, checked[key], self._outputs_dir)  # no link leading out of outputs/
-            unmet = self._requirements.get(key, lambda _value: None)(checked[key])
-            if unmet:
-                raise InvalidRequest(key, unmet)
+            checked[key] = self._checked(key, value, allow_paths)
         job = None
         if checkpoint is not None:
             if self._switch is None:

@@ -12,6 +12,7 @@ from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
 from webui.ui import history, img2img, pnginfo, size_defaults, txt2img
+from webui.ui.settings import build_settings_tab
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -86,6 +87,8 @@ def build_ui(services: Services) -> gr.Blocks:
                               services, checkpoint, status, lambda title: _switch_checkpoint(services, title))
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                build_settings_tab(services)
         devices = ", ".join(services.queue.devices)
         gr.Markdown(f"<small>Stable Studio {VERSION} · device{'s' if len(services.devices) > 1 else ''} {devices} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")

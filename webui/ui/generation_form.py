@@ -242,6 +242,8 @@ def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True,
             f"{time.monotonic() - started:.1f}s{note}</div>") + warnings_html(result.warnings)
     # Paths let the browser fetch the saved files; any image that was not saved is sent itself.
     images = [str(p) for p in result.paths] if len(result.paths) == len(result.images) else result.images
+    if result.grid is not None:  # A1111's return_grid: the batch's grid first
+        images = [str(result.grid_path) if result.grid_path else result.grid, *images]
     yield done, gr.update(visible=False), images, "\n\n".join(result.infotexts[:1]), None
 
 
