@@ -91,3 +91,32 @@ def test_a_folder_outside_outputs_is_refused_in_red_and_nothing_is_saved(page, a
     screenshot(page, "settings-refused.png")
     config = (app_server.data_dir / "config.json").read_text()
     assert "/etc" not in config and '"jpeg_quality": 55' not in config
+
+
+def test_form_defaults_apply_at_the_next_page_load_and_a_batch_shows_its_grid_first(page, app_server: RunningApp):
+    open_settings(page)
+    steps = page.locator("#setting_studio_default_steps input[type=number]")
+    steps.fill("3")
+    steps.press("Enter")
+    choose(page, "setting_studio_default_sampler", "Euler a")
+    page.locator("#settings_apply").click()
+    expect(page.locator("#settings_result")).to_contain_text("applies at the next page load")
+
+    page.reload()
+    form = page.locator("#tab_txt2img")
+    # Page-load events run after the page shows; on a busy machine that takes a while.
+    expect(form.get_by_label("number input for Sampling steps", exact=True)).to_have_value("3", timeout=30_000)
+    expect(page.locator("#txt2img_sampler input")).to_have_value("Euler a", timeout=30_000)
+
+    set_slider(page, "Width", 64)
+    set_slider(page, "Height", 64)
+    set_slider(page, "Batch size", 2)
+    page.locator("#txt2img_prompt textarea").fill("two boats")
+    set_seed(page, 77)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_progress")).to_contain_text("image(s) in", timeout=GENERATE_TIMEOUT)
+    thumbnails = page.locator("#txt2img_gallery img")
+    expect(thumbnails).to_have_count(3)  # the grid, then the two images
+    screenshot(page, "settings-defaults-grid.png")
+    grids = list((app_server.data_dir / "outputs" / "txt2img-grids").rglob("grid-*.png"))  # grid_format: png
+    assert grids, "the grid was not saved (grid_save is on by default)"

@@ -95,3 +95,32 @@ def test_every_shown_option_has_a_valid_default_and_a_label(app):
     assert all(o.honoured for rows in settings_rows().values() for _, o in rows), \
         "the tab must not offer a setting this server would refuse to change"
     assert set(DEFAULTS) == set(OPTIONS)
+
+
+def test_memory_profile_chosen_in_settings_is_the_next_start_default(tmp_path):
+    from webui.cli import parse_settings
+
+    (tmp_path / "config.json").write_text(json.dumps({"studio_memory_profile": "4gb"}))
+    assert parse_settings(["--data-dir", str(tmp_path)]).memory_profile == "4gb"
+    assert parse_settings(["--data-dir", str(tmp_path), "--memory-profile", "cpu"]).memory_profile == "cpu"
+    (tmp_path / "config.json").write_text(json.dumps({"studio_memory_profile": "lots"}))
+    assert parse_settings(["--data-dir", str(tmp_path)]).memory_profile == "auto"
+    (tmp_path / "config.json").write_text("{broken")
+    assert parse_settings(["--data-dir", str(tmp_path)]).memory_profile == "auto"
+
+
+def test_memory_profile_apply_says_it_needs_a_restart(app):
+    html = apply_settings(app[1], ["studio_memory_profile"], ["8gb"])
+    assert "Saved 1 setting(s)" in html and "after a restart" in html
+
+
+def test_form_defaults_follow_the_settings(app):
+    from webui.ui.form_defaults import values
+
+    services = app[1]
+    services.options.update({"studio_default_sampler": "Euler a", "studio_default_scheduler": "Karras",
+                             "studio_default_steps": 12, "studio_default_cfg_scale": 4.5})
+    sampler, scheduler, steps, cfg = values(services.options)
+    assert (sampler, scheduler["value"], steps, cfg) == ("Euler a", "Karras", 12, 4.5)
+    services.options.update({"studio_default_sampler": "LCM"})  # a sampler without Karras: Automatic
+    assert values(services.options)[1]["value"] == "Automatic"

@@ -9,6 +9,7 @@ from pathlib import Path
 from webui.api.hosts import HostError, parse_allowed_host
 from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
 from webui.config import DEVICE_LIST, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+from webui.stored_options import MEMORY_PROFILE_KEY, stored_option
 from webui.image_io import DEFAULT_FORMATS, OPTIONAL_FORMATS, parse_image_formats
 
 MIB = 1024 * 1024
@@ -37,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(cuda:0,cuda:1) to run one job per device at once")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="weights precision; auto = fp16 on CUDA, fp32 on CPU")
-    parser.add_argument("--memory-profile", choices=MEMORY_PROFILES, default="auto",
+    parser.add_argument("--memory-profile", choices=MEMORY_PROFILES, default=None,
                         help="memory savers: auto picks from the GPU's size; 8gb and 4gb trade speed for "
-                             "memory (VAE tiling, offload, attention slicing); cpu runs without a GPU")
+                             "memory (VAE tiling, offload, attention slicing); cpu runs without a GPU "
+                             "(default: the profile chosen in the Settings tab, else auto)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow loading .ckpt/.pt pickle checkpoints (pickles can run code: only files you "
                              "trust)")
@@ -178,7 +180,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             parser.error(f"{flag} must be at least {least}")
     return Settings(
         data_dir=args.data_dir.resolve(), host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
-        share=args.share, device=args.device.replace(" ", ""), precision=args.precision, memory_profile=args.memory_profile,
+        share=args.share, device=args.device.replace(" ", ""), precision=args.precision,
+        memory_profile=args.memory_profile or stored_option(args.data_dir, MEMORY_PROFILE_KEY, MEMORY_PROFILES) or "auto",
         allow_pickle=args.allow_pickle, max_loaded_models=args.max_loaded_models,
         allow_download=not args.no_download,
         limits=Limits(queue_size=args.queue_size, max_request_bytes=args.max_request_mb * MIB,

@@ -26,7 +26,10 @@ from webui.errors import InvalidRequest
 from webui.models.manager import ModelManager
 from webui.atomic import atomic_write_text
 from webui.parameters import PARAMS, RANDN_SOURCES, SAMPLER_OPTION_PARAMS
+from webui.samplers import SCHEDULE_TYPES, sampler_names
 from webui.services.saving import path_problem, resolve_outdir
+from webui.stored_options import MEMORY_PROFILE_KEY
+from webui.config import MEMORY_PROFILES
 from webui.types import safe_label, text_problem
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,36 @@ SAVING, PATHS, DIRS = "Saving images/grids", "Paths for saving", "Saving to a di
 SD, SAMPLERS, PREVIEWS = "Stable Diffusion", "Sampler parameters", "Live previews"
 FORMATS = ("png", "jpg", "jpeg", "webp")
 _PATTERN_HELP = "tags: [seed] [prompt_words] [model_name] [date] [datetime<%Y%m%d>] [steps] [cfg] ..."
+
+
+# A1111's labels of its "Sampler parameters" settings (the rows themselves come from webui/parameters.py).
+_SAMPLER_LABELS = {
+    "eta_ancestral": "Eta for k-diffusion samplers (noise multiplier; ancestral and SDE samplers)",
+    "s_churn": "sigma churn", "s_tmin": "sigma tmin", "s_tmax": "sigma tmax (0 = infinity)",
+    "s_noise": "sigma noise", "sigma_min": "Custom sigma min (0 = the model's)",
+    "sigma_max": "Custom sigma max (0 = the model's)", "rho": "Custom rho (Karras, Polyexponential)",
+    "beta_dist_alpha": "Beta scheduler - alpha", "beta_dist_beta": "Beta scheduler - beta",
+    "always_discard_next_to_last_sigma": "Always discard next-to-last sigma",
+    "sgm_noise_multiplier": "SGM noise multiplier (match SDXL's original noise scaling)",
+}
+
+
+def _form_defaults() -> dict[str, Option]:
+    """Options the generation forms start from, with their rows' defaults and bounds (webui/parameters.py)."""
+    by_name = {p.name: p for p in PARAMS}
+    common = dict(honoured=True, section="Defaults", restart="at the next page load")
+    steps, cfg = by_name["steps"], by_name["cfg_scale"]
+    return {
+        "studio_default_sampler": Option(str, by_name["sampler_name"].default, choices=tuple(sampler_names()),
+                                         label="Sampling method the forms start with", **common),
+        "studio_default_scheduler": Option(str, by_name["scheduler"].default, choices=SCHEDULE_TYPES,
+                                           label="Schedule type the forms start with (Automatic if the "
+                                                 "sampler has no such schedule)", **common),
+        "studio_default_steps": Option(int, steps.default, 1, steps.widget.maximum,
+                                       label="Sampling steps the forms start with", **common),
+        "studio_default_cfg_scale": Option(float, cfg.default, cfg.widget.minimum, cfg.widget.maximum,
+                                           label="CFG scale the forms start with", **common),
+    }
 
 
 def _outdir(default: str, label: str) -> Option:
@@ -261,13 +294,19 @@ OPTIONS: dict[str, Option] = {
     # A1111's "Sampler parameters" (eta_ancestral, s_churn... sgm_noise_multiplier): honoured by txt2img's
     # k-diffusion samplers; type, bounds and default from their rows in webui/parameters.py.
     **{p.setting: Option(p.type, p.default, p.ge, p.le, honoured=True, section=SAMPLERS,
-                         label=p.widget.label if p.widget and p.widget.label else p.setting)
+                         label=_SAMPLER_LABELS.get(p.setting, p.setting))
        for p in SAMPLER_OPTION_PARAMS},
     # UniPC is diffusers' here, run with A1111's defaults: those are accepted, any other value refused.
     "uni_pc_variant": Option(str, "bh1", choices=("bh1", "bh2", "vary_coeff")),
     "uni_pc_skip_type": Option(str, "time_uniform", choices=("time_uniform", "time_quadratic", "logSNR")),
     "uni_pc_order": Option(int, 3, 1, 50),
     "uni_pc_lower_order_final": Option(bool, True),
+    # What the txt2img/img2img forms start from (webui/ui/form_defaults.py); the API keeps A1111's defaults.
+    **_form_defaults(),
+    # The --memory-profile of the next start when the flag is not given (webui/stored_options.py).
+    MEMORY_PROFILE_KEY: Option(str, "auto", choices=MEMORY_PROFILES, honoured=True, section="Memory",
+                               label="Memory profile: auto, 8gb, 4gb (VAE tiling, offload) or cpu",
+                               restart="after a restart; the --memory-profile flag wins"),
     # A1111's "Save a copy of image before applying highres fix" (NNNNN-SEED-before-highres-fix.png).
     "save_images_before_highres_fix": Option(bool, False, honoured=True, section=SAVING,
                                              label="Save a copy of image before applying highres fix"),

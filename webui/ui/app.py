@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import history, img2img, pnginfo, size_defaults, txt2img
+from webui.ui import form_defaults, history, img2img, pnginfo, size_defaults, txt2img
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -126,6 +126,7 @@ def build_ui(services: Services) -> gr.Blocks:
         checkpoint.input(do_select, checkpoint, [status, checkpoint], api_visibility="private")
 
         size_defaults.wire(demo, checkpoint, [t2i.settings, i2i.settings], services.generation.native_size)
+        form_defaults.wire(demo, [t2i.settings, i2i.settings], services.options)
 
         def download_default() -> Iterator[str]:
             yield from _download(services)  # a generator function, so Gradio streams each progress line
