@@ -297,7 +297,7 @@ def test_a1111_options_clients_set_are_accepted_and_stored(bare):
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1, "provenance_c2pa": True})
 
 
-@pytest.mark.parametrize("key, value", [("upcast_attn", True), ("sd_unet", "other"), ("export_for_4chan", False)])
+@pytest.mark.parametrize("key, value", [("upcast_attn", True), ("sd_unet", "other"), ("export_for_4chan", True)])
 def test_a1111_options_we_do_not_honour_are_refused_not_stored(bare, key, value):
     client, _ = bare
     response = client.post("/sdapi/v1/options", json={key: value})

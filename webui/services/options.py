@@ -176,7 +176,7 @@ OPTIONS: dict[str, Option] = {
     "save_images_before_color_correction": Option(bool, False),
     "save_mask": Option(bool, False),
     "save_mask_composite": Option(bool, False),
-    "export_for_4chan": Option(bool, True),
+    "export_for_4chan": Option(bool, False),  # A1111: True; no JPEG copy of large images is made here
     "img_downscale_threshold": Option(float, 4.0, 0, 1e6),
     "target_side_length": Option(int, 4000, 0, 100_000),
     "img_max_size_mp": Option(float, 200, 0, 1e6),
