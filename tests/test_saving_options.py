@@ -193,3 +193,11 @@ def test_decoded_images_are_real(app, client):
     pixels = Image.open(path).convert("RGB")
     assert pixels.size == (64, 64)
     assert Image.open(io.BytesIO(path.read_bytes())).format == "WEBP"
+
+
+def test_before_highres_fix_copies_follow_the_name_pattern_and_format(app, client):
+    client.post("/sdapi/v1/options", json={"save_images_before_highres_fix": True, "samples_format": "webp",
+                                           "samples_filename_pattern": "[seed]-[steps]"})
+    generate(client, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5)
+    names = sorted(p.name[6:] for p in saved_paths(app))
+    assert names == ["11-2-before-highres-fix.webp", "11-2.webp"]

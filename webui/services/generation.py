@@ -163,7 +163,7 @@ class GenerationService:
                 continue
             request = template.model_copy(update={"init_images": [image],
                                                   "save_images": template.save_images and output_dir is None})
-            result = self._run(ctx, request, _Img2Img(request), policy)
+            result = self._run(ctx, request, _Img2Img(request), policy, grids=False)
             for k, png in enumerate(result.pngs):
                 if output_dir is not None:
                     target = unused_name(output_dir, path.stem if len(result.images) == 1 else f"{path.stem}-{k}")
@@ -266,13 +266,13 @@ class GenerationService:
                                         f"server's per-job budget of {_pixels(budget)}")
 
     def _save(self, result: GenerationResult, final: FinalPng, category: str, name: NameContext,
-              options: SaveOptions, policy: ProvenancePolicy, grid: bool = False) -> Path | None:
+              options: SaveOptions, policy: ProvenancePolicy, grid: bool = False, suffix: str = "") -> Path | None:
         """Save one finished image as the options say; a full disk, unwritable folder or a folder option that
         leads out of outputs/ costs the file, never the image (the reason is in the job's warnings)."""
         fmt = options.extension(grid)
         try:
             data, text = image_bytes(final.image, final.png, final.infotext, fmt, options, policy.ai_marker)
-            path = self._saver.save(data, text, category, name, options, grid=grid)
+            path = self._saver.save(data, text, category, name, options, grid=grid, suffix=suffix)
         except (OSError, ValueError, InvalidRequest) as exc:
             log.warning("Could not save a %s image: %s", category, exc)
             reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
@@ -285,8 +285,9 @@ class GenerationService:
         return path
 
     def _run(self, ctx: JobContext, request: Txt2ImgRequest, task: "_Task",
-             policy: ProvenancePolicy) -> GenerationResult:
-        """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, provenance, saving."""
+             policy: ProvenancePolicy, grids: bool = True) -> GenerationResult:
+        """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, provenance, saving.
+        ``grids``: False for a batch folder's images, which get no grid (as A1111's img2img batch)."""
         started = time.time()
         saving = self._saving()
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
@@ -335,8 +336,12 @@ class GenerationService:
                                                      vae.name), seeds=job_seeds)
                         self._save(result, final, task.category, name, saving, policy)
                 if out.first_pass:
-                    self._save_first_pass(ctx, out.first_pass, seeds, batch_params, request, policy, task, result)
-            self._grid(result, request, saving, policy, task, model, started, first_params, vae.name)
+                    names = [replace(_name_context(request, model, seed, batch_index, index, started, task,
+                                                   vae.name), seeds=job_seeds) for index, seed in enumerate(seeds)]
+                    self._save_first_pass(ctx, out.first_pass, names, batch_params, request, policy, task, result,
+                                          saving)
+            if grids:
+                self._grid(result, request, saving, policy, task, model, started, first_params, vae.name)
             result.interrupted = ctx.interrupted
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
@@ -362,23 +367,21 @@ class GenerationService:
             name = replace(name, seeds=tuple(result.seeds))
             result.grid_path = self._save(result, final, task.category, name, options, policy, grid=True)
 
-    def _save_first_pass(self, ctx: JobContext, images: list, seeds: list[int], batch_params: list[dict],
+    def _save_first_pass(self, ctx: JobContext, images: list, names: list[NameContext], batch_params: list[dict],
                          request: Txt2ImgRequest, policy: ProvenancePolicy, task: "_Task",
-                         result: GenerationResult) -> None:
+                         result: GenerationResult, saving: SaveOptions) -> None:
         """A1111's "-before-highres-fix" copies: saved only (not returned), each with its final image's infotext
-        (as A1111 writes it), through the same safety review and provenance as every image."""
+        (as A1111 writes it), through the same safety review and provenance as every image, named and formatted
+        as the saving options say with the suffix ``-before-highres-fix``."""
         reviewed, verdicts = self._review(ctx, images, policy, result)
-        for image, seed, params, verdict in zip(reviewed, seeds, batch_params, verdicts):
+        for image, name, params, verdict in zip(reviewed, names, batch_params, verdicts):
+            seed = name.seed
             params = {key: value for key, value in params.items() if key != "Safety checker"}
             if verdict:
                 params["Safety checker"] = verdict
             final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
                                self._credentials, title=f"Stable Studio {task.category}, seed {seed}, before hires")
-            try:
-                result.paths.append(self._store.save(final.png, task.category, seed,
-                                                     label=f"{seed}-before-highres-fix"))
-            except OSError as exc:
-                log.warning("Could not save a first-pass image: %s", exc)
+            self._save(result, final, task.category, name, saving, policy, suffix="-before-highres-fix")
 
     @contextmanager
     def _job_vae(self, ctx: JobContext, request: Txt2ImgRequest,

@@ -137,8 +137,9 @@ class ImageSaver:
         return folder
 
     def save(self, data: bytes, infotext: str, category: str, ctx: NameContext, options: SaveOptions,
-             grid: bool = False) -> Path:
-        """Write one file (and its ``.txt`` when ``save_txt``) atomically; never overwrites an existing file."""
+             grid: bool = False, suffix: str = "") -> Path:
+        """Write one file (and its ``.txt`` when ``save_txt``) atomically; never overwrites an existing file.
+        ``suffix`` follows the rendered name, as A1111's (``-before-highres-fix``)."""
         folder = self.folder(category, ctx, options, grid)
         extension = options.extension(grid)
         if grid and not options.grid_extended_filename:
@@ -146,7 +147,7 @@ class ImageSaver:
         else:
             default = "[seed]" if options.save_to_dirs else "[seed]-[prompt_spaces]"
             decoration = file_stem(options.samples_filename_pattern or default, ctx,
-                                   options.directories_max_prompt_words)
+                                   options.directories_max_prompt_words) + suffix
         add_number = grid or options.save_images_add_number or decoration == ""
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
