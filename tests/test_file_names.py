@@ -122,3 +122,24 @@ def test_directory_pattern_with_traversal_stays_inside(tmp_path):
     path = saver.save(b"x", "", "txt2img", NameContext(seed=1, prompt="../../evil"), options)
     assert path.resolve().is_relative_to((tmp_path / "outputs").resolve())
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["txt2img-images"]
+
+
+@pytest.mark.parametrize("count, batch_size, n_rows, prevent, rows", [
+    (4, 2, -1, False, 2), (3, 3, -1, False, 2), (6, 3, -1, True, 2), (5, 5, -1, True, 1), (8, 4, 0, False, 4),
+    (4, 1, 3, False, 3), (2, 2, 9, False, 2), (1, 1, -1, False, 1),
+])
+def test_grid_rows_as_a1111(count, batch_size, n_rows, prevent, rows):
+    from webui.grids import grid_rows
+
+    assert grid_rows(count, batch_size, n_rows, prevent) == rows
+
+
+def test_grid_lays_images_out_left_to_right_with_black_gaps():
+    from PIL import Image
+
+    from webui.grids import image_grid
+
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    grid = image_grid([Image.new("RGB", (8, 4), c) for c in colours], batch_size=3, n_rows=-1)
+    assert grid.size == (16, 8)  # round(sqrt(3)) = 2 rows, 2 columns
+    assert [grid.getpixel(xy) for xy in ((0, 0), (8, 0), (0, 4), (8, 4))] == [*colours, (0, 0, 0)]
