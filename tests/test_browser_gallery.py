@@ -135,7 +135,7 @@ def test_send_the_selected_image_to_img2img_and_to_inpaint(page, app_server: Run
     select_image(page, 1)
     page.locator("#txt2img_send_inpaint").click()
     expect(page.locator("#img2img_mode input[value='Inpaint']")).to_be_checked()
-    expect(page.locator("#img2img_editor canvas").first).to_be_visible()
+    expect(page.locator("#img2img_editor canvas").first).to_be_visible(timeout=15_000)
     expect(page.locator("#img2img_seed input[type=number]")).to_have_value(str(BATCH_SEED + 1))
     screenshot(page, "gallery-send-inpaint.png")
 

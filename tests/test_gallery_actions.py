@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -88,18 +89,34 @@ def test_a_batch_keeps_each_images_infotext_and_send_to_img2img_uses_the_selecte
     assert [i.path for i in images] == result.paths and all(p.is_file() for p in result.paths)
     line = gallery_actions.saved_html(images, 1, services.settings.data_dir)
     assert f"outputs/txt2img-images/{result.paths[1].parent.name}/" in line and result.paths[1].name in line
+    both = gallery_actions.saved_html(images, None, services.settings.data_dir)  # none selected yet
+    assert f"{result.paths[0].name} … {result.paths[1].name} (2 images)" in both
     unsaved = gallery_actions.gallery_images(GenerationResult(images=result.images, seeds=result.seeds,
                                                               infotexts=result.infotexts, pngs=result.pngs))
-    assert "Not saved" in gallery_actions.saved_html(unsaved, 0, services.settings.data_dir)
+    assert "not saved to the outputs folder" in gallery_actions.saved_html(unsaved, 0, services.settings.data_dir)
 
     demo = build_ui(services)
-    # The first of the two (txt2img's gallery, then img2img's) that send to the img2img mode.
+    # The first of the two (txt2img's gallery, then img2img's) that send to the img2img mode: the settings and
+    # the tab, then the image.
     send = next(d for d in demo.fns.values() if getattr(d.fn, "__name__", None) == "send_to_target"
-                and any(getattr(o, "elem_id", None) == "img2img_image" for o in d.outputs))
+                and any(getattr(o, "elem_id", None) == "img2img_mode" for o in d.outputs))
     updates = send.fn(images, 1)
     shown = {getattr(c, "elem_id", None) or getattr(c, "label", None): u for c, u in zip(send.outputs, updates)}
-    assert shown["img2img_image"]["value"] == str(result.paths[1])
     assert shown["img2img_mode"]["value"] == "img2img"
     assert shown["img2img_seed"]["value"] == 41
     assert shown["img2img_prompt"]["value"] == "two boats"
     assert updates[-1].selected == "img2img"
+    image = next(d for d in demo.fns.values() if getattr(d.fn, "__name__", None) == "send_image"
+                 and [getattr(o, "elem_id", None) for o in d.outputs] == ["img2img_image"])
+    assert image.fn(images, 1)["value"] == str(result.paths[1])
+
+    # Save: the selected image, or all of them while none is selected (A1111's Save).
+    save = next(d for d in demo.fns.values() if getattr(d.fn, "__name__", None) == "save"
+                and [getattr(o, "elem_id", None) for o in d.outputs][0] == "txt2img_download")
+    save_dir = services.settings.outputs_dir / "save"
+    save.fn(images, 1)
+    assert sorted(p.name for p in save_dir.glob("*.png")) == ["00000-41.png"]
+    download, message = save.fn(images, None)
+    assert sorted(p.name for p in save_dir.glob("*.png")) == ["00000-41.png", "00001-40.png", "00002-41.png"]
+    assert [Path(p).name for p in download["value"]] == ["00001-40.png", "00002-41.png"]
+    assert "outputs/save" in message

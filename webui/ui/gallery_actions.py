@@ -29,7 +29,7 @@ Widgets = dict[str, gr.components.Component]
 @dataclass
 class GalleryActions:
     results: gr.State   # list[GalleryImage]: the last job's images in this browser session
-    selected: gr.State  # the selected image's index
+    selected: gr.State  # the selected image's index; None until one is clicked
     saved: gr.HTML      # where the selected image was saved
     send_row: gr.Row    # "Send to" buttons go here
     save: gr.Button
@@ -82,23 +82,29 @@ def _chosen(images: list[GalleryImage] | None, index: int | None) -> GalleryImag
 
 
 def saved_html(images: list[GalleryImage] | None, index: int | None, data_dir: Path) -> str:
-    """One line: the folder and file name of the selected image (relative to the data dir), or that it was not
-    saved."""
-    image = _chosen(images, index)
-    if image is None:
+    """One line: the folder and file name of the selected image (relative to the data dir), or of them all while
+    none is selected, or that it was not saved."""
+    chosen = [_chosen(images, index)] if index is not None or len(images or []) == 1 else list(images or [])
+    chosen = [image for image in chosen if image is not None]
+    if not chosen:
         return ""
-    if image.path is None:
-        return ("<div class='studio-muted' role='status'>Not saved to the outputs folder (saving is off, or it "
-                "failed: see the warning above). Use Save to keep it.</div>")
-    shown = _relative(image.path, data_dir)
-    return (f"<div class='studio-muted' role='status'>Saved to <code>{html.escape(str(shown.parent))}/</code>"
-            f"<b>{html.escape(shown.name)}</b></div>")
+    paths = [image.path for image in chosen]
+    if None in paths:
+        what = "This image was" if len(chosen) == 1 else "Some of these images were"
+        return (f"<div class='studio-muted' role='status'>{what} not saved to the outputs folder (saving is off, or "
+                "it failed: see the warning above). Use Save to keep it.</div>")
+    shown = [_relative(path, data_dir) for path in paths if path is not None]
+    folders = {str(path.parent) for path in shown}
+    folder = html.escape(shown[0].parent.as_posix() if len(folders) == 1 else "several folders")
+    names = shown[0].name if len(shown) == 1 else f"{shown[0].name} … {shown[-1].name} ({len(shown)} images)"
+    return (f"<div class='studio-muted' role='status'>Saved to <code>{folder}/</code><b>{html.escape(names)}</b>"
+            "</div>")
 
 
 def build(prefix: str, exposed: bool) -> GalleryActions:
     """The row under a gallery; call inside the column that holds it."""
     results = gr.State([])
-    selected = gr.State(0)
+    selected = gr.State(None)
     saved = gr.HTML(elem_id=f"{prefix}_saved")
     send_row = gr.Row(elem_id=f"{prefix}_send_row")  # filled by add_send_target once the target tabs exist
     with gr.Row(elem_id=f"{prefix}_gallery_actions"):
@@ -130,10 +136,11 @@ def wire(actions: GalleryActions, gallery: gr.Gallery, info: gr.Textbox, service
 
     gallery.select(select, actions.results, [info, actions.saved, actions.selected], api_visibility="private")
 
-    def save(images: list[GalleryImage], index: int):
-        image = _chosen(images, index)
+    def save(images: list[GalleryImage], index: int | None):
+        # A1111: the selected image, or every image while none is selected.
+        chosen = [_chosen(images, index)] if index is not None else list(images or [])
         try:
-            paths = files.save([image] if image else [])
+            paths = files.save([image for image in chosen if image is not None])
         except (StudioError, OSError) as exc:
             return gr.update(), _error(exc)
         names = ", ".join(p.name for p in paths)
@@ -167,17 +174,25 @@ def add_send_target(actions: GalleryActions, target: SendTarget, tabs: gr.Tabs, 
     extra = list(target.values)
     fields = list(target.fields.values())
 
-    def send_to_target(images: list[GalleryImage], index: int) -> list:
+    def send_to_target(images: list[GalleryImage], index: int | None) -> list:
         image = _chosen(images, index)
         if image is None:
-            return [gr.update()] * (1 + len(extra) + len(fields)) + [gr.update()]
-        value: Any = str(image.path) if image.path is not None else _pil(image.png)
+            return [gr.update()] * (len(extra) + len(fields) + 1)
         field_updates = fill_fields(image.infotext, target.fields) if fields else []
-        return ([gr.update(value=value)] + [gr.update(value=target.values[c]) for c in extra] + field_updates
+        return ([gr.update(value=target.values[c]) for c in extra] + field_updates
                 + [gr.Tabs(selected=target.tab_id)])
 
-    button.click(send_to_target, [actions.results, actions.selected], [target.image, *extra, *fields, tabs],
-                 api_visibility="private")
+    def send_image(images: list[GalleryImage], index: int | None) -> Any:
+        image = _chosen(images, index)
+        if image is None:
+            return gr.update()
+        return gr.update(value=str(image.path) if image.path is not None else _pil(image.png))
+
+    # The image goes in a second step, once the mode has shown its widget: an image editor given a value while
+    # hidden can come up empty.
+    button.click(send_to_target, [actions.results, actions.selected], [*extra, *fields, tabs],
+                 api_visibility="private").then(
+        send_image, [actions.results, actions.selected], target.image, api_visibility="private")
 
 
 def _pil(png: bytes) -> Image.Image:
@@ -187,10 +202,10 @@ def _pil(png: bytes) -> Image.Image:
 def with_results(stream: Iterator[tuple[Any, ...]], job: Callable[[], Any], data_dir: Path
                  ) -> Iterator[tuple[Any, ...]]:
     """``stream_job``'s updates plus (results, selected, saved): cleared when the job starts, filled with every
-    image of the finished job (the first selected)."""
+    image of the finished job (none selected: the info box shows the first's infotext, as before)."""
     width = 0
     for update in stream:
-        yield (*update, *(([], 0, "") if not width else (gr.update(),) * 3))
+        yield (*update, *(([], None, "") if not width else (gr.update(),) * 3))
         width = len(update)
     current = job()
     if current is None or not current.finished:
@@ -200,7 +215,7 @@ def with_results(stream: Iterator[tuple[Any, ...]], job: Callable[[], Any], data
     except StudioError:
         return  # the error is already shown
     images = gallery_images(result)
-    yield (*(gr.update(),) * width, images, 0, saved_html(images, 0, data_dir))
+    yield (*(gr.update(),) * width, images, None, saved_html(images, None, data_dir))
 
 
 def wire_galleries(services: Services, galleries: dict[str, Any], targets: list[SendTarget], tabs: gr.Tabs,
