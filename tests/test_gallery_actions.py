@@ -34,12 +34,16 @@ def image(seed: int, prompt: str = "a boat", path=None) -> GalleryImage:
 
 def test_zip_holds_every_image_of_the_batch_byte_for_byte(tmp_path):
     files = GalleryFiles(tmp_path / "outputs", temp_dir=tmp_path / "zips")
-    batch = [image(7), image(8), image(9, path=tmp_path / "outputs" / "00003-9.png")]
+    saved = image(9)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "00003-9.png").write_bytes(saved.png)
+    # A saved image is read back from its file (a session keeps only the bytes of unsaved ones).
+    batch = [image(7), image(8), GalleryImage(None, saved.infotext, tmp_path / "outputs" / "00003-9.png")]
     path = files.zip(batch)
     assert path.name == "images-7-9.zip" and path.is_relative_to(tmp_path / "zips")
     with zipfile.ZipFile(path) as archive:
         assert archive.namelist() == ["7.png", "8.png", "00003-9.png"]
-        assert [archive.read(n) for n in archive.namelist()] == [i.png for i in batch]
+        assert [archive.read(n) for n in archive.namelist()] == [i.data() for i in batch]
     assert not [p for p in path.parent.iterdir() if p != path]  # no temp file left beside it
     with pytest.raises(Exception, match="no image to zip"):
         files.zip([])

@@ -34,11 +34,20 @@ ZIP_MAX_AGE = 3600.0  # seconds a zip stays in the temp folder (Gradio has its o
 
 @dataclass(frozen=True)
 class GalleryImage:
-    """One image of a result: the final PNG bytes, its infotext, and where the job saved it (None: not saved)."""
+    """One image of a result: its infotext, where the job saved it (None: not saved), and its final PNG bytes
+    (kept only for an image that was not saved: a session holding a big batch's bytes would hold gigabytes)."""
 
-    png: bytes
+    png: bytes | None
     infotext: str
     path: Path | None = None
+
+    def data(self) -> bytes:
+        """The final PNG file, byte for byte (OSError if the saved file has gone since)."""
+        if self.png is not None:
+            return self.png
+        if self.path is None:
+            raise InvalidRequest("images", "this image is neither kept nor saved")
+        return self.path.read_bytes()
 
     @property
     def seed(self) -> str | None:
@@ -72,7 +81,7 @@ class GalleryFiles:
             rows = []
             for image in images:
                 path = self.save_dir / image.file_name(number)
-                atomic_write_bytes(path, image.png)
+                atomic_write_bytes(path, image.data())
                 saved.append(path)
                 rows.append(_log_row(image, path.name))
                 number += 1
@@ -94,7 +103,7 @@ class GalleryFiles:
                 if entry in used:  # unsaved images of the same seed: number them
                     entry = image.file_name(number)
                 used.add(entry)
-                archive.writestr(entry, image.png)
+                archive.writestr(entry, image.data())
         folder = self._temp / uuid.uuid4().hex
         folder.mkdir(parents=True)
         path = folder / name

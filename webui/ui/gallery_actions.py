@@ -67,7 +67,7 @@ def gallery_images(result: GenerationResult) -> list[GalleryImage]:
     paths: list[Path | None] = (list(result.paths) if len(result.paths) == len(result.images)
                                 else [None] * len(result.images))
     infotexts = list(result.infotexts) + [""] * (len(result.images) - len(result.infotexts))
-    return [GalleryImage(png=png, infotext=text, path=path)
+    return [GalleryImage(png=png if path is None else None, infotext=text, path=path)
             for png, text, path in zip(result.pngs, infotexts, paths)]
 
 
@@ -186,7 +186,7 @@ def add_send_target(actions: GalleryActions, target: SendTarget, tabs: gr.Tabs, 
         image = _chosen(images, index)
         if image is None:
             return gr.update()
-        return gr.update(value=str(image.path) if image.path is not None else _pil(image.png))
+        return gr.update(value=str(image.path) if image.path is not None else _pil(image.data()))
 
     # The image goes in a second step, once the mode has shown its widget: an image editor given a value while
     # hidden can come up empty.
