@@ -130,6 +130,13 @@ def test_send_the_selected_image_to_img2img_and_to_inpaint(page, app_server: Run
     expect(page.locator("#img2img_prompt textarea")).to_have_value("four small boats")
     expect(page.locator("#img2img_seed input[type=number]")).to_have_value(str(BATCH_SEED + 3))
     screenshot(page, "gallery-send-img2img.png")
+    # img2img's own gallery: a batch of two from the sent image, the second selected shows its own seed.
+    set_slider(page, "Batch size", 2, "#tab_img2img")
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#img2img_progress")).to_contain_text("2 image(s) in", timeout=GENERATE_TIMEOUT)
+    select_image(page, 1, "img2img")
+    expect(page.locator("#img2img_info textarea")).to_have_value(re.compile(rf"Seed: {BATCH_SEED + 4}\b"))
+    expect(page.locator("#img2img_saved")).to_contain_text(f"-{BATCH_SEED + 4}.png")
 
     page.get_by_role("tab", name="txt2img").click()
     select_image(page, 1)
