@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from tests.conftest import install, make_settings
+from webui.errors import InvalidRequest
 from webui.services.container import build_services
 from webui.services.gallery_files import GalleryFiles, GalleryImage, open_folder
 from webui.types import GenerationResult, Txt2ImgRequest
@@ -124,3 +125,34 @@ def test_a_batch_keeps_each_images_infotext_and_send_to_img2img_uses_the_selecte
     assert sorted(p.name for p in save_dir.glob("*.png")) == ["00000-41.png", "00001-40.png", "00002-41.png"]
     assert [Path(p).name for p in download["value"]] == ["00001-40.png", "00002-41.png"]
     assert "outputs/save" in message
+
+
+def test_generate_streams_then_hands_the_gallery_every_image_of_the_job(services):
+    """What Generate's event yields: first the previous job's images cleared, last this job's, none selected."""
+    from webui.ui.generation_form import stream_job
+
+    submitted = []
+
+    def submit():
+        submitted.append(services.generation.submit_txt2img(
+            Txt2ImgRequest.parse(prompt="boats", width=64, height=64, steps=2, batch_size=2, seed=7)))
+        return submitted[-1]
+
+    updates = list(gallery_actions.with_results(stream_job(submit), lambda: submitted[-1] if submitted else None,
+                                                services.settings.data_dir))
+    assert updates[0][-4:-1] == ([], None, "") and updates[0][-1]["visible"] is False
+    *_, images, selected, saved, _download = updates[-1]
+    assert len({len(u) for u in updates}) == 1  # every update fills the event's outputs
+    result = submitted[0].wait()
+    assert [i.path for i in images] == result.paths and selected is None
+    assert "(2 images)" in saved and "Seed: 7" in updates[-2][3]
+
+
+def test_a_job_that_fails_leaves_the_results_empty(services):
+    from webui.ui.generation_form import stream_job
+
+    def submit():
+        raise InvalidRequest("steps", "must be at least 1")
+
+    updates = list(gallery_actions.with_results(stream_job(submit), lambda: None, services.settings.data_dir))
+    assert len(updates) == 1 and "steps: must be at least 1" in updates[0][0] and updates[0][-4] == []

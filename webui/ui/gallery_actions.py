@@ -201,11 +201,12 @@ def _pil(png: bytes) -> Image.Image:
 
 def with_results(stream: Iterator[tuple[Any, ...]], job: Callable[[], Any], data_dir: Path
                  ) -> Iterator[tuple[Any, ...]]:
-    """``stream_job``'s updates plus (results, selected, saved): cleared when the job starts, filled with every
+    """``stream_job``'s updates plus (results, selected, saved, download): cleared when the job starts, filled with every
     image of the finished job (none selected: the info box shows the first's infotext, as before)."""
     width = 0
     for update in stream:
-        yield (*update, *(([], None, "") if not width else (gr.update(),) * 3))
+        # A new job: the last one's images, selection, saved line and offered downloads go.
+        yield (*update, *(([], None, "", gr.update(value=None, visible=False)) if not width else (gr.update(),) * 4))
         width = len(update)
     current = job()
     if current is None or not current.finished:
@@ -215,7 +216,7 @@ def with_results(stream: Iterator[tuple[Any, ...]], job: Callable[[], Any], data
     except StudioError:
         return  # the error is already shown
     images = gallery_images(result)
-    yield (*(gr.update(),) * width, images, None, saved_html(images, None, data_dir))
+    yield (*(gr.update(),) * width, images, None, saved_html(images, None, data_dir), gr.update())
 
 
 def wire_galleries(services: Services, galleries: dict[str, Any], targets: list[SendTarget], tabs: gr.Tabs,

@@ -254,7 +254,7 @@ def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, subm
     """Generate streams the job; Interrupt and Skip act on this browser session's job."""
     job_id = gr.State(None)
     actions = outputs.actions
-    extra = [actions.results, actions.selected, actions.saved] if actions else []
+    extra = [actions.results, actions.selected, actions.saved, actions.download] if actions else []
 
     def generate(values: dict) -> Iterator[tuple[Any, ...]]:
         submitted: list[Job] = []
