@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import form_defaults, history, img2img, pnginfo, size_defaults, txt2img
+from webui.ui import form_defaults, gallery_actions, history, img2img, page_load, pnginfo, size_defaults, txt2img
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -89,6 +89,10 @@ def build_ui(services: Services) -> gr.Blocks:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings_tab(services)
+        # One line per "Send to" target under the result galleries.
+        send_targets = [*img2img.send_targets(i2i)]
+        gallery_actions.wire_galleries(services, {"txt2img": t2i.outputs, "img2img": i2i.outputs}, send_targets,
+                                       tabs, lambda text, widgets: pnginfo.field_updates(text, widgets)[0])
         devices = ", ".join(services.queue.devices)
         gr.Markdown(f"<small>Stable Studio {VERSION} · device{'s' if len(services.devices) > 1 else ''} {devices} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
@@ -127,6 +131,15 @@ def build_ui(services: Services) -> gr.Blocks:
 
         size_defaults.wire(demo, checkpoint, [t2i.settings, i2i.settings], services.generation.native_size)
         form_defaults.wire(demo, [t2i.settings, i2i.settings], services.options)
+        refiner, style_model = t2i.settings["refiner_checkpoint"], i2i.style.model
+        page_load.wire(demo, [
+            (lambda: page_load.checkpoint_bar(services, _notice), [], [checkpoint, first_run, notice]),
+            (lambda: page_load.vae_list(services, _vae_choices), [], [vae]),
+            # A refiner pasted by name stays; only the choices follow the disk.
+            (lambda: gr.update(choices=txt2img.refiner_choices(services)), [], [refiner]),
+            (lambda current: page_load.keep_or_first([m.title for m in services.style.list_models()], current),
+             [style_model], [style_model]),
+        ])
 
         def download_default() -> Iterator[str]:
             yield from _download(services)  # a generator function, so Gradio streams each progress line

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import itertools
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -23,6 +23,7 @@ from webui.samplers import sampler_names, schedules_for
 from webui.services.container import Services
 from webui.services.jobs import Job
 from webui.types import JobState, Progress
+from webui.ui import gallery_actions
 
 WATCH_TIMEOUT = 1.0  # seconds a streaming handler waits for a progress change before re-checking the job
 
@@ -44,6 +45,7 @@ class Outputs:
     preview: gr.Image
     gallery: gr.Gallery
     info: gr.Textbox
+    actions: gallery_actions.GalleryActions | None = None  # the row under the gallery
 
     def components(self) -> list:
         return [self.progress, self.preview, self.gallery, self.info]
@@ -194,12 +196,14 @@ def wire_reuse(buttons: ReuseButtons, info: gr.Textbox, widgets: Widgets) -> Non
                           api_visibility="private")
 
 
-def build_outputs(prefix: str) -> Outputs:
+def build_outputs(prefix: str, exposed: bool = False) -> Outputs:
+    """Progress, preview, the gallery with its actions row (no Open folder when ``exposed``), the info box."""
     progress = gr.HTML(elem_id=f"{prefix}_progress")
     preview = gr.Image(label="Preview", visible=False, interactive=False, format="png")
     gallery = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{prefix}_gallery", interactive=False)
+    actions = gallery_actions.build(prefix, exposed)
     info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{prefix}_info")
-    return Outputs(progress, preview, gallery, info)
+    return Outputs(progress, preview, gallery, info, actions)
 
 
 def warnings_html(warnings: list[str]) -> str:
@@ -233,7 +237,7 @@ def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True,
             job.interrupt()
         raise
     try:
-        result = job.wait()
+        result = gallery_actions.as_generation(job.wait())
     except StudioError as exc:
         yield error_html(str(exc)), gr.update(visible=False), gr.update(), gr.update(), None
         return
@@ -251,9 +255,24 @@ def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, subm
          api_name: str) -> None:
     """Generate streams the job; Interrupt and Skip act on this browser session's job."""
     job_id = gr.State(None)
+    actions = outputs.actions
+    extra = [actions.results, actions.selected, actions.saved, actions.download] if actions else []
 
     def generate(values: dict) -> Iterator[tuple[Any, ...]]:
-        yield from stream_job(lambda: submit(values), services.settings.cancel_on_disconnect, services.queue.position)
+        submitted: list[Job] = []
+
+        def start() -> Job:
+            submitted.append(submit(values))
+            return submitted[-1]
+
+        stream = stream_job(start, services.settings.cancel_on_disconnect, services.queue.position)
+        if not actions:
+            yield from stream
+            return
+        # closing(): the browser leaving closes this generator, and with it stream_job (which interrupts the job).
+        with closing(stream):
+            yield from gallery_actions.with_results(stream, lambda: submitted[-1] if submitted else None,
+                                                    services.settings.data_dir)
 
     def interrupt(jid: str | None) -> None:
         if jid:  # only this session's job, never someone else's
@@ -264,7 +283,7 @@ def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, subm
             services.queue.skip(jid)
 
     # Private: a Gradio endpoint's parameters follow widget creation order; the REST API is the public one.
-    row.generate.click(generate, inputs, outputs.components() + [job_id], api_name=api_name,
+    row.generate.click(generate, inputs, outputs.components() + [job_id] + extra, api_name=api_name,
                        api_visibility="private", concurrency_limit=services.settings.limits.queue_size)
     # Interrupt and Skip must not wait behind running generations in Gradio's own queue.
     row.interrupt.click(interrupt, job_id, None, concurrency_limit=None, api_visibility="private")

@@ -19,7 +19,9 @@ from webui.errors import InvalidRequest, StudioError
 from webui.image_io import open_image
 from webui.parameters import IMG2IMG, widget_rows
 from webui.services.container import Services
+from webui.services.jobs import Job
 from webui.types import Img2ImgRequest, StyleTransferRequest
+from webui.ui.gallery_actions import SendTarget
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, error_html, option_fields,
@@ -47,6 +49,7 @@ class InpaintForm:
 class StyleTransferForm:
     group: gr.Group
     model: gr.Dropdown
+    source: UploadedImage  # the mode's own input (Generate in this mode reads it too)
     output: UploadedImage
     send: gr.Button
 
@@ -55,8 +58,6 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
     """CycleGAN / pix2pix: one forward pass, no prompt; the result can go on to img2img for refinement."""
     def titles() -> list[str]:
         return [m.title for m in services.style.list_models()]
-
-    open_upload = image_opener(services)
 
     with gr.Group(visible=False) as group:
         with gr.Row(equal_height=True):
@@ -74,13 +75,7 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
 
     def transfer(model_title: str | None, upload: ImageSource | None):
         try:
-            if not model_title:
-                raise InvalidRequest("model", "no style model: put CycleGAN/pix2pix generators (.pth or "
-                                              ".safetensors) in models/CycleGAN or models/pix2pix and press Refresh")
-            if upload is None:
-                raise InvalidRequest("image", "upload an image first")
-            image = open_upload(upload, "image").convert("RGB")
-            result = services.style.submit(StyleTransferRequest(model=model_title, image=image)).wait()
+            result = submit_style_transfer(services, model_title, upload).wait()
         except StudioError as exc:
             return gr.update(), error_html(str(exc))
         saved = f" Saved to {result.path.name}." if result.path else ""
@@ -94,7 +89,18 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
 
     run.click(transfer, [model, source], [output, info], api_name="style_transfer", api_visibility="private")
     refresh.click(refresh_models, model, model, api_visibility="private")
-    return StyleTransferForm(group, model, output, send)
+    return StyleTransferForm(group, model, source, output, send)
+
+
+def submit_style_transfer(services: Services, model_title: str | None, upload: ImageSource | None) -> Job:
+    """Queue a style transfer of the mode's own upload (its "Transfer style" button and Generate both do)."""
+    if not model_title:
+        raise InvalidRequest("model", "no style model: put CycleGAN/pix2pix generators (.pth or "
+                                      ".safetensors) in models/CycleGAN or models/pix2pix and press Refresh")
+    if upload is None:
+        raise InvalidRequest("image", "upload an image first")
+    image = image_opener(services)(upload, "image").convert("RGB")
+    return services.style.submit(StyleTransferRequest(model=model_title, image=image))
 
 
 @dataclass
@@ -106,6 +112,7 @@ class Img2ImgTab:
     outputs: Outputs
     image: UploadedImage  # the img2img mode's input, also the target of "send to img2img"
     mode: gr.Radio
+    style: StyleTransferForm | None = None
 
     def fields(self) -> Widgets:
         """Widgets by request field name (PNG Info and History fill these)."""
@@ -173,7 +180,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                 img2img_settings = build_widgets(widget_rows(IMG2IMG), "img2img", limits)
                 settings, reuse = build_settings_and_reuse(services, "img2img")
         with gr.Column():
-            outputs = build_outputs("img2img")
+            outputs = build_outputs("img2img", services.settings.exposed)
     inpaint = InpaintForm(editor, mask_upload, inpaint_settings)
 
     def show_mode(chosen: str):
@@ -202,6 +209,8 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
             template = Img2ImgRequest.parse(**fields)  # each file in the folder becomes its init image
             return services.generation.submit_img2img_batch(template, values[input_dir] or "",
                                                             values[output_dir] or None)
+        if chosen == "Style transfer":  # the mode's own model and upload; no prompt
+            return submit_style_transfer(services, values[style.model], values[style.source])
         if chosen == "Inpaint":
             fields.update(_inpaint_inputs(values, inpaint, open_upload))
         else:
@@ -212,7 +221,15 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
 
     inputs = (set(settings.values()) | set(img2img_settings.values()) | set(inpaint_settings.values())
               | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, inpaint.editor,
-                 inpaint.mask_upload})
+                 inpaint.mask_upload, style.model, style.source})
     wire(services, row, outputs, inputs, submit, api_name="img2img")
     wire_reuse(reuse, outputs.info, settings)
-    return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode)
+    return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode, style)
+
+
+def send_targets(tab: Img2ImgTab) -> list[SendTarget]:
+    """The result galleries' "Send to img2img" and "Send to inpaint": the image, the mode, the infotext's
+    settings."""
+    fields = tab.fields()
+    return [SendTarget("img2img", "img2img", "img2img", tab.image, {tab.mode: "img2img"}, fields),
+            SendTarget("inpaint", "inpaint", "img2img", tab.inpaint.editor, {tab.mode: "Inpaint"}, fields)]

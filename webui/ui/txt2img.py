@@ -63,7 +63,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
                 settings.update(build_widgets(_hires_rows(), "txt2img", services.settings.limits))
             settings.update(build_refiner(services))
         with gr.Column():
-            outputs = build_outputs("txt2img")
+            outputs = build_outputs("txt2img", services.settings.exposed)
     tab = Txt2ImgTab(row, settings, outputs)
 
     def submit(values: dict):
