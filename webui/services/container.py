@@ -22,6 +22,7 @@ from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
 from webui.services.safety import SafetyService
 from webui.services.style import StyleTransferService
+from webui.services.styles import PromptStyles
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Services:
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
     jobs_store: JobStore  # the job history, <data dir>/studio.sqlite3
     vaes: VaeFiles | None = None  # models/VAE: the "SD VAE" choices and which file each means
+    styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -95,4 +97,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         credentials=credentials,
         jobs_store=jobs_store,
         vaes=vaes,
+        styles=PromptStyles(settings.data_dir),
     )
