@@ -81,11 +81,7 @@ def _apply_styles(names: list[str], fields: dict[str, Any], services: Services) 
     """A1111's ``styles``: each named style applied to the prompts (and to a hires prompt that is given)."""
     if services.styles is None:
         raise InvalidRequest("styles", "this server has no prompt styles")
-    fields["prompt"], fields["negative_prompt"] = services.styles.apply(
-        fields.get("prompt") or "", fields.get("negative_prompt") or "", names)
-    for key, negative in (("hr_prompt", False), ("hr_negative_prompt", True)):
-        if fields.get(key):
-            fields[key] = services.styles.apply_one(fields[key], names, negative)
+    fields.update(services.styles.apply_to_fields(fields, names))
 
 
 def _as_bool(key: str, value: Any) -> bool:

@@ -23,6 +23,7 @@ from webui.services.options import OptionsService
 from webui.services.safety import SafetyService
 from webui.services.style import StyleTransferService
 from webui.services.styles import PromptStyles
+from webui.services.token_count import TokenCounter
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Services:
     jobs_store: JobStore  # the job history, <data dir>/studio.sqlite3
     vaes: VaeFiles | None = None  # models/VAE: the "SD VAE" choices and which file each means
     styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
+    tokens: TokenCounter | None = None  # the prompt boxes' token counter
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -98,4 +100,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         jobs_store=jobs_store,
         vaes=vaes,
         styles=PromptStyles(settings.data_dir),
+        tokens=TokenCounter(settings.limits),
     )

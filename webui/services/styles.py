@@ -17,6 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from webui.atomic import atomic_write_bytes
 from webui.errors import InvalidRequest
@@ -154,13 +155,20 @@ class PromptStyles:
             negative_prompt = merge_prompts(style.negative_prompt, negative_prompt)
         return prompt, negative_prompt
 
-    def apply_one(self, text: str, names: list[str], negative: bool = False) -> str:
-        """One prompt with the styles' positive (or negative) texts applied; unknown names are skipped."""
-        for name in names:
-            style = self.get(name)
-            if style is not None:
+    def apply_to_fields(self, fields: dict[str, Any], names: list[str], field: str = "styles") -> dict[str, Any]:
+        """Request fields with the styles applied to ``prompt``/``negative_prompt`` and to a hires prompt that is
+        given (an empty one means the styled prompt already), as A1111 does."""
+        styles = self._resolve(names, field)
+        fields = dict(fields)
+        for key, negative in (("prompt", False), ("negative_prompt", True), ("hr_prompt", False),
+                              ("hr_negative_prompt", True)):
+            if key.startswith("hr_") and not fields.get(key):
+                continue
+            text = fields.get(key) or ""
+            for style in styles:
                 text = merge_prompts(style.negative_prompt if negative else style.prompt, text)
-        return text
+            fields[key] = text
+        return fields
 
     def extract(self, prompt: str, negative_prompt: str) -> tuple[list[str], str, str]:
         """The styles a styled prompt pair was made with, and the prompts without them (A1111's
