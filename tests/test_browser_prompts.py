@@ -28,6 +28,7 @@ def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[Runni
     data_dir = root / "data"
     install(model_files["single"], data_dir)
     write_safetensors(data_dir / "models" / "Lora" / f"{LORA}.safetensors", {"lora_unet_x.alpha": [1]})
+    (data_dir / "styles-broken.csv").write_bytes(b"name,prompt\nBad,\xff\xfe\n")  # not UTF-8: named, not fatal
     with launch_app(data_dir, root / "app.log") as app:
         yield app
 
@@ -76,10 +77,31 @@ def test_save_prompts_as_a_style_pick_it_generate_and_apply(page, app_server: Ru
     expect(page.locator("#txt2img_styles").get_by_role("button", name=re.compile("Film"))).to_have_count(0)
 
     # Saving under the same name says it replaced the old one.
+    prompt.fill("cinematic still of {prompt}, film grain")
     page.locator("#txt2img_style_name input, #txt2img_style_name textarea").fill("Film")
     page.locator("#txt2img_style_save").click()
     expect(page.locator("#txt2img_styles_status")).to_contain_text("replacing the one saved before")
     screenshot(page, "prompts-style-applied.png")
+
+    # PNG Info's Send to takes the style back out of the saved image's prompts and selects it.
+    [saved_png] = sorted((app_server.data_dir / "outputs" / "txt2img-images").rglob("*-77.png"))
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved_png))
+    expect(page.locator("#pnginfo_text textarea")).to_have_value(re.compile("^cinematic still of a lighthouse"))
+    page.locator("#pnginfo_send_txt2img").click()
+    expect(prompt).to_have_value("a lighthouse")
+    expect(negative).to_have_value("")
+    expect(page.locator("#txt2img_styles").get_by_text("Film", exact=True)).to_be_visible()
+    screenshot(page, "prompts-style-sent-from-pnginfo.png")
+
+
+def test_a_broken_styles_file_is_named_and_the_others_still_work(page):
+    status = page.locator("#txt2img_styles_status")
+    expect(status).to_contain_text("styles-broken.csv could not be read (not UTF-8")
+    page.locator("#txt2img_styles_refresh").click()  # still named after a re-read, and the page still works
+    expect(status).to_contain_text("styles-broken.csv could not be read")
+    expect(page.locator("#txt2img_generate")).to_be_enabled()
+    screenshot(page, "prompts-broken-styles-file.png")
 
 
 def test_token_counter_shows_tokens_and_chunks(page):
@@ -145,6 +167,10 @@ def test_lora_names_are_completed_after_lora_colon(page):
     expect(popup).to_have_count(0)
     expect(box).to_have_value(f"a fox <lora:{LORA}:1>")
     expect(page.locator("#txt2img_token_counter")).to_have_text("2/75")  # Gradio got the completed text
+    # Ctrl+Up with the caret in the tag: its weight, in A1111's smaller steps for extra networks.
+    box.evaluate("el => el.setSelectionRange(10, 10)")
+    box.press("Control+ArrowUp")
+    expect(box).to_have_value(f"a fox <lora:{LORA}:1.05>")
 
 
 def test_an_image_pasted_with_ctrl_v_lands_in_img2img(page, tmp_path):
@@ -153,20 +179,22 @@ def test_an_image_pasted_with_ctrl_v_lands_in_img2img(page, tmp_path):
     Image.new("RGB", (48, 32), (30, 160, 220)).save(tmp_path / "clip.png")
     data = list((tmp_path / "clip.png").read_bytes())
     # What the browser hands the page for Ctrl+V of an image: a paste event whose clipboardData holds a file.
-    page.evaluate(
-        """bytes => {
-            const file = new File([new Uint8Array(bytes)], 'clip.png', {type: 'image/png'});
-            const data = new DataTransfer();
-            data.items.add(file);
-            document.body.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true}));
-        }""", data)
+    paste = """([selector, bytes]) => {
+        const file = new File([new Uint8Array(bytes)], 'clip.png', {type: 'image/png'});
+        const data = new DataTransfer();
+        data.items.add(file);
+        document.querySelector(selector).dispatchEvent(
+            new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+    }"""
+    # Into a prompt box it is not taken as the init image.
+    page.evaluate(paste, ["#img2img_prompt textarea", data])
+    expect(page.locator("#img2img_image input[type=file]")).to_be_attached()
+    expect(page.locator("#img2img_image img")).to_have_count(0)
+    # Anywhere else on the tab while the image box is empty: it lands there.
+    page.evaluate(paste, ["#tab_img2img", data])
     image = page.locator("#img2img_image img")
     expect(image).to_be_visible()
     size = image.evaluate("img => new Promise(r => img.complete ? r([img.naturalWidth, img.naturalHeight]) :"
                           " img.onload = () => r([img.naturalWidth, img.naturalHeight]))")
     assert size == [48, 32]
     screenshot(page, "prompts-pasted-into-img2img.png")
-    # A paste into a prompt box stays text: the image already there is kept.
-    prompt_box(page, "img2img").click()
-    page.keyboard.insert_text("make it winter")
-    expect(prompt_box(page, "img2img")).to_have_value("make it winter")

@@ -83,7 +83,7 @@ def wire(services: Services, bar: StylesBar, row: PromptRow) -> None:
         message = (f"Saved style <b>{label}</b>, replacing the one saved before under that name" if replaced
                    else f"Saved style <b>{label}</b> to styles.csv")
         return (gr.update(choices=_names(services), value=current or []), "",
-                f"<div class='studio-progress' role='status'>{message}</div>")
+                f"<div role='status'>{message}</div>" + _problems_html(services))
 
     bar.apply.click(apply, [bar.dropdown, row.prompt, row.negative_prompt],
                     [row.prompt, row.negative_prompt, bar.dropdown, bar.status], api_visibility="private")
