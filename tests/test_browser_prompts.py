@@ -20,6 +20,7 @@ from webui.services.styles import read_styles_csv
 pytestmark = pytest.mark.browser
 
 LORA = "tiny_style_lora"
+EMBEDDING = "grumpy_cat_embedding"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[Runni
     data_dir = root / "data"
     install(model_files["single"], data_dir)
     write_safetensors(data_dir / "models" / "Lora" / f"{LORA}.safetensors", {"lora_unet_x.alpha": [1]})
+    write_safetensors(data_dir / "embeddings" / f"{EMBEDDING}.safetensors", {"emb_params": [2, 32]})
     (data_dir / "styles-broken.csv").write_bytes(b"name,prompt\nBad,\xff\xfe\n")  # not UTF-8: named, not fatal
     with launch_app(data_dir, root / "app.log") as app:
         yield app
@@ -171,6 +173,13 @@ def test_lora_names_are_completed_after_lora_colon(page):
     box.evaluate("el => el.setSelectionRange(10, 10)")
     box.press("Control+ArrowUp")
     expect(box).to_have_value(f"a fox <lora:{LORA}:1.05>")
+    # Embedding names complete as words; Enter accepts (and inserts no newline).
+    box.press("End")
+    box.press_sequentially(", grum")
+    expect(popup).to_contain_text(EMBEDDING)
+    box.press("Enter")
+    expect(box).to_have_value(f"a fox <lora:{LORA}:1.05>, {EMBEDDING}")
+    expect(popup).to_have_count(0)
 
 
 def test_an_image_pasted_with_ctrl_v_lands_in_img2img(page, tmp_path):

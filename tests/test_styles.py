@@ -152,6 +152,7 @@ def test_txt2img_styles_field_is_applied_and_written_to_the_infotext(client):
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
     assert info["prompt"] == "cinematic still of a cat, film grain, oil painting"
+    assert info["styles"] == ["Cinematic", "Painterly"]  # as A1111's info names them
     text = read_png_infotext(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))))
     assert text.startswith("cinematic still of a cat, film grain, oil painting\n"
                            'Negative prompt: ugly, blurry, "lowres"\n')

@@ -149,7 +149,9 @@ async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> Any:
 def images_response(body: schemas.Txt2ImgBody, result: GenerationResult) -> dict[str, Any]:
     images = [png_base64(png) for png in result.pngs] if body.send_images else []
     sent = body.model_dump(exclude={"init_images", "mask"})
-    return {"images": images, "parameters": sent, "info": json.dumps(a1111_info(result))}
+    # A1111's info names the styles the request applied (its p.styles).
+    return {"images": images, "parameters": sent,
+            "info": json.dumps(dict(a1111_info(result), styles=list(body.styles or [])))}
 
 
 def build_router(services: Services) -> APIRouter:
