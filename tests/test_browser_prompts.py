@@ -207,3 +207,25 @@ def test_an_image_pasted_with_ctrl_v_lands_in_img2img(page, tmp_path):
                           " img.onload = () => r([img.naturalWidth, img.naturalHeight]))")
     assert size == [48, 32]
     screenshot(page, "prompts-pasted-into-img2img.png")
+
+
+def test_ctrl_v_from_the_real_clipboard_lands_in_img2img(page, app_server: RunningApp, tmp_path):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app_server.url)
+    page.get_by_role("tab", name="img2img").click()
+    expect(page.locator("#img2img_image input[type=file]")).to_be_attached()
+    Image.new("RGB", (40, 24), (220, 120, 30)).save(tmp_path / "copied.png")
+    page.evaluate("""async bytes => {
+        const blob = new Blob([new Uint8Array(bytes)], {type: 'image/png'});
+        await navigator.clipboard.write([new ClipboardItem({'image/png': blob})]);
+    }""", list((tmp_path / "copied.png").read_bytes()))
+    page.locator("#img2img_prompt textarea").click()
+    page.keyboard.press("Control+V")  # in a prompt box: not the init image
+    expect(page.locator("#img2img_image img")).to_have_count(0)
+    page.locator("#img2img_mode").get_by_text("Mode").click()  # focus out of the text boxes, still on the tab
+    page.keyboard.press("Control+V")
+    image = page.locator("#img2img_image img")
+    expect(image).to_be_visible()
+    size = image.evaluate("img => new Promise(r => img.complete ? r([img.naturalWidth, img.naturalHeight]) :"
+                          " img.onload = () => r([img.naturalWidth, img.naturalHeight]))")
+    assert size == [40, 24]
+    screenshot(page, "prompts-ctrl-v-real-clipboard.png")
