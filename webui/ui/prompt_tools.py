@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -15,9 +16,13 @@ from webui.ui.generation_form import PromptRow
 STATIC = Path(__file__).parent / "static"
 
 
-def page_js() -> str:
-    """The page's own scripts (every ``static/*.js``, in name order), run once when the page loads."""
-    return "\n".join(path.read_text(encoding="utf-8") for path in sorted(STATIC.glob("*.js")))
+def page_js(api_auth: bool = False) -> str:
+    """The page's own scripts (every ``static/*.js``, in name order), run once when the page loads.
+
+    Behind ``--api-auth`` the page does not fetch the LoRA/embedding lists from ``/sdapi/v1``: the browser has no
+    API credentials, and a 401 there would pop up the browser's own login dialog."""
+    config = f"window.studioPageConfig = {json.dumps({'apiLists': not api_auth})};"
+    return "\n".join([config, *(path.read_text(encoding="utf-8") for path in sorted(STATIC.glob("*.js")))])
 
 
 def counter_html(text: str, title: str = "") -> str:

@@ -124,6 +124,7 @@
     }
 
     function refreshLists() {
+        if (window.studioPageConfig?.apiLists === false) return null;  // behind --api-auth: no completion lists
         if (lists.pending || Date.now() - lists.fetched < LIST_TTL_MS) return lists.pending;
         lists.pending = Promise.all([
             fetchJson("/sdapi/v1/loras").then((items) => items.map((l) => l.name)).catch(() => lists.loras),
