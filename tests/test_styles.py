@@ -163,3 +163,13 @@ def test_an_unknown_style_is_a_422_naming_it(client):
                                                       **SMALL})
     assert response.status_code == 422
     assert response.json()["error"].startswith("styles: unknown style(s) 'Ghost'")
+
+
+def test_img2img_styles_field_is_applied_too(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 60, 60)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    response = client.post("/sdapi/v1/img2img", json={"prompt": "a cat", "styles": ["Painterly"],
+                                                      "init_images": [image], **SMALL})
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["prompt"] == "a cat, oil painting"
