@@ -115,3 +115,20 @@ def test_a_crafted_model_name_cannot_add_markup_to_the_status_line(services):
     send, _ = _handlers(build_ui(services))["txt2img"]
     *_, notice, _title, status = send.fn("a\nSteps: 5, Seed: 1, Model: ![x](http://example.com/t.png)")
     assert "<img" not in notice and "![" not in status and r"\!\[x\]\(http://example\.com/t\.png\)" in status
+
+
+def test_send_takes_saved_styles_out_of_the_prompts_and_selects_them(services):
+    # A1111's default (infotext_styles "Apply if any"): the styled prompt goes back to what was typed plus styles.
+    services.styles.save("Film", "cinematic still of {prompt}, film grain", "lowres")
+    services.styles.save("Oil", "oil painting", "")
+    send, _ = _handlers(build_ui(services))["txt2img"]
+    params = "Steps: 5, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64"
+    *updates, _selected, _notice, _title, _status = send.fn(
+        f"cinematic still of a fox, film grain, oil painting\nNegative prompt: ugly, lowres\n{params}")
+    shown = _shown(send, updates)
+    assert shown["Prompt"]["value"] == "a fox" and shown["Negative prompt"]["value"] == "ugly"
+    assert shown["Styles"]["value"] == ["Film", "Oil"]
+    # A prompt no style was applied to is sent as it is, and the selection is emptied.
+    *updates, _selected, _notice, _title, _status = send.fn(f"a dog, oil\n{params}")
+    shown = _shown(send, updates)
+    assert shown["Prompt"]["value"] == "a dog, oil" and shown["Styles"]["value"] == []

@@ -108,9 +108,9 @@ def test_png_info_sends_every_field_the_infotext_has_to_txt2img_and_img2img(serv
         *updates, selected, _notice, _switch, _status = dep.fn(INFOTEXT)
         assert selected.selected == tab
         shown = {c.label: u["value"] for c, u in zip(dep.outputs, updates) if "value" in u}
-        assert shown == expected, tab
-        # Every widget of the tab is a target, one per request field the table gives a widget.
+        assert shown == {**expected, "Styles": []}, tab  # no saved style is in the prompt: none selected
+        # Every widget of the tab is a target, one per request field the table gives a widget, and the styles.
         named = {p.widget.label for p in for_task(tab) if p.widget is not None}
-        assert {c.label for c in dep.outputs[:-4]} == named
+        assert {c.label for c in dep.outputs[:-4]} == named | {"Styles"}
     assert set(EXPECTED_IMG2IMG) & {p.widget.label for p in for_task(TXT2IMG) if p.widget} == {"Denoising strength"}
     assert set(EXPECTED_IMG2IMG) <= {p.widget.label for p in for_task(IMG2IMG) if p.widget}

@@ -17,6 +17,7 @@ from webui.api.studio import build_studio_router
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
 from webui.ui.private_events import PrivateEventsMiddleware
+from webui.ui.prompt_tools import page_js
 from webui.ui.upload_guard import UploadGuardMiddleware
 
 
@@ -36,6 +37,7 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, show_error=True,
+                              js=page_js(api_auth=bool(services.settings.api_auth)),
                               run_history=False,  # Gradio's run history can upload runs to a Hub bucket: never
                               server_name=services.settings.host, server_port=services.settings.port,
                               max_file_size=services.settings.limits.max_upload_bytes)

@@ -184,7 +184,8 @@ def build_listings_router(services: Services) -> APIRouter:
 
     @router.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles() -> list[dict[str, Any]]:
-        return []
+        styles = services.styles.list() if services.styles is not None else []
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles]
 
     @router.get("/hypernetworks", response_model=list[HypernetworkItem])
     def hypernetworks() -> list[dict[str, Any]]:

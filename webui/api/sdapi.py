@@ -72,7 +72,16 @@ def _table_fields(body: schemas.Txt2ImgBody, task: str, services: Services) -> d
             fields[param.name] = _as_bool(param.api_key, value) if param.type is bool else value
         elif param.setting is not None:  # A1111 options; a body key (s_churn...) wins over its option
             fields[param.name] = _setting_value(param, overrides, services)
+    if body.styles:
+        _apply_styles(body.styles, fields, services)
     return fields
+
+
+def _apply_styles(names: list[str], fields: dict[str, Any], services: Services) -> None:
+    """A1111's ``styles``: each named style applied to the prompts (and to a hires prompt that is given)."""
+    if services.styles is None:
+        raise InvalidRequest("styles", "this server has no prompt styles")
+    fields.update(services.styles.apply_to_fields(fields, names))
 
 
 def _as_bool(key: str, value: Any) -> bool:
@@ -89,9 +98,6 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody, task: str) -> None:
         name = next(iter(body.alwayson_scripts))
         raise InvalidRequest(f"alwayson_scripts.{name}", f"no always-on script named '{name}': this server has "
                                                          "no extensions yet (GET /sdapi/v1/scripts lists them)")
-    if body.styles:
-        raise InvalidRequest("styles", f"unknown style(s) {', '.join(map(repr, body.styles))}: this server has "
-                                       "no saved prompt styles (GET /sdapi/v1/prompt-styles)")
     if extra.get("restore_faces"):
         raise InvalidRequest("restore_faces", "this server has no face restorers (GET /sdapi/v1/face-restorers)")
     # A1111 1.10 body fields that would change the image and that this server does not apply yet.
@@ -143,7 +149,9 @@ async def finish(job: Job, request: Request, cancel_on_disconnect: bool) -> Any:
 def images_response(body: schemas.Txt2ImgBody, result: GenerationResult) -> dict[str, Any]:
     images = [png_base64(png) for png in result.pngs] if body.send_images else []
     sent = body.model_dump(exclude={"init_images", "mask"})
-    return {"images": images, "parameters": sent, "info": json.dumps(a1111_info(result))}
+    # A1111's info names the styles the request applied (its p.styles).
+    return {"images": images, "parameters": sent,
+            "info": json.dumps(dict(a1111_info(result), styles=list(body.styles or [])))}
 
 
 def build_router(services: Services) -> APIRouter:

@@ -23,6 +23,8 @@ from webui.services.options import OptionsService
 from webui.services.safety import SafetyService
 from webui.services.saving import SaveOptions
 from webui.services.style import StyleTransferService
+from webui.services.styles import PromptStyles
+from webui.services.token_count import TokenCounter
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Services:
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
     jobs_store: JobStore  # the job history, <data dir>/studio.sqlite3
     vaes: VaeFiles | None = None  # models/VAE: the "SD VAE" choices and which file each means
+    styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
+    tokens: TokenCounter | None = None  # the prompt boxes' token counter
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -97,4 +101,6 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         credentials=credentials,
         jobs_store=jobs_store,
         vaes=vaes,
+        styles=PromptStyles(settings.data_dir),
+        tokens=TokenCounter(settings.limits),
     )

@@ -84,7 +84,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 i2i = img2img.build(services, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build({"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
-                              services, checkpoint, status, lambda title: _switch_checkpoint(services, title))
+                              services, checkpoint, status, lambda title: _switch_checkpoint(services, title),
+                              styles={"txt2img": t2i.row.extra.dropdown, "img2img": i2i.row.extra.dropdown})
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):

@@ -37,6 +37,9 @@ class PromptRow:
     generate: gr.Button
     interrupt: gr.Button
     skip: gr.Button
+    prompt_tokens: gr.HTML | None = None  # the token counters (webui/ui/prompt_tools.py wires them)
+    negative_tokens: gr.HTML | None = None
+    extra: Any = None  # what ``under_buttons`` built (the styles bar)
 
 
 @dataclass
@@ -121,17 +124,26 @@ def error_html(message: str) -> str:
     return f"<div class='studio-error' role='alert'>⚠ {html.escape(message)}</div>"
 
 
-def build_prompt_row(prefix: str, placeholder: str = "") -> PromptRow:
+EMPTY_COUNT = "<span class='studio-token-count'>0/75</span>"
+
+
+def build_prompt_row(prefix: str, placeholder: str = "", under_buttons: Callable[[], Any] | None = None) -> PromptRow:
+    """The prompt boxes (each with its token counter) and the buttons; ``under_buttons`` builds more under them."""
     with gr.Row():
-        with gr.Column(scale=4):
+        with gr.Column(scale=4, elem_classes=["studio-prompts"]):
             prompt = param_widget(BY_NAME["prompt"], prefix, placeholder=placeholder)
+            prompt_tokens = gr.HTML(EMPTY_COUNT, elem_id=f"{prefix}_token_counter",
+                                    elem_classes=["studio-token-counter"])
             negative = param_widget(BY_NAME["negative_prompt"], prefix)
+            negative_tokens = gr.HTML(EMPTY_COUNT, elem_id=f"{prefix}_negative_token_counter",
+                                      elem_classes=["studio-token-counter"])
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip")
-    return PromptRow(prompt, negative, generate, interrupt, skip)
+            extra = under_buttons() if under_buttons is not None else None
+    return PromptRow(prompt, negative, generate, interrupt, skip, prompt_tokens, negative_tokens, extra)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from webui.services.container import Services
 from webui.services.jobs import Job
 from webui.types import Img2ImgRequest, StyleTransferRequest
 from webui.ui.gallery_actions import SendTarget
+from webui.ui import prompt_tools, styles
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, error_html, option_fields,
@@ -152,7 +153,7 @@ def _inpaint_inputs(values: dict, form: InpaintForm, open_upload: Opener) -> dic
 
 def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     limits = services.settings.limits
-    row = build_prompt_row("img2img", "make it winter")
+    row = build_prompt_row("img2img", "make it winter", under_buttons=lambda: styles.build(services, "img2img"))
     with gr.Row():
         with gr.Column():
             # Batch names server folders: hidden when the server is exposed and the operator did not opt in.
@@ -204,6 +205,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
                       **request_fields(values, settings), **request_fields(values, img2img_settings),
                       prompt=values[row.prompt], negative_prompt=values[row.negative_prompt],
                       checkpoint=values[checkpoint] or None)
+        fields = styles.styled_fields(services, values[row.extra.dropdown], fields)
         chosen = values[mode]
         if chosen == "Batch":
             template = Img2ImgRequest.parse(**fields)  # each file in the folder becomes its init image
@@ -221,8 +223,10 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
 
     inputs = (set(settings.values()) | set(img2img_settings.values()) | set(inpaint_settings.values())
               | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, inpaint.editor,
-                 inpaint.mask_upload, style.model, style.source})
+                 inpaint.mask_upload, style.model, style.source, row.extra.dropdown})
     wire(services, row, outputs, inputs, submit, api_name="img2img")
+    styles.wire(services, row.extra, row)
+    prompt_tools.wire_token_counters(services, row, row.extra.dropdown, settings["steps"])
     wire_reuse(reuse, outputs.info, settings)
     return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode, style)
 

@@ -44,11 +44,20 @@ def read_parameters(upload: ImageSource | None, limits: Limits) -> tuple[str, st
     return text or "", parameters_table(text)
 
 
-def field_updates(text: str, widgets: Widgets) -> tuple[list, Paste]:
+def field_updates(text: str, widgets: Widgets, services: Services | None = None) -> tuple[list, Paste, list[str]]:
     """One update per widget: the value the infotext gives its request field (shown as the widget shows it),
-    or no change where the text has none; the scheduler's choices follow the sampler sent with it."""
+    or no change where the text has none; the scheduler's choices follow the sampler sent with it. With
+    ``services``, saved styles found in the prompts are taken out of them and returned (A1111's default
+    "infotext_styles: Apply if any")."""
     pasted = paste(text, widgets) if text else Paste()
-    values = pasted.values
+    values = dict(pasted.values)
+    found: list[str] = []
+    if services is not None and services.styles is not None and "prompt" in values:
+        found, prompt, negative = services.styles.extract(values["prompt"], values.get("negative_prompt", ""))
+        if found:
+            values["prompt"] = prompt
+            if "negative_prompt" in values:
+                values["negative_prompt"] = negative
     updates = []
     for name in widgets:
         if name not in values:
@@ -57,7 +66,7 @@ def field_updates(text: str, widgets: Widgets) -> tuple[list, Paste]:
             updates.append(gr.update(choices=list(schedules_for(values["sampler_name"])), value=values[name]))
         else:
             updates.append(gr.update(value=BY_NAME[name].widget.to_ui(values[name])))
-    return updates, pasted
+    return updates, pasted, found
 
 
 def checkpoint_to_switch(services: Services, pasted: Paste) -> tuple[str | None, str]:
@@ -90,8 +99,10 @@ def notice_markdown(lines: list[str]) -> str:
 
 def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Services,
           checkpoint: gr.Dropdown, status: gr.Markdown,
-          switch: Callable[[str | None], Iterator[tuple[object, object]]]) -> None:
-    """``targets``: tab id -> (its label, its widgets by request field name), one "Send to" button each.
+          switch: Callable[[str | None], Iterator[tuple[object, object]]],
+          styles: dict[str, gr.Dropdown] | None = None) -> None:
+    """``targets``: tab id -> (its label, its widgets by request field name), one "Send to" button each;
+    ``styles``: tab id -> its styles dropdown, set to the styles found in the prompts.
 
     ``checkpoint``/``status`` are the checkpoint bar's dropdown and status line; ``switch(title)`` streams a
     checkpoint switch into them (None: nothing to switch)."""
@@ -116,15 +127,19 @@ def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Serv
     image.change(read, image, [raw, table], api_name="png_info", api_visibility="private")
 
     for tab_id, (_, widgets) in targets.items():
-        def send(text: str, tab_id: str = tab_id, widgets: Widgets = widgets) -> list:
+        dropdown = (styles or {}).get(tab_id)
+        extra = [dropdown] if dropdown is not None else []
+
+        def send(text: str, tab_id: str = tab_id, widgets: Widgets = widgets, styled: bool = bool(extra)) -> list:
             if not text:
-                return [gr.update()] * (len(widgets) + 1) + ["", None, gr.update()]
-            updates, pasted = field_updates(text, widgets)
+                return [gr.update()] * (len(widgets) + styled + 1) + ["", None, gr.update()]
+            updates, pasted, found = field_updates(text, widgets, services if styled else None)
             title, missing = checkpoint_to_switch(services, pasted)
             not_applied = f"Not applied: {', '.join(pasted.not_applied)}" if pasted.not_applied else ""
             lines = [missing, not_applied]
             # Also in the status line above the tabs: "Send to" leaves this tab, and the user should see it.
-            return updates + [gr.Tabs(selected=tab_id), notice_html(lines), title, notice_markdown(lines)]
+            return (updates + [gr.update(value=found)] * styled
+                    + [gr.Tabs(selected=tab_id), notice_html(lines), title, notice_markdown(lines)])
 
         def switch_to(title: str | None, shown: str) -> Iterator[tuple[object, object]]:
             if title is None:
@@ -133,6 +148,6 @@ def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Serv
             for text, dropdown in switch(title):
                 yield (f"{shown}\n\n{text}" if shown else text), dropdown
 
-        buttons[tab_id].click(send, raw, list(widgets.values()) + [tabs, notice, to_switch, status],
+        buttons[tab_id].click(send, raw, list(widgets.values()) + extra + [tabs, notice, to_switch, status],
                               api_visibility="private").then(
             switch_to, [to_switch, status], [status, checkpoint], api_visibility="private")

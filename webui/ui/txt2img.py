@@ -9,6 +9,7 @@ import gradio as gr
 from webui.parameters import BY_NAME, TXT2IMG, Param, widget_rows
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
+from webui.ui import prompt_tools, styles
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, option_fields, request_fields, wire,
                                       wire_reuse)
@@ -54,7 +55,8 @@ def _hires_rows() -> list[Param]:
 
 
 def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
-    row = build_prompt_row("txt2img", "a watercolor fox in a snowy forest")
+    row = build_prompt_row("txt2img", "a watercolor fox in a snowy forest",
+                           under_buttons=lambda: styles.build(services, "txt2img"))
     with gr.Row():
         with gr.Column():
             settings, reuse = build_settings_and_reuse(services, "txt2img")
@@ -67,12 +69,15 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     tab = Txt2ImgTab(row, settings, outputs)
 
     def submit(values: dict):
-        fields = dict(option_fields(services, TXT2IMG, settings), **request_fields(values, settings))
-        request = Txt2ImgRequest.parse(prompt=values[row.prompt], negative_prompt=values[row.negative_prompt],
-                                       checkpoint=values[checkpoint] or None, **fields)
+        fields = dict(option_fields(services, TXT2IMG, settings), **request_fields(values, settings),
+                      prompt=values[row.prompt], negative_prompt=values[row.negative_prompt])
+        fields = styles.styled_fields(services, values[row.extra.dropdown], fields)
+        request = Txt2ImgRequest.parse(checkpoint=values[checkpoint] or None, **fields)
         return services.generation.submit_txt2img(request)
 
-    inputs = set(settings.values()) | {row.prompt, row.negative_prompt, checkpoint}
+    inputs = set(settings.values()) | {row.prompt, row.negative_prompt, checkpoint, row.extra.dropdown}
     wire(services, row, outputs, inputs, submit, api_name="txt2img")
+    styles.wire(services, row.extra, row)
+    prompt_tools.wire_token_counters(services, row, row.extra.dropdown, settings["steps"])
     wire_reuse(reuse, outputs.info, settings)
     return tab
