@@ -89,7 +89,8 @@ def test_open_folder_only_on_a_server_not_exposed(data_dir, model_files, tiny_lo
 def test_a_batch_keeps_each_images_infotext_and_send_to_img2img_uses_the_selected_one(services):
     request = Txt2ImgRequest.parse(prompt="two boats", width=64, height=64, steps=2, batch_size=2, seed=40)
     result = services.generation.submit_txt2img(request).wait()
-    images = gallery_actions.gallery_images(result)
+    grid, *images = gallery_actions.gallery_images(result)  # the grid comes first, as the gallery shows it
+    assert grid.grid and grid.path == result.grid_path and "Seed: 40" in grid.infotext
     assert [("Seed: 40" in i.infotext, "Seed: 41" in i.infotext) for i in images] == [(True, False), (False, True)]
     assert [i.path for i in images] == result.paths and all(p.is_file() for p in result.paths)
     line = gallery_actions.saved_html(images, 1, services.settings.data_dir)
@@ -144,7 +145,9 @@ def test_generate_streams_then_hands_the_gallery_every_image_of_the_job(services
     *_, images, selected, saved, _download = updates[-1]
     assert len({len(u) for u in updates}) == 1  # every update fills the event's outputs
     result = submitted[0].wait()
-    assert [i.path for i in images] == result.paths and selected is None
+    # The grid (return_grid, on by default as in A1111) comes first, as the gallery shows it; then the images.
+    assert images[0].grid and images[0].path == result.grid_path and result.grid_path.parent.parent.name == "txt2img-grids"
+    assert [i.path for i in images[1:]] == result.paths and selected is None
     assert "(2 images)" in saved and "Seed: 7" in updates[-2][3]
 
 

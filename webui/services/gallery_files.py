@@ -40,6 +40,7 @@ class GalleryImage:
     png: bytes | None
     infotext: str
     path: Path | None = None
+    grid: bool = False  # A1111's grid of the batch, shown first when the return_grid option is on
 
     def data(self) -> bytes:
         """The final PNG file, byte for byte (OSError if the saved file has gone since)."""

@@ -77,7 +77,8 @@ def gallery_images(result: GenerationResult) -> list[GalleryImage]:
         buffer = io.BytesIO()
         result.grid.save(buffer, format="PNG")
         grid_png = buffer.getvalue()
-    return [GalleryImage(png=grid_png, infotext=infotexts[0] if infotexts else "", path=result.grid_path), *images]
+    return [GalleryImage(png=grid_png, infotext=infotexts[0] if infotexts else "", path=result.grid_path, grid=True),
+            *images]
 
 
 def _relative(path: Path, root: Path) -> Path:
@@ -93,6 +94,8 @@ def _chosen(images: list[GalleryImage] | None, index: int | None) -> GalleryImag
 def saved_html(images: list[GalleryImage] | None, index: int | None, data_dir: Path) -> str:
     """One line: the folder and file name of the selected image (relative to the data dir), or of them all while
     none is selected, or that it was not saved."""
+    if index is None:  # none selected: the batch's own images (the grid, if shown, is not one of them)
+        images = [image for image in images or [] if not image.grid]
     chosen = [_chosen(images, index)] if index is not None or len(images or []) == 1 else list(images or [])
     chosen = [image for image in chosen if image is not None]
     if not chosen:
