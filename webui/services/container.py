@@ -22,6 +22,7 @@ from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
 from webui.services.safety import SafetyService
 from webui.services.style import StyleTransferService
+from webui.services.upscaling import UpscalingService
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Services:
     credentials: ContentCredentials  # the one C2PA signer; its key lives under <data dir>/provenance
     jobs_store: JobStore  # the job history, <data dir>/studio.sqlite3
     vaes: VaeFiles | None = None  # models/VAE: the "SD VAE" choices and which file each means
+    upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -95,4 +97,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         credentials=credentials,
         jobs_store=jobs_store,
         vaes=vaes,
+        upscaling=UpscalingService(
+            settings.models_dir, queue, store, allow_external_links=settings.allow_external_model_links,
+            max_pixels=settings.limits.max_image_pixels,
+            tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap"))),
     )

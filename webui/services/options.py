@@ -130,6 +130,9 @@ OPTIONS: dict[str, Option] = {
     "uni_pc_lower_order_final": Option(bool, True),
     # A1111's "Save a copy of image before applying highres fix" (NNNNN-SEED-before-highres-fix.png).
     "save_images_before_highres_fix": Option(bool, False, honoured=True),
+    # A1111's upscaler tiling (webui/pipelines/upscale.py), in input pixels; tile 0 = the whole image at once.
+    "ESRGAN_tile": Option(int, 192, 0, 512, honoured=True),
+    "ESRGAN_tile_overlap": Option(int, 8, 0, 48, honoured=True),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 

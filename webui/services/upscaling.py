@@ -1,0 +1,197 @@
+"""Extras: upscaling images with the built-in resizers or upscaler models, as a job on the device queue.
+
+The Extras tab and ``/sdapi/v1/extra-single-image`` / ``extra-batch-images`` are thin over ``UpscalingService``.
+One request is one job (kind "extras"), so an upscale shares the device with generation and never runs beside it.
+The last upscaler model used stays on the job's device as a resident (kind "upscaler", one at a time).
+
+The steps are A1111's ``postprocessing_upscale``: upscaler 1 to the size (by a factor, or to a box, optionally
+cropped to it), upscaler 2 over the same source blended in at its visibility, then the info text
+(``Postprocess upscale by: 2, Postprocess upscaler: ...``). Results are saved in ``outputs/extras-images/`` with
+that text in the PNG's ``postprocessing`` chunk and the source's ``parameters`` kept, as A1111 writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image, PngImagePlugin
+
+from webui.errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemory
+from webui.models.face_restorers import FaceRestorerRegistry
+from webui.models.upscalers import UpscalerFile, UpscalerRegistry, load_upscaler
+from webui.pipelines.upscale import upscale_to
+from webui.services import extras
+from webui.services.jobs import Job, JobContext, JobKind, JobQueue
+from webui.services.storage import ImageStore
+from webui.types import UpscaleRequest
+
+__all__ = ["ExtrasRequest", "ExtrasResult", "UpscalingService"]
+
+log = logging.getLogger(__name__)
+
+UPSCALER_KIND = "upscaler"  # residents of this kind: one at a time per device
+DEFAULT_TILE, DEFAULT_OVERLAP = 192, 8  # A1111's ESRGAN_tile / ESRGAN_tile_overlap defaults
+MAX_BATCH = 64  # images in one extras job (A1111 has no limit; each costs memory until the job ends)
+
+
+@dataclass(frozen=True)
+class ExtrasRequest:
+    images: tuple[Image.Image, ...]
+    spec: UpscaleRequest
+    names: tuple[str | None, ...] = ()  # each source's file name (batch): its output is named after it
+    upscale_first: bool = False     # A1111: face restoration before or after upscaling
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    save: bool = True
+
+
+@dataclass(frozen=True)
+class ExtrasResult:
+    images: tuple[Image.Image, ...]
+    infotexts: tuple[str, ...]      # A1111's postprocessing text of each image
+    paths: tuple[Path | None, ...]  # where each was saved (None: not saved)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+class UpscalingService:
+    def __init__(self, models_dir: Path, queue: JobQueue, store: ImageStore, *, allow_external_links: bool = False,
+                 max_pixels: int = extras.MAX_PIXELS,
+                 tile_options: Callable[[], tuple[int, int]] = lambda: (DEFAULT_TILE, DEFAULT_OVERLAP)):
+        """``tile_options``: the current (ESRGAN_tile, ESRGAN_tile_overlap) options."""
+        self.registry = UpscalerRegistry(models_dir, allow_external_links=allow_external_links)
+        self.registry.refresh()
+        self.face_restorers = FaceRestorerRegistry(models_dir, allow_external_links=allow_external_links)
+        self.face_restorers.refresh()
+        self._queue = queue
+        self._store = store
+        self._max_pixels = max_pixels
+        self._tile_options = tile_options
+        queue.register(JobKind("extras", self._job))
+
+    # ------------------------------------------------------------------------------------------- listings
+
+    def names(self) -> list[str]:
+        """Every upscaler a request may name: the built-in resizers, then the model files."""
+        return [*extras.UPSCALERS, *(item.name for item in self.registry.list())]
+
+    def models(self) -> list[UpscalerFile]:
+        return self.registry.list()
+
+    def refresh(self) -> list[str]:
+        self.registry.refresh()
+        self.face_restorers.refresh()
+        return self.names()
+
+    def resolve(self, name: str, field_name: str) -> str:
+        """The canonical name of an upscaler, or InvalidRequest naming ``field_name`` and the choices."""
+        if name in extras.UPSCALERS:
+            return name
+        try:
+            return self.registry.find(name).name
+        except ModelNotFound:
+            raise InvalidRequest(field_name, f"unknown upscaler '{name}'. Available: "
+                                             f"{', '.join(self.names())}") from None
+
+    # ---------------------------------------------------------------------------------------------- jobs
+
+    def check(self, request: ExtrasRequest) -> ExtrasRequest:
+        """Validate everything that can be checked before queueing; returns the request with canonical names."""
+        if not request.images:
+            raise InvalidRequest("image", "no image given")
+        if len(request.images) > MAX_BATCH:
+            raise InvalidRequest("imageList", f"{len(request.images)} images; at most {MAX_BATCH} per request")
+        spec = request.spec.model_copy(update={"upscaler_1": self.resolve(request.spec.upscaler_1, "upscaler_1"),
+                                               "upscaler_2": self.resolve(request.spec.upscaler_2, "upscaler_2")})
+        for name, value in (("gfpgan_visibility", request.gfpgan_visibility),
+                            ("codeformer_visibility", request.codeformer_visibility)):
+            if value > 0:
+                raise InvalidRequest(name, self.face_restorers.unavailable_reason())
+        if request.names and len(request.names) != len(request.images):
+            raise InvalidRequest("imageList", "one name per image")
+        for index, image in enumerate(request.images):
+            size = extras.target_size(image.size, spec)
+            extras.check_size(size, spec.size_field)
+            if size[0] * size[1] > self._max_pixels:
+                raise InvalidRequest(spec.size_field, f"image {index + 1} would be {size[0]}x{size[1]}, over "
+                                                      f"this server's limit of {self._max_pixels / 1e6:.1f} MP")
+        return dataclasses.replace(request, spec=spec)
+
+    def submit(self, request: ExtrasRequest) -> Job:
+        return self._queue.submit("extras", self.check(request))
+
+    def run(self, request: ExtrasRequest, timeout: float | None = None) -> ExtrasResult:
+        return self.submit(request).wait(timeout)
+
+    def _job(self, ctx: JobContext, request: ExtrasRequest) -> ExtrasResult:
+        images, infotexts, paths, warnings = [], [], [], []
+        count = len(request.images)
+        for index, image in enumerate(request.images):
+            name = request.names[index] if request.names else None
+            ctx.begin_image(index, count, steps=0, text=f"Upscaling image {index + 1} of {count}")
+            result, info = extras.upscale(image, request.spec,
+                                          model_resize=lambda image, size, name: self._model_resize(ctx, image,
+                                                                                                    size, name))
+            text = extras.info_text(info)
+            images.append(result)
+            infotexts.append(text)
+            path = None
+            if request.save:
+                try:
+                    path = self._store.save(_png(result, text, image), "extras", seed=0,
+                                            label=Path(name).stem if name else "extras")
+                except OSError as exc:  # a full disk costs the file, never the result
+                    log.warning("Could not save an extras image: %s", exc)
+                    warnings.append(f"Image not saved to the outputs folder ({exc.strerror or type(exc).__name__}); "
+                                    "it is only returned here.")
+            paths.append(path)
+        return ExtrasResult(tuple(images), tuple(infotexts), tuple(paths), tuple(warnings))
+
+    def upscale_with_model(self, ctx: JobContext, image: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
+        """``image`` upscaled to exactly ``size`` by the model ``name`` on the job's device (hires fix uses it)."""
+        return self._model_resize(ctx, image, size, name)
+
+    def _model_resize(self, ctx: JobContext, image: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
+        try:
+            file = self.registry.find(name)
+            version = file.version
+        except (ModelNotFound, OSError):
+            raise ModelNotFound(f"upscaler '{name}' is gone; refresh the upscaler list.") from None
+        model = ctx.device.resident(f"{UPSCALER_KIND}:{file.name}", lambda: load_upscaler(file.path),
+                                    kind=UPSCALER_KIND, version=version, place=_place, max_of_kind=1)
+        tile, overlap = self._tile_options()
+
+        def on_tile(done: int, total: int) -> None:
+            if ctx.interrupted:
+                raise Cancelled(f"Upscaling {ctx.limit_message or 'interrupted'}.")
+            ctx.on_step(done, total)
+
+        try:
+            return upscale_to(model, image, size, tile, overlap, on_tile=on_tile)
+        except torch.cuda.OutOfMemoryError:
+            raise OutOfMemory(f"Out of GPU memory upscaling with {file.name} at {tile}px tiles; lower the option "
+                              "ESRGAN_tile.") from None
+
+
+def _place(descriptor: Any, device: torch.device) -> None:
+    # fp32 everywhere: SwinIR has no fp16 support in spandrel, and the CPU has no fast half precision.
+    descriptor.to(device)
+
+
+def _png(image: Image.Image, postprocessing: str, source: Image.Image) -> bytes:
+    """A1111's extras PNG: the ``postprocessing`` text, and the source's generation ``parameters`` kept."""
+    info = PngImagePlugin.PngInfo()
+    parameters = source.info.get("parameters")
+    if isinstance(parameters, str):
+        info.add_text("parameters", parameters)
+    info.add_text("postprocessing", postprocessing)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
