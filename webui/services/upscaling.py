@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image, PngImagePlugin
 
-from webui.errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemory
+from webui.errors import Cancelled, InvalidRequest, ModelLoadError, ModelNotFound, OutOfMemory
 from webui.models.face_restorers import FaceRestorerRegistry
 from webui.models.upscalers import UpscalerFile, UpscalerRegistry, load_upscaler
 from webui.pipelines.upscale import upscale_to
@@ -57,6 +58,7 @@ class ExtrasResult:
     images: tuple[Image.Image, ...]
     infotexts: tuple[str, ...]      # A1111's postprocessing text of each image
     paths: tuple[Path | None, ...]  # where each was saved (None: not saved)
+    pngs: tuple[bytes, ...]         # each image as a PNG with its texts: what is saved and what the API returns
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -73,6 +75,8 @@ class UpscalingService:
         self._store = store
         self._max_pixels = max_pixels
         self._tile_options = tile_options
+        self._scales: dict[tuple[str, int, int], int | None] = {}
+        self._scales_lock = threading.Lock()
         queue.register(JobKind("extras", self._job))
 
     # ------------------------------------------------------------------------------------------- listings
@@ -83,6 +87,24 @@ class UpscalingService:
 
     def models(self) -> list[UpscalerFile]:
         return self.registry.list()
+
+    def scale_of(self, file: UpscalerFile) -> int | None:
+        """The model's native scale (read once per file version by detecting it); None if it does not load."""
+        try:
+            version = file.version
+        except OSError:
+            return None
+        with self._scales_lock:
+            if version in self._scales:
+                return self._scales[version]
+        try:
+            scale: int | None = int(load_upscaler(file.path).scale)
+        except (ModelLoadError, OSError) as exc:
+            log.warning("Upscaler %s: %s", file.name, exc)
+            scale = None
+        with self._scales_lock:
+            self._scales[version] = scale
+        return scale
 
     def refresh(self) -> list[str]:
         self.registry.refresh()
@@ -107,12 +129,8 @@ class UpscalingService:
             raise InvalidRequest("image", "no image given")
         if len(request.images) > MAX_BATCH:
             raise InvalidRequest("imageList", f"{len(request.images)} images; at most {MAX_BATCH} per request")
-        spec = request.spec.model_copy(update={"upscaler_1": self.resolve(request.spec.upscaler_1, "upscaler_1"),
-                                               "upscaler_2": self.resolve(request.spec.upscaler_2, "upscaler_2")})
-        for name, value in (("gfpgan_visibility", request.gfpgan_visibility),
-                            ("codeformer_visibility", request.codeformer_visibility)):
-            if value > 0:
-                raise InvalidRequest(name, self.face_restorers.unavailable_reason())
+        request = self.check_settings(request)
+        spec = request.spec
         if request.names and len(request.names) != len(request.images):
             raise InvalidRequest("imageList", "one name per image")
         for index, image in enumerate(request.images):
@@ -121,6 +139,16 @@ class UpscalingService:
             if size[0] * size[1] > self._max_pixels:
                 raise InvalidRequest(spec.size_field, f"image {index + 1} would be {size[0]}x{size[1]}, over "
                                                       f"this server's limit of {self._max_pixels / 1e6:.1f} MP")
+        return request
+
+    def check_settings(self, request: ExtrasRequest) -> ExtrasRequest:
+        """The upscaler names (made canonical) and face restoration; the images are not looked at."""
+        spec = request.spec.model_copy(update={"upscaler_1": self.resolve(request.spec.upscaler_1, "upscaler_1"),
+                                               "upscaler_2": self.resolve(request.spec.upscaler_2, "upscaler_2")})
+        for name, value in (("gfpgan_visibility", request.gfpgan_visibility),
+                            ("codeformer_visibility", request.codeformer_visibility)):
+            if value > 0:
+                raise InvalidRequest(name, self.face_restorers.unavailable_reason())
         return dataclasses.replace(request, spec=spec)
 
     def submit(self, request: ExtrasRequest) -> Job:
@@ -130,7 +158,7 @@ class UpscalingService:
         return self.submit(request).wait(timeout)
 
     def _job(self, ctx: JobContext, request: ExtrasRequest) -> ExtrasResult:
-        images, infotexts, paths, warnings = [], [], [], []
+        images, infotexts, paths, pngs, warnings = [], [], [], [], []
         count = len(request.images)
         for index, image in enumerate(request.images):
             name = request.names[index] if request.names else None
@@ -139,19 +167,21 @@ class UpscalingService:
                                           model_resize=lambda image, size, name: self._model_resize(ctx, image,
                                                                                                     size, name))
             text = extras.info_text(info)
+            png = _png(result, text, image)
             images.append(result)
             infotexts.append(text)
+            pngs.append(png)
             path = None
             if request.save:
                 try:
-                    path = self._store.save(_png(result, text, image), "extras", seed=0,
+                    path = self._store.save(png, "extras", seed=0,
                                             label=Path(name).stem if name else "extras")
                 except OSError as exc:  # a full disk costs the file, never the result
                     log.warning("Could not save an extras image: %s", exc)
                     warnings.append(f"Image not saved to the outputs folder ({exc.strerror or type(exc).__name__}); "
                                     "it is only returned here.")
             paths.append(path)
-        return ExtrasResult(tuple(images), tuple(infotexts), tuple(paths), tuple(warnings))
+        return ExtrasResult(tuple(images), tuple(infotexts), tuple(paths), tuple(pngs), tuple(warnings))
 
     def upscale_with_model(self, ctx: JobContext, image: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
         """``image`` upscaled to exactly ``size`` by the model ``name`` on the job's device (hires fix uses it)."""
