@@ -16,6 +16,7 @@ from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
+from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
@@ -100,5 +101,6 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         upscaling=UpscalingService(
             settings.models_dir, queue, store, allow_external_links=settings.allow_external_model_links,
             max_pixels=settings.limits.max_image_pixels,
-            tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap"))),
+            tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap")),
+            folders=folder_policy(settings)),
     )

@@ -18,16 +18,19 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image, PngImagePlugin
 
+from webui.atomic import atomic_write_bytes
 from webui.errors import Cancelled, InvalidRequest, ModelLoadError, ModelNotFound, OutOfMemory
 from webui.models.face_restorers import FaceRestorerRegistry
 from webui.models.upscalers import UpscalerFile, UpscalerRegistry, load_upscaler
 from webui.pipelines.upscale import upscale_to
+from webui.image_io import open_image
 from webui.services import extras
+from webui.services.folders import FolderPolicy, unused_name
 from webui.services.jobs import Job, JobContext, JobKind, JobQueue
 from webui.services.storage import ImageStore
 from webui.types import UpscaleRequest
@@ -51,11 +54,14 @@ class ExtrasRequest:
     codeformer_visibility: float = 0.0
     codeformer_weight: float = 0.0
     save: bool = True
+    # Batch from a server folder (instead of ``images``): checked by the folder policy, as img2img Batch is.
+    input_dir: str | None = None
+    output_dir: str | None = None  # None: outputs/extras-images/
 
 
 @dataclass(frozen=True)
 class ExtrasResult:
-    images: tuple[Image.Image, ...]
+    images: tuple[Image.Image, ...]  # for a server folder, the first MAX_BATCH only (the rest are on disk)
     infotexts: tuple[str, ...]      # A1111's postprocessing text of each image
     paths: tuple[Path | None, ...]  # where each was saved (None: not saved)
     pngs: tuple[bytes, ...]         # each image as a PNG with its texts: what is saved and what the API returns
@@ -65,8 +71,10 @@ class ExtrasResult:
 class UpscalingService:
     def __init__(self, models_dir: Path, queue: JobQueue, store: ImageStore, *, allow_external_links: bool = False,
                  max_pixels: int = extras.MAX_PIXELS,
-                 tile_options: Callable[[], tuple[int, int]] = lambda: (DEFAULT_TILE, DEFAULT_OVERLAP)):
-        """``tile_options``: the current (ESRGAN_tile, ESRGAN_tile_overlap) options."""
+                 tile_options: Callable[[], tuple[int, int]] = lambda: (DEFAULT_TILE, DEFAULT_OVERLAP),
+                 folders: FolderPolicy | None = None):
+        """``tile_options``: the current (ESRGAN_tile, ESRGAN_tile_overlap) options; ``folders``: where batch
+        folders may be (None: no batch from folders)."""
         self.registry = UpscalerRegistry(models_dir, allow_external_links=allow_external_links)
         self.registry.refresh()
         self.face_restorers = FaceRestorerRegistry(models_dir, allow_external_links=allow_external_links)
@@ -75,6 +83,7 @@ class UpscalingService:
         self._store = store
         self._max_pixels = max_pixels
         self._tile_options = tile_options
+        self._folders = folders
         self._scales: dict[tuple[str, int, int], int | None] = {}
         self._scales_lock = threading.Lock()
         queue.register(JobKind("extras", self._job))
@@ -125,6 +134,9 @@ class UpscalingService:
 
     def check(self, request: ExtrasRequest) -> ExtrasRequest:
         """Validate everything that can be checked before queueing; returns the request with canonical names."""
+        if request.input_dir is not None:
+            self._folder_files(request)
+            return self.check_settings(request)
         if not request.images:
             raise InvalidRequest("image", "no image given")
         if len(request.images) > MAX_BATCH:
@@ -151,35 +163,75 @@ class UpscalingService:
                 raise InvalidRequest(name, self.face_restorers.unavailable_reason())
         return dataclasses.replace(request, spec=spec)
 
+    @property
+    def folders_enabled(self) -> bool:
+        return self._folders is not None and self._folders.enabled
+
+    def _folder_files(self, request: ExtrasRequest) -> tuple[list[Path], Path | None]:
+        if self._folders is None:
+            raise InvalidRequest("input_dir", "server folders are not available here")
+        files = self._folders.input_files(request.input_dir or "", "input_dir")
+        output = (request.output_dir or "").strip()
+        return files, self._folders.output_folder(output, "output_dir") if output else None
+
     def submit(self, request: ExtrasRequest) -> Job:
         return self._queue.submit("extras", self.check(request))
 
     def run(self, request: ExtrasRequest, timeout: float | None = None) -> ExtrasResult:
         return self.submit(request).wait(timeout)
 
+    def _sources(self, request: ExtrasRequest, files: list[Path],
+                 warnings: list[str]) -> Iterator[tuple[Image.Image, str | None]]:
+        """The request's images with their names; a folder's are opened one at a time (an unreadable file is
+        skipped with a warning naming it)."""
+        if request.input_dir is None:
+            yield from zip(request.images, request.names or (None,) * len(request.images))
+            return
+        for path in files:
+            try:
+                image = open_image(path, path.name, max_pixels=self._max_pixels)
+            except (InvalidRequest, OSError) as exc:
+                warnings.append(f"Skipped {path.name}: {exc}")
+                continue
+            yield image, path.name
+
     def _job(self, ctx: JobContext, request: ExtrasRequest) -> ExtrasResult:
         images, infotexts, paths, pngs, warnings = [], [], [], [], []
-        count = len(request.images)
-        for index, image in enumerate(request.images):
-            name = request.names[index] if request.names else None
+        files, target = [], None
+        if request.input_dir is not None:  # checked again: the folder may have changed while the job waited
+            files, target = self._folder_files(request)
+        count = len(files) if request.input_dir is not None else len(request.images)
+
+        def model_resize(image: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
+            return self._model_resize(ctx, image, size, name)
+
+        for index, (image, name) in enumerate(self._sources(request, files, warnings)):
             ctx.begin_image(index, count, steps=0, text=f"Upscaling image {index + 1} of {count}")
-            result, info = extras.upscale(image, request.spec,
-                                          model_resize=lambda image, size, name: self._model_resize(ctx, image,
-                                                                                                    size, name))
+            try:
+                result, info = extras.upscale(image, request.spec, model_resize=model_resize)
+            except InvalidRequest as exc:
+                if request.input_dir is None:
+                    raise
+                warnings.append(f"Skipped {name}: {exc}")  # one oversized file does not stop a folder
+                continue
             text = extras.info_text(info)
             png = _png(result, text, image)
-            images.append(result)
-            infotexts.append(text)
-            pngs.append(png)
             path = None
-            if request.save:
+            if request.save or target is not None:
                 try:
-                    path = self._store.save(png, "extras", seed=0,
-                                            label=Path(name).stem if name else "extras")
+                    if target is not None:  # a batch folder's output: <input name>.png, never overwriting
+                        path = unused_name(target, Path(name or "extras").stem)
+                        atomic_write_bytes(path, png)
+                    else:
+                        path = self._store.save(png, "extras", seed=0, label=Path(name).stem if name else "extras")
                 except OSError as exc:  # a full disk costs the file, never the result
                     log.warning("Could not save an extras image: %s", exc)
                     warnings.append(f"Image not saved to the outputs folder ({exc.strerror or type(exc).__name__}); "
                                     "it is only returned here.")
+            if len(images) < MAX_BATCH:  # a folder can hold thousands: only the first are kept in memory
+                images.append(result)
+                pngs.append(png)
+            infotexts.append(text)
             paths.append(path)
         return ExtrasResult(tuple(images), tuple(infotexts), tuple(paths), tuple(pngs), tuple(warnings))
 

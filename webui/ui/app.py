@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import history, img2img, pnginfo, size_defaults, txt2img
+from webui.ui import extras, history, img2img, pnginfo, size_defaults, txt2img
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -81,6 +81,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 t2i = txt2img.build(services, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.build(services, checkpoint)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras_tab = extras.build(services)  # noqa: F841 - the lead wires "Send to Extras" to it
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build({"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
                               services, checkpoint, status, lambda title: _switch_checkpoint(services, title))

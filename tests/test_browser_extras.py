@@ -1,0 +1,60 @@
+"""The Extras tab in a real browser: upscale an upload with a tiny ESRGAN model in the data dir."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.browser_support import (GENERATE_TIMEOUT, RunningApp, _report_failures, browser,  # noqa: F401 (fixtures)
+                                   chromium_binary, expect, launch_app, page, screenshot)
+from tests.conftest import install
+from tests.upscaler_models import write_upscalers
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[RunningApp]:
+    """The real app over a data dir holding the tiny checkpoint and tiny ESRGAN / Real-ESRGAN / SwinIR files."""
+    root = tmp_path_factory.mktemp("browser-extras")
+    data_dir = root / "data"
+    install(model_files["single"], data_dir)
+    write_upscalers(data_dir / "models")
+    with launch_app(data_dir, root / "app.log") as app:
+        yield app
+
+
+def test_extras_upscales_an_upload_2x_with_an_esrgan_model(page, app_server: RunningApp, tmp_path):
+    source = tmp_path / "photo.png"
+    Image.fromarray((np.random.RandomState(3).rand(24, 32, 3) * 255).astype(np.uint8)).save(source)
+
+    page.get_by_role("tab", name="Extras").click()
+    page.locator("#extras_image input[type=file]").set_input_files(str(source))
+    page.locator("#extras_upscaler_1 input").click()
+    page.get_by_role("option", name="ESRGAN_2x_tiny").click()
+    expect(page.locator("#extras_upscaler_1 input")).to_have_value("ESRGAN_2x_tiny")
+    page.locator("#extras_generate").click()
+
+    info = page.locator("#extras_info")
+    expect(info).to_contain_text("Postprocess upscale by: 2, Postprocess upscaler: ESRGAN_2x_tiny",
+                                 timeout=GENERATE_TIMEOUT)
+    expect(info).to_contain_text(re.compile(r"Saved 1 image to .*extras-images"))
+    expect(page.locator("#extras_gallery img").first).to_be_visible()
+    folder = app_server.data_dir / "outputs" / "extras-images" / dt.date.today().isoformat()
+    saved = sorted(folder.glob("*.png"))
+    assert len(saved) == 1, saved
+    with Image.open(saved[0]) as img:
+        assert img.size == (64, 48)
+        assert img.info["postprocessing"] == "Postprocess upscale by: 2, Postprocess upscaler: ESRGAN_2x_tiny"
+    screenshot(page, "extras_esrgan_2x.png")
+
+
+def test_extras_unknown_face_restoration_and_empty_source_give_a_red_message(page, app_server: RunningApp):
+    page.get_by_role("tab", name="Extras").click()
+    page.locator("#extras_generate").click()
+    expect(page.locator("#extras_info .studio-error")).to_contain_text("image: upload an image first")
