@@ -74,6 +74,11 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                            "sd_vae": vaes.problem},
                              switch=checkpoints.submit_switch)
     credentials = ContentCredentials(settings.data_dir / "provenance")
+    upscaling = UpscalingService(
+        settings.models_dir, queue, store, allow_external_links=settings.allow_external_model_links,
+        max_pixels=settings.limits.max_image_pixels,
+        tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap")),
+        folders=folder_policy(settings))
 
     def provenance() -> ProvenancePolicy:
         return ProvenancePolicy.from_options(options.get_all())
@@ -87,7 +92,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         checkpoints=checkpoints,
         generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety,
                                      vaes=vaes, vae_option=lambda: options.value("sd_vae"),
-                                     save_before_hires=lambda: options.value("save_images_before_highres_fix")),
+                                     save_before_hires=lambda: options.value("save_images_before_highres_fix"),
+                                     upscalers=upscaling),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,
@@ -98,9 +104,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         credentials=credentials,
         jobs_store=jobs_store,
         vaes=vaes,
-        upscaling=UpscalingService(
-            settings.models_dir, queue, store, allow_external_links=settings.allow_external_model_links,
-            max_pixels=settings.limits.max_image_pixels,
-            tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap")),
-            folders=folder_policy(settings)),
+        upscaling=upscaling,
     )

@@ -236,10 +236,12 @@ class UpscalingService:
         return ExtrasResult(tuple(images), tuple(infotexts), tuple(paths), tuple(pngs), tuple(warnings))
 
     def upscale_with_model(self, ctx: JobContext, image: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
-        """``image`` upscaled to exactly ``size`` by the model ``name`` on the job's device (hires fix uses it)."""
-        return self._model_resize(ctx, image, size, name)
+        """``image`` upscaled to exactly ``size`` by the model ``name`` on the job's device, inside another job
+        (hires fix): the job's own step progress is left alone."""
+        return self._model_resize(ctx, image, size, name, report=False)
 
-    def _model_resize(self, ctx: JobContext, image: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
+    def _model_resize(self, ctx: JobContext, image: Image.Image, size: tuple[int, int], name: str,
+                      report: bool = True) -> Image.Image:
         try:
             file = self.registry.find(name)
             version = file.version
@@ -252,7 +254,8 @@ class UpscalingService:
         def on_tile(done: int, total: int) -> None:
             if ctx.interrupted:
                 raise Cancelled(f"Upscaling {ctx.limit_message or 'interrupted'}.")
-            ctx.on_step(done, total)
+            if report:
+                ctx.on_step(done, total)
 
         try:
             return upscale_to(model, image, size, tile, overlap, on_tile=on_tile)
