@@ -182,3 +182,57 @@ def test_a_file_that_does_not_load_fails_the_job_with_its_name(tmp_path):
             svc.run(ExtrasRequest((noise_image(8, 8),), UpscaleRequest(upscaler_1="broken")), timeout=60)
     finally:
         queue.shutdown()
+
+
+def test_a_server_folder_batch_writes_named_files_and_skips_unreadable_ones(tmp_path, models_dir):
+    from webui.services.folders import FolderPolicy
+
+    data = tmp_path / "data"
+    (data / "in").mkdir(parents=True)
+    noise_image(16, 8).save(data / "in" / "one.png")
+    noise_image(8, 8, seed=1).save(data / "in" / "two.png")
+    (data / "in" / "bad.png").write_bytes(b"not a png")
+    (data / "out").mkdir()
+    (data / "out" / "one.png").write_bytes(b"kept")
+    queue = JobQueue(max_pending=4)
+    try:
+        svc = UpscalingService(models_dir, queue, ImageStore(data / "outputs"), folders=FolderPolicy.build(data))
+        result = svc.run(ExtrasRequest((), UpscaleRequest(upscaler_1="ESRGAN_2x_tiny"), input_dir="in",
+                                       output_dir="out"), timeout=60)
+        assert [p.name for p in result.paths] == ["one-1.png", "two.png"]  # never overwrites what is there
+        assert (data / "out" / "one.png").read_bytes() == b"kept"
+        assert Image.open(data / "out" / "one-1.png").size == (32, 16)
+        assert any(w.startswith("Skipped bad.png") for w in result.warnings)
+        with pytest.raises(InvalidRequest, match="^input_dir: not an existing folder"):
+            svc.submit(ExtrasRequest((), UpscaleRequest(), input_dir="/etc"))
+    finally:
+        queue.shutdown()
+    closed_queue = JobQueue(max_pending=1)
+    try:
+        closed = UpscalingService(models_dir, closed_queue, ImageStore(data / "outputs"),
+                                  folders=FolderPolicy.build(data, enabled=False, disabled_reason="off here"))
+        with pytest.raises(InvalidRequest, match="^input_dir: off here"):
+            closed.submit(ExtrasRequest((), UpscaleRequest(), input_dir="in"))
+    finally:
+        closed_queue.shutdown()
+
+
+def test_the_tile_options_set_the_tiling(service, models_dir):
+    tiles = {}
+    for tile in (16, 0):
+        service._tile_options = lambda tile=tile: (tile, 8)
+        job = service.submit(ExtrasRequest((noise_image(40, 40),), UpscaleRequest(upscaler_1="ESRGAN_2x_tiny"),
+                                           save=False))
+        job.wait(60)
+        tiles[tile] = job.progress.steps
+    assert tiles == {16: 16, 0: 1}  # 4 x 4 tiles of 16 px with 8 px overlap over 40 px; tile 0: the whole image
+
+
+def test_esrgan_tile_options_are_validated():
+    from webui.services.options import OPTIONS
+
+    assert OPTIONS["ESRGAN_tile"].check("ESRGAN_tile", 256) == 256
+    with pytest.raises(InvalidRequest, match="^ESRGAN_tile: must be from 0 to 512"):
+        OPTIONS["ESRGAN_tile"].check("ESRGAN_tile", 1000)
+    with pytest.raises(InvalidRequest, match="^ESRGAN_tile_overlap: must be an integer"):
+        OPTIONS["ESRGAN_tile_overlap"].check("ESRGAN_tile_overlap", 2.5)
