@@ -13,14 +13,17 @@ import base64
 import html
 from typing import Any, Literal
 
-from fastapi import APIRouter
+import anyio
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from webui.api.images import decode_image
 from webui.api.schemas import ApiBody
+from webui.api.sdapi import finish
 from webui.errors import InvalidRequest
 from webui.services import extras
 from webui.services.container import Services
+from webui.services.jobs import Job
 from webui.services.upscaling import ExtrasRequest, UpscalingService
 
 BUILTIN_SCALE = 4  # what A1111 reports for its plain resizers
@@ -141,21 +144,32 @@ def build_extras_router(services: Services) -> APIRouter:
         upscaling.refresh()
         return {}
 
-    @router.post("/sdapi/v1/extra-single-image", response_model=ExtrasSingleImageResponse)
-    def extra_single_image(body: ExtrasSingleImageBody) -> dict[str, str]:
+    cancel_on_disconnect = services.settings.cancel_on_disconnect
+
+    def submit_single(body: ExtrasSingleImageBody) -> Job:
         upscaling.check_settings(request(body, []))  # names and options before decoding the image
         source = decode_image(body.image, "image", limits.max_image_pixels, formats=limits.image_formats)
-        result = upscaling.run(request(body, [source]))
-        return {"html_info": plaintext_to_html(result.infotexts[0]), "image": _b64(result.pngs[0])}
+        return upscaling.submit(request(body, [source]))
 
-    @router.post("/sdapi/v1/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    def extra_batch_images(body: ExtrasBatchImagesBody) -> dict[str, Any]:
+    def submit_batch(body: ExtrasBatchImagesBody) -> Job:
         upscaling.check_settings(request(body, []))
         if not body.imageList:
             raise InvalidRequest("imageList", "no images given")
         images = [decode_image(item.data, f"imageList.{i}.data", limits.max_image_pixels,
                                formats=limits.image_formats) for i, item in enumerate(body.imageList)]
-        result = upscaling.run(request(body, images, tuple(item.name or None for item in body.imageList)))
+        return upscaling.submit(request(body, images, tuple(item.name or None for item in body.imageList)))
+
+    # Decoding and checking run in a worker thread; a client that hangs up has its job cancelled, as txt2img's.
+    @router.post("/sdapi/v1/extra-single-image", response_model=ExtrasSingleImageResponse)
+    async def extra_single_image(body: ExtrasSingleImageBody, http: Request) -> dict[str, str]:
+        job = await anyio.to_thread.run_sync(submit_single, body)
+        result = await finish(job, http, cancel_on_disconnect)
+        return {"html_info": plaintext_to_html(result.infotexts[0]), "image": _b64(result.pngs[0])}
+
+    @router.post("/sdapi/v1/extra-batch-images", response_model=ExtrasBatchImagesResponse)
+    async def extra_batch_images(body: ExtrasBatchImagesBody, http: Request) -> dict[str, Any]:
+        job = await anyio.to_thread.run_sync(submit_batch, body)
+        result = await finish(job, http, cancel_on_disconnect)
         # A1111 returns the first image's info for the whole batch.
         return {"html_info": plaintext_to_html(result.infotexts[0]), "images": [_b64(p) for p in result.pngs]}
 
