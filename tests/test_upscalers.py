@@ -236,3 +236,19 @@ def test_esrgan_tile_options_are_validated():
         OPTIONS["ESRGAN_tile"].check("ESRGAN_tile", 1000)
     with pytest.raises(InvalidRequest, match="^ESRGAN_tile_overlap: must be an integer"):
         OPTIONS["ESRGAN_tile_overlap"].check("ESRGAN_tile_overlap", 2.5)
+
+
+def test_interrupt_keeps_the_images_already_upscaled(service):
+    calls = []
+
+    def tile_options():  # read once per image: the second image is interrupted as it starts
+        calls.append(1)
+        if len(calls) == 2:
+            service._queue.interrupt()
+        return 32, 8
+
+    service._tile_options = tile_options
+    images = tuple(noise_image(16, 16, seed=i) for i in range(3))
+    result = service.run(ExtrasRequest(images, UpscaleRequest(upscaler_1="ESRGAN_2x_tiny"), save=False), timeout=60)
+    assert len(result.images) == 1
+    assert result.warnings == ("Interrupted after 1 of 3 images.",)

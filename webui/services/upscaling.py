@@ -206,9 +206,17 @@ class UpscalingService:
             return self._model_resize(ctx, image, size, name)
 
         for index, (image, name) in enumerate(self._sources(request, files, warnings)):
+            if ctx.interrupted:  # Interrupt keeps what is done, as A1111's
+                warnings.append(f"Interrupted after {len(infotexts)} of {count} images.")
+                break
             ctx.begin_image(index, count, steps=0, text=f"Upscaling image {index + 1} of {count}")
             try:
                 result, info = extras.upscale(image, request.spec, model_resize=model_resize)
+            except Cancelled:
+                if not infotexts:
+                    raise
+                warnings.append(f"Interrupted after {len(infotexts)} of {count} images.")
+                break
             except InvalidRequest as exc:
                 if request.input_dir is None:
                     raise

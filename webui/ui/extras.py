@@ -19,7 +19,7 @@ from webui.errors import InvalidRequest, StudioError
 from webui.image_io import open_image
 from webui.services.container import Services
 from webui.services.upscaling import ExtrasRequest, ExtrasResult
-from webui.types import UPSCALE_MAX_SCALE, UPSCALE_MAX_SIDE, UpscaleRequest
+from webui.types import UPSCALE_MAX_SCALE, UPSCALE_MAX_SIDE, Progress, UpscaleRequest
 from webui.ui.generation_form import error_html, warnings_html
 from webui.ui.image_inputs import UploadedImage
 
@@ -93,7 +93,9 @@ def build(services: Services) -> ExtrasTab:
                     codeformer_weight = gr.Slider(0, 1, value=0, step=0.001,
                                                   label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
                                                   elem_id="extras_codeformer_weight")
-            run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="extras_generate", scale=3)
+                interrupt = gr.Button("Interrupt", elem_id="extras_interrupt", scale=1)
         with gr.Column():
             gallery = gr.Gallery(label="Result", format="png", elem_id="extras_gallery", height=420,
                                  interactive=False)
@@ -125,15 +127,38 @@ def build(services: Services) -> ExtrasTab:
                 if single is None:
                     raise InvalidRequest("image", "upload an image first")
                 request = ExtrasRequest(images=(open_upload(single, "image"),), **common)
-            result = upscaling.run(request)
+            job = upscaling.submit(request)
         except StudioError as exc:
-            return gr.update(), error_html(str(exc))
+            yield gr.update(), error_html(str(exc))
+            return
+        finished = False
+        try:
+            version = 0
+            while not job.finished:  # stream where the job is: queued, image i of n, tile j of m
+                version, progress = job.watch(version, timeout=1.0)
+                yield gr.update(), _progress_html(progress, services.queue.position(job))
+            finished = True
+        finally:
+            if not finished:  # the browser went away (Gradio closed this generator): stop the job
+                job.interrupt()
+        try:
+            result = job.wait()
+        except StudioError as exc:
+            yield gr.update(), error_html(str(exc))
+            return
         items = [(str(path), None) if path else image for image, path in zip(result.images, result.paths)]
-        return items, _info_html(result)
+        yield items, _info_html(result)
 
     run.click(generate, [source_mode, image, files, input_dir, output_dir, resize_mode, scale, width, height, crop,
                          upscaler_1, upscaler_2, visibility, gfpgan, codeformer, codeformer_weight],
               [gallery, info], api_visibility="private")
+
+    def stop() -> None:
+        for job in services.queue.running():
+            if job.kind == "extras":
+                job.interrupt()
+
+    interrupt.click(stop, None, None, api_visibility="private")
 
     def refresh_lists(first: str | None, second: str | None):
         choices = upscaling.refresh()
@@ -146,6 +171,14 @@ def build(services: Services) -> ExtrasTab:
 
 def _base_name(path: Any) -> str:
     return str(path).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _progress_html(progress: Progress, position: int | None) -> str:
+    if position:
+        return f"<div class='studio-progress'>Queued (position {position})…</div>"
+    text = html.escape(progress.textinfo or "Starting…")
+    tiles = f" · tile {progress.step} of {progress.steps}" if progress.steps else ""
+    return f"<div class='studio-progress'>{text}{tiles}</div>"
 
 
 def _info_html(result: ExtrasResult) -> str:
