@@ -117,3 +117,13 @@ def test_face_restoration_refusal_says_what_is_missing(client):
     body = {"image": png_b64((8, 8)), "gfpgan_visibility": 1}
     error = client.post("/sdapi/v1/extra-single-image", json=body).json()["error"]
     assert "GFPGAN weights are present" in error and "no face detector" in error
+
+
+def test_a_broken_model_file_is_a_422_naming_it_and_the_server_keeps_working(client, services):
+    (services.settings.models_dir / "ESRGAN" / "broken.pth").write_bytes(b"\x00not a model" * 20)
+    client.post("/studio/v1/refresh-upscalers")
+    response = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64((8, 8)), "upscaler_1": "broken"})
+    assert response.status_code == 422
+    assert "broken.pth could not be read" in response.json()["error"]
+    ok = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64((8, 8)), "upscaler_1": "ESRGAN_2x_tiny"})
+    assert ok.status_code == 200

@@ -207,6 +207,8 @@ class UpscalingService:
 
         for index, (image, name) in enumerate(self._sources(request, files, warnings)):
             if ctx.interrupted:  # Interrupt keeps what is done, as A1111's
+                if not infotexts:
+                    raise Cancelled(f"Upscaling {ctx.limit_message or 'interrupted'}.")
                 warnings.append(f"Interrupted after {len(infotexts)} of {count} images.")
                 break
             ctx.begin_image(index, count, steps=0, text=f"Upscaling image {index + 1} of {count}")
