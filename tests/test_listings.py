@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
+from webui.api.extras import build_extras_router
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import install_error_handlers
 from webui.errors import InvalidRequest
@@ -26,6 +27,7 @@ def client(services):
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(build_listings_router(services))
+    app.include_router(build_extras_router(services))
     with TestClient(app) as test_client:
         yield test_client
 

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from webui import VERSION
+from webui.api.extras import build_extras_router
 from webui.api.hosts import HostPolicy
 from webui.api.jobs import build_jobs_router
 from webui.api.listings import build_listings_router
@@ -31,6 +32,7 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(build_router(services))
     app.include_router(build_listings_router(services))
+    app.include_router(build_extras_router(services))
     app.include_router(build_studio_router(services))  # all routers before the Gradio mount at "/", which catches the rest
     app.include_router(build_jobs_router(services))
     demo = build_ui(services)

@@ -195,10 +195,10 @@ class Txt2ImgRequest(BaseModel):
         """Hires fields are checked when hires fix is on (A1111 ignores them otherwise); names made canonical."""
         if not self.enable_hr:
             return self
-        if self.hr_upscaler not in UPSCALERS:
-            raise InvalidRequest("hr_upscaler", f"unknown upscaler {safe_label(self.hr_upscaler)!r}; choose one "
-                                                f"of {', '.join(UPSCALERS)} (GET /sdapi/v1/upscalers and "
-                                                "/sdapi/v1/latent-upscale-modes)")
+        # Any other hr_upscaler may be an upscaler model (models/ESRGAN...): the generation service checks it.
+        if not self.hr_upscaler.strip():
+            raise InvalidRequest("hr_upscaler", f"choose one of {', '.join(UPSCALERS)} or an upscaler model "
+                                                "(GET /sdapi/v1/upscalers and /sdapi/v1/latent-upscale-modes)")
         if self.hr_checkpoint_name not in ("", SAME_CHECKPOINT):
             raise InvalidRequest("hr_checkpoint_name", "another checkpoint for the hires pass is not supported "
                                                        f"yet; send \"{SAME_CHECKPOINT}\" or leave it out")

@@ -99,7 +99,9 @@ def _refuse_unsupported(body: schemas.Txt2ImgBody, task: str) -> None:
         raise InvalidRequest(f"alwayson_scripts.{name}", f"no always-on script named '{name}': this server has "
                                                          "no extensions yet (GET /sdapi/v1/scripts lists them)")
     if extra.get("restore_faces"):
-        raise InvalidRequest("restore_faces", "this server has no face restorers (GET /sdapi/v1/face-restorers)")
+        raise InvalidRequest("restore_faces", "face restoration is not available: GFPGAN and CodeFormer need a "
+                                              "face detector to find the faces first, which this server does not "
+                                              "have (A1111 uses facexlib); send false")
     # A1111 1.10 body fields that would change the image and that this server does not apply yet.
     if extra.get("s_min_uncond") not in (None, 0, 0.0):
         raise InvalidRequest("s_min_uncond", "skipping the negative prompt at low noise (NGMS) is not supported "

@@ -2,7 +2,8 @@
 ``StableDiffusionProcessingTxt2Img.sample`` / ``sample_hr_pass``).
 
 - Upscale: a latent mode (``torch.nn.functional.interpolate`` of the latents, as A1111) or a pixel upscaler
-  (decode, PIL resize, encode again); then A1111's crop when both target sides were given.
+  (decode, PIL resize or an upscaler model such as ESRGAN, encode again); then A1111's crop when both target sides
+  were given.
 - Second pass: A1111's ``sample_img2img`` with ``steps = hr_second_pass_steps or steps`` always run in full (its
   "fixed steps" rule), through :meth:`KDiffusionScheduler.start_from_image`, with fresh noise of the larger size
   from the same seeds (A1111 builds a new ``ImageRNG`` for the pass), and the hires prompts scheduled over the
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
 
 _IMG2IMG = {"sd": StableDiffusionImg2ImgPipeline, "sdxl": StableDiffusionXLImg2ImgPipeline}
+# (image, exact size, upscaler name) -> image: an upscaler model, run by the caller's service on the job's device.
+ModelUpscale = Callable[[Image.Image, tuple[int, int], str], Image.Image]
 _PIXEL_RESAMPLING = {"None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling.LANCZOS,
                      "Nearest": Image.Resampling.NEAREST}
 
@@ -54,8 +58,10 @@ class _SecondPass:
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, subseeds: list[int], keep_first_pass: bool = False) -> BatchOutput:
-    """``keep_first_pass``: also return the first pass's images (A1111's save_images_before_highres_fix)."""
+              preview_every: int, subseeds: list[int], keep_first_pass: bool = False,
+              model_upscale: ModelUpscale | None = None) -> BatchOutput:
+    """``keep_first_pass``: also return the first pass's images (A1111's save_images_before_highres_fix);
+    ``model_upscale``: runs an upscaler model (ESRGAN...) when ``hr_upscaler`` names one."""
     total = request.steps + hires_steps(request)
     runner, kwargs, callback = txt2img.prepare(model, request, seeds, listener, preview_every, subseeds, total)
     latents = common.run_latents(runner, kwargs, callback)
@@ -65,7 +71,8 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
     size = request.hires_size
     with torch.inference_mode():
         factor = runner.vae_scale_factor
-        latents = _crop(upscale(runner.vae, latents, request.hr_upscaler, size, factor), size.truncate(factor))
+        latents = _crop(upscale(runner.vae, latents, request.hr_upscaler, size, factor, model_upscale),
+                        size.truncate(factor))
     if request.denoising_strength == 0:
         out = _decoded(runner.vae, latents, stopped=False)
     else:
@@ -74,8 +81,10 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
     return replace(out, first_pass=first)
 
 
-def upscale(vae, latents: torch.Tensor, upscaler: str, size: HiresSize, factor: int = 8) -> torch.Tensor:
-    """The first pass's latents at the hires size (before the crop), by a latent mode or a pixel upscaler.
+def upscale(vae, latents: torch.Tensor, upscaler: str, size: HiresSize, factor: int = 8,
+            model_upscale: ModelUpscale | None = None) -> torch.Tensor:
+    """The first pass's latents at the hires size (before the crop), by a latent mode or a pixel upscaler
+    (built in, or a model run by ``model_upscale``).
 
     ``factor``: pixels per latent cell (A1111 assumes 8, as every real checkpoint has).
     """
@@ -87,19 +96,25 @@ def upscale(vae, latents: torch.Tensor, upscaler: str, size: HiresSize, factor: 
     images = decode.decode_latents(vae, latents)
     # A1111 truncates to 8 bits (astype(np.uint8)) before resizing.
     arrays = (255.0 * ((images.float() + 1.0) / 2.0).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
-    resized = [_resize(Image.fromarray(a.astype(np.uint8)), size.upscale_x, size.upscale_y, upscaler)
+    resized = [_resize(Image.fromarray(a.astype(np.uint8)), size.upscale_x, size.upscale_y, upscaler, model_upscale)
                for a in arrays]
     pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in resized]))
     return encode(vae, pixels.permute(0, 3, 1, 2) * 2.0 - 1.0)
 
 
-def _resize(image: Image.Image, width: int, height: int, upscaler: str) -> Image.Image:
-    """A1111's ``resize_image(0, ...)`` with a plain upscaler: that upscaler to the scale (rounded down to a
-    multiple of 8), then Lanczos to the exact size if it differs ("None": Lanczos straight away)."""
+def _resize(image: Image.Image, width: int, height: int, upscaler: str,
+            model_upscale: ModelUpscale | None = None) -> Image.Image:
+    """A1111's ``resize_image(0, ...)`` with an upscaler: that upscaler to the scale (rounded down to a multiple
+    of 8), then Lanczos to the exact size if it differs ("None": Lanczos straight away)."""
     if upscaler != "None":
         scale = max(width / image.width, height / image.height)
-        image = image.resize((int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8),
-                             resample=_PIXEL_RESAMPLING[upscaler])
+        dest = (int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8)
+        if upscaler in _PIXEL_RESAMPLING:
+            image = image.resize(dest, resample=_PIXEL_RESAMPLING[upscaler])
+        elif model_upscale is not None:
+            image = model_upscale(image, dest, upscaler)
+        else:
+            raise ValueError(f"upscaler {upscaler!r} is a model and no model runner was given")
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
     return image

@@ -16,6 +16,7 @@ from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
+from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
@@ -25,6 +26,7 @@ from webui.services.saving import SaveOptions
 from webui.services.style import StyleTransferService
 from webui.services.styles import PromptStyles
 from webui.services.token_count import TokenCounter
+from webui.services.upscaling import UpscalingService
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Services:
     vaes: VaeFiles | None = None  # models/VAE: the "SD VAE" choices and which file each means
     styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
+    upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -76,6 +79,11 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                            "sd_vae": vaes.problem},
                              switch=checkpoints.submit_switch, outputs_dir=settings.outputs_dir)
     credentials = ContentCredentials(settings.data_dir / "provenance")
+    upscaling = UpscalingService(
+        settings.models_dir, queue, store, allow_external_links=settings.allow_external_model_links,
+        max_pixels=settings.limits.max_image_pixels,
+        tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap")),
+        folders=folder_policy(settings))
 
     def provenance() -> ProvenancePolicy:
         return ProvenancePolicy.from_options(options.get_all())
@@ -90,7 +98,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety,
                                      vaes=vaes, vae_option=lambda: options.value("sd_vae"),
                                      save_before_hires=lambda: options.value("save_images_before_highres_fix"),
-                                     saving=lambda: SaveOptions.from_options(options.get_all())),
+                                     saving=lambda: SaveOptions.from_options(options.get_all()),
+                                     upscalers=upscaling),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,
@@ -103,4 +112,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         vaes=vaes,
         styles=PromptStyles(settings.data_dir),
         tokens=TokenCounter(settings.limits),
+        upscaling=upscaling,
     )

@@ -17,6 +17,7 @@ from typing import Callable
 
 from webui import VERSION
 from webui.config import Settings
+from webui.hires_fix import UPSCALERS
 from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
@@ -40,7 +41,8 @@ from webui.services.file_names import NameContext
 from webui.services.saving import ImageSaver, SaveOptions, image_bytes
 from webui.services.storage import ImageStore
 from webui.grids import image_grid
-from webui.types import GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, Txt2ImgRequest
+from webui.services.upscaling import UpscalingService
+from webui.types import GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, Txt2ImgRequest, safe_label
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
@@ -58,10 +60,12 @@ class GenerationService:
                  safety: SafetyService | None = None, *, vaes: VaeFiles | None = None,
                  vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE,
                  save_before_hires: Callable[[], bool] = lambda: False,
-                 saving: Callable[[], SaveOptions] = SaveOptions):
+                 saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None):
+        """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones)."""
         self._settings = settings
         self._saving = saving  # A1111's saving options (names, format, .txt, grids), read per job
         self._saver = ImageSaver(store.root)
+        self._upscalers = upscalers
         self._vaes = vaes  # None: every job uses its checkpoint's own VAE
         self._vae_option = vae_option  # read per job, like the provenance policy
         self._save_before_hires = save_before_hires  # A1111's save_images_before_highres_fix, read per job
@@ -89,7 +93,11 @@ class GenerationService:
 
     def _txt2img_job(self, ctx: JobContext, request: Txt2ImgRequest) -> GenerationResult:
         keep = request.enable_hr and request.save_images and self._save_before_hires()
-        return self._run(ctx, request, _Txt2Img(request, keep_first_pass=keep), self._provenance())
+        upscalers = self._upscalers
+        model_upscale = None if upscalers is None else (
+            lambda image, size, name: upscalers.upscale_with_model(ctx, image, size, name))
+        return self._run(ctx, request, _Txt2Img(request, keep_first_pass=keep, model_upscale=model_upscale),
+                         self._provenance())
 
     def _img2img_job(self, ctx: JobContext, request: Img2ImgRequest) -> GenerationResult:
         return self._run(ctx, request, _Img2Img(request), self._provenance())
@@ -237,6 +245,12 @@ class GenerationService:
         limits = self._settings.limits
         width, height = request.hires_size.final()
         field = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+        if request.hr_upscaler not in UPSCALERS:
+            models = [m.name for m in self._upscalers.models()] if self._upscalers is not None else []
+            if request.hr_upscaler.lower() not in (m.lower() for m in models):
+                raise InvalidRequest("hr_upscaler", f"unknown upscaler {safe_label(request.hr_upscaler)!r}; choose "
+                                                    f"one of {', '.join([*UPSCALERS, *models])} (GET "
+                                                    "/sdapi/v1/upscalers and /sdapi/v1/latent-upscale-modes)")
         if width < 8 or height < 8:
             raise InvalidRequest(field, f"the hires size {width}x{height} is too small")
         for side, value, limit in (("width", width, limits.max_width), ("height", height, limits.max_height)):
@@ -438,9 +452,11 @@ class _Task:
 class _Txt2Img(_Task):
     category = "txt2img"
 
-    def __init__(self, request: Txt2ImgRequest, keep_first_pass: bool = False):
+    def __init__(self, request: Txt2ImgRequest, keep_first_pass: bool = False,
+                 model_upscale: hires.ModelUpscale | None = None):
         self.request = request
         self.keep_first_pass = keep_first_pass
+        self.model_upscale = model_upscale  # hires fix with an upscaler model
 
     def check_model(self, model: LoadedModel) -> None:
         _refuse_refiner_as_checkpoint(model)
@@ -458,7 +474,7 @@ class _Txt2Img(_Task):
     def run_batch(self, model, batch_index, seeds, ctx, preview_every, subseeds) -> BatchOutput:
         if self.request.enable_hr:
             return hires.run_batch(model, self.request, seeds, ctx, preview_every, subseeds,
-                                   self.keep_first_pass)
+                                   self.keep_first_pass, self.model_upscale)
         refiner = self.request.refiner_checkpoint
         # Leased like any checkpoint, inside this job's lease of the base (so the base stays loaded meanwhile).
         lease = (lambda: ctx.models.lease(refiner)) if refiner else None

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from webui.atomic import atomic_write_bytes
 from webui.services.style import StyleTransferResult
+from webui.services.upscaling import ExtrasResult
 from webui.types import CheckpointInfo, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,10 @@ def result_summary(result: object) -> tuple[dict[str, Any] | None, bytes | None]
         summary = {"paths": [str(path)] if path else [], "seeds": [], "infotexts": [result.infotext],
                    "warnings": list(result.warnings), "model": result.model, "images": 1}
         return summary, _thumbnail(result.image)
+    if isinstance(result, ExtrasResult):
+        summary = {"paths": [str(p) for p in result.paths if p], "seeds": [], "infotexts": list(result.infotexts),
+                   "warnings": list(result.warnings), "images": len(result.infotexts)}
+        return summary, _thumbnail(result.images[0] if result.images else None)
     if isinstance(result, CheckpointInfo):
         return {"checkpoint": result.title, "model": result.model_name, "model_hash": result.short_hash}, None
     return {"type": type(result).__name__, "summary": str(result)[:500]}, None

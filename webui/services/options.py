@@ -310,6 +310,11 @@ OPTIONS: dict[str, Option] = {
     # A1111's "Save a copy of image before applying highres fix" (NNNNN-SEED-before-highres-fix.png).
     "save_images_before_highres_fix": Option(bool, False, honoured=True, section=SAVING,
                                              label="Save a copy of image before applying highres fix"),
+    # A1111's upscaler tiling (webui/pipelines/upscale.py), in input pixels; tile 0 = the whole image at once.
+    "ESRGAN_tile": Option(int, 192, 0, 512, honoured=True, section="Upscaling",
+                          label="Tile size for upscaler models (0 = no tiling)"),
+    "ESRGAN_tile_overlap": Option(int, 8, 0, 48, honoured=True, section="Upscaling",
+                                  label="Tile overlap for upscaler models, in pixels"),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 

@@ -11,7 +11,8 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import form_defaults, gallery_actions, history, img2img, page_load, pnginfo, size_defaults, txt2img
+from webui.ui import (extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo, size_defaults,
+                      txt2img)
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -82,6 +83,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 t2i = txt2img.build(services, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.build(services, checkpoint)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras_tab = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build({"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
                               services, checkpoint, status, lambda title: _switch_checkpoint(services, title),
@@ -91,7 +94,8 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings_tab(services)
         # One line per "Send to" target under the result galleries.
-        send_targets = [*img2img.send_targets(i2i)]
+        send_targets = [*img2img.send_targets(i2i),
+                        gallery_actions.SendTarget("extras", "Extras", "extras", extras.image_input(extras_tab))]
         gallery_actions.wire_galleries(services, {"txt2img": t2i.outputs, "img2img": i2i.outputs}, send_targets,
                                        tabs, lambda text, widgets: pnginfo.field_updates(text, widgets)[0])
         devices = ", ".join(services.queue.devices)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from webui.hires_fix import UPSCALERS as HIRES_UPSCALERS
 from webui.parameters import BY_NAME, TXT2IMG, Param, widget_rows
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
@@ -47,6 +48,12 @@ def build_refiner(services: Services) -> Widgets:
     return widgets
 
 
+def hires_upscalers(services: Services) -> list[str]:
+    """Hires fix's upscalers: the latent modes and built-in resizers, then the upscaler model files."""
+    models = [m.name for m in services.upscaling.models()] if services.upscaling is not None else []
+    return [*HIRES_UPSCALERS, *models]
+
+
 def _hires_rows() -> list[Param]:
     """The accordion's rows in A1111's order: the strength (a row img2img shares) after the hires steps."""
     rows = [p for p in widget_rows(TXT2IMG, panel="hires") if p.name != "denoising_strength"]
@@ -62,7 +69,12 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
             settings, reuse = build_settings_and_reuse(services, "txt2img")
             # A1111's "Hires. fix": upscale and run a second, img2img pass (webui/pipelines/hires.py).
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
-                settings.update(build_widgets(_hires_rows(), "txt2img", services.settings.limits))
+                settings.update(build_widgets(_hires_rows(), "txt2img", services.settings.limits,
+                                              hr_upscaler={"choices": hires_upscalers(services)}))
+                hr_upscaler = settings["hr_upscaler"]
+                # Upscaler models may be added while the page is open: list them anew on focus.
+                hr_upscaler.focus(lambda: gr.update(choices=hires_upscalers(services)), None, hr_upscaler,
+                                  api_visibility="private")
             settings.update(build_refiner(services))
         with gr.Column():
             outputs = build_outputs("txt2img", services.settings.exposed)
