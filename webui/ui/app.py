@@ -12,7 +12,7 @@ from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
 from webui.ui import (extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo, size_defaults,
-                      txt2img)
+                      styles, txt2img)
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -144,6 +144,11 @@ def build_ui(services: Services) -> gr.Blocks:
             (lambda: gr.update(choices=txt2img.refiner_choices(services)), [], [refiner]),
             (lambda current: page_load.keep_or_first([m.title for m in services.style.list_models()], current),
              [style_model], [style_model]),
+            # The prompt styles (styles.csv, as last read) and the Extras tab's upscalers (as last scanned).
+            *[(lambda current: page_load.kept_selection(styles.names(services), current), [box], [box])
+              for box in (t2i.row.extra.dropdown, i2i.row.extra.dropdown)],
+            *[(lambda current: page_load.keep_or_first(services.upscaling.names(), current, "None"), [box], [box])
+              for box in (extras_tab.upscaler_1, extras_tab.upscaler_2)],
         ])
 
         def download_default() -> Iterator[str]:

@@ -35,6 +35,11 @@ def keep_or_first(choices: list[str], current: str | None, first: str | None = N
     return gr.update(choices=choices, value=first if first is not None else (choices or [None])[0])
 
 
+def kept_selection(choices: list[str], current: list[str] | None) -> Any:
+    """A multi-select's new choices, keeping the picked values that are still listed."""
+    return gr.update(choices=choices, value=[name for name in current or [] if name in choices])
+
+
 def wire(demo: gr.Blocks, fills: list[tuple[Callable[..., Any], list, list]]) -> None:
     """One ``demo.load`` per list: ``(fn, inputs, outputs)``; a slow list never holds up another."""
     for fn, inputs, outputs in fills:

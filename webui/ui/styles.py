@@ -24,7 +24,8 @@ class StylesBar:
     status: gr.HTML
 
 
-def _names(services: Services) -> list[str]:
+def names(services: Services) -> list[str]:
+    """The saved styles' names, as last read (Refresh re-reads the files)."""
     return services.styles.names() if services.styles is not None else []
 
 
@@ -35,7 +36,7 @@ def _problems_html(services: Services) -> str:
 
 def build(services: Services, prefix: str) -> StylesBar:
     """The widgets; call inside the prompt row's button column (``build_prompt_row(under_buttons=...)``)."""
-    dropdown = gr.Dropdown(_names(services), value=[], multiselect=True, label="Styles",
+    dropdown = gr.Dropdown(names(services), value=[], multiselect=True, label="Styles",
                            elem_id=f"{prefix}_styles", allow_custom_value=False)
     with gr.Row():
         # Hover titles for these come from static/prompt_tools.js (Gradio's Button has no title option).
@@ -69,8 +70,8 @@ def wire(services: Services, bar: StylesBar, row: PromptRow) -> None:
     def refresh(current: list[str] | None):
         if services.styles is not None:
             services.styles.reload()
-        names = _names(services)
-        return gr.update(choices=names, value=[n for n in current or [] if n in names]), _problems_html(services)
+        listed = names(services)
+        return gr.update(choices=listed, value=[n for n in current or [] if n in listed]), _problems_html(services)
 
     def save(name: str, prompt: str, negative: str, current: list[str] | None):
         if services.styles is None:
@@ -82,7 +83,7 @@ def wire(services: Services, bar: StylesBar, row: PromptRow) -> None:
         label = html.escape(name.strip())
         message = (f"Saved style <b>{label}</b>, replacing the one saved before under that name" if replaced
                    else f"Saved style <b>{label}</b> to styles.csv")
-        return (gr.update(choices=_names(services), value=current or []), "",
+        return (gr.update(choices=names(services), value=current or []), "",
                 f"<div role='status'>{message}</div>" + _problems_html(services))
 
     bar.apply.click(apply, [bar.dropdown, row.prompt, row.negative_prompt],
