@@ -36,11 +36,12 @@ def generate_2x2(page, tab: str = "txt2img") -> None:
     set_seed(page, BATCH_SEED)
     page.locator(f"#{tab}_generate").click()
     expect(page.locator(f"#{tab}_progress")).to_contain_text("4 image(s) in", timeout=GENERATE_TIMEOUT)
-    expect(page.locator(f"#{tab}_gallery .thumbnail-item")).to_have_count(4)
+    expect(page.locator(f"#{tab}_gallery .thumbnail-item")).to_have_count(5)  # A1111's grid first, then 4
 
 
-def select_image(page, index: int, tab: str = "txt2img") -> None:
-    page.locator(f"#{tab}_gallery .thumbnail-item").nth(index).click()
+def select_image(page, index: int, tab: str = "txt2img", grid: bool = True) -> None:
+    """Click the batch's image ``index`` (0-based), after the grid shown first when there is one."""
+    page.locator(f"#{tab}_gallery .thumbnail-item").nth(index + grid).click()
 
 
 def test_a_new_page_after_refresh_shows_the_checkpoint_and_style_model_dropped_in(browser, tmp_path, model_files):
@@ -62,7 +63,7 @@ def test_a_new_page_after_refresh_shows_the_checkpoint_and_style_model_dropped_i
             expect(first.locator("#checkpoint input")).to_have_value(re.compile(r"^tiny-sd15\.safetensors \["))
             first.get_by_role("tab", name="img2img").click()
             first.locator("#img2img_mode").get_by_label("Style transfer").check()
-            first.locator("#tab_img2img").get_by_role("button", name="Refresh").click()
+            first.locator("#style_model_refresh").click()
             expect(first.locator("#style_model input")).to_have_value(re.compile(r"CycleGAN/monet \["))
 
             second = context.new_page()

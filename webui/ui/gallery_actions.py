@@ -91,11 +91,16 @@ def _chosen(images: list[GalleryImage] | None, index: int | None) -> GalleryImag
     return images[index] if index is not None and 0 <= index < len(images) else images[0]
 
 
+def _batch(images: list[GalleryImage] | None) -> list[GalleryImage]:
+    """The job's own images, without the grid shown before them."""
+    return [image for image in images or [] if not image.grid]
+
+
 def saved_html(images: list[GalleryImage] | None, index: int | None, data_dir: Path) -> str:
     """One line: the folder and file name of the selected image (relative to the data dir), or of them all while
     none is selected, or that it was not saved."""
     if index is None:  # none selected: the batch's own images (the grid, if shown, is not one of them)
-        images = [image for image in images or [] if not image.grid]
+        images = _batch(images)
     chosen = [_chosen(images, index)] if index is not None or len(images or []) == 1 else list(images or [])
     chosen = [image for image in chosen if image is not None]
     if not chosen:
@@ -149,8 +154,8 @@ def wire(actions: GalleryActions, gallery: gr.Gallery, info: gr.Textbox, service
     gallery.select(select, actions.results, [info, actions.saved, actions.selected], api_visibility="private")
 
     def save(images: list[GalleryImage], index: int | None):
-        # A1111: the selected image, or every image while none is selected.
-        chosen = [_chosen(images, index)] if index is not None else list(images or [])
+        # A1111: the selected image, or every image while none is selected (the grid only when selected).
+        chosen = [_chosen(images, index)] if index is not None else _batch(images)
         try:
             paths = files.save([image for image in chosen if image is not None])
         except (StudioError, OSError) as exc:
@@ -163,7 +168,7 @@ def wire(actions: GalleryActions, gallery: gr.Gallery, info: gr.Textbox, service
 
     def zip_all(images: list[GalleryImage]):
         try:
-            path = files.zip(images or [])
+            path = files.zip(_batch(images))
         except (StudioError, OSError) as exc:
             return gr.update(), _error(exc)
         return gr.update(value=[str(path)], visible=True), ""

@@ -65,7 +65,7 @@ def build_style_transfer(services: Services) -> StyleTransferForm:
             choices = titles()
             model = gr.Dropdown(choices, value=(choices or [None])[0], scale=4, elem_id="style_model",
                                 label="Style model (models/CycleGAN, models/pix2pix)")
-            refresh = gr.Button("Refresh", scale=0, min_width=80)
+            refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="style_model_refresh")
         source = UploadedImage(type="filepath", label="Image", sources=["upload", "clipboard"], image_mode=None,
                                elem_id="style_image", format="png", height=320)
         run = gr.Button("Transfer style", variant="primary", elem_id="style_transfer")
