@@ -20,6 +20,7 @@ from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
+from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
 from webui.services.style import StyleTransferService
 
@@ -84,7 +85,9 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         checkpoints=checkpoints,
         generation=GenerationService(settings, manager, queue, store, credentials, provenance, safety,
                                      vaes=vaes, vae_option=lambda: options.value("sd_vae"),
-                                     save_before_hires=lambda: options.value("save_images_before_highres_fix")),
+                                     save_before_hires=lambda: options.value("save_images_before_highres_fix"),
+                                     preview=lambda: preview_settings(options.value),
+                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds")),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,

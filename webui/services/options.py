@@ -26,6 +26,7 @@ from webui.errors import InvalidRequest
 from webui.models.manager import ModelManager
 from webui.atomic import atomic_write_text
 from webui.parameters import PARAMS, RANDN_SOURCES, SAMPLER_OPTION_PARAMS
+from webui.pipelines.preview import APPROX_CHEAP, COMBINED, CONTENTS as PREVIEW_CONTENTS, METHODS as PREVIEW_METHODS
 from webui.types import safe_label, text_problem
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,8 @@ OPTIONS: dict[str, Option] = {
     "enable_pnginfo": Option(bool, True),
     "jpeg_quality": Option(int, 80, 1, 100),
     "webp_lossless": Option(bool, False),
-    "live_previews_enable": Option(bool, True),
-    "show_progress_every_n_steps": Option(int, 10, -1, 32),
+    "live_previews_enable": Option(bool, True, honoured=True),  # webui/services/live_preview.py
+    "show_progress_every_n_steps": Option(int, 10, -1, 32, honoured=True),  # -1: after each batch; 0: never
     "img2img_color_correction": Option(bool, False),
     "img2img_fix_steps": Option(bool, False, honoured=True),
     "add_model_hash_to_info": Option(bool, True),
@@ -130,6 +131,12 @@ OPTIONS: dict[str, Option] = {
     "uni_pc_lower_order_final": Option(bool, True),
     # A1111's "Save a copy of image before applying highres fix" (NNNNN-SEED-before-highres-fix.png).
     "save_images_before_highres_fix": Option(bool, False, honoured=True),
+    # The live preview (webui/pipelines/preview.py): A1111's "Approx NN" and "TAESD" need networks this server
+    # does not ship, and only the combined (CFG) prediction is shown, so those choices are refused.
+    "show_progress_type": Option(str, APPROX_CHEAP, choices=PREVIEW_METHODS, honoured=True),
+    "live_preview_content": Option(str, COMBINED, choices=PREVIEW_CONTENTS, honoured=True),
+    # The UI asks before starting a job estimated to take longer (webui/services/job_estimate.py); 0: never asks.
+    "confirm_long_jobs_seconds": Option(int, 600, 0, 30 * 24 * 3600, honoured=True),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 
