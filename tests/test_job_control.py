@@ -18,7 +18,7 @@ from webui.pipelines import txt2img
 from webui.pipelines.preview import PreviewSettings
 from webui.server import create_app
 from webui.services.job_estimate import DEFAULT_SPEED, JobSpeed, LongJobWarning, duration
-from webui.types import JobState, Txt2ImgRequest
+from webui.types import Img2ImgRequest, JobState, Txt2ImgRequest
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -128,6 +128,20 @@ def test_the_options_decide_the_jobs_preview(services):
     job = services.generation.submit_txt2img(_request(steps=3, n_iter=2))
     ids = {p.preview_id for p in _watch(job) if p.preview is not None}
     assert len(ids) == 2
+
+
+def test_img2img_and_inpaint_previews_have_the_output_size(services):
+    services.options.update({"show_progress_every_n_steps": 1})
+    init = Image.new("RGB", (96, 64), (40, 120, 200))
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (24, 16, 72, 48))
+    for extra in ({}, {"mask": mask}):
+        request = Img2ImgRequest(prompt="a lake", init_images=[init], denoising_strength=0.8, seed=3, steps=5,
+                                 width=96, height=64, save_images=False, **extra)
+        job = services.generation.submit_img2img(request)
+        previews = {p.preview_id: p.preview for p in _watch(job) if p.preview is not None}
+        assert job.wait().images[0].size == (96, 64)
+        assert previews and {image.size for image in previews.values()} == {(96, 64)}
 
 
 @pytest.mark.parametrize("key, value", [("show_progress_type", "Approx NN"), ("show_progress_type", "TAESD"),
