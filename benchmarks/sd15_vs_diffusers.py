@@ -386,7 +386,7 @@ def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -
             result.attention = type(next(iter(model.pipe.unet.attn_processors.values()))).__name__
             probe = UNetNanProbe(model.pipe.unet)
         info.update(profile=services.manager.profile, dtype=str(services.manager.dtype).removeprefix("torch."),
-                    preview_every=settings.preview_every)
+                    preview_every=services.options.value("show_progress_every_n_steps"))
         decode_probe = OursDecodeProbe()
         request = Txt2ImgRequest(prompt=PROMPT, negative_prompt="", sampler_name=SAMPLER, scheduler=args.schedule,
                                  steps=args.steps, cfg_scale=CFG, width=args.size, height=args.size, seed=SEED,

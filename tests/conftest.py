@@ -108,7 +108,7 @@ def install(model: Path, data_dir: Path) -> Path:
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
-    defaults = dict(data_dir=data_dir, device="cpu", preview_every=1, allow_download=False,
+    defaults = dict(data_dir=data_dir, device="cpu", allow_download=False,
                     limits=Limits(max_width=512, max_height=512, queue_size=8))
     return Settings(**{**defaults, **overrides})
 

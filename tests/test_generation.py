@@ -144,16 +144,18 @@ def test_interrupt_stops_early_and_keeps_what_was_made(services):
     assert job.progress.state is JobState.DONE
 
 
-def test_skip_drops_current_batch_and_continues(services):
+def test_skip_ends_the_current_batch_keeps_it_and_continues(services):
     job = services.generation.submit_txt2img(Txt2ImgRequest(prompt="x", seed=1, n_iter=2, width=64, height=64,
                                                             steps=30, save_images=False))
     _StopAt(job, 2, "skip")
     result = job.wait(timeout=120)
     assert not result.interrupted
-    assert result.seeds == [2]
+    assert result.seeds == [1, 2]  # A1111: the skipped batch's images come back, decoded where it stopped
+    assert result.images[0].size == (64, 64)
 
 
 def test_progress_reports_steps_and_previews(services):
+    services.options.update({"show_progress_every_n_steps": 1})
     job = services.generation.submit_txt2img(Txt2ImgRequest(prompt="x", seed=1, save_images=False,
                                                             width=64, height=64, steps=4))
     seen = []

@@ -67,7 +67,6 @@ class Settings:
     insecure_api_no_auth: bool = False  # exposed with a UI login but an open API
     insecure_ui_no_auth: bool = False  # exposed with an API login but an open UI
     max_loaded_models: int = 1
-    preview_every: int = 3
     allow_download: bool = True
     cancel_on_disconnect: bool = True  # a client that hangs up does not keep the GPU busy
     limits: Limits = field(default_factory=Limits)

@@ -449,6 +449,9 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self._generator = None
         self._step_index = 0
         self._pending: tuple[torch.Tensor, torch.Tensor, bool] | None = None
+        # The last denoised prediction (after CFG): A1111's live preview "Combined", and what a stopped batch
+        # returns (A1111's last_latent).
+        self.denoised: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ diffusers' scheduler interface
 
@@ -565,6 +568,7 @@ class KDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if self.image_start is not None:
             denoised = self.image_start.blend(denoised)
         self._step_index += 1
+        self.denoised = denoised
         try:
             self._pending = self._run.send(denoised)
             prev = self._pending[0]

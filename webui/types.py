@@ -415,6 +415,8 @@ class Progress:
     preview: "Image.Image | None" = None
     preview_id: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)  # named figures: a training job's loss, lr
+    interrupting: bool = False  # Interrupt was pressed; the job stops at its next check
+    skipping: bool = False  # Skip was pressed for the current batch
 
     @property
     def fraction(self) -> float:

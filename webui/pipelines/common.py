@@ -12,7 +12,8 @@ from PIL import Image
 
 from webui.errors import OutOfMemory
 from webui.models.loader import LoadedModel
-from webui.pipelines import conditioning, decode
+from webui.pipelines import conditioning, decode, interrupt
+from webui.pipelines.preview import COMBINED, PreviewSettings, render
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.samplers import Sampling, build_scheduler
 
@@ -100,31 +101,60 @@ def prompt_kwargs(runner, family: str, prompt: str, negative: str, clip_skip: in
 
 
 class StepCallback:
-    """diffusers' ``callback_on_step_end``: progress, a cheap preview every few steps, interrupt, and the prompt
-    embeddings of the next step when the prompt is scheduled (``prompts``)."""
+    """diffusers' ``callback_on_step_end``: progress, a live preview every few steps, interrupt, and the prompt
+    embeddings of the next step when the prompt is scheduled (``prompts``).
 
-    def __init__(self, listener: StepListener, total_steps: int, preview_every: int, family: str,
-                 prompts: PromptSwitch | None = None):
+    ``preview``: the job's preview settings, or a bare step period. The preview is drawn at ``preview_size``
+    (width, height; default: the size the latents decode to), so it shows at the output's size.
+    """
+
+    def __init__(self, listener: StepListener, total_steps: int, preview: PreviewSettings | int, family: str,
+                 prompts: PromptSwitch | None = None, preview_size: tuple[int, int] | None = None):
         self._listener = listener
         self._prompts = prompts
         self._total = total_steps
-        self._preview_every = preview_every
+        self._preview = PreviewSettings.of(preview)
+        self._preview_size = preview_size
         self._family = family
         self.stopped = False
+        self.latents: torch.Tensor | None = None  # after the last finished step
 
     def __call__(self, pipeline, step_index: int, _timestep, tensors: dict) -> dict:
         # Second-order k-diffusion samplers call the UNet twice a step; progress counts steps, as A1111 does.
         step_of_call = getattr(pipeline.scheduler, "step_of_call", None)
         step = step_of_call[step_index] if step_of_call and step_index < len(step_of_call) else step_index + 1
-        latents = tensors["latents"]
-        wants_preview = self._preview_every > 0 and step % self._preview_every == 0 and step < self._total
-        preview = (lambda: decode.cheap_preview(latents, self._family)) if wants_preview else None
+        self.latents = latents = tensors["latents"]
+        preview = self._preview_of(pipeline, latents) if self._preview.due(step, self._total) else None
         self._listener.on_step(step, self._total, preview)
         if self._listener.should_stop():
             self.stopped = True
             pipeline._interrupt = True  # diffusers' documented way to end the loop early
         # step_index counts from 0, so the step after this one is `step`.
         return self._prompts.outputs(pipeline, step) if self._prompts is not None else {}
+
+    def _preview_of(self, pipeline, latents: torch.Tensor) -> Callable[[], Image.Image]:
+        # "Combined": the sampler's denoised prediction (k-diffusion samplers keep it); diffusers' own
+        # schedulers do not hand it out, so theirs shows the current latents.
+        shown = self.denoised(pipeline.scheduler, latents) if self._preview.content == COMBINED else latents
+        factor = getattr(pipeline, "vae_scale_factor", 8)
+        size = self._preview_size or (shown.shape[-1] * factor, shown.shape[-2] * factor)
+        return lambda: render(shown, self._family, size, self._preview.method, pipeline.vae)
+
+    @staticmethod
+    def denoised(scheduler, latents: torch.Tensor) -> torch.Tensor:
+        value = getattr(scheduler, "denoised", None)
+        return value if value is not None else latents
+
+    def should_stop(self) -> bool:
+        return self._listener.should_stop()
+
+    def stopped_latents(self, pipeline, fallback: torch.Tensor | None) -> torch.Tensor | None:
+        """What an interrupted or skipped batch returns, as A1111 does: the sampler's last denoised prediction
+        (k-diffusion samplers), else the latents of the last finished step, else ``fallback``."""
+        value = getattr(pipeline.scheduler, "denoised", None)
+        if value is None:
+            value = self.latents if self.latents is not None else fallback
+        return value
 
     def kwargs(self) -> dict:
         return {"callback_on_step_end": self, "callback_on_step_end_tensor_inputs": ["latents"]}
@@ -138,12 +168,24 @@ def run_and_decode(runner, kwargs: dict, callback: StepCallback) -> BatchOutput:
 
 
 def run_latents(runner, kwargs: dict, callback: StepCallback) -> torch.Tensor:
-    """Sample and return the final latents (undecoded), with the out-of-memory message."""
-    with torch.inference_mode():
+    """Sample and return the final latents (undecoded), with the out-of-memory message.
+
+    An interrupt or skip stops the sampling inside the UNet when it comes mid-step (webui/pipelines/interrupt.py),
+    or at the step's end; either way the batch's latents so far come back (no image when it was stopped before
+    its first step ended).
+    """
+    with torch.inference_mode(), interrupt.inside_steps(runner.unet, callback.should_stop):
         try:
-            return runner(**kwargs, output_type="latent", **callback.kwargs()).images
+            latents = runner(**kwargs, output_type="latent", **callback.kwargs()).images
+        except interrupt.Interrupted:
+            callback.stopped = True
+            latents = None
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the memory back before the next job, then explain
             raise OutOfMemory(
                 f"Out of GPU memory while sampling {kwargs.get('num_images_per_prompt', 1)} image(s). Lower the "
                 "size or batch size, or start with --memory-profile 8gb or 4gb.") from None
+        if not callback.stopped:
+            return latents
+        stopped = callback.stopped_latents(runner, latents)
+        return stopped if stopped is not None else torch.empty(0, 4, 1, 1)  # nothing finished: no image

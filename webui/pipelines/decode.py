@@ -50,6 +50,8 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     by another job at the same time. The tiled retry calls ``tiled_decode`` directly instead of switching tiling
     on, and the fp32 re-decode runs on a separate fp32 copy that is dropped afterwards.
     """
+    if latents.shape[0] == 0:  # a batch stopped before its first step: nothing to decode
+        return torch.empty(0, 3, 1, 1)
     images = _decode_or_tile(vae, latents)
     if torch.isnan(images).any() and vae.dtype != torch.float32:
         log.warning("VAE produced NaNs in %s; decoding again with an fp32 copy", vae.dtype)

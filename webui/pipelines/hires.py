@@ -30,6 +30,7 @@ from webui.k_samplers import ImageStart
 from webui.models.loader import LoadedModel
 from webui.pipelines import common, decode, noise, sampler_options, txt2img
 from webui.pipelines.common import BatchOutput, StepListener
+from webui.pipelines.preview import PreviewSettings
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
 
@@ -58,12 +59,14 @@ class _SecondPass:
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, subseeds: list[int], keep_first_pass: bool = False,
+              preview_every: PreviewSettings | int, subseeds: list[int], keep_first_pass: bool = False,
               model_upscale: ModelUpscale | None = None) -> BatchOutput:
     """``keep_first_pass``: also return the first pass's images (A1111's save_images_before_highres_fix);
     ``model_upscale``: runs an upscaler model (ESRGAN...) when ``hr_upscaler`` names one."""
     total = request.steps + hires_steps(request)
-    runner, kwargs, callback = txt2img.prepare(model, request, seeds, listener, preview_every, subseeds, total)
+    # The first pass previews at the final size too: the preview shows the output as it will be.
+    runner, kwargs, callback = txt2img.prepare(model, request, seeds, listener, preview_every, subseeds, total,
+                                               preview_size=request.hires_size.final())
     latents = common.run_latents(runner, kwargs, callback)
     if callback.stopped:  # interrupted in the first pass: A1111 returns the first pass's images
         return _decoded(runner.vae, latents, stopped=True)
@@ -140,7 +143,7 @@ def _decoded(vae, latents: torch.Tensor, stopped: bool) -> BatchOutput:
 
 
 def _second_pass(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], subseeds: list[int],
-                 latents: torch.Tensor, listener: StepListener, preview_every: int, total: int) -> BatchOutput:
+                 latents: torch.Tensor, listener: StepListener, preview_every: PreviewSettings | int, total: int) -> BatchOutput:
     steps = hires_steps(request)
     family = "sdxl" if model.family == "sdxl" else "sd"
     runner = common.job_pipeline(model, _IMG2IMG[family], request.hires_sampling, seeds, exact=True)

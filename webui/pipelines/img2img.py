@@ -31,6 +31,7 @@ from webui.parameters import unapplied_sampler_option
 from webui.pipelines import common, noise, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
 from webui.pipelines.encode import encode_images
+from webui.pipelines.preview import PreviewSettings
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Img2ImgRequest
 
@@ -146,7 +147,7 @@ def finish(prepared: PreparedInput, generated: Image.Image) -> Image.Image:
 
 
 def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInput, method: str,
-              seeds: list[int], listener: StepListener, preview_every: int,
+              seeds: list[int], listener: StepListener, preview_every: PreviewSettings | int,
               subseeds: list[int] | None = None) -> BatchOutput:
     total = steps_run(request, method)
     if total == 0:
@@ -214,7 +215,7 @@ def _image_start(runner, request: Img2ImgRequest, prepared: PreparedInput, seeds
 
 
 def _run_diffusers(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInput, method: str,
-                   seeds: list[int], listener: StepListener, total: int, preview_every: int) -> BatchOutput:
+                   seeds: list[int], listener: StepListener, total: int, preview_every: PreviewSettings | int) -> BatchOutput:
     """diffusers' own img2img, inpainting and InstructPix2Pix pipelines and schedulers (DDIM, PLMS, UniPC...)."""
     _refuse_noise_options(request, method)
     if (option := unapplied_sampler_option(request)) is not None:

@@ -23,6 +23,7 @@ from webui.k_samplers import KDiffusionScheduler
 from webui.models.loader import LoadedModel
 from webui.pipelines import common, decode, noise, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
+from webui.pipelines.preview import PreviewSettings, render
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
 
@@ -55,7 +56,7 @@ def _label(model: LoadedModel) -> str:
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, initial: Callable[[object], tuple[torch.Tensor, noise.ImageNoise]],
+              preview_every: PreviewSettings | int, initial: Callable[[object], tuple[torch.Tensor, noise.ImageNoise]],
               lease_refiner: Lease) -> BatchOutput:
     """txt2img with ``model`` until the switch, then with the leased refiner; ``initial(runner)`` gives the
     starting noise and the step noise exactly as the refiner-less path makes them."""
@@ -132,7 +133,7 @@ class _StopBefore:
 
 def _continue(refiner: LoadedModel, scheduler: KDiffusionScheduler, latents: torch.Tensor,
               gens: list[torch.Generator], request: Txt2ImgRequest, images: int, first_call: int,
-              listener: StepListener, preview_every: int) -> tuple[torch.Tensor, bool]:
+              listener: StepListener, preview_every: PreviewSettings | int) -> tuple[torch.Tensor, bool]:
     """Denoiser calls ``first_call``.. of the running sampler with the refiner's UNet and prompts."""
     pipe = refiner.pipe
     unet = pipe.unet
@@ -162,8 +163,11 @@ def _continue(refiner: LoadedModel, scheduler: KDiffusionScheduler, latents: tor
             noise_pred = noise_uncond + request.cfg_scale * (noise_cond - noise_uncond)
         latents = scheduler.step(noise_pred, timestep, latents, generator=gens, return_dict=False)[0]
         done = scheduler.step_of_call[index]
-        wants_preview = preview_every > 0 and done % preview_every == 0 and done < request.steps
-        preview = functools.partial(decode.cheap_preview, latents, refiner.family) if wants_preview else None
+        settings = PreviewSettings.of(preview_every)
+        shown = common.StepCallback.denoised(scheduler, latents)
+        size = (request.width, request.height)
+        preview = (functools.partial(render, shown, refiner.family, size, settings.method, pipe.vae)
+                   if settings.due(done, request.steps) else None)
         listener.on_step(done, request.steps, preview)
         if listener.should_stop():
             return latents, True

@@ -13,12 +13,13 @@ import torch
 from webui.models.loader import LoadedModel
 from webui.pipelines import blank_inpaint, common, noise, refiner, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
+from webui.pipelines.preview import PreviewSettings
 from webui.pipelines.prompt_switch import PromptSwitch
 from webui.types import Txt2ImgRequest
 
 
 def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-              preview_every: int, subseeds: list[int] | None = None,
+              preview_every: PreviewSettings | int, subseeds: list[int] | None = None,
               lease_refiner: refiner.Lease | None = None) -> BatchOutput:
     """``lease_refiner``: borrows the request's refiner checkpoint (webui/pipelines/refiner.py)."""
     if lease_refiner is not None:
@@ -30,10 +31,11 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
 
 
 def prepare(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], listener: StepListener,
-            preview_every: int, subseeds: list[int] | None, total_steps: int) -> tuple[object, dict,
-                                                                                       common.StepCallback]:
+            preview_every: PreviewSettings | int, subseeds: list[int] | None, total_steps: int,
+            preview_size: tuple[int, int] | None = None) -> tuple[object, dict, common.StepCallback]:
     """The runner, its arguments and the step callback of one batch (``total_steps``: what progress counts to;
-    more than ``request.steps`` when a hires pass follows)."""
+    more than ``request.steps`` when a hires pass follows; ``preview_size``: the final image's, when it differs
+    from this pass's)."""
     runner = common.job_pipeline(model, type(model.pipe), request.sampling, seeds)
     if model.variant == "inpaint":  # A1111: the whole blank image is the area to paint
         conditioning = blank_inpaint.blank_conditioning(runner.vae, request.height, request.width)
@@ -53,7 +55,7 @@ def prepare(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], liste
         generator=image_noise.torch_generators(),  # diffusers' own schedulers' noise (DDIM's eta)
         **common.eta_kwargs(request),
     )
-    callback = common.StepCallback(listener, total_steps, preview_every, model.family, prompts)
+    callback = common.StepCallback(listener, total_steps, preview_every, model.family, prompts, preview_size)
     return runner, kwargs, callback
 
 

@@ -21,6 +21,7 @@ from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
+from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
 from webui.services.saving import SaveOptions
 from webui.services.style import StyleTransferService
@@ -99,7 +100,9 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                      vaes=vaes, vae_option=lambda: options.value("sd_vae"),
                                      save_before_hires=lambda: options.value("save_images_before_highres_fix"),
                                      saving=lambda: SaveOptions.from_options(options.get_all()),
-                                     upscalers=upscaling),
+                                     upscalers=upscaling,
+                                     preview=lambda: preview_settings(options.value),
+                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds")),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,

@@ -30,10 +30,12 @@ from webui.models.vae import AUTOMATIC as AUTOMATIC_VAE
 from webui.models.vae import VaeChoice, VaeFiles, load_vae
 from webui.pipelines import hires, img2img, txt2img
 from webui.pipelines.common import BatchOutput, seamless
+from webui.pipelines.preview import PreviewSettings
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.encode import FinalPng, finish_png
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.folders import folder_policy, unused_name
+from webui.services.job_estimate import JobEstimate, JobSpeed, LongJobWarning, work
 from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
 from webui.services.prompt_budget import PromptBudget
 from webui.services.safety import SafetyService
@@ -46,6 +48,7 @@ from webui.types import GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, T
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
+Confirm = Callable[[JobEstimate], bool]
 MAX_LOADED_VAES = 2  # VAE files kept on a device between jobs (about 160 MB each in fp16)
 
 
@@ -60,7 +63,9 @@ class GenerationService:
                  safety: SafetyService | None = None, *, vaes: VaeFiles | None = None,
                  vae_option: Callable[[], str] = lambda: AUTOMATIC_VAE,
                  save_before_hires: Callable[[], bool] = lambda: False,
-                 saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None):
+                 saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None,
+                 preview: Callable[[], PreviewSettings] = PreviewSettings,
+                 confirm_after: Callable[[], float] = lambda: 0):
         """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones)."""
         self._settings = settings
         self._saving = saving  # A1111's saving options (names, format, .txt, grids), read per job
@@ -69,6 +74,9 @@ class GenerationService:
         self._vaes = vaes  # None: every job uses its checkpoint's own VAE
         self._vae_option = vae_option  # read per job, like the provenance policy
         self._save_before_hires = save_before_hires  # A1111's save_images_before_highres_fix, read per job
+        self._preview = preview  # the live preview options, read per job
+        self._confirm_after = confirm_after  # seconds past which the UI asks before starting a job; 0: never
+        self.speed = JobSpeed()  # measured on this process's batches
         self._safety = safety
         self._manager = manager
         self._queue = queue
@@ -83,10 +91,30 @@ class GenerationService:
         queue.register(JobKind("img2img-batch", self._batch_job, uses_checkpoint=True, pausable=True,
                                priority=LONG))
 
-    def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
-        """Validate against the configured limits and queue the work; returns at once with the job."""
+    def submit_txt2img(self, request: Txt2ImgRequest, confirm: Confirm | None = None) -> Job:
+        """Validate against the configured limits and queue the work; returns at once with the job.
+
+        ``confirm``: asked whether a job estimated past the ``confirm_long_jobs_seconds`` option may start
+        (LongJobWarning when it says no); None (the API) starts it and logs the estimate."""
         self._check(request)
+        self._check_duration(request, confirm)
         return self._queue.submit("txt2img", request, checkpoint=self._title(request.checkpoint))
+
+    def estimate(self, request: Txt2ImgRequest) -> JobEstimate:
+        """How long ``request`` should take on this server's first device, from what its jobs measured."""
+        return self.speed.estimate(request, self._queue.devices[0])
+
+    def _check_duration(self, request: Txt2ImgRequest, confirm: Confirm | None) -> None:
+        threshold = self._confirm_after()
+        if not threshold:
+            return
+        estimate = self.estimate(request)
+        if estimate.seconds <= threshold:
+            return
+        if confirm is None:
+            log.warning("%s Started without asking (an API request).", estimate.describe())
+        elif not confirm(estimate):
+            raise LongJobWarning(estimate)
 
     def _title(self, query: str | None) -> str | None:
         return self._manager.registry.find(query).title if query else None
@@ -106,7 +134,7 @@ class GenerationService:
     def txt2img(self, request: Txt2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_txt2img(request).wait(timeout)
 
-    def submit_img2img(self, request: Img2ImgRequest) -> Job:
+    def submit_img2img(self, request: Img2ImgRequest, confirm: Confirm | None = None) -> Job:
         self._check(request)
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
@@ -120,6 +148,7 @@ class GenerationService:
             if request.mask.size != init_size:
                 raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init "
                                              f"image is {init_size[0]}x{init_size[1]}; they must match")
+        self._check_duration(request, confirm)
         return self._queue.submit("img2img", request, checkpoint=self._title(request.checkpoint))
 
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
@@ -318,15 +347,22 @@ class GenerationService:
             # A1111's [seed_first] / [seed_last] name tags: the job's first and last seeds.
             job_seeds = (batch_seeds(request, base_seed, base_subseed, 0)[0][0],
                          batch_seeds(request, base_seed, base_subseed, request.n_iter - 1)[0][-1])
+            preview = self._preview()
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break
                 seeds, subseeds = batch_seeds(request, base_seed, base_subseed, batch_index)
                 ctx.begin_image(batch_index, request.n_iter, task.steps(model),
                                 f"Batch {batch_index + 1} of {request.n_iter}")
-                out = task.run_batch(model, batch_index, seeds, ctx, self._settings.preview_every, subseeds)
-                if ctx.consume_skip() and not ctx.interrupted:
-                    continue  # Skip drops this batch and moves on to the next one
+                batch_started = time.monotonic()
+                out = task.run_batch(model, batch_index, seeds, ctx, preview, subseeds)
+                if not out.stopped_early:
+                    self.speed.record(ctx.device.name, work(request)[0] / request.n_iter,
+                                      time.monotonic() - batch_started)
+                # Skip ends this batch's sampling and keeps what it made (A1111); the next batch runs as usual.
+                ctx.consume_skip()
+                if preview.after_batch and out.images:
+                    ctx.show_preview(out.images[0])
                 images, verdicts = self._review(ctx, out.images, policy, result)
                 batch_params = []
                 for index, (image, seed, subseed, verdict) in enumerate(zip(images, seeds, subseeds, verdicts)):
@@ -446,7 +482,7 @@ class _Task:
     def steps(self, model: LoadedModel) -> int: ...
     def method(self, model: LoadedModel) -> str | None: ...
     def run_batch(self, model: LoadedModel, batch_index: int, seeds: list[int], ctx: JobContext,
-                  preview_every: int, subseeds: list[int]) -> BatchOutput: ...
+                  preview: PreviewSettings, subseeds: list[int]) -> BatchOutput: ...
 
 
 class _Txt2Img(_Task):

@@ -138,10 +138,14 @@ class Job:
 
     def interrupt(self) -> None:
         self.interrupted.set()
+        if not self.finished:
+            self._update(interrupting=True)  # watchers (the UI) say "Interrupting…" at once
         self._on_interrupt(self)
 
     def skip(self) -> None:
         self.skipped.set()
+        if not self.finished:
+            self._update(skipping=True)
 
 
 @dataclass
@@ -211,6 +215,11 @@ class JobContext:
             changes.update(preview=preview(), preview_id=self._preview_id)
         self._job._update(**changes)
 
+    def show_preview(self, image: Image.Image) -> None:
+        """Show ``image`` as the live preview now (A1111's "-1": a preview once each batch is finished)."""
+        self._preview_id += 1
+        self._job._update(preview=image, preview_id=self._preview_id)
+
     def report(self, text: str | None = None, **metrics: float) -> None:
         """Say what the job is doing now (and any named figures) without a step."""
         changes: dict[str, Any] = {}
@@ -251,6 +260,8 @@ class JobContext:
     def consume_skip(self) -> bool:
         was = self._job.skipped.is_set()
         self._job.skipped.clear()
+        if was:
+            self._job._update(skipping=False)
         return was
 
 

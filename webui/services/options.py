@@ -30,6 +30,7 @@ from webui.samplers import SCHEDULE_TYPES, sampler_names
 from webui.services.saving import path_problem, resolve_outdir
 from webui.stored_options import MEMORY_PROFILE_KEY
 from webui.config import MEMORY_PROFILES
+from webui.pipelines.preview import APPROX_CHEAP, COMBINED, CONTENTS as PREVIEW_CONTENTS, METHODS as PREVIEW_METHODS
 from webui.types import safe_label, text_problem
 
 log = logging.getLogger(__name__)
@@ -258,13 +259,18 @@ OPTIONS: dict[str, Option] = {
     "disable_weights_auto_swap": Option(bool, True),
     "infotext_styles": Option(str, "Apply if any", choices=("Ignore", "Apply", "Discard", "Apply if any")),
     "do_not_show_images": Option(bool, False),
-    # Live previews (declared here; engineer E's preview code reads them).
-    "live_previews_enable": Option(bool, True),
-    "show_progress_every_n_steps": Option(int, 10, -1, 32),
+    # Live previews (webui/services/live_preview.py, webui/pipelines/preview.py), read per job.
+    "live_previews_enable": Option(bool, True, honoured=True, section=PREVIEWS, label="Show live previews of the image"),
+    "show_progress_every_n_steps": Option(int, 10, -1, 32, honoured=True, section=PREVIEWS,
+                                          label="Live preview every N sampling steps (-1: after each batch; 0: never)"),
     "live_previews_image_format": Option(str, "png", choices=("png", "jpeg", "webp")),
     "show_progress_grid": Option(bool, True),
-    "show_progress_type": Option(str, "Approx NN", choices=("Full", "Approx NN", "Approx cheap", "TAESD")),
-    "live_preview_content": Option(str, "Prompt", choices=("Combined", "Prompt", "Negative prompt")),
+    # A1111's "Approx NN" and "TAESD" need networks this server does not ship, and only the combined (CFG)
+    # prediction is shown, so those choices are refused.
+    "show_progress_type": Option(str, APPROX_CHEAP, choices=PREVIEW_METHODS, honoured=True, section=PREVIEWS,
+                                 label="Live preview method (Approx cheap: a linear latent map; Full: a VAE decode)"),
+    "live_preview_content": Option(str, COMBINED, choices=PREVIEW_CONTENTS, honoured=True, section=PREVIEWS,
+                                   label="Live preview subject"),
     "live_preview_refresh_period": Option(int, 1000, 0, 60_000),
     "live_preview_fast_interrupt": Option(bool, False),
     "live_preview_allow_lowvram_full": Option(bool, False),
@@ -315,6 +321,10 @@ OPTIONS: dict[str, Option] = {
                           label="Tile size for upscaler models (0 = no tiling)"),
     "ESRGAN_tile_overlap": Option(int, 8, 0, 48, honoured=True, section="Upscaling",
                                   label="Tile overlap for upscaler models, in pixels"),
+    # The UI asks before starting a job estimated to take longer (webui/services/job_estimate.py); 0: never asks.
+    "confirm_long_jobs_seconds": Option(int, 600, 0, 30 * 24 * 3600, honoured=True, section="Confirmations",
+                                        label="Ask before starting a job estimated to take longer than this many "
+                                              "seconds (0: never ask)"),
 }
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 

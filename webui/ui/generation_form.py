@@ -21,10 +21,12 @@ from webui.infotext import parse_infotext
 from webui.parameters import BY_NAME, Param, for_task, widget_rows
 from webui.samplers import sampler_names, schedules_for
 from webui.services.container import Services
+from webui.services.job_estimate import JobEstimate, LongJobWarning
 from webui.services.jobs import Job
 from webui.types import JobState, Progress
 from webui.ui import gallery_actions
 
+PREVIEW_HEIGHT = 384  # pixels of the live preview's box
 WATCH_TIMEOUT = 1.0  # seconds a streaming handler waits for a progress change before re-checking the job
 
 Widgets = dict[str, gr.components.Component]  # request field name -> its widget, in the table's order
@@ -112,9 +114,10 @@ def progress_html(progress: Progress, position: int | None = None) -> str:
         return f"<div class='studio-progress'>Waiting in queue{ahead}…</div>"
     if progress.state is JobState.PAUSED:
         return "<div class='studio-progress'>Paused (resume it from the History tab)</div>"
+    stopping = "Interrupting… " if progress.interrupting else "Skipping… " if progress.skipping else ""
     percent = int(progress.fraction * 100)
     eta = f" · ETA {progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else ""
-    text = (f"Step {progress.step}/{progress.steps} · image batch {progress.image_index + 1}/"
+    text = (f"{stopping}Step {progress.step}/{progress.steps} · image batch {progress.image_index + 1}/"
             f"{max(1, progress.image_count)}{eta}")
     return (f"<div class='studio-progress'><progress max='100' value='{percent}'></progress> "
             f"<span>{html.escape(text)}</span></div>")
@@ -211,7 +214,9 @@ def wire_reuse(buttons: ReuseButtons, info: gr.Textbox, widgets: Widgets) -> Non
 def build_outputs(prefix: str, exposed: bool = False) -> Outputs:
     """Progress, preview, the gallery with its actions row (no Open folder when ``exposed``), the info box."""
     progress = gr.HTML(elem_id=f"{prefix}_progress")
-    preview = gr.Image(label="Preview", visible=False, interactive=False, format="png")
+    # A real box (not a strip): the preview comes at the output's size and is fitted into it.
+    preview = gr.Image(label="Preview", visible=False, interactive=False, format="png", height=PREVIEW_HEIGHT,
+                       elem_id=f"{prefix}_preview")
     gallery = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{prefix}_gallery", interactive=False)
     actions = gallery_actions.build(prefix, exposed)
     info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{prefix}_info")
@@ -232,6 +237,9 @@ def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True,
     started = time.monotonic()
     try:
         job = submit()
+    except LongJobWarning as exc:  # not started: the user confirms by pressing Generate again
+        yield warnings_html([str(exc)]), gr.update(visible=False), gr.update(), gr.update(), None
+        return
     except StudioError as exc:
         yield error_html(str(exc)), gr.update(visible=False), gr.update(), gr.update(), None
         return
@@ -263,26 +271,56 @@ def stream_job(submit: Callable[[], Job], cancel_on_disconnect: bool = True,
     yield done, gr.update(visible=False), images, "\n\n".join(result.infotexts[:1]), None
 
 
-def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, submit: Callable[[dict], Job],
-         api_name: str) -> None:
-    """Generate streams the job; Interrupt and Skip act on this browser session's job."""
+Confirm = Callable[[JobEstimate], bool]
+
+# Said at once in the browser, before the server answers: the running generation's stream is busy.
+_STOPPING_JS = """() => {{
+  for (const box of document.querySelectorAll('#{prefix}_progress .studio-progress')) {{
+    const span = box.querySelector('span');
+    if (span && box.querySelector('progress') && !span.textContent.startsWith('{text}')) {{
+      span.textContent = '{text} ' + span.textContent;
+    }}
+  }}
+}}"""
+
+
+def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set,
+         submit: Callable[[dict, Confirm], Job], api_name: str) -> None:
+    """Generate streams the job; Interrupt and Skip act on this browser session's job.
+
+    ``submit(values, confirm)`` queues the job; ``confirm`` answers whether a job estimated to take very long may
+    start: only when the same job was warned about by the previous press of Generate."""
     job_id = gr.State(None)
     actions = outputs.actions
     extra = [actions.results, actions.selected, actions.saved, actions.download] if actions else []
+    warned = gr.State(None)  # the key of the long job the last press warned about
 
     def generate(values: dict) -> Iterator[tuple[Any, ...]]:
         submitted: list[Job] = []
+        asked: dict[str, str] = {}
+
+        def confirm(estimate: JobEstimate) -> bool:
+            if estimate.key == values[warned]:
+                return True
+            asked["key"] = estimate.key
+            return False
 
         def start() -> Job:
-            submitted.append(submit(values))
+            submitted.append(submit(values, confirm))
             return submitted[-1]
 
-        stream = stream_job(start, services.settings.cancel_on_disconnect, services.queue.position)
+        def updates() -> Iterator[tuple[Any, ...]]:
+            # closing(): the browser leaving closes these generators, and with them stream_job (which interrupts
+            # the job).
+            with closing(stream_job(start, services.settings.cancel_on_disconnect, services.queue.position)) as jobs:
+                for update in jobs:
+                    yield (*update, asked.get("key"))
+
         if not actions:
-            yield from stream
+            with closing(updates()) as stream:
+                yield from stream
             return
-        # closing(): the browser leaving closes this generator, and with it stream_job (which interrupts the job).
-        with closing(stream):
+        with closing(updates()) as stream:
             yield from gallery_actions.with_results(stream, lambda: submitted[-1] if submitted else None,
                                                     services.settings.data_dir)
 
@@ -295,8 +333,12 @@ def wire(services: Services, row: PromptRow, outputs: Outputs, inputs: set, subm
             services.queue.skip(jid)
 
     # Private: a Gradio endpoint's parameters follow widget creation order; the REST API is the public one.
-    row.generate.click(generate, inputs, outputs.components() + [job_id] + extra, api_name=api_name,
+    row.generate.click(generate, inputs | {warned}, outputs.components() + [job_id, warned] + extra,
+                       api_name=api_name,
                        api_visibility="private", concurrency_limit=services.settings.limits.queue_size)
     # Interrupt and Skip must not wait behind running generations in Gradio's own queue.
     row.interrupt.click(interrupt, job_id, None, concurrency_limit=None, api_visibility="private")
     row.skip.click(skip, job_id, None, concurrency_limit=None, api_visibility="private")
+    prefix = row.generate.elem_id.removesuffix("_generate")
+    row.interrupt.click(None, js=_STOPPING_JS.format(prefix=prefix, text="Interrupting…"), api_visibility="private")
+    row.skip.click(None, js=_STOPPING_JS.format(prefix=prefix, text="Skipping…"), api_visibility="private")

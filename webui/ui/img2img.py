@@ -200,7 +200,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
 
     open_upload = image_opener(services)
 
-    def submit(values: dict):
+    def submit(values: dict, confirm=None):
         fields = dict(option_fields(services, IMG2IMG, {**settings, **img2img_settings, **inpaint_settings}),
                       **request_fields(values, settings), **request_fields(values, img2img_settings),
                       prompt=values[row.prompt], negative_prompt=values[row.negative_prompt],
@@ -219,7 +219,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
             if values[image] is None:
                 raise InvalidRequest("image", "upload an image first")
             fields["init_images"] = [open_upload(values[image], "image").convert("RGB")]
-        return services.generation.submit_img2img(Img2ImgRequest.parse(**fields))
+        return services.generation.submit_img2img(Img2ImgRequest.parse(**fields), confirm)
 
     inputs = (set(settings.values()) | set(img2img_settings.values()) | set(inpaint_settings.values())
               | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, inpaint.editor,

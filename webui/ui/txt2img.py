@@ -80,12 +80,12 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
             outputs = build_outputs("txt2img", services.settings.exposed)
     tab = Txt2ImgTab(row, settings, outputs)
 
-    def submit(values: dict):
+    def submit(values: dict, confirm=None):
         fields = dict(option_fields(services, TXT2IMG, settings), **request_fields(values, settings),
                       prompt=values[row.prompt], negative_prompt=values[row.negative_prompt])
         fields = styles.styled_fields(services, values[row.extra.dropdown], fields)
         request = Txt2ImgRequest.parse(checkpoint=values[checkpoint] or None, **fields)
-        return services.generation.submit_txt2img(request)
+        return services.generation.submit_txt2img(request, confirm)
 
     inputs = set(settings.values()) | {row.prompt, row.negative_prompt, checkpoint, row.extra.dropdown}
     wire(services, row, outputs, inputs, submit, api_name="txt2img")
