@@ -476,6 +476,11 @@ def run_img2img(demo: gr.Blocks, **values_by_elem_id) -> list[tuple]:
     return list(dep.fn(values))
 
 
+def finished(updates: list[tuple]) -> tuple:
+    """The update that reports the finished job (the gallery's own results update comes after it)."""
+    return next(update for update in reversed(updates) if isinstance(update[0], str))
+
+
 def uploaded(tmp_path: Path, name: str, data: bytes) -> str:
     path = tmp_path / name
     path.write_bytes(data)
@@ -556,7 +561,7 @@ def test_img2img_tab_refuses_hostile_uploads_naming_the_field(demo, tmp_path):
 
 def test_img2img_tab_generates_from_uploaded_files(demo, tmp_path):
     photo = uploaded(tmp_path, "photo.jpg", jpeg_with_gps(orientation=1))
-    last = run_img2img(demo, img2img_image=photo)[-1]
+    last = finished(run_img2img(demo, img2img_image=photo))
     assert "1 image(s)" in last[0], last[0]
     layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     layer.paste((255, 255, 255, 255), (16, 16, 48, 48))
@@ -564,7 +569,7 @@ def test_img2img_tab_generates_from_uploaded_files(demo, tmp_path):
     layer.save(buffer, format="PNG")
     editor = {"background": uploaded(tmp_path, "bg.png", encoded("PNG", (64, 64))),
               "layers": [buffer.getvalue()], "composite": None}  # a file and an editor blob
-    last = run_img2img(demo, img2img_mode="Inpaint", img2img_editor=editor)[-1]
+    last = finished(run_img2img(demo, img2img_mode="Inpaint", img2img_editor=editor))
     assert "1 image(s)" in last[0], last[0]
 
 
