@@ -120,7 +120,11 @@ def test_form_defaults_follow_the_settings(app):
     services = app[1]
     services.options.update({"studio_default_sampler": "Euler a", "studio_default_scheduler": "Karras",
                              "studio_default_steps": 12, "studio_default_cfg_scale": 4.5})
-    sampler, scheduler, steps, cfg = values(services.options)
+    built = ("DPM++ 2M", "Automatic", 20, 7.0)  # what the page shows before its load event
+    sampler, scheduler, steps, cfg = values(services.options, *built)
     assert (sampler, scheduler["value"], steps, cfg) == ("Euler a", "Karras", 12, 4.5)
+    # A value typed before the load event ran is kept (no value sent), the others still follow the settings.
+    sampler, scheduler, steps, cfg = values(services.options, "DPM++ 2M", "Automatic", 150, 7.0)
+    assert steps == {"__type__": "update"} and (sampler, cfg) == ("Euler a", 4.5)
     services.options.update({"studio_default_sampler": "LCM"})  # a sampler without Karras: Automatic
-    assert values(services.options)[1]["value"] == "Automatic"
+    assert values(services.options, *built)[1]["value"] == "Automatic"
