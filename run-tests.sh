@@ -14,4 +14,4 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 .venv/bin/ruff check --quiet .  # pyflakes-level errors and bug patterns; style is left to review
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=25 "$@"  # the slowest tests, to keep the suite fast
