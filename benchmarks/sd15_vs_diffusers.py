@@ -371,12 +371,13 @@ def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -
     redecodes = RedecodeCounter()
     logging.getLogger("webui.pipelines.decode").addHandler(redecodes)
     try:
-        extra = {} if args.preview_every is None else {"preview_every": args.preview_every}
         settings = Settings(data_dir=checkpoint.parents[2], device=args.device, precision=args.precision,
-                            memory_profile=args.profile, allow_download=False, **extra)
+                            memory_profile=args.profile, allow_download=False)
         start = time.perf_counter()
         services = build_services(settings)  # includes hashing the file (cached per path/size/mtime)
         info["startup_incl_hash_s"] = time.perf_counter() - start
+        if args.preview_every is not None:  # A1111's option, as the Settings tab sets it
+            services.options.update({"show_progress_every_n_steps": args.preview_every})
         title = services.registry.list()[0].title
         start = time.perf_counter()
         services.manager.select(title)  # loader + manager: file -> components -> memory plan -> device
