@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from webui.pipelines.tiles import blend_ramp, tile_starts
+
 TileCallback = Callable[[int, int], None]  # (tiles done, tiles total); may raise to abort
 
 
@@ -60,27 +62,6 @@ def _tile_size(tile: int, multiple: int, min_size: int) -> int:
     return max(min_size, multiple, tile // multiple * multiple)
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins along one axis: stride ``tile - overlap``, the last tile flush with the far edge."""
-    if size <= tile:
-        return [0]
-    stride = max(1, tile - overlap)
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def _ramp(length: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
-    """1-D blend weights: linear ramps over the overlap on sides shared with a neighbour; never zero."""
-    weights = torch.ones(length)
-    ramp_len = min(overlap, length // 2)
-    if ramp_len > 0:
-        ramp = torch.arange(1, ramp_len + 1, dtype=torch.float32) / (ramp_len + 1)
-        if not first:
-            weights[:ramp_len] = ramp
-        if not last:
-            weights[-ramp_len:] = ramp.flip(0)
-    return weights
-
 
 def _run_tiled(generator: nn.Module, x: torch.Tensor, tile: int, overlap: int, valid: tuple[int, int],
                device: torch.device, dtype: torch.dtype, on_tile: TileCallback | None) -> torch.Tensor:
@@ -101,8 +82,8 @@ def _run_tiled(generator: nn.Module, x: torch.Tensor, tile: int, overlap: int, v
         piece = _forward_padded(generator, x[:, :, top:top + th, left:left + tw], valid, device, dtype)
         if out is None:
             out = torch.zeros(1, piece.shape[1], height, width)
-        weight = (_ramp(th, overlap, top == 0, top + th >= height)[:, None]
-                  * _ramp(tw, overlap, left == 0, left + tw >= width)[None, :])
+        weight = (blend_ramp(th, overlap, top == 0, top + th >= height)[:, None]
+                  * blend_ramp(tw, overlap, left == 0, left + tw >= width)[None, :])
         out[:, :, top:top + th, left:left + tw] += piece * weight
         weight_sum[:, :, top:top + th, left:left + tw] += weight
         if on_tile:

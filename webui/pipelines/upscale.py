@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.pipelines.style_transfer import tile_starts
+from webui.pipelines.tiles import blend_ramp, tile_starts
 
 TileCallback = Callable[[int, int], None]  # (tiles done, tiles total); may raise to abort
 MAX_MODEL_PASSES = 3  # A1111's limit on repeated model passes
@@ -33,18 +33,6 @@ def to_image(y: torch.Tensor) -> Image.Image:
     array = (y[0].float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
 
-
-def _ramp(length: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
-    """1-D blend weights: linear ramps over the overlap on sides shared with a neighbour; never zero."""
-    weights = torch.ones(length)
-    ramp_len = min(overlap, length // 2)
-    if ramp_len > 0:
-        ramp = torch.arange(1, ramp_len + 1, dtype=torch.float32) / (ramp_len + 1)
-        if not first:
-            weights[:ramp_len] = ramp
-        if not last:
-            weights[-ramp_len:] = ramp.flip(0)
-    return weights
 
 
 def run_model(model: Any, image: Image.Image, tile: int = 192, overlap: int = 8, *,
@@ -70,8 +58,8 @@ def run_model(model: Any, image: Image.Image, tile: int = 192, overlap: int = 8,
             th, tw = min(tile, height), min(tile, width)
             piece = model(x[:, :, top:top + th, left:left + tw].to(device=device, dtype=dtype)).float().cpu()
             # Ramps span the overlap in output pixels, so neighbouring tiles cross-fade over the shared band.
-            weight = (_ramp(th * scale, overlap * scale, top == 0, top + th >= height)[:, None]
-                      * _ramp(tw * scale, overlap * scale, left == 0, left + tw >= width)[None, :])
+            weight = (blend_ramp(th * scale, overlap * scale, top == 0, top + th >= height)[:, None]
+                      * blend_ramp(tw * scale, overlap * scale, left == 0, left + tw >= width)[None, :])
             out[:, :, top * scale:(top + th) * scale, left * scale:(left + tw) * scale] += piece * weight
             weight_sum[:, :, top * scale:(top + th) * scale, left * scale:(left + tw) * scale] += weight
             if on_tile:
