@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import io
 
 import numpy as np
 import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
+from tests.image_data import decode, png_b64_of
 from tests.upscaler_models import write_upscalers
 from webui.api.extras import build_extras_router
 from webui.api.sdapi import install_error_handlers
@@ -33,17 +32,7 @@ def client(services):
 
 def png_b64(size: tuple[int, int], parameters: str | None = None, seed: int = 0) -> str:
     image = Image.fromarray((np.random.RandomState(seed).rand(size[1], size[0], 3) * 255).astype(np.uint8))
-    info = None
-    if parameters:
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", parameters)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def decode(data: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data)))
+    return png_b64_of(image, parameters)
 
 
 def test_upscalers_list_the_model_files_with_their_scale(client):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import struct
 from pathlib import Path
@@ -12,8 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
+from tests.image_data import decode, png_b64_of
 from webui.api.extras import build_extras_router
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import install_error_handlers
@@ -53,17 +53,7 @@ def write_safetensors(path: Path, tensors: dict[str, list[int]], metadata: dict[
 def png_b64(size: tuple[int, int], mode: str = "RGB", parameters: str | None = None) -> str:
     image = Image.new(mode, size, "red")
     image.paste(Image.new(mode, (size[0] // 2, size[1]), "blue"))  # not uniform, so resizing does something
-    info = None
-    if parameters:
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", parameters)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def decode(data: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data)))
+    return png_b64_of(image, parameters)
 
 
 def error_field(response) -> list:
