@@ -20,6 +20,7 @@ FORBIDDEN = {
     "webui.api": ("torch", "diffusers", "transformers", "gradio", "webui.models", "webui.pipelines"),
     "webui.models": ("gradio", "fastapi", "webui.services", "webui.ui", "webui.api"),
     "webui.pipelines": ("gradio", "fastapi", "webui.services", "webui.ui", "webui.api"),
+    "webui.training": ("gradio", "fastapi", "webui.services", "webui.ui", "webui.api"),
     "webui.services": ("gradio", "fastapi", "webui.ui", "webui.api"),
     "webui.infotext": ("torch", "gradio", "fastapi", "webui.services"),
     "webui.prompts": ("torch", "gradio", "fastapi", "webui.services"),
