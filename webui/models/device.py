@@ -171,11 +171,12 @@ class DeviceOwner:
         with self._work:
             with self._state:
                 removed = self._residents.pop(name, None)
-            if removed is not None:
+            found = removed is not None
+            if found:
                 log.info("Unloading %s from %s", name, self.name)
-                del removed
+                del removed  # the last reference: free_cache can then release its memory
                 self.free_cache()
-            return removed is not None
+            return found
 
     def evict_all(self, kind: str | None = None) -> None:
         with self._work:
