@@ -229,11 +229,12 @@ class JobContext:
             changes["metrics"] = {**self._job.progress.metrics, **metrics}
         self._job._update(**changes)
 
-    def safe_point(self) -> None:
+    def safe_point(self, *, inline: bool = True) -> None:
         """Call between units of work while holding no model lease: a requested pause happens here, and
-        higher-priority jobs waiting for this device run here first."""
+        higher-priority jobs waiting for this device run here first (unless ``inline`` is False: a training run
+        whose weights leave no room for a generation keeps them waiting until it ends)."""
         if self._queue is not None:
-            paused_for = self._queue._safe_point(self._job, self._worker)
+            paused_for = self._queue._safe_point(self._job, self._worker, inline)
             if self._deadline is not None:
                 self._deadline += paused_for  # time spent paused is not the job's running time
 
@@ -485,8 +486,9 @@ class JobQueue:
         while (job := self._take(worker)) is not None:
             self._execute(job, worker)
 
-    def _safe_point(self, job: Job, worker: Worker) -> float:
-        """Run what may run inline at a long job's safe point; wait while it is paused. Returns seconds paused."""
+    def _safe_point(self, job: Job, worker: Worker, admit: bool = True) -> float:
+        """Run what may run inline at a long job's safe point (when ``admit``); wait while it is paused. Returns
+        seconds paused."""
         paused_since: float | None = None
         try:
             while not job.interrupted.is_set() and not self._stopping:
@@ -495,7 +497,7 @@ class JobQueue:
                     if paused and paused_since is None:
                         paused_since = time.monotonic()
                         job._update(state=JobState.PAUSED, textinfo="Paused")
-                    inline = self._pick(worker, None if paused else job.priority + 1)
+                    inline = self._pick(worker, None if paused else job.priority + 1) if admit else None
                     if inline is None:
                         if not paused:
                             return 0.0 if paused_since is None else time.monotonic() - paused_since
