@@ -27,6 +27,8 @@ from webui.services.saving import SaveOptions
 from webui.services.style import StyleTransferService
 from webui.services.styles import PromptStyles
 from webui.services.token_count import TokenCounter
+from webui.services.training import TrainingService
+from webui.services.training_setup import build_training_service
 from webui.services.upscaling import UpscalingService
 
 
@@ -48,6 +50,7 @@ class Services:
     styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
+    training: TrainingService | None = None  # the Train tab's runs, jobs of kind "train" on the shared queue
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -89,6 +92,13 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
     def provenance() -> ProvenancePolicy:
         return ProvenancePolicy.from_options(options.get_all())
 
+    style = StyleTransferService(settings.models_dir, queue, store, hashes,
+                                 max_pixels=min(settings.limits.max_image_pixels, settings.limits.max_job_pixels),
+                                 max_tile=settings.limits.max_style_tile,
+                                 allow_external_links=settings.allow_external_model_links,
+                                 credentials=credentials, provenance=provenance)
+    training = build_training_service(settings, queue, registry, refresh=[style.refresh_models])
+
     return Services(
         settings=settings,
         registry=registry,
@@ -105,15 +115,12 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                      confirm_after=lambda: options.value("confirm_long_jobs_seconds")),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
-        style=StyleTransferService(settings.models_dir, queue, store, hashes,
-                                   max_pixels=min(settings.limits.max_image_pixels, settings.limits.max_job_pixels),
-                                   max_tile=settings.limits.max_style_tile,
-                                   allow_external_links=settings.allow_external_model_links,
-                                   credentials=credentials, provenance=provenance),
+        style=style,
         credentials=credentials,
         jobs_store=jobs_store,
         vaes=vaes,
         styles=PromptStyles(settings.data_dir),
         tokens=TokenCounter(settings.limits),
         upscaling=upscaling,
+        training=training,
     )
