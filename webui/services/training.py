@@ -4,6 +4,8 @@ refreshes the model lists when a run writes its result, so the new file appears 
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -108,6 +110,17 @@ class TrainingService:
             raise InvalidRequest("method", f"no training method {name!r}; this server has "
                                            f"{', '.join(self._methods) or 'none'}")
         return found
+
+    def schema(self, method: TrainingMethod) -> dict[str, Any]:
+        """A JSON schema of a method's settings: its request module's ``json_schema()`` when it has one, else one
+        derived from the request dataclass's fields."""
+        described = getattr(sys.modules.get(method.request_type.__module__), "json_schema", None)
+        if callable(described):
+            return described()
+        names = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
+        return {"type": "object", "additionalProperties": False,
+                "properties": {f.name: {"type": names.get(str(f.type), "string")}
+                               for f in dataclasses.fields(method.request_type)}}
 
     def request_from_dict(self, body: Mapping[str, Any]) -> tuple[TrainingMethod, Any]:
         """An API body (``{"method": "lora", ...settings}``) as a method and its typed request."""
