@@ -180,6 +180,10 @@ class TrainingService:
             raise InvalidRequest("job_id", f"job {job_id} has already ended ({job.state.value})")
         job.interrupt()
 
+    def job(self, job_id: str) -> Job:
+        """The queue's job of a training run (to watch its progress)."""
+        return self._job(job_id)
+
     def _job(self, job_id: str) -> Job:
         job = self._queue.get(job_id)
         if job is None or job.kind != JOB_KIND:

@@ -13,6 +13,7 @@ from webui.errors import StudioError
 from webui.services.container import Services
 from webui.ui import (extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo, size_defaults,
                       styles, txt2img)
+from webui.ui import train
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -83,6 +84,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 t2i = txt2img.build(services, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.build(services, checkpoint)
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train.build(services, demo)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras_tab = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
