@@ -165,6 +165,7 @@ def _loop(ctx: RunContext, plan: RunPlan, events: RunEvents, trainer: Trainer, p
     ctx.report("Writing the result")
     output = write_artifact(trainer.artifact())
     events.artifact_written(output)
+    ctx.report(f"Wrote {output.name}")
     return RunResult(steps=done, output=str(output), state=str(last_state))
 
 

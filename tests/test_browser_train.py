@@ -1,0 +1,86 @@
+"""The Train tab in a real browser: a tiny LoRA run started from the form, the loss plot filling while it runs, the
+run finishing with its file, and a bad folder refused in red before anything is queued."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from typing import Iterator
+
+import pytest
+
+from tests.browser_support import (GENERATE_TIMEOUT, RunningApp, _report_failures, browser,  # noqa: F401 (fixtures)
+                                   chromium_binary, expect, launch_app, page, screenshot)
+from tests.conftest import install
+from tests.training_helpers import colour_set
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[RunningApp]:
+    root = tmp_path_factory.mktemp("browser-train")
+    data_dir = root / "data"
+    install(model_files["single"], data_dir)
+    colour_set(root / "colours")
+    with launch_app(data_dir, root / "app.log") as app:
+        yield app
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.blur()
+
+
+def _form(page, app: RunningApp, output_name: str, steps: int, data_dir: str | None = None) -> None:
+    page.get_by_role("tab", name="Train").click()
+    _fill(page, "train_lora_data_dir", data_dir or str(app.data_dir.parent / "colours"))
+    _fill(page, "train_lora_output_name", output_name)
+    _fill(page, "train_lora_steps", str(steps))
+    _fill(page, "train_lora_resolution", "64")
+    _fill(page, "train_lora_lr", "0.01")
+    _fill(page, "train_lora_rank", "4")
+
+
+def _runs(app: RunningApp) -> list:
+    with urllib.request.urlopen(app.url + "/studio/v1/training", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_a_tiny_lora_run_from_the_tab_plots_its_loss_and_finishes(page, app_server: RunningApp):
+    _form(page, app_server, "browser-lora", 8)
+    page.get_by_text("More settings").click()
+    _fill(page, "train_lora_sample_prompts", "colour1 square")
+    _fill(page, "train_lora_sample_every", "4")
+    _fill(page, "train_lora_sample_steps", "2")
+    page.locator("#train_lora_start").click()
+    status = page.locator("#train_status_line")
+    expect(status).to_contain_text("step", timeout=GENERATE_TIMEOUT)
+    expect(status).to_have_attribute("data-state", "running", timeout=GENERATE_TIMEOUT)
+    expect(status).to_contain_text("loss", timeout=GENERATE_TIMEOUT)
+    # The plot is redrawn as steps arrive: its x axis (vega's aria label) grows past the first step.
+    x_axis = page.locator("#train_loss_plot [aria-roledescription=axis]").first
+    expect(x_axis).to_have_attribute("aria-label", re.compile(r"X-axis titled 'step' .* from 1 to [2-8]$"),
+                                     timeout=GENERATE_TIMEOUT)
+    screenshot(page, "train_running.png")
+    expect(status).to_have_attribute("data-state", "done", timeout=GENERATE_TIMEOUT * 3)
+    expect(status).to_contain_text("step 8/8")
+    expect(status).to_contain_text("Wrote browser-lora.safetensors")
+    expect(page.locator("#train_output")).to_contain_text("models/Lora/browser-lora.safetensors")
+    expect(page.locator("#train_samples img").first).to_be_visible()
+    screenshot(page, "train_done.png")
+    assert (app_server.data_dir / "models" / "Lora" / "browser-lora.safetensors").is_file()
+    run = next(r for r in _runs(app_server) if r["output_name"] == "browser-lora")
+    assert run["state"] == "done" and run["step"] == 8
+
+
+def test_a_missing_folder_is_refused_in_red_and_nothing_is_queued(page, app_server: RunningApp):
+    before = len(_runs(app_server))
+    _form(page, app_server, "never", 5, data_dir="/no/such/folder")
+    page.locator("#train_lora_start").click()
+    expect(page.locator("#train_status .studio-error")).to_contain_text("data_dir: folder /no/such/folder does not "
+                                                                        "exist", timeout=GENERATE_TIMEOUT)
+    screenshot(page, "train_refused.png")
+    assert len(_runs(app_server)) == before
