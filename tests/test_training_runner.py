@@ -167,3 +167,83 @@ def test_a_damaged_state_is_refused_with_its_name(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(InvalidRequest, match="step-00000001.state.safetensors is not a readable resume state"):
         state_file.load_state(path)
+
+
+class _LinearTrainer:
+    """A real one-layer trainer that runs out of memory at a chosen step (what a too-large run does on a GPU)."""
+
+    def __init__(self, fail_at: int):
+        self.layer = torch.nn.Linear(4, 4)
+        self.total_steps = 10
+        self.steps_per_epoch = 5
+        self._fail_at = fail_at
+
+    def on_device(self, device):
+        pass
+
+    def step(self, step):
+        if step == self._fail_at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return {"loss": 1.0 / (step + 1), "lr": 0.1}
+
+    def state(self):
+        return TrainState({"w": self.layer.weight.detach().clone()}, {})
+
+    def load_state(self, state):
+        pass
+
+    def samples(self):
+        return []
+
+    def artifact(self):
+        raise AssertionError("a failed run writes no artifact")
+
+
+def test_out_of_memory_names_the_step_and_frees_the_device(tmp_path):
+    from dataclasses import dataclass
+
+    from webui.services.jobs import JobQueue
+    from webui.services.training import TrainingService
+    from webui.training.protocol import TrainingMethod, TrainingResources
+
+    @dataclass(frozen=True)
+    class Request:
+        fail_at: int
+
+    method = TrainingMethod("linear", "Linear", Request, lambda body: Request(**body), lambda r, res: None,
+                            lambda r, res: _LinearTrainer(r.fail_at), uses_checkpoint=False)
+    resources = TrainingResources(tmp_path, tmp_path, load_checkpoint=lambda t: None, checkpoint_hash=lambda t: None)
+    queue = JobQueue()
+    try:
+        service = TrainingService([method], queue, resources, tmp_path / "training")
+        job_id = service.start(Request(fail_at=2))
+        assert queue.get(job_id).wait_done(60)
+        report = service.get(job_id)
+        assert report["state"] == "failed"
+        assert report["message"] == ("out of memory at step 3: lower batch size or resolution, or enable gradient "
+                                     "checkpointing")
+        assert [p["step"] for p in report["history"]] == [1, 2]
+        assert not queue.device_owners[0].names("training")
+        frames, tb = [], queue.get(job_id).error.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        assert not any(isinstance(value, _LinearTrainer) for frame in frames for value in frame.f_locals.values()), \
+            "the job's error keeps the trainer (and its device memory) alive"
+    finally:
+        queue.shutdown()
+
+
+def test_resuming_with_another_rank_is_refused(env):
+    services, images = env
+    first = train(services, lora_request(images, "rank8", max_train_steps=1))
+    again = train(services, lora_request(images, "rank4", max_train_steps=2, rank=4, resume_from=first["id"]))
+    assert again["state"] == "failed" and again["message"].startswith("resume_from:")
+    assert "same rank" in again["message"]
+
+
+def test_the_job_history_keeps_the_runs_settings(env):
+    services, images = env
+    report = train(services, lora_request(images, "recorded", max_train_steps=1, rank=6))
+    record = services.jobs_store.get(report["id"])
+    assert record.kind == "train" and record.request["rank"] == 6 and record.request["output_name"] == "recorded"

@@ -24,15 +24,6 @@ JOB_KIND = "train"
 MAX_SAMPLES_KEPT = 16   # sample images kept per run (the newest)
 
 
-@dataclass(frozen=True)
-class TrainJob:
-    """What the queue runs: a method's checked request, and the state to resume from (already loaded)."""
-
-    method: str
-    request: Any
-    resume_path: str | None = None
-
-
 @dataclass
 class TrainingRun:
     """What the service knows of one run, beside its job's progress."""
@@ -146,8 +137,10 @@ class TrainingService:
         resume_path = self._resume_path(getattr(request, "resume_from", "") or "")
         if resume_path is not None:
             state_file.load_state(resume_path)  # refuse a foreign or damaged file now, not when the job starts
-        job = self._queue.submit(JOB_KIND, TrainJob(method.name, request, str(resume_path) if resume_path else None))
+        # The request itself is the job's request, so the job history keeps its settings field by field. Under the
+        # lock: the job's handler (which takes it) must find its run registered even if it starts at once.
         with self._lock:
+            job = self._queue.submit(JOB_KIND, request)
             self._runs[job.id] = TrainingRun(job.id, method.name, request, self._state_root / job.id)
         return job.id
 
@@ -245,11 +238,12 @@ class TrainingService:
 
     # ------------------------------------------------------------------------------------------ the job
 
-    def _handle(self, ctx: JobContext, job: TrainJob) -> runner.RunResult:
+    def _handle(self, ctx: JobContext, request: Any) -> runner.RunResult:
         with self._lock:
             run = self._runs[ctx.job_id]
-        resume: TrainState | None = state_file.load_state(Path(job.resume_path)) if job.resume_path else None
-        plan = runner.RunPlan(self.method(job.method), job.request, self._resources, run.state_dir, resume)
+        resume_path = self._resume_path(getattr(request, "resume_from", "") or "")
+        resume: TrainState | None = state_file.load_state(resume_path) if resume_path else None
+        plan = runner.RunPlan(self._method_of(request), request, self._resources, run.state_dir, resume)
         return self._run(ctx, plan, _Events(run, self._on_artifact))
 
 
