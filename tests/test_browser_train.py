@@ -35,7 +35,9 @@ def _fill(page, elem_id: str, value: str) -> None:
 
 
 def _form(page, app: RunningApp, output_name: str, steps: int, data_dir: str | None = None) -> None:
-    page.get_by_role("tab", name="Train").click()
+    tab = page.get_by_role("tab", name="Train")
+    expect(tab).to_be_visible(timeout=GENERATE_TIMEOUT)  # Gradio lays the tab bar out after the page shows
+    tab.click(timeout=GENERATE_TIMEOUT)
     _fill(page, "train_lora_data_dir", data_dir or str(app.data_dir.parent / "colours"))
     _fill(page, "train_lora_output_name", output_name)
     _fill(page, "train_lora_steps", str(steps))
@@ -84,3 +86,23 @@ def test_a_missing_folder_is_refused_in_red_and_nothing_is_queued(page, app_serv
                                                                         "exist", timeout=GENERATE_TIMEOUT)
     screenshot(page, "train_refused.png")
     assert len(_runs(app_server)) == before
+
+
+def test_pause_resume_and_cancel_from_the_monitor(page, app_server: RunningApp):
+    _form(page, app_server, "browser-long", 500)
+    page.locator("#train_lora_start").click()
+    status = page.locator("#train_status_line")
+    expect(status).to_have_attribute("data-state", "running", timeout=GENERATE_TIMEOUT)
+    expect(page.locator("#train_runs input")).to_have_value(re.compile(r"browser-long · running"))
+    page.locator("#train_pause").click()
+    expect(status).to_have_attribute("data-state", "paused", timeout=GENERATE_TIMEOUT)
+    screenshot(page, "train_paused.png")
+    page.locator("#train_resume").click()
+    expect(status).to_have_attribute("data-state", "running", timeout=GENERATE_TIMEOUT)
+    page.locator("#train_cancel").click()
+    expect(status).to_have_attribute("data-state", "cancelled", timeout=GENERATE_TIMEOUT)
+    expect(status).to_contain_text(re.compile(r"Training cancelled at step \d+ of 500; resume state kept"))
+    screenshot(page, "train_cancelled.png")
+    assert not (app_server.data_dir / "models" / "Lora" / "browser-long.safetensors").exists()
+    run = next(r for r in _runs(app_server) if r["output_name"] == "browser-long")
+    assert run["state"] == "cancelled" and run["resume_states"]

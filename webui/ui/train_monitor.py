@@ -75,7 +75,8 @@ def status_html(report: dict[str, Any]) -> str:
     if state == "failed":
         return error_html(message or "Training failed")
     percent = int(100 * report["step"] / report["total_steps"]) if report.get("total_steps") else 0
-    extra = f"<br><span>{html.escape(message)}</span>" if message and state != "running" else ""
+    shown = message and state != "running" and message.lower() != state  # the queue's "Paused" says it twice
+    extra = f"<br><span>{html.escape(message)}</span>" if shown else ""
     return (f"<div class='studio-progress' id='train_status_line' data-state='{state}'>"
             f"<progress max='100' value='{percent}'></progress> <span>{html.escape(text)}</span>{extra}</div>")
 
