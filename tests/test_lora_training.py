@@ -215,3 +215,43 @@ def test_dreambooth_needs_an_instance_prompt():
     with pytest.raises(InvalidRequest) as caught:
         from_dict({"base_model": "m", "data_dir": "/d", "output_name": "o"}, method="dreambooth_lora")
     assert caught.value.field == "instance_prompt"
+
+
+def test_bf16_checkpointing_accumulation_cosine_and_centre_crop_run(env):
+    services, root = env
+    images = colour_set(root / "settings-set")
+    report = train(services, lora_request(images, "settings", max_train_steps=3, mixed_precision="bf16",
+                                          gradient_checkpointing=True, gradient_accumulation=2, batch_size=2,
+                                          lr_scheduler="cosine", lr_warmup_steps=1, crop="center",
+                                          train_text_encoder=True))
+    assert report["state"] == "done", report["message"]
+    lrs = [p["lr"] for p in report["history"]]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(1e-2) and lrs[2] < lrs[1]  # warmup, then cosine decay
+    assert all(torch.isfinite(torch.tensor([p["loss"] for p in report["history"]])))
+    with safe_open(report["output"], "pt") as fh:
+        assert all(fh.get_tensor(k).dtype == torch.float32 for k in fh.keys())
+
+
+def test_aspect_ratio_buckets_keep_each_batch_one_size(env, tmp_path):
+    from webui.training import lora_data
+
+    choices = lora_data.buckets(512, 64)
+    assert (512, 512) in choices and all(w * h <= 512 * 512 and w % 64 == 0 and h % 64 == 0 for w, h in choices)
+    Image.new("RGB", (300, 100)).save(tmp_path / "wide.png")
+    Image.new("RGB", (100, 300)).save(tmp_path / "tall.png")
+    wide, tall = lora_data.bucket_for(tmp_path / "wide.png", choices), lora_data.bucket_for(tmp_path / "tall.png",
+                                                                                           choices)
+    assert wide[0] > wide[1] and tall[1] > tall[0]
+    order = lora_data.BatchOrder([(64, 64), (96, 32), (64, 64), (96, 32), (64, 64)], batch_size=2, seed=3)
+    assert order.per_epoch == 3
+    for micro in range(9):
+        _, batch = order.batch(micro)
+        assert len({(64, 64) if i in (0, 2, 4) else (96, 32) for i in batch}) == 1
+    assert sorted(i for m in range(3) for i in order.batch(m)[1]) == [0, 1, 2, 3, 4]  # each image once an epoch
+    services, root = env
+    mixed = colour_set(root / "mixed-set")
+    for name, size in (("wide", (96, 48)), ("tall", (48, 96))):
+        Image.new("RGB", size, (90, 90, 90)).save(mixed / f"{name}.png")
+        (mixed / f"{name}.txt").write_text(f"{name} grey")
+    report = train(services, lora_request(mixed, "buckets", max_train_steps=4, batch_size=2))
+    assert report["state"] == "done", report["message"]

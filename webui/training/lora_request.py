@@ -161,13 +161,6 @@ def from_dict(body: Mapping[str, Any], *, method: str = "lora") -> LoraTrainRequ
     return request
 
 
-def replace(request: LoraTrainRequest, **changes: Any) -> LoraTrainRequest:
-    """A copy with ``changes``, checked again."""
-    changed = dataclasses.replace(request, **changes)
-    _bounds(changed)
-    return changed
-
-
 def json_schema() -> dict[str, Any]:
     """A JSON schema of the request (for GET /studio/v1/training/methods)."""
     names = {bool: "boolean", int: "integer", float: "number", str: "string", tuple: "array"}
