@@ -97,6 +97,13 @@ def test_pause_resume_and_cancel_from_the_monitor(page, app_server: RunningApp):
     page.locator("#train_pause").click()
     expect(status).to_have_attribute("data-state", "paused", timeout=GENERATE_TIMEOUT)
     screenshot(page, "train_paused.png")
+    # A reopened page follows the run still going (paused here), and its buttons act on it.
+    page.reload()
+    tab = page.get_by_role("tab", name="Train")
+    expect(tab).to_be_visible(timeout=GENERATE_TIMEOUT)
+    tab.click(timeout=GENERATE_TIMEOUT)
+    expect(status).to_have_attribute("data-state", "paused", timeout=GENERATE_TIMEOUT)
+    expect(page.locator("#train_runs input")).to_have_value(re.compile(r"browser-long · paused"))
     page.locator("#train_resume").click()
     expect(status).to_have_attribute("data-state", "running", timeout=GENERATE_TIMEOUT)
     page.locator("#train_cancel").click()
