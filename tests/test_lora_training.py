@@ -255,3 +255,18 @@ def test_aspect_ratio_buckets_keep_each_batch_one_size(env, tmp_path):
         (mixed / f"{name}.txt").write_text(f"{name} grey")
     report = train(services, lora_request(mixed, "buckets", max_train_steps=4, batch_size=2))
     assert report["state"] == "done", report["message"]
+
+
+def test_the_memory_estimate_refuses_what_cannot_fit():
+    from webui.training.lora_training import estimated_bytes, memory_problem
+
+    sd15 = dict(weight_bytes=2 * 1_066_000_000, unet_params=860_000_000)  # fp16-on-device SD1.5 sizes
+    small = from_dict({"base_model": "m", "data_dir": "/d", "output_name": "o", "resolution": 512})
+    assert 3 * 2**30 < estimated_bytes(small, **sd15) < 8 * 2**30
+    assert memory_problem(small, **sd15, free=24 * 2**30, where="free on the GPU") is None
+    big = from_dict({"base_model": "m", "data_dir": "/d", "output_name": "o", "resolution": 1024, "batch_size": 8})
+    problem = memory_problem(big, **sd15, free=24 * 2**30, where="free on the GPU")
+    assert problem.startswith("this run needs about") and "24.0 GiB is free on the GPU" in problem
+    checkpointed = from_dict({"base_model": "m", "data_dir": "/d", "output_name": "o", "resolution": 1024,
+                              "batch_size": 8, "gradient_checkpointing": True})
+    assert estimated_bytes(checkpointed, **sd15) < estimated_bytes(big, **sd15)

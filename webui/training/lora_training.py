@@ -65,6 +65,28 @@ def check(request: LoraTrainRequest, resources: TrainingResources) -> None:
         raise InvalidRequest("optimizer", f"{problem}: use adamw")
 
 
+def estimated_bytes(request: LoraTrainRequest, weight_bytes: int, unet_params: int) -> int:
+    """What a run needs, roughly: the weights plus activations, which grow with the UNet's size, the batch and
+    the pixels (about 2.3 GB for SD1.5 at 512x512, batch 1); gradient checkpointing cuts them about 4x, prior
+    preservation doubles the batch."""
+    activations = request.batch_size * request.resolution ** 2 * 4 * unet_params / 1e6 * 2.5
+    if request.gradient_checkpointing:
+        activations /= 4
+    if request.class_data_dir:
+        activations *= 2
+    return int(weight_bytes + activations)
+
+
+def memory_problem(request: LoraTrainRequest, weight_bytes: int, unet_params: int, free: int,
+                   where: str) -> str | None:
+    """Why the run cannot fit in ``free`` bytes (``where``: "free on the GPU" ...), or None."""
+    needed = estimated_bytes(request, weight_bytes, unet_params)
+    if needed <= free:
+        return None
+    return (f"this run needs about {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is {where}: lower "
+            "batch size or resolution, or enable gradient checkpointing")
+
+
 def output_path(request: LoraTrainRequest, resources: TrainingResources) -> Path:
     return resources.models_dir / "Lora" / f"{request.output_name}.safetensors"
 
@@ -178,29 +200,17 @@ class LoraTrainer:
                 for name, p in module.named_parameters()]
 
     def _check_memory(self) -> None:
-        """Refuse a run that cannot fit: weights + LoRA optimizer state + activations (rough, measured scale:
-        activations grow with UNet size, batch and pixels; gradient checkpointing cuts them about 4x)."""
-        request = self.request
         weights = sum(p.numel() * p.element_size() for m in [self.unet, self.vae, *self._text_encoders()]
                       for p in m.parameters())
         unet_params = sum(p.numel() for p in self.unet.parameters())
-        activations = request.batch_size * request.resolution ** 2 * 4 * unet_params / 1e6 * 2.5
-        if request.gradient_checkpointing:
-            activations /= 4
-        if request.class_data_dir:
-            activations *= 2
-        needed = int(weights + activations)
         if torch.cuda.is_available():
-            free, _ = torch.cuda.mem_get_info()
-            where = "free on the GPU"
+            free, where = torch.cuda.mem_get_info()[0], "free on the GPU"
         else:
-            import psutil
+            import psutil  # a dependency of accelerate, so always installed with it
 
             free, where = psutil.virtual_memory().available, "of RAM available"
-        if needed > free:
-            raise InvalidRequest("batch_size", f"this run needs about {needed / 2**30:.1f} GiB but only "
-                                               f"{free / 2**30:.1f} GiB is {where}: lower batch size or "
-                                               "resolution, or enable gradient checkpointing")
+        if (problem := memory_problem(self.request, weights, unet_params, free, where)) is not None:
+            raise InvalidRequest("batch_size", problem)
 
     def on_device(self, device: torch.device) -> None:
         request = self.request
