@@ -45,6 +45,7 @@ def test_methods_list_names_and_schemas(env):
 
 def test_a_run_from_start_to_result(env):
     client, services, images = env
+    assert client.get("/sdapi/v1/loras").json() == []  # listed (and cached) before the run
     response = client.post("/studio/v1/training", json=_body(images))
     assert response.status_code == 200, response.text
     job_id = response.json()["id"]
@@ -56,6 +57,8 @@ def test_a_run_from_start_to_result(env):
     sample = Image.open(io.BytesIO(base64.b64decode(run["samples"][0]["image"])))
     assert sample.size == (64, 64) and run["samples"][0]["step"] == 3
     assert job_id in [r["id"] for r in client.get("/studio/v1/training").json()]
+    # The new LoRA is listed at once, without a refresh or a restart.
+    assert "api-lora" in [lora["name"] for lora in client.get("/sdapi/v1/loras").json()]
 
 
 @pytest.mark.parametrize("change, field", [

@@ -21,6 +21,7 @@ from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
 from webui.services.options import OptionsService
+from webui.services.listings import LoraRegistry, build_lora_registry
 from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
 from webui.services.saving import SaveOptions
@@ -51,6 +52,7 @@ class Services:
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
     training: TrainingService | None = None  # the Train tab's runs, jobs of kind "train" on the shared queue
+    loras: LoraRegistry | None = None  # models/Lora (the API's lists; a training run's result refreshes it)
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -97,7 +99,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                  max_tile=settings.limits.max_style_tile,
                                  allow_external_links=settings.allow_external_model_links,
                                  credentials=credentials, provenance=provenance)
-    training = build_training_service(settings, queue, registry, refresh=[style.refresh_models])
+    loras = build_lora_registry(settings)
+    training = build_training_service(settings, queue, registry, refresh=[style.refresh_models, loras.refresh])
 
     return Services(
         settings=settings,
@@ -123,4 +126,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         tokens=TokenCounter(settings.limits),
         upscaling=upscaling,
         training=training,
+        loras=loras,
     )
