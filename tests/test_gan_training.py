@@ -348,3 +348,62 @@ def test_pix2pix_from_dict_defaults_are_the_releases():
     with pytest.raises(InvalidRequest) as caught:
         PIX2PIX_METHOD.from_dict({"name": "x", "dataset": "d", "dataset_a": "a", "dataset_b": "b"})
     assert caught.value.field == "dataset"
+
+
+# --------------------------------------------------------------------------------------------------------- form
+
+
+def _gan_form():
+    import gradio as gr
+
+    from webui.ui.train_gan_form import build_form
+
+    with gr.Blocks() as blocks:
+        parts = build_form(generators=["horse2zebra_AtoB"])
+    labels = {getattr(c, "label", None): i for i, c in enumerate(parts.inputs)}
+    return blocks, parts, labels
+
+
+def _form_values(parts, labels, **by_label):
+    values = [component.value for component in parts.inputs]
+    for label, value in by_label.items():
+        values[labels[label]] = value
+    return values
+
+
+def test_gan_form_makes_a_cyclegan_or_pix2pix_request_with_the_release_defaults():
+    _, parts, labels = _gan_form()
+    assert parts.button.value == "Train"
+    request = parts.to_request(*_form_values(parts, labels, Name="h2z", **{"Folder A": "a", "Folder B": "b"}))
+    assert isinstance(request, CycleGanRequest)
+    assert (request.net_g, request.norm, request.gan_mode, request.pool_size, request.lambda_identity) == \
+        ("resnet_9blocks", "instance", "lsgan", 50, 0.5)
+    # pix2pix from the same page: its own fields, the CycleGAN-only widgets ignored.
+    values = _form_values(parts, labels, Model="pix2pix", Name="facades", Generator="unet_256", Norm="batch",
+                          **{"GAN loss": "vanilla", "Image pool size": 0, "Folder A": "", "Folder B": "",
+                             "Folder of A|B images (pix2pix, instead of folders A and B)": "train/AB"})
+    request = parts.to_request(*values)
+    assert isinstance(request, Pix2PixRequest) and request.dataset == "train/AB" and request.lambda_l1 == 100.0
+
+
+def test_gan_form_names_the_bad_field():
+    _, parts, labels = _gan_form()
+    base = dict(Name="h2z", **{"Folder A": "a", "Folder B": "b"})
+    with pytest.raises(InvalidRequest) as caught:
+        parts.to_request(*_form_values(parts, labels, **base, **{"Batch size": None}))
+    assert caught.value.field == "batch_size" and "enter a value" in str(caught.value)
+    with pytest.raises(InvalidRequest) as caught:
+        parts.to_request(*_form_values(parts, labels, **base, **{"Crop size (train on)": 250}))
+    assert caught.value.field == "crop_size"
+    with pytest.raises(InvalidRequest) as caught:
+        parts.to_request(*_form_values(parts, labels, **base, Model="StyleGAN"))
+    assert caught.value.field == "method"
+
+
+def test_switching_the_gan_model_switches_the_release_defaults():
+    blocks, parts, labels = _gan_form()
+    switch = next(fn for fn in blocks.fns.values() if fn.name == "switch").fn
+    pix_row, cycle_row, net_g, norm, gan_mode, pool = switch("pix2pix")
+    assert pix_row["visible"] is True and cycle_row["visible"] is False
+    assert (net_g["value"], norm["value"], gan_mode["value"], pool["value"]) == ("unet_256", "batch", "vanilla", 0)
+    assert switch("CycleGAN")[2]["value"] == "resnet_9blocks"

@@ -303,3 +303,46 @@ def test_from_dict_defaults_are_a1111s():
         ("0.005", 1, 1, 100_000)
     assert (request.template, request.width, request.height, request.save_every, request.sample_every) == \
         ("style_filewords.txt", 512, 512, 500, 500)
+
+
+# --------------------------------------------------------------------------------------------------------- form
+
+
+def _ti_form():
+    import gradio as gr
+
+    from webui.ui.train_ti_form import build_form
+
+    with gr.Blocks():
+        parts = build_form(checkpoints=["tiny.safetensors [0123456789]"])
+    labels = {getattr(c, "label", None): i for i, c in enumerate(parts.inputs)}
+    return parts, labels
+
+
+def _values(parts, labels, **by_label):
+    values = [component.value for component in parts.inputs]
+    for label, value in by_label.items():
+        values[labels[label]] = value
+    return values
+
+
+def test_ti_form_makes_a_request_with_a1111_labels_and_defaults():
+    parts, labels = _ti_form()
+    assert parts.button.value == "Train Embedding"
+    assert {"Initialization text", "Number of vectors per token", "Embedding Learning rate",
+            "Gradient accumulation steps", "Prompt template", "Overwrite Old Embedding"} <= set(labels)
+    request = parts.to_request(*_values(parts, labels, Name="swatch", **{"Dataset directory": "train/ti",
+                                                                           "Number of vectors per token": 3.0}))
+    assert isinstance(request, TextualInversionRequest)
+    assert (request.checkpoint, request.num_vectors, request.learn_rate, request.template) == \
+        ("tiny.safetensors [0123456789]", 3, "0.005", "style_filewords.txt")
+
+
+def test_ti_form_names_the_bad_field():
+    parts, labels = _ti_form()
+    base = dict(Name="swatch", **{"Dataset directory": "train/ti"})
+    for change, field in [({"Initialization text": ""}, "init_text"), ({"Embedding Learning rate": "x"}, "learn_rate"),
+                          ({"Max steps": None}, "steps"), ({"Name": "con/fig"}, "name")]:
+        with pytest.raises(InvalidRequest) as caught:
+            parts.to_request(*_values(parts, labels, **{**base, **change}))
+        assert caught.value.field == field
