@@ -265,9 +265,40 @@ def test_a_file_that_is_not_a_diffusion_checkpoint_is_refused(data, tmp_path):
     METHOD.check(_request(checkpoint="real"), _resources(data, load_checkpoint))
 
 
-def test_sdxl_is_refused_with_a_message(data):
-    error = _check(_request(), _resources(data, Models(family="sdxl")))
-    assert error.field == "checkpoint" and "SDXL" in str(error)
+def _tiny_sdxl(title: str) -> LoadedModel:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    from tests.tiny_models import TOKENIZER_DIR, tiny_sdxl_components
+
+    config = loader.base_scheduler_config()
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed=0), tokenizer=CLIPTokenizer.from_pretrained(
+        TOKENIZER_DIR), tokenizer_2=CLIPTokenizer.from_pretrained(TOKENIZER_DIR.parent / "clip_tokenizer_pad_bang"),
+        scheduler=EulerDiscreteScheduler.from_config(config))
+    return LoadedModel(info=None, family="sdxl", variant="normal", pipe=pipe, scheduler_config=config,
+                       default_size=64)
+
+
+def test_sdxl_trains_clip_l_and_clip_g_vectors(data, tmp_path):
+    resources = _resources(data, _tiny_sdxl)
+    trainer = _start(_request(), resources)
+    initial = {key: value.clone() for key, value in trainer.artifact().tensors.items()}
+    figures = [dict(trainer.step(step)) for step in range(3)]
+    assert all(torch.isfinite(torch.tensor(f["loss"])) for f in figures)
+    artifact = trainer.artifact()
+    assert sorted(artifact.tensors) == ["clip_g", "clip_l"]
+    assert artifact.tensors["clip_l"].shape == (2, 32) and artifact.tensors["clip_g"].shape == (2, 64)
+    for key in ("clip_l", "clip_g"):
+        assert not torch.equal(artifact.tensors[key], initial[key]), f"{key} did not train"
+    # Resume: a fresh trainer given the state after step 1 makes the same step 2.
+    again = _start(_request(), resources)
+    again.step(0)
+    again.step(1)
+    state = again.state()
+    resumed = _start(_request(), resources)
+    resumed.load_state(state)
+    assert dict(resumed.step(2)) == figures[2]
+    assert trainer.samples()[0].size == (32, 32)
 
 
 def test_missing_template_lists_the_choices(data):

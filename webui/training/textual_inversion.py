@@ -6,13 +6,15 @@ tokens, MSE to the noise (or velocity), and gradients reach only the new vectors
 (``modules/textual_inversion``): name, initialization text, vectors per token, prompt templates with ``[name]`` and
 ``[filewords]`` (the image's ``.txt`` caption, or its file name without leading numbers), A1111's learning-rate
 schedule syntax, latents sampled once per image ("once"), and the result as A1111 reads it:
-``embeddings/NAME.safetensors`` holding ``emb_params`` [vectors, width] with ``step``/``sd_checkpoint`` metadata.
+``embeddings/NAME.safetensors`` holding ``emb_params`` [vectors, width] (SDXL: ``clip_l`` and ``clip_g``, one set of
+vectors per text encoder) with ``step``/``sd_checkpoint`` metadata.
 
 The vectors live in their own parameter, spliced into the text encoder's input embedding by ``SplicedEmbedding``
 (installed with transformers' ``set_input_embeddings``), so the vocabulary table is neither resized nor trained,
 the optimizer holds N x width values instead of a 49,408-row table, and the base weights stay exactly as loaded.
 All of this runs on the trainer's own copy of the checkpoint (``resources.load_checkpoint``), never the one that
-serves generations. SD 1.x and SD 2.x; SDXL (two encoders) is refused with a message for now.
+serves generations. SD 1.x, SD 2.x and SDXL (conditioned as SDXL is: both encoders' penultimate layers, the pooled
+OpenCLIP output and the size/crop ids).
 """
 
 from __future__ import annotations
@@ -137,10 +139,10 @@ def _files(request: TextualInversionRequest, resources: TrainingResources) -> li
 
 
 def _check_model(request: TextualInversionRequest, model: Any) -> None:
-    if model.family == "sdxl":
-        raise InvalidRequest("checkpoint", "SDXL textual inversion (clip_l + clip_g) is not supported yet; "
-                             "choose an SD 1.x or SD 2.x checkpoint")
     pipe = model.pipe
+    if model.family == "sdxl" and getattr(pipe, "text_encoder", None) is None:
+        raise InvalidRequest("checkpoint", "an SDXL refiner has no CLIP-L text encoder; train embeddings on an "
+                             "SDXL base checkpoint")
     factor = getattr(pipe, "vae_scale_factor", 8)
     for field in ("width", "height"):
         if getattr(request, field) % factor:
@@ -178,18 +180,16 @@ class TextualInversionTrainer:
         pipe = model.pipe
         self.scheduler_config = dict(model.scheduler_config)
         self.unet, self.vae = pipe.unet, pipe.vae
-        self.text_encoder = copy.deepcopy(pipe.text_encoder)  # we swap its input embedding: never the caller's
-        self.tokenizer = copy.deepcopy(pipe.tokenizer)        # we add the placeholder tokens: never the caller's
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.requires_grad_(False).eval()
+        self.is_xl = model.family == "sdxl"
         self.placeholders = _placeholders(request.name, request.num_vectors)
-        self.tokenizer.add_tokens(self.placeholders, special_tokens=True)
-        ids = self.tokenizer.convert_tokens_to_ids(self.placeholders)
-        base = self.text_encoder.get_input_embeddings()
-        if ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] < base.num_embeddings:
-            raise InvalidRequest("name", "could not add the embedding's tokens to the tokenizer")
-        self.embedding = SplicedEmbedding(base, self._initial_vectors(base), ids[0])
-        self.text_encoder.set_input_embeddings(self.embedding)
+        # Copies: we swap the encoders' input embeddings and add tokens, which the caller's objects must not see.
+        self.text_encoder, self.tokenizer, self.embedding = self._splice(pipe.text_encoder, pipe.tokenizer)
+        self.text_encoder_2 = self.tokenizer_2 = self.embedding_2 = None
+        if self.is_xl:
+            self.text_encoder_2, self.tokenizer_2, self.embedding_2 = self._splice(pipe.text_encoder_2,
+                                                                                   pipe.tokenizer_2)
+        for module in (self.unet, self.vae):
+            module.requires_grad_(False).eval()
         self.samples_per_step = request.batch_size * request.gradient_accumulation
         self.steps_per_epoch = max(1, math.ceil(len(files) / self.samples_per_step))
         self.total_steps = request.steps
@@ -198,17 +198,36 @@ class TextualInversionTrainer:
         self.latents: torch.Tensor | None = None
         self.completed = 0
 
-    def _initial_vectors(self, base: nn.Embedding) -> torch.Tensor:
+    def _splice(self, text_encoder: nn.Module, tokenizer: Any) -> tuple[nn.Module, Any, SplicedEmbedding]:
+        text_encoder, tokenizer = copy.deepcopy(text_encoder), copy.deepcopy(tokenizer)
+        text_encoder.requires_grad_(False).eval()
+        tokenizer.add_tokens(self.placeholders, special_tokens=True)
+        ids = tokenizer.convert_tokens_to_ids(self.placeholders)
+        base = text_encoder.get_input_embeddings()
+        if ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] < base.num_embeddings:
+            raise InvalidRequest("name", "could not add the embedding's tokens to the tokenizer")
+        embedding = SplicedEmbedding(base, self._initial_vectors(base, tokenizer), ids[0])
+        text_encoder.set_input_embeddings(embedding)
+        return text_encoder, tokenizer, embedding
+
+    def _initial_vectors(self, base: nn.Embedding, tokenizer: Any) -> torch.Tensor:
         """A1111's ``create_embedding``: vector i is the init text's token i modulo its length."""
-        ids = self.tokenizer(self.request.init_text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(self.request.init_text, add_special_tokens=False)["input_ids"]
         table = base.weight.detach().float()
         return torch.stack([table[ids[i % len(ids)]] for i in range(self.request.num_vectors)]).clone()
+
+    def embeddings(self) -> dict[str, SplicedEmbedding]:
+        """The trained vectors by their key in the file: ``emb_params`` (SD1/SD2) or ``clip_l`` + ``clip_g``."""
+        if self.embedding_2 is None:
+            return {"emb_params": self.embedding}
+        return {"clip_l": self.embedding, "clip_g": self.embedding_2}
 
     # -- protocol ------------------------------------------------------------------------------------------
 
     def on_device(self, device: torch.device) -> None:
         self.device = device
-        self.optimizer = torch.optim.AdamW([self.embedding.vectors], lr=self.schedule[0][0], weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW([e.vectors for e in self.embeddings().values()], lr=self.schedule[0][0],
+                                           weight_decay=0.0)
         self.latents = self._encode_images()
 
     def _encode_images(self) -> torch.Tensor:
@@ -239,10 +258,23 @@ class TextualInversionTrainer:
                 picked.append(int(order[index]))
             yield picked
 
-    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+    def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """(hidden states, SDXL's added conditions or None). SDXL: both encoders' penultimate layers side by
+        side, the pooled OpenCLIP output and the size/crop ids of an uncropped image at the training size."""
+        if not self.is_xl:
+            return self.text_encoder(self._ids(self.tokenizer, prompts))[0], None
+        out_l = self.text_encoder(self._ids(self.tokenizer, prompts), output_hidden_states=True)
+        out_g = self.text_encoder_2(self._ids(self.tokenizer_2, prompts), output_hidden_states=True)
+        states = torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], dim=-1)
+        height, width = self.request.height, self.request.width
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * len(prompts), dtype=states.dtype,
+                                device=states.device)
+        return states, {"text_embeds": out_g[0], "time_ids": time_ids}
+
+    def _ids(self, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+        tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                           return_tensors="pt")
+        return tokens.input_ids.to(self.device)
 
     def step(self, step: int) -> Mapping[str, float]:
         assert self.optimizer is not None and self.latents is not None, "on_device() first"
@@ -266,9 +298,11 @@ class TextualInversionTrainer:
                 target = noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-            states = self._encode_prompts(prompts)
+            states, added = self._encode_prompts(prompts)
+            if added is not None:
+                added = {key: value.to(self.unet.dtype) for key, value in added.items()}
             prediction = self.unet(noisy.to(self.device, self.unet.dtype), timesteps.to(self.device),
-                                   states.to(self.unet.dtype)).sample
+                                   states.to(self.unet.dtype), added_cond_kwargs=added).sample
             loss = F.mse_loss(prediction.float(), target.to(self.device)) / request.gradient_accumulation
             loss.backward()
             total += loss.item()
@@ -279,14 +313,16 @@ class TextualInversionTrainer:
     def state(self) -> TrainState:
         assert self.optimizer is not None
         tensors, values = optimizer_state("opt", self.optimizer)
-        tensors["vectors"] = self.embedding.vectors.detach().cpu().contiguous().clone()
+        for key, embedding in self.embeddings().items():
+            tensors[f"vectors.{key}"] = embedding.vectors.detach().cpu().contiguous().clone()
         values["completed"] = self.completed
         return TrainState(tensors, values)
 
     def load_state(self, state: TrainState) -> None:
         assert self.optimizer is not None
         with torch.no_grad():
-            self.embedding.vectors.copy_(state.tensors["vectors"])
+            for key, embedding in self.embeddings().items():
+                embedding.vectors.copy_(state.tensors[f"vectors.{key}"])
         load_optimizer("opt", self.optimizer, state.tensors, state.values)
         self.completed = int(state.values["completed"])
 
@@ -299,12 +335,18 @@ class TextualInversionTrainer:
 
     def samples(self) -> list[Image.Image]:
         """One image from the current embedding (A1111's preview: the first template line, fixed seed)."""
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         request = self.request
-        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                       unet=self.unet, scheduler=_sample_scheduler(self.scheduler_config),
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        scheduler = _sample_scheduler(self.scheduler_config)
+        if self.is_xl:
+            pipe = StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder,
+                                             text_encoder_2=self.text_encoder_2, tokenizer=self.tokenizer,
+                                             tokenizer_2=self.tokenizer_2, unet=self.unet, scheduler=scheduler)
+        else:
+            pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                           unet=self.unet, scheduler=scheduler, safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         with torch.no_grad():
             result = pipe(self.sample_prompt(), width=request.width, height=request.height,
@@ -327,8 +369,9 @@ class TextualInversionTrainer:
             "studio_dataset_hash": self.dataset_hash,
             "studio_settings": json.dumps(settings, sort_keys=True),
         }
-        vectors = self.embedding.vectors.detach().float().cpu().contiguous().clone()
-        return Artifact({"emb_params": vectors}, self.output, metadata)
+        tensors = {key: embedding.vectors.detach().float().cpu().contiguous().clone()
+                   for key, embedding in self.embeddings().items()}
+        return Artifact(tensors, self.output, metadata)
 
 
 def _noise_scheduler(config: dict[str, Any]):
