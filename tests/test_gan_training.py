@@ -407,3 +407,16 @@ def test_switching_the_gan_model_switches_the_release_defaults():
     assert pix_row["visible"] is True and cycle_row["visible"] is False
     assert (net_g["value"], norm["value"], gan_mode["value"], pool["value"]) == ("unet_256", "batch", "vanilla", 0)
     assert switch("CycleGAN")[2]["value"] == "resnet_9blocks"
+
+
+def test_pix2pix_continues_from_its_own_result_and_a_missing_folder_is_named(data):
+    resources = _resources(data)
+    assert _check(PIX2PIX_METHOD, _pix2pix(init_from="col2inv"), data).field == "init_from"  # no pix2pix folder
+    trainer = _start(PIX2PIX_METHOD, _pix2pix(), resources)
+    _run(trainer, 0, 2)
+    _write(trainer.artifact())
+    continued = _start(PIX2PIX_METHOD, _pix2pix(name="more", init_from="col2inv"), resources)
+    for key, value in trainer.net_g.state_dict().items():
+        assert torch.equal(value, continued.net_g.state_dict()[key]), key
+    assert continued.net_g.training and all(p.requires_grad for p in continued.net_g.parameters())
+    _run(continued, 0, 1)

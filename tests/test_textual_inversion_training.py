@@ -212,6 +212,8 @@ def test_sample_is_an_image_of_the_training_size(data):
     images = trainer.samples()
     assert len(images) == 1 and images[0].size == (32, 32)
     assert trainer.sample_prompt() == "a photo of <ti:swatch:0> <ti:swatch:1>"
+    cat = _start(_request(name="cat", sample_prompt="a cat, a catalog, [name]"), _resources(data))
+    assert cat.sample_prompt() == "a <ti:cat:0> <ti:cat:1>, a catalog, <ti:cat:0> <ti:cat:1>"
 
 
 def test_captions_come_from_txt_files_or_the_file_name(data):

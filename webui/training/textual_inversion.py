@@ -327,10 +327,12 @@ class TextualInversionTrainer:
         self.completed = int(state.values["completed"])
 
     def sample_prompt(self) -> str:
+        placeholder = " ".join(self.placeholders)
         if self.request.sample_prompt.strip():
-            return self.request.sample_prompt.replace("[name]", " ".join(self.placeholders)) \
-                .replace(self.request.name, " ".join(self.placeholders))
-        return _prompt(self.templates[0], " ".join(self.placeholders), self.captions[0], self.request,
+            # [name], or the embedding's name as a whole word (as A1111 matches it in prompts), in one pass.
+            named = re.compile(rf"\[name\]|(?<!\w){re.escape(self.request.name)}(?!\w)")
+            return named.sub(lambda _: placeholder, self.request.sample_prompt)
+        return _prompt(self.templates[0], placeholder, self.captions[0], self.request,
                        torch.Generator().manual_seed(0))
 
     def samples(self) -> list[Image.Image]:
