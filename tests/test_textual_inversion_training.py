@@ -130,9 +130,8 @@ def test_training_lowers_the_loss_and_only_the_new_vectors_change(data):
     for key, value in trainer.unet.state_dict().items():
         assert torch.equal(value, base[key]), key
     assert torch.equal(trainer.text_encoder.get_input_embeddings().base.weight, table)
-    # The model the trainer was given keeps its own text encoder and tokenizer (ours are copies).
+    # The tokenizer may be shared with other models: the placeholder tokens go into the trainer's own copy.
     given = models.loaded[-1].pipe
-    assert given.text_encoder is not trainer.text_encoder
     assert len(given.tokenizer) == 49408 and len(trainer.tokenizer) == 49410
 
 

@@ -182,7 +182,8 @@ class TextualInversionTrainer:
         self.unet, self.vae = pipe.unet, pipe.vae
         self.is_xl = model.family == "sdxl"
         self.placeholders = _placeholders(request.name, request.num_vectors)
-        # Copies: we swap the encoders' input embeddings and add tokens, which the caller's objects must not see.
+        # The model is the run's own (load_checkpoint returns a new one), so its encoders are changed in place:
+        # copying them would cost 0.5 GB (SD1) to 3 GB (SDXL) of RAM. Tokenizers may be shared, so they are copied.
         self.text_encoder, self.tokenizer, self.embedding = self._splice(pipe.text_encoder, pipe.tokenizer)
         self.text_encoder_2 = self.tokenizer_2 = self.embedding_2 = None
         if self.is_xl:
@@ -199,7 +200,7 @@ class TextualInversionTrainer:
         self.completed = 0
 
     def _splice(self, text_encoder: nn.Module, tokenizer: Any) -> tuple[nn.Module, Any, SplicedEmbedding]:
-        text_encoder, tokenizer = copy.deepcopy(text_encoder), copy.deepcopy(tokenizer)
+        tokenizer = copy.deepcopy(tokenizer)
         text_encoder.requires_grad_(False).eval()
         tokenizer.add_tokens(self.placeholders, special_tokens=True)
         ids = tokenizer.convert_tokens_to_ids(self.placeholders)
