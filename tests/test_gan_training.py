@@ -420,3 +420,12 @@ def test_pix2pix_continues_from_its_own_result_and_a_missing_folder_is_named(dat
         assert torch.equal(value, continued.net_g.state_dict()[key]), key
     assert continued.net_g.training and all(p.requires_grad for p in continued.net_g.parameters())
     _run(continued, 0, 1)
+
+
+def test_the_runner_finds_every_network_to_place(data):
+    """The runner moves the modules that ``modules_of`` finds on the trainer: all four CycleGAN networks."""
+    from webui.models.device import modules_of
+
+    trainer = CYCLEGAN_METHOD.create(_cyclegan(), _resources(data))
+    found = {id(module) for module in modules_of(trainer)}
+    assert {id(getattr(trainer, name)) for name in trainer.network_names} <= found

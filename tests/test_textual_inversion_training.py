@@ -378,3 +378,13 @@ def test_ti_form_names_the_bad_field():
         with pytest.raises(InvalidRequest) as caught:
             parts.to_request(*_values(parts, labels, **{**base, **change}))
         assert caught.value.field == field
+
+
+def test_the_runner_finds_every_module_to_place(data):
+    """The runner moves the modules that ``modules_of`` finds on the trainer, the new vectors among them."""
+    from webui.models.device import modules_of
+
+    trainer = METHOD.create(_request(), _resources(data))
+    found = modules_of(trainer)
+    assert {id(trainer.unet), id(trainer.vae), id(trainer.text_encoder)} <= {id(m) for m in found}
+    assert any(trainer.embedding.vectors is p for m in found for p in m.parameters())
