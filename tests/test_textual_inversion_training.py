@@ -190,19 +190,20 @@ def test_artifact_is_an_a1111_embedding_that_changes_the_prompt_encoding(data):
         ("3", "abcdef1234", "tiny", "swatch")
     assert json.loads(meta["studio_settings"])["num_vectors"] == 2 and meta["studio_dataset_size"] == "3"
 
-    # Splicing the file's vectors into a fresh copy of the base encoder changes what a prompt encodes to.
-    def encode(vectors_to_use):
-        fresh = _tiny_model().pipe
-        rows = fresh.text_encoder.get_input_embeddings().weight
-        ids = fresh.tokenizer("a photo of a red red", return_tensors="pt", padding="max_length",
-                              max_length=77).input_ids
+    # diffusers' own loader reads the file (A1111's emb_params layout), and the word then encodes differently.
+    def encode(pipe, prompt):
         with torch.no_grad():
-            if vectors_to_use is not None:
-                rows[red] = vectors_to_use[0]  # both placeholders' slots hold the token "red" here
-            return fresh.text_encoder(ids)[0]
+            return pipe.encode_prompt(prompt, "cpu", 1, False)[0]
 
-    assert not torch.allclose(encode(vectors), encode(None))
-    assert torch.equal(encode(initial.tensors["emb_params"]), encode(None))
+    loaded, plain = _tiny_model().pipe, _tiny_model().pipe
+    loaded.tokenizer = copy.deepcopy(loaded.tokenizer)  # loading adds tokens: not to the shared tokenizer
+    loaded.load_textual_inversion(str(artifact.path), token="swatch")
+    ids = loaded.tokenizer(loaded.maybe_convert_prompt("swatch", loaded.tokenizer),
+                           add_special_tokens=False).input_ids
+    rows = loaded.text_encoder.get_input_embeddings().weight
+    assert len(ids) == 2 and torch.equal(rows[ids], vectors)
+    assert not torch.allclose(encode(loaded, "a photo of swatch"), encode(plain, "a photo of swatch"))
+    assert torch.equal(encode(loaded, "a photo of a cat"), encode(plain, "a photo of a cat"))
 
 
 def test_sample_is_an_image_of_the_training_size(data):
@@ -300,6 +301,14 @@ def test_sdxl_trains_clip_l_and_clip_g_vectors(data, tmp_path):
     resumed.load_state(state)
     assert dict(resumed.step(2)) == figures[2]
     assert trainer.samples()[0].size == (32, 32)
+    # diffusers loads each half into its encoder, as its SDXL textual-inversion docs do.
+    pipe = _tiny_sdxl("tiny").pipe
+    pipe.load_textual_inversion(artifact.tensors["clip_l"], token="swatch", text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(artifact.tensors["clip_g"], token="swatch", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    ids = pipe.tokenizer_2(pipe.maybe_convert_prompt("swatch", pipe.tokenizer_2), add_special_tokens=False).input_ids
+    assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids], artifact.tensors["clip_g"])
 
 
 def test_missing_template_lists_the_choices(data):
