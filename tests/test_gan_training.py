@@ -429,3 +429,23 @@ def test_the_runner_finds_every_network_to_place(data):
     trainer = CYCLEGAN_METHOD.create(_cyclegan(), _resources(data))
     found = {id(module) for module in modules_of(trainer)}
     assert {id(getattr(trainer, name)) for name in trainer.network_names} <= found
+
+
+def test_requests_and_forms_import_without_torch():
+    """The UI imports the request modules and forms; the UI never imports torch, even indirectly."""
+    import subprocess
+    import sys
+
+    code = ("import sys, webui.ui.train_gan_form, webui.ui.train_ti_form, webui.training.gan_request, "
+            "webui.training.ti_request; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_link_to_an_image_outside_the_data_dir_is_not_used(data, tmp_path):
+    outside = _save(tmp_path / "secret" / "private.png", _shaded((1, 2, 3)))
+    (data / "train" / "links").mkdir()
+    (data / "train" / "links" / "0.png").symlink_to(outside)
+    error = _check(CYCLEGAN_METHOD, _cyclegan(dataset_a="train/links"), data)
+    assert error.field == "dataset_a" and "holds no" in str(error)

@@ -220,6 +220,10 @@ def test_captions_come_from_txt_files_or_the_file_name(data):
     folder = data / "train" / "ti"
     assert caption_of(folder / "00000-swatch.png") == "swatch"
     assert caption_of(folder / "00001-swatch.png") == "green square, flat"
+    outside = data.parent / "secret.txt"
+    outside.write_text("private words")
+    (folder / "00002-swatch.txt").symlink_to(outside)
+    assert caption_of(folder / "00002-swatch.png", data) == "swatch"
 
 
 # ------------------------------------------------------------------------------------------------------ checks

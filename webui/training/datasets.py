@@ -36,20 +36,27 @@ def resolve_folder(text: str, field: str, data_dir: Path) -> Path:
     return resolved
 
 
-def image_files(folder: Path, field: str) -> list[Path]:
-    """The folder's image files (top level, sorted by name, hidden files skipped); refuses an empty folder."""
+def image_files(folder: Path, field: str, data_dir: Path) -> list[Path]:
+    """The folder's image files (top level, sorted by name, hidden files and links leading out of the data dir
+    skipped); refuses an empty folder."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
         raise InvalidRequest(field, f"folder '{folder.name}' cannot be read") from None
+    root = Path(os.path.realpath(data_dir))
     files = [Path(entry.path) for entry in entries
              if entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.name.startswith(".")
-             and entry.is_file()]
+             and entry.is_file() and root in Path(os.path.realpath(entry.path)).parents]
     if not files:
         raise InvalidRequest(field, f"folder '{folder.name}' holds no PNG, JPEG, WebP or BMP images")
     if len(files) > MAX_IMAGES:
         raise InvalidRequest(field, f"folder '{folder.name}' holds more than {MAX_IMAGES} images")
     return files
+
+
+def folder_images(text: str, field: str, data_dir: Path) -> list[Path]:
+    """``resolve_folder`` then ``image_files``: the images of a training folder named in a request."""
+    return image_files(resolve_folder(text, field, data_dir), field, data_dir)
 
 
 def image_size(path: Path, field: str) -> tuple[int, int]:

@@ -285,8 +285,8 @@ def _plan(request: GanTrainRequest, resources: TrainingResources) -> _Plan:
                              "name or tick overwrite")
     crop = request.crop_size
     if isinstance(request, CycleGanRequest):
-        files_a = datasets.image_files(datasets.resolve_folder(request.dataset_a, "dataset_a", data_dir), "dataset_a")
-        files_b = datasets.image_files(datasets.resolve_folder(request.dataset_b, "dataset_b", data_dir), "dataset_b")
+        files_a = datasets.folder_images(request.dataset_a, "dataset_a", data_dir)
+        files_b = datasets.folder_images(request.dataset_b, "dataset_b", data_dir)
         datasets.check_min_size(files_a, "dataset_a", crop, crop, "crop size")
         datasets.check_min_size(files_b, "dataset_b", crop, crop, "crop size")
         data: UnalignedData | AlignedData = UnalignedData(files_a, files_b, request)
@@ -303,11 +303,11 @@ def _plan(request: GanTrainRequest, resources: TrainingResources) -> _Plan:
 def _pairs(request: Pix2PixRequest, data_dir: Path) -> tuple[list[tuple[Path, Path]], bool]:
     crop = request.crop_size
     if request.dataset.strip():
-        files = datasets.image_files(datasets.resolve_folder(request.dataset, "dataset", data_dir), "dataset")
+        files = datasets.folder_images(request.dataset, "dataset", data_dir)
         datasets.check_min_size(files, "dataset", 2 * crop, crop, "crop size for each half of an A|B image")
         return [(path, path) for path in files], True
-    files_a = datasets.image_files(datasets.resolve_folder(request.dataset_a, "dataset_a", data_dir), "dataset_a")
-    files_b = datasets.image_files(datasets.resolve_folder(request.dataset_b, "dataset_b", data_dir), "dataset_b")
+    files_a = datasets.folder_images(request.dataset_a, "dataset_a", data_dir)
+    files_b = datasets.folder_images(request.dataset_b, "dataset_b", data_dir)
     by_stem_b = {path.stem: path for path in files_b}
     by_stem_a = {path.stem: path for path in files_a}
     unmatched_a = [path.name for path in files_a if path.stem not in by_stem_b]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -69,10 +70,12 @@ class SplicedEmbedding(nn.Module):
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def caption_of(path: Path) -> str:
-    """``[filewords]``: the ``.txt`` beside the image, else the file name without leading numbers (A1111)."""
+def caption_of(path: Path, data_dir: Path | None = None) -> str:
+    """``[filewords]``: the ``.txt`` beside the image, else the file name without leading numbers (A1111).
+    With ``data_dir``, a caption file that links out of it is ignored (as image links are)."""
     text_file = path.with_suffix(".txt")
-    if text_file.is_file():
+    inside = data_dir is None or Path(os.path.realpath(data_dir)) in Path(os.path.realpath(text_file)).parents
+    if inside and text_file.is_file():
         return text_file.read_text(encoding="utf-8", errors="replace").strip()
     return _NUMBERS_AT_START.sub("", path.stem)
 
@@ -132,7 +135,7 @@ def _files(request: TextualInversionRequest, resources: TrainingResources) -> li
         raise InvalidRequest("name", f"an embedding '{existing.name}' already exists; choose another name or tick "
                              "overwrite")
     read_template(request, data_dir)
-    files = datasets.image_files(datasets.resolve_folder(request.dataset, "dataset", data_dir), "dataset")
+    files = datasets.folder_images(request.dataset, "dataset", data_dir)
     for path in files:
         datasets.image_size(path, "dataset")
     return files
@@ -174,7 +177,7 @@ class TextualInversionTrainer:
         self.checkpoint_hash = resources.checkpoint_hash(request.checkpoint) or ""
         self.output = resources.embeddings_dir / f"{request.name}.safetensors"
         self.templates = read_template(request, resources.models_dir.parent)
-        self.captions = [caption_of(path) for path in files]
+        self.captions = [caption_of(path, resources.models_dir.parent) for path in files]
         self.dataset_hash = datasets.dataset_hash(files)
         self.schedule = parse_learn_rate(request.learn_rate, request.steps)
         pipe = model.pipe
