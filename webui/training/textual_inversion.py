@@ -208,7 +208,9 @@ class TextualInversionTrainer:
         tokenizer.add_tokens(self.placeholders, special_tokens=True)
         ids = tokenizer.convert_tokens_to_ids(self.placeholders)
         base = text_encoder.get_input_embeddings()
-        if ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] < base.num_embeddings:
+        # Added tokens get the ids after the whole vocabulary, so every id from the first one on is ours (a table
+        # padded beyond the vocabulary is fine: the tokenizer never produces those rows' ids).
+        if ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] < len(tokenizer) - len(ids):
             raise InvalidRequest("name", "could not add the embedding's tokens to the tokenizer")
         embedding = SplicedEmbedding(base, self._initial_vectors(base, tokenizer), ids[0])
         text_encoder.set_input_embeddings(embedding)
