@@ -241,6 +241,11 @@ def test_an_existing_embedding_needs_overwrite(data):
     error = _check(_request(), _resources(data))
     assert error.field == "name" and "'swatch.pt' already exists" in str(error)
     METHOD.check(_request(overwrite=True), _resources(data))
+    (data / "embeddings" / "swatch.pt").unlink()
+    (data / "embeddings" / "styles").mkdir()
+    (data / "embeddings" / "styles" / "swatch.safetensors").write_bytes(b"old")
+    error = _check(_request(), _resources(data))
+    assert error.field == "name" and "'styles/swatch.safetensors' already exists" in str(error)
 
 
 def test_folder_and_image_problems_are_named(data):

@@ -20,6 +20,7 @@ OpenCLIP output and the size/crop ids).
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import math
 import os
@@ -122,17 +123,20 @@ def _prompt(template: str, placeholder: str, caption: str, request: TextualInver
 
 
 def _embedding_exists(folder: Path, name: str) -> Path | None:
-    for suffix in EMBEDDING_SUFFIXES:
-        if (folder / f"{name}{suffix}").exists():
-            return folder / f"{name}{suffix}"
-    return None
+    """An embedding of that name anywhere under ``embeddings/`` (prompts name embeddings by file stem, whatever
+    the sub-folder, so a second one would be ambiguous)."""
+    if not folder.is_dir():
+        return None
+    return next((path for path in sorted(folder.rglob(f"{glob.escape(name)}.*"))
+                 if path.stem == name and path.suffix.lower() in EMBEDDING_SUFFIXES), None)
 
 
 def _files(request: TextualInversionRequest, resources: TrainingResources) -> list[Path]:
     data_dir = resources.models_dir.parent
     existing = _embedding_exists(resources.embeddings_dir, request.name)
     if existing is not None and not request.overwrite:
-        raise InvalidRequest("name", f"an embedding '{existing.name}' already exists; choose another name or tick "
+        where = existing.relative_to(resources.embeddings_dir)
+        raise InvalidRequest("name", f"an embedding '{where}' already exists; choose another name or tick "
                              "overwrite")
     read_template(request, data_dir)
     files = datasets.folder_images(request.dataset, "dataset", data_dir)
