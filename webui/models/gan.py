@@ -432,3 +432,12 @@ def _release_folder(folder: ModelFolder, sub: Path) -> list[tuple[str, Path]]:
             found.append((sub.name + suffix, path))
             break
     return found
+
+
+def find_generator_file(folder: Path, name: str, *, allow_external_links: bool = False) -> Path | None:
+    """The file a registry name (``NAME``, ``NAME_AtoB``, ``NAME_BtoA``) or file name stands for in one kind's
+    folder, found by the registry's own scan rules without hashing anything (for training's "continue from")."""
+    for candidate, path in _candidates(ModelFolder(folder, allow_external_links=allow_external_links)):
+        if name in (candidate, path.name):
+            return path
+    return None
