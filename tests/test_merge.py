@@ -216,7 +216,7 @@ def test_refusals_name_the_field_and_the_problem(setup, request_kwargs, field, w
 
 @pytest.mark.parametrize("kwargs, field", [
     (dict(multiplier=1.5), "multiplier"), (dict(multiplier=float("nan")), "multiplier"),
-    (dict(method="Sum"), "method"), (dict(method="Add difference"), "tertiary_model"),
+    (dict(method="Sum"), "interp_method"), (dict(method="Add difference"), "tertiary_model"),
     (dict(secondary=""), "secondary_model"), (dict(loras=(("x", float("inf")),)), "loras"),
 ])
 def test_request_refuses_bad_values(kwargs, field):

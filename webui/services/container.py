@@ -20,7 +20,9 @@ from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
+from webui.services.merging import MergeService
 from webui.services.options import OptionsService
+from webui.services.listings import build_lora_registry
 from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
 from webui.services.saving import SaveOptions
@@ -48,6 +50,7 @@ class Services:
     styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
+    merging: MergeService | None = None  # the checkpoint merger (writes into models/Stable-diffusion)
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -116,4 +119,6 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         styles=PromptStyles(settings.data_dir),
         tokens=TokenCounter(settings.limits),
         upscaling=upscaling,
+        merging=MergeService(registry, queue, vaes=vaes, loras=build_lora_registry(settings),
+                             allow_pickle=settings.allow_pickle),
     )

@@ -37,7 +37,7 @@ class MergeRequest:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise InvalidRequest("method", f"unknown interpolation '{self.method}'; use one of {', '.join(METHODS)}")
+            raise InvalidRequest("interp_method", f"unknown interpolation '{self.method}'; use one of {', '.join(METHODS)}")
         m = self.multiplier
         # A1111's slider is 0..1 for both methods ("set to 0 to get model A").
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not 0 <= m <= 1:
