@@ -105,6 +105,17 @@ class MergeService:
     def lora_names(self) -> list[str]:
         return [info.name for info in self._loras.list()] if self._loras is not None else []
 
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to start, None once it has started."""
+        return self._queue.position(job)
+
+    def cancel_all(self) -> int:
+        """Cancel every merge queued or running (the tab's Cancel); returns how many were asked to stop."""
+        jobs = [job for job in self._queue.jobs() if job.kind == KIND and not job.finished]
+        for job in jobs:
+            job.interrupt()
+        return len(jobs)
+
     # ------------------------------------------------------------------------------------- submitting
 
     def submit(self, request: MergeRequest) -> Job:

@@ -13,6 +13,7 @@ from webui.errors import StudioError
 from webui.services.container import Services
 from webui.ui import (extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo, size_defaults,
                       styles, txt2img)
+from webui.ui.merge import build_merge_tab
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -83,6 +84,9 @@ def build_ui(services: Services) -> gr.Blocks:
                 t2i = txt2img.build(services, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.build(services, checkpoint)
+            if services.merging is not None:  # TEMPORARY tab: moves under Train ("Merge checkpoints") at merge
+                with gr.Tab("Merge checkpoints", id="merge", elem_id="tab_merge"):
+                    build_merge_tab(services.merging, checkpoint)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras_tab = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
