@@ -353,6 +353,24 @@ def test_cancel_mid_write_leaves_nothing(setup):
     assert sorted(p.name for p in s.dir.iterdir()) == ["a.safetensors", "b.safetensors"]
 
 
+def test_cancel_while_the_job_runs_stops_between_keys_and_leaves_nothing(setup):
+    from webui.services.jobs import Job, JobContext, JobKind
+
+    class InterruptAtKey5(JobContext):  # a person pressing Cancel while key 5 is written
+        def on_step(self, step, steps, preview=None, **metrics):
+            super().on_step(step, steps, preview, **metrics)
+            if step == 5:
+                self._job.interrupt()
+
+    s = setup("a", "b")
+    prepared = s.service.prepare(MergeRequest("a", "b", output_name="stopped"))
+    job = Job(JobKind("merge", lambda ctx, request: None), prepared, 0, None, 0)
+    with pytest.raises(Cancelled, match="stopped.safetensors was not written"):
+        s.service._run(InterruptAtKey5(job), prepared)
+    assert job.progress.step == 5
+    assert sorted(p.name for p in s.dir.iterdir()) == ["a.safetensors", "b.safetensors"]
+
+
 def test_cancelling_the_queued_job_leaves_nothing(setup):
     import threading
 

@@ -80,6 +80,9 @@ class TensorSource:
     def keys(self) -> list[str]:
         return list(self.shapes)
 
+    def close(self) -> None:
+        self._tensors, self._file = None, None  # safe_open's mapping goes with its last reference
+
     def get(self, key: str) -> torch.Tensor:
         if self._tensors is not None:
             return self._tensors[key]
@@ -131,6 +134,14 @@ class MergePlan:
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)
     is_inpainting: bool = False
     is_instruct_pix2pix: bool = False
+
+    def release(self) -> None:
+        """Drop what the plan holds in RAM (a baked VAE, LoRA deltas, pickled inputs) once it has been written:
+        finished jobs stay in the queue's memory a while with their request."""
+        self.vae, self.deltas = {}, {}
+        for source in (self.a, self.b, self.c):
+            if source is not None:
+                source.close()
 
     def __repr__(self) -> str:  # what the job history records; never the tensors
         names = [s.path.name for s in (self.a, self.b, self.c) if s is not None]

@@ -250,7 +250,10 @@ class MergeService:
                 raise Cancelled(f"Merge cancelled; {prepared.output.name} was not written.")
             ctx.on_step(done, total)
 
-        merge.write_merged(prepared.plan, prepared.output, prepared.metadata, on_key=on_key)
+        try:
+            merge.write_merged(prepared.plan, prepared.output, prepared.metadata, on_key=on_key)
+        finally:
+            prepared.plan.release()
         listed = {info.path.resolve(): info for info in self._registry.refresh()}
         info = listed.get(prepared.output.resolve())
         if info is None:
