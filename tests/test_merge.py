@@ -325,6 +325,36 @@ def test_sdxl_lora_deltas_reach_both_text_encoders(setup, files):
     assert torch.equal(baked.text_encoder_2.state_dict()[q], base.text_encoder_2.state_dict()[q])
 
 
+def test_an_unreadable_lora_is_refused_naming_it(setup):
+    def broken(path, te, unet, family):
+        raise ValueError("not a LoRA state dict")
+
+    s = setup("a", lora_deltas=broken)
+    (s.dir.parent / "Lora" / "junk.safetensors").write_bytes(b"x" * 16)
+    with pytest.raises(InvalidRequest, match="loras: junk.safetensors could not be read as a LoRA"):
+        s.service.submit(MergeRequest("a", method="No interpolation", output_name="x", loras=(("junk", 1),)))
+
+
+def test_sdxl_and_bf16_checkpoints_merge_by_the_same_rules(setup, files, tmp_path):
+    s = setup("xl", "xl2")
+    result = s.service.merge(MergeRequest("xl", "xl2", multiplier=0.5), timeout=60)
+    out, a, b = s.tensors(result.path.name), load_file(str(files["xl"])), load_file(str(files["xl2"]))
+    keys = _merged_keys(a)
+    assert any(k.startswith("conditioner.embedders.1.model.") for k in keys)
+    for key in keys:
+        assert torch.equal(out[key], 0.5 * a[key] + 0.5 * b[key]), key
+    assert loader.load(s.registry.find(result.title), torch.float32).family == "sdxl"
+
+    bf = setup()
+    for seed, name in ((0, "p"), (1, "q")):
+        write_tiny_single_file(bf.dir / f"{name}.safetensors", seed=seed, dtype=torch.bfloat16)
+    bf.registry.refresh()
+    merged = bf.service.merge(MergeRequest("p", "q", multiplier=0.5, save_as_half=True), timeout=60)
+    out, p, q = bf.tensors(merged.path.name), bf.tensors("p.safetensors"), bf.tensors("q.safetensors")
+    assert out[CONV_IN].dtype == torch.bfloat16  # "Save as float16" halves fp32 only (A1111's to_half)
+    assert torch.equal(out[CONV_IN], (0.5 * p[CONV_IN].float() + 0.5 * q[CONV_IN].float()).bfloat16())
+
+
 def test_lora_for_another_architecture_is_refused(setup):
     s = setup("a", lora_deltas=lambda path, te, unet, family: {"text_encoder_2.text_model.encoder.layers.0."
                                                                  "self_attn.q_proj.weight": torch.zeros(64, 64)})

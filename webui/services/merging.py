@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from webui.atomic import remove_stale_temp_files
-from webui.errors import Cancelled, InvalidRequest, ModelNotFound
+from webui.errors import Cancelled, InvalidRequest, ModelNotFound, StudioError
 from webui.models import merge
 from webui.models.loras import LoraRegistry
 from webui.models.merge_bake import ldm_deltas, read_vae
@@ -216,7 +216,13 @@ class MergeService:
             if info is None:
                 known = ", ".join(self.lora_names()) or "none (put LoRA files in models/Lora)"
                 raise InvalidRequest("loras", f"no LoRA named '{name}'. Available: {known}")
-            placed = ldm_deltas(self._lora_deltas(info.path, weight, weight, spec.family), spec, shapes)
+            try:
+                raw = self._lora_deltas(info.path, weight, weight, spec.family)
+            except StudioError:
+                raise
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:  # a damaged or unknown LoRA file
+                raise InvalidRequest("loras", f"{info.path.name} could not be read as a LoRA: {exc}") from None
+            placed = ldm_deltas(raw, spec, shapes)
             for key, delta in placed.items():
                 total[key] = total[key] + delta if key in total else delta
         return total
