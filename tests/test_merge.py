@@ -179,6 +179,14 @@ def test_metadata_is_a1111s_recipe_and_models(setup, files):
     assert models2[meta_hash]["sd_merge_recipe"]["multiplier"] == 0.4
 
 
+def test_config_beside_an_input_is_copied_beside_the_result(setup):
+    s = setup("a", "b")
+    (s.dir / "b.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    result = s.service.merge(MergeRequest("a", "b", output_name="with-config"), timeout=60)
+    assert (s.dir / "with-config.yaml").read_text() == (s.dir / "b.yaml").read_text()
+    assert result.path.with_suffix(".yaml").is_file()
+
+
 def test_inpainting_a_with_normal_b_merges_the_first_four_input_channels(setup, files):
     s = setup("inpaint", "b")
     result = s.service.merge(MergeRequest("inpaint", "b", multiplier=0.5), timeout=60)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from webui.atomic import remove_stale_temp_files
+from webui.atomic import atomic_write_bytes, remove_stale_temp_files
 from webui.errors import Cancelled, InvalidRequest, ModelNotFound, StudioError
 from webui.models import merge
 from webui.models.loras import LoraRegistry
@@ -260,6 +260,7 @@ class MergeService:
             merge.write_merged(prepared.plan, prepared.output, prepared.metadata, on_key=on_key)
         finally:
             prepared.plan.release()
+        _copy_config(prepared)
         listed = {info.path.resolve(): info for info in self._registry.refresh()}
         info = listed.get(prepared.output.resolve())
         if info is None:
@@ -268,6 +269,21 @@ class MergeService:
         log.info("Merged checkpoint saved to %s", prepared.output)
         return MergeResult(title=info.title, path=prepared.output, keys=total,
                            bytes=prepared.output.stat().st_size)
+
+
+def _copy_config(prepared: PreparedMerge) -> None:
+    """A1111's "Copy config from: A, B or C": the first input's ``<name>.yaml`` goes beside the result (an SD 2.x
+    768-v model's yaml is what says it predicts velocity). A yaml left from a file this merge replaced goes."""
+    target = prepared.output.with_suffix(".yaml")
+    sources = [s.path.with_suffix(".yaml") for s in (prepared.plan.a, prepared.plan.b, prepared.plan.c) if s]
+    found = next((p for p in sources if p.is_file()), None)
+    try:
+        if found is not None:
+            atomic_write_bytes(target, found.read_bytes())
+        elif prepared.request.overwrite and target.is_file():
+            target.unlink()
+    except OSError as exc:  # the checkpoint is saved; a missing config only loses what the yaml said
+        log.warning("Could not copy the config %s to %s: %s", found, target, exc)
 
 
 def _gib(n: int) -> str:
