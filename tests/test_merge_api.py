@@ -35,6 +35,8 @@ def test_merge_through_the_api(client, services, data_dir):
     job = client.get(f"/studio/v1/jobs/{queued['job_id']}").json()
     assert job["kind"] == "merge" and job["status"] == "done"
     assert job["request"]["output"].endswith("later.safetensors")
+    assert job["result"]["checkpoint"].startswith("later.safetensors [")
+    assert job["result"]["paths"] == [str(data_dir / "models" / "Stable-diffusion" / "later.safetensors")]
 
     # the merged model is usable at once: switch to it
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": body["title"]}).status_code == 200
