@@ -244,6 +244,24 @@ def test_existing_output_is_refused_unless_overwrite(setup):
     assert (s.dir / "same.safetensors").read_bytes() != first
 
 
+def test_two_queued_merges_to_one_name_never_overwrite_each_other(setup):
+    import threading
+
+    from webui.services.jobs import JobKind
+
+    s = setup("a", "b")
+    release = threading.Event()
+    s.queue.register(JobKind("hold", lambda ctx, request: release.wait(30)))
+    s.queue.submit("hold")
+    first = s.service.submit(MergeRequest("a", "b", multiplier=0.1, output_name="twice"))
+    second = s.service.submit(MergeRequest("a", "b", multiplier=0.9, output_name="twice"))
+    release.set()
+    saved = first.wait(60)
+    with pytest.raises(InvalidRequest, match="output_name: twice.safetensors was saved by another job"):
+        second.wait(60)
+    assert s.registry.find("twice").title == saved.title
+
+
 def test_pickle_input_needs_allow_pickle(setup, files, tmp_path):
     s = setup("a")
     torch.save(load_file(str(files["b"])), s.dir / "b.ckpt")

@@ -247,6 +247,9 @@ class MergeService:
     def _run(self, ctx: JobContext, prepared: PreparedMerge) -> MergeResult:
         folder = prepared.output.parent
         remove_stale_temp_files(folder)  # what a killed merge left behind
+        if prepared.output.exists() and not prepared.request.overwrite:  # another merge saved it meanwhile
+            raise InvalidRequest("output_name", f"{prepared.output.name} was saved by another job while this one "
+                                                "waited; choose another name or tick overwrite")
         total = len(prepared.plan.keys)
         ctx.begin_image(0, 1, total, f"Merging into {prepared.output.name}")
 
