@@ -427,6 +427,34 @@ def test_cancel_while_the_job_runs_stops_between_keys_and_leaves_nothing(setup):
     assert sorted(p.name for p in s.dir.iterdir()) == ["a.safetensors", "b.safetensors"]
 
 
+def test_jobs_waiting_for_the_device_run_between_the_merges_tensors(setup):
+    """A generation asked for during a merge does not wait for the whole merge: it runs at the merge's next safe
+    point, between two tensors, before anything is saved."""
+    import threading
+
+    from webui.models.device import DeviceOwner
+    from webui.services.jobs import INTERACTIVE, Job, JobContext, JobKind, Worker
+
+    s = setup("a", "b")
+    prepared = s.service.prepare(MergeRequest("a", "b", output_name="shared"))
+    merge_job = Job(JobKind("merge", lambda ctx, request: None, priority=0), prepared, 0, None, 0)
+    seen = []
+    release = threading.Event()
+    s.queue.register(JobKind("hold", lambda ctx, request: release.wait(30)))
+    s.queue.register(JobKind("generate", lambda ctx, request: seen.append(
+        (merge_job.progress.step, prepared.output.exists())), priority=INTERACTIVE))
+    s.queue.submit("hold")  # the queue's own worker is busy, so the generation waits
+    generation = s.queue.submit("generate")
+    try:
+        ctx = JobContext(merge_job, worker=Worker(DeviceOwner("cpu"), None, []), queue=s.queue)
+        result = s.service._run(ctx, prepared)
+    finally:
+        release.set()
+    generation.wait(30)
+    assert seen == [(0, False)]  # ran inside the merge, before its first tensor, with nothing saved yet
+    assert result.path.is_file()
+
+
 def test_cancelling_the_queued_job_leaves_nothing(setup):
     import threading
 
