@@ -198,6 +198,24 @@ def test_inpainting_a_with_normal_b_merges_the_first_four_input_channels(setup, 
     assert json.loads(safe_open(str(result.path), "pt").metadata()["sd_merge_recipe"])["is_inpainting"] is True
 
 
+def test_instruct_pix2pix_a_keeps_its_extra_channels_and_a_foreign_shape_is_refused(setup, files):
+    s = setup("b")
+    write_tiny_single_file(s.dir / "ip2p.safetensors", seed=4, in_channels=8, dtype=torch.float32)
+    odd = load_file(str(files["a"]))
+    odd[f"{UNET}time_embed.0.bias"] = torch.zeros(odd[f"{UNET}time_embed.0.bias"].shape[0] + 1)
+    save_file(odd, str(s.dir / "odd.safetensors"))
+    s.registry.refresh()
+    result = s.service.merge(MergeRequest("ip2p", "b", multiplier=0.5), timeout=60)
+    assert result.path.name == "0.5(ip2p) + 0.5(b).instruct-pix2pix.safetensors"
+    out, a = s.tensors(result.path.name), s.tensors("ip2p.safetensors")
+    assert out[CONV_IN].shape[1] == 8 and torch.equal(out[CONV_IN][:, 4:], a[CONV_IN][:, 4:])
+    with pytest.raises(InvalidRequest) as caught:
+        s.service.submit(MergeRequest("b", "odd", output_name="never"))
+    assert caught.value.field == "secondary_model"
+    assert str(caught.value).startswith(f"secondary_model: {UNET}time_embed.0.bias is [")
+    assert "in b.safetensors but" in str(caught.value) and "in odd.safetensors" in str(caught.value)
+
+
 @pytest.mark.parametrize("request_kwargs, field, words", [
     (dict(primary="a", secondary="xl"), "secondary_model", ["a.safetensors is SD 1.x", "xl.safetensors is SDXL"]),
     (dict(primary="a", secondary="nope"), "secondary_model", ["'nope' not found"]),
