@@ -274,8 +274,9 @@ def _header(plan: MergePlan, metadata: Mapping[str, str]) -> bytes:
     return struct.pack("<Q", len(data)) + data
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's raw little-endian bytes without a copy (the view keeps the tensor alive while written)."""
+    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def write_merged(plan: MergePlan, path: Path, metadata: Mapping[str, str], *,
@@ -291,8 +292,8 @@ def write_merged(plan: MergePlan, path: Path, metadata: Mapping[str, str], *,
             for key, tensor in _stream(plan, on_key):
                 data = _tensor_bytes(tensor)
                 expected = _numel(plan.shapes[key]) * _itemsize(plan.dtypes[key])
-                if len(data) != expected:  # the header promised this size; never write a file that lies
-                    raise RuntimeError(f"{key}: {len(data)} bytes, header says {expected}")
+                if data.nbytes != expected:  # the header promised this size; never write a file that lies
+                    raise RuntimeError(f"{key}: {data.nbytes} bytes, header says {expected}")
                 fh.write(data)
             on_key(len(plan.keys), len(plan.keys))
             fh.flush()
