@@ -16,6 +16,7 @@ from webui.api.sdapi import build_router, install_error_handlers
 from webui.api.security import API_PREFIXES, DOCS_ASSETS, install_security
 from webui.api.studio import build_studio_router
 from webui.api.training import build_training_router
+from webui.api.merge import build_merge_router
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
 from webui.ui.private_events import PrivateEventsMiddleware
@@ -37,6 +38,7 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     app.include_router(build_studio_router(services))  # all routers before the Gradio mount at "/", which catches the rest
     app.include_router(build_jobs_router(services))
     app.include_router(build_training_router(services))
+    app.include_router(build_merge_router(services))
     demo = build_ui(services)
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None

@@ -20,6 +20,7 @@ from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
+from webui.services.merging import MergeService
 from webui.services.options import OptionsService
 from webui.services.listings import LoraRegistry, build_lora_registry
 from webui.services.live_preview import preview_settings
@@ -53,6 +54,7 @@ class Services:
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
     training: TrainingService | None = None  # the Train tab's runs, jobs of kind "train" on the shared queue
     loras: LoraRegistry | None = None  # models/Lora (the API's lists; a training run's result refreshes it)
+    merging: MergeService | None = None  # the checkpoint merger (writes into models/Stable-diffusion)
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -127,4 +129,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         upscaling=upscaling,
         training=training,
         loras=loras,
+        merging=MergeService(registry, queue, vaes=vaes, loras=loras, allow_pickle=settings.allow_pickle),
     )

@@ -28,6 +28,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from webui.atomic import atomic_write_bytes
+from webui.services.merging import MergeResult
 from webui.services.style import StyleTransferResult
 from webui.services.upscaling import ExtrasResult
 from webui.types import CheckpointInfo, GenerationResult
@@ -332,6 +333,9 @@ def result_summary(result: object) -> tuple[dict[str, Any] | None, bytes | None]
         summary = {"paths": [str(p) for p in result.paths if p], "seeds": [], "infotexts": list(result.infotexts),
                    "warnings": list(result.warnings), "images": len(result.infotexts)}
         return summary, _thumbnail(result.images[0] if result.images else None)
+    if isinstance(result, MergeResult):
+        return {"checkpoint": result.title, "paths": [str(result.path)], "keys": result.keys,
+                "bytes": result.bytes}, None
     if isinstance(result, CheckpointInfo):
         return {"checkpoint": result.title, "model": result.model_name, "model_hash": result.short_hash}, None
     return {"type": type(result).__name__, "summary": str(result)[:500]}, None

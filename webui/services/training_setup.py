@@ -15,11 +15,14 @@ from webui.models.loader import LoadedModel
 from webui.models.registry import ModelRegistry
 from webui.services.jobs import JobQueue
 from webui.services.training import TrainingService
+from webui.training import textual_inversion
+from webui.training.gan_training import CYCLEGAN_METHOD, PIX2PIX_METHOD
 from webui.training.lora_training import DREAMBOOTH_METHOD
 from webui.training.lora_training import METHOD as LORA_METHOD
 from webui.training.protocol import TrainingMethod, TrainingResources
 
-DEFAULT_METHODS: tuple[TrainingMethod, ...] = (LORA_METHOD, DREAMBOOTH_METHOD)
+DEFAULT_METHODS: tuple[TrainingMethod, ...] = (LORA_METHOD, DREAMBOOTH_METHOD, textual_inversion.METHOD,
+                                                CYCLEGAN_METHOD, PIX2PIX_METHOD)
 
 
 def training_resources(settings: Settings, registry: ModelRegistry) -> TrainingResources:

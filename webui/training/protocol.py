@@ -64,8 +64,9 @@ class Trainer(Protocol):
         """Sample images showing what the run has learned so far (may be empty)."""
 
     def artifact(self) -> Artifact:
-        """The result as it stands now (the runner writes it atomically at the end, and at save points when the
-        request asks for intermediate files)."""
+        """The result as it stands now (the runner writes it atomically at the end, or on cancel when the request
+        asks for it). A method whose result is several files (CycleGAN's two generators) also has
+        ``artifacts() -> list[Artifact]``, which the runner then writes instead."""
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,16 @@ def write_artifact(artifact: Artifact) -> Path:
     return artifact.path
 
 
+def write_result(trainer: Trainer, events: RunEvents) -> Path:
+    """Write every file of the result (a CycleGAN run has two generators: ``artifacts()``; other methods one:
+    ``artifact()``), each atomically; returns the first."""
+    many = getattr(trainer, "artifacts", None)
+    paths = [write_artifact(a) for a in (many() if callable(many) else [trainer.artifact()])]
+    for path in paths:
+        events.artifact_written(path)
+    return paths[0]
+
+
 def run(ctx: RunContext, plan: RunPlan, events: RunEvents) -> RunResult:
     name = f"train:{ctx.job_id}"
     ctx.report("Loading the base model and the training images")
@@ -156,15 +166,13 @@ def _loop(ctx: RunContext, plan: RunPlan, events: RunEvents, trainer: Trainer, p
             last_state = save_state(done)
         output = None
         if plan.setting("save_on_cancel", False) and done > 0:
-            output = write_artifact(trainer.artifact())
-            events.artifact_written(output)
+            output = write_result(trainer, events)
         kept = f" {output.name} was saved as it stood." if output else ""
         raise Cancelled(f"Training cancelled at step {done} of {total}; resume state kept.{kept}")
     last_state = save_state(done)
     take_samples(done)
     ctx.report("Writing the result")
-    output = write_artifact(trainer.artifact())
-    events.artifact_written(output)
+    output = write_result(trainer, events)
     ctx.report(f"Wrote {output.name}")
     return RunResult(steps=done, output=str(output), state=str(last_state))
 

@@ -85,7 +85,7 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = img2img.build(services, checkpoint)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
-                train.build(services, demo)
+                train.build(services, demo, checkpoint)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras_tab = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):

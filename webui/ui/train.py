@@ -11,11 +11,13 @@ import gradio as gr
 
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import train_forms, train_monitor
+from webui.ui import train_forms, train_gan_form, train_monitor, train_ti_form
+from webui.ui.merge import build_merge_tab
 from webui.ui.generation_form import error_html
 
 
-def build(services: Services, demo: gr.Blocks) -> train_monitor.Monitor | None:
+def build(services: Services, demo: gr.Blocks, checkpoint: gr.Dropdown | None = None) -> train_monitor.Monitor | None:
+    """The tab's contents. ``checkpoint``: the page's checkpoint selector, updated when a merge writes a model."""
     service = services.training
     if service is None:
         gr.Markdown("Training is not available on this server.")
@@ -25,11 +27,12 @@ def build(services: Services, demo: gr.Blocks) -> train_monitor.Monitor | None:
         with gr.Tab("LoRA / DreamBooth", id="train_lora"):
             forms.append(train_forms.build_form([i.title for i in services.registry.list()]))
         with gr.Tab("Textual inversion", id="train_ti"):
-            gr.Markdown("Textual-inversion training arrives with its form (webui/training/textual_inversion.py).")
+            forms.append(train_ti_form.build_form(lambda: [i.title for i in services.registry.list()]))
         with gr.Tab("CycleGAN / pix2pix", id="train_gan"):
-            gr.Markdown("CycleGAN and pix2pix training arrive with their forms (webui/training/gan_training.py).")
-        with gr.Tab("Merge checkpoints", id="train_merge"):
-            gr.Markdown("The checkpoint merger arrives with its own tab.")
+            forms.append(train_gan_form.build_form(lambda: [m.name for m in services.style.list_models()]))
+        if services.merging is not None:
+            with gr.Tab("Merge checkpoints", id="train_merge", elem_id="train_merge"):
+                build_merge_tab(services.merging, checkpoint)
     monitor = train_monitor.build_monitor()
     outputs = monitor.outputs
 

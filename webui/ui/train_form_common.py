@@ -1,25 +1,18 @@
 """What a Train-tab form hands the tab: its button, its inputs in order, and how their values become a request.
 
 ``FormParts`` is the contract with the Train tab (webui/ui/train.py, which wires ``button.click(inputs)`` to
-``service.start(to_request(*values))``). It is defined here until that tab's ``webui/ui/train_forms.py`` lands;
-at merge this module re-exports that one.
+``service.start(to_request(*values))``); it lives in webui/ui/train_forms.py and is re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import gradio as gr
 
 from webui.errors import InvalidRequest
+from webui.ui.train_forms import FormParts
 
-
-@dataclass
-class FormParts:
-    button: gr.Button
-    inputs: list[gr.components.Component]
-    to_request: Callable[..., object]
+__all__ = ["FormParts", "choices_of", "values_by_field"]
 
 
 def values_by_field(fields: Sequence[str], values: Sequence[Any], keep: Sequence[str] | None = None) -> dict[str, Any]:
