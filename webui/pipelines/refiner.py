@@ -73,7 +73,7 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
     scheduler.options = sampler_options.from_request(request)
     gens = image_noise.torch_generators()
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
-                                  request.steps, len(seeds))
+                                  request.steps, len(seeds), embeddings=model.embeddings)
     if prompts.pair.composable:
         raise InvalidRequest("prompt", "composable prompts (AND) are not supported with a refiner yet; leave the "
                                        "refiner out or write \"and\" in lower case to mean the word")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from webui.config import Settings
 from webui.models.device import DeviceOwner
+from webui.models.embeddings import EmbeddingLibrary
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.manager import Loader, ModelManager
 from webui.models.memory import resolve_devices
@@ -48,6 +49,7 @@ class Services:
     styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
+    embeddings: EmbeddingLibrary | None = None  # embeddings/: textual inversion files prompts may name
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -86,6 +88,9 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap")),
         folders=folder_policy(settings))
 
+    embeddings = EmbeddingLibrary(settings.embeddings_dir, allow_pickle=settings.allow_pickle,
+                                  allow_external_links=settings.allow_external_model_links)
+
     def provenance() -> ProvenancePolicy:
         return ProvenancePolicy.from_options(options.get_all())
 
@@ -102,7 +107,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                      saving=lambda: SaveOptions.from_options(options.get_all()),
                                      upscalers=upscaling,
                                      preview=lambda: preview_settings(options.value),
-                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds")),
+                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
+                                     embeddings=embeddings),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,
@@ -116,4 +122,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         styles=PromptStyles(settings.data_dir),
         tokens=TokenCounter(settings.limits),
         upscaling=upscaling,
+        embeddings=embeddings,
     )
