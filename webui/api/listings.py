@@ -82,8 +82,8 @@ class MemoryResponse(BaseModel):
 
 def build_listings_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
-    # The container has no LoRA registry yet: this one lives in the router's closure (scans on first request).
-    loras = getattr(services, "loras", None) or build_lora_registry(services.settings)
+    # The container's registries (shared with the Extra Networks panel); tests may build Services without them.
+    loras = services.loras or build_lora_registry(services.settings)
     links = services.settings.allow_external_model_links
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscaleModeItem])
@@ -112,7 +112,7 @@ def build_listings_router(services: Services) -> APIRouter:
     def refresh_loras() -> None:
         loras.refresh()  # A1111 answers null (its list_available_networks returns nothing)
 
-    library = getattr(services, "embeddings", None) or EmbeddingLibrary(
+    library = services.embeddings or EmbeddingLibrary(
         services.settings.embeddings_dir, allow_pickle=services.settings.allow_pickle, allow_external_links=links)
 
     @router.get("/embeddings", response_model=EmbeddingsResponse)

@@ -17,6 +17,8 @@ from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
+from webui.services.extra_networks import ExtraNetworksService
+from webui.services.listings import LoraRegistry, build_lora_registry
 from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
@@ -50,6 +52,8 @@ class Services:
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
     embeddings: EmbeddingLibrary | None = None  # embeddings/: textual inversion files prompts may name
+    loras: LoraRegistry | None = None  # models/Lora, listed with metadata and A1111 hashes
+    extra_networks: ExtraNetworksService | None = None  # the Extra Networks panel's cards
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -90,6 +94,7 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
 
     embeddings = EmbeddingLibrary(settings.embeddings_dir, allow_pickle=settings.allow_pickle,
                                   allow_external_links=settings.allow_external_model_links)
+    loras = build_lora_registry(settings)
 
     def provenance() -> ProvenancePolicy:
         return ProvenancePolicy.from_options(options.get_all())
@@ -123,4 +128,7 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         tokens=TokenCounter(settings.limits),
         upscaling=upscaling,
         embeddings=embeddings,
+        loras=loras,
+        extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
+                                            allow_external_links=settings.allow_external_model_links),
     )
