@@ -4,7 +4,7 @@ embeddings and LoRAs, with search, sort and Refresh.
 Cards are built here as HTML with every name, path and text escaped (file names are whatever someone dropped in
 a model folder). A click on a card is handled in the page (``static/extra_networks.js``): a LoRA card toggles
 ``<lora:NAME:1>`` at the end of the tab's prompt, an embedding card its name (a second click removes it, as in
-A1111), and a checkpoint card puts its title in a hidden box whose ``input`` event switches the checkpoint
+A1111), and a checkpoint card puts its title in a hidden box whose ``change`` event switches the checkpoint
 through the checkpoint bar's own switch (:func:`wire_checkpoint_cards`).
 """
 
@@ -32,8 +32,10 @@ _STYLE = """<style>
 .studio-en-desc, .studio-en-note { padding: 0 6px; font-size: 12px; opacity: 0.8; word-break: break-word; }
 .studio-en-note { color: #b42318; }
 .studio-en-details { padding: 0 6px 4px; font-size: 12px; cursor: default; }
-.studio-en-details table { border-collapse: collapse; }
-.studio-en-details th { text-align: left; padding-right: 6px; vertical-align: top; }
+.studio-en-details table { border-collapse: collapse; table-layout: fixed; width: 100%; }
+.studio-en-details th, .studio-en-details td { padding: 1px 4px 1px 0; border: none; vertical-align: top;
+                                               word-break: break-word; font-size: 11px; }
+.studio-en-details th { text-align: left; width: 40%; }
 </style>"""
 
 
@@ -151,9 +153,14 @@ def wire_checkpoint_cards(panels: list[ExtraNetworksPanel], checkpoint: gr.Dropd
     """A checkpoint card selects its checkpoint through ``switch`` (the checkpoint bar's), whose progress and
     outcome show in the panel's status line and the checkpoint dropdown."""
     for panel in panels:
-        def select(title: str) -> Iterator[tuple[str, object, str]]:
+        def select(title: str) -> Iterator[tuple[object, object, object]]:
+            if not title:  # the box emptied below
+                yield gr.update(), gr.update(), gr.update()
+                return
             for text, update in switch(title):
-                yield text, update, ""  # the box is emptied so that the same card can be clicked again
+                yield text, update, gr.update()
+            yield gr.update(), gr.update(), ""  # emptied, so that the same card can be clicked again
 
-        panel.checkpoint_box.input(select, panel.checkpoint_box, [panel.status, checkpoint, panel.checkpoint_box],
-                                   api_visibility="private")
+        # "change", not "input": a value set by the page script fires Gradio's change event only.
+        panel.checkpoint_box.change(select, panel.checkpoint_box,
+                                    [panel.status, checkpoint, panel.checkpoint_box], api_visibility="private")
