@@ -199,3 +199,9 @@ def test_a_job_uses_the_embedding_writes_ti_hashes_and_leaves_the_model_as_it_wa
     plain = services.generation.txt2img(Txt2ImgRequest(prompt="a wizard hat", **small))
     assert "TI hashes" not in parse_infotext(plain.infotexts[0]).params
     assert list(used.images[0].getdata()) != list(plain.images[0].getdata())
+
+
+def test_the_token_counter_counts_an_embedding_as_its_vectors(services, data_dir):
+    write(data_dir / "embeddings", "wizard-hat.safetensors", {"emb_params": torch.randn(5, WIDTH)})
+    assert services.tokens.count("a wizard-hat").text() == "6/75"  # "a" + five vectors, as A1111 counts
+    assert services.tokens.count("a wizard hat").text() == "3/75"  # other words: not the embedding

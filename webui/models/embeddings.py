@@ -308,6 +308,7 @@ class EmbeddingLibrary:
         self._files: list[Embedding | Skipped] | None = None
         self._cache: dict[tuple[str, int, int], Embedding | Skipped] = {}
         self._sets: dict[tuple, EmbeddingSet] = {}
+        self._widths: dict[tuple[str, str], dict[str, int] | None] = {}
 
     @property
     def directory(self) -> Path:
@@ -361,6 +362,18 @@ class EmbeddingLibrary:
 
     def for_pipe(self, pipe: Any) -> EmbeddingSet:
         return self.for_widths(pipe_widths(pipe))
+
+    def for_checkpoint(self, info: CheckpointInfo) -> EmbeddingSet:
+        """The split for a checkpoint on disk, its widths read from the file once (listings ask often)."""
+        key = (str(info.path), info.sha256 or info.title)
+        with self._lock:
+            known = key in self._widths
+            widths = self._widths.get(key)
+        if not known:
+            widths = checkpoint_widths(info)
+            with self._lock:
+                self._widths[key] = widths
+        return self.for_widths(widths)
 
     def _read(self, path: Path) -> Embedding | Skipped:
         try:

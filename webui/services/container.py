@@ -18,7 +18,7 @@ from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
 from webui.services.extra_networks import ExtraNetworksService
-from webui.services.listings import LoraRegistry, build_lora_registry
+from webui.services.listings import LoraRegistry, build_lora_registry, embeddings_for_current_model
 from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
@@ -125,7 +125,7 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         jobs_store=jobs_store,
         vaes=vaes,
         styles=PromptStyles(settings.data_dir),
-        tokens=TokenCounter(settings.limits),
+        tokens=TokenCounter(settings.limits, embeddings=lambda: embeddings_for_current_model(embeddings, manager)),
         upscaling=upscaling,
         embeddings=embeddings,
         loras=loras,

@@ -11,7 +11,7 @@ from typing import Any
 
 from webui.config import Settings
 from webui.errors import ModelNotFound, NoModelAvailable
-from webui.models.embeddings import EmbeddingLibrary, EmbeddingSet, checkpoint_widths
+from webui.models.embeddings import EmbeddingLibrary, EmbeddingSet
 from webui.models.folder_scan import ModelFolder
 from webui.models.loras import EmbeddingInfo, LoraInfo, LoraRegistry, scan_embeddings
 from webui.models.manager import ModelManager
@@ -49,7 +49,7 @@ def embeddings_for_current_model(library: EmbeddingLibrary, manager: ModelManage
         info = manager.resolve(None)
     except (NoModelAvailable, ModelNotFound):
         return library.for_widths(None)
-    return library.for_widths(checkpoint_widths(info))
+    return library.for_checkpoint(info)
 
 
 def _meminfo_bytes(text: str) -> dict[str, int]:
