@@ -205,3 +205,27 @@ def test_the_token_counter_counts_an_embedding_as_its_vectors(services, data_dir
     write(data_dir / "embeddings", "wizard-hat.safetensors", {"emb_params": torch.randn(5, WIDTH)})
     assert services.tokens.count("a wizard-hat").text() == "6/75"  # "a" + five vectors, as A1111 counts
     assert services.tokens.count("a wizard hat").text() == "3/75"  # other words: not the embedding
+
+
+def test_an_sdxl_refiner_gets_the_clip_g_vectors_and_use_is_noted_once(folder):
+    from diffusers import StableDiffusionXLPipeline
+
+    from tests.tiny_models import tiny_sd1_components, tiny_sdxl_components
+
+    sd1, xl = tiny_sd1_components(), tiny_sdxl_components(seed=0)
+    base = StableDiffusionXLPipeline(**xl, tokenizer=sd1["tokenizer"], tokenizer_2=sd1["tokenizer"],
+                                     scheduler=sd1["scheduler"])
+    refiner = StableDiffusionXLPipeline(**{**xl, "text_encoder": None}, tokenizer=None,
+                                        tokenizer_2=sd1["tokenizer"], scheduler=sd1["scheduler"])
+    clip_g = torch.randn(2, 64)
+    write(folder, "xl-style.safetensors", {"clip_l": torch.randn(2, 32), "clip_g": clip_g})
+    embeddings = JobEmbeddings(EmbeddingLibrary(folder).for_pipe(base))
+    for_refiner = embeddings.for_pipe(refiner)
+    assert list(for_refiner.available.loaded) == ["xl-style"]
+    seen, handle = capture_inputs(refiner.text_encoder_2)
+    try:
+        encode_pair(refiner, "xl-style cat", "", 1, torch.device("cpu"), for_refiner)
+    finally:
+        handle.remove()
+    assert torch.allclose(seen[0][0, 1:3], clip_g, atol=1e-6)
+    assert set(embeddings.used) == {"xl-style"}  # the job's TI hashes include what the refiner used

@@ -281,6 +281,13 @@ class JobEmbeddings:
     def find(self, tokenizer, tokens: list[int], position: int) -> tuple[Embedding, int] | None:
         return self.available.find(tokenizer, tokens, position)
 
+    def for_pipe(self, pipe: Any) -> JobEmbeddings:
+        """The same job's embeddings for another pipeline (an SDXL refiner takes only ``clip_g``): those that fit
+        it, noting use in the same ``used``."""
+        widths = pipe_widths(pipe)
+        fitting = {name: e for name, e in self.available.loaded.items() if misfit(e, widths) is None}
+        return JobEmbeddings(EmbeddingSet(fitting, {}), self.used)
+
     def note_used(self, embedding: Embedding) -> None:
         self.used.setdefault(embedding.name, embedding)
 
