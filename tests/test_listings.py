@@ -129,7 +129,7 @@ def test_loras_listing_with_metadata_alias_and_hash(client, services):
     (lora_dir / "old.pt").write_bytes(b"pickle-ish bytes")
     (lora_dir / "readme.md").write_text("not a lora")
 
-    assert client.post("/sdapi/v1/refresh-loras").json() == {}
+    assert client.post("/sdapi/v1/refresh-loras").json() is None  # A1111 answers null
     items = {i["name"]: i for i in client.get("/sdapi/v1/loras").json()}
     assert set(items) == {"add_detail", "plain", "broken", "old"}
     detail = items["add_detail"]
@@ -163,20 +163,30 @@ def test_lora_registry_rescan_sees_new_and_removed_files(tmp_path):
     assert registry.refresh() == []
 
 
-def test_embeddings_are_listed_as_skipped(client, services):
+def test_embeddings_are_split_by_the_current_checkpoint_as_a1111_does(client, services):
     emb_dir = services.settings.embeddings_dir
     write_safetensors(emb_dir / "bad-hands.safetensors", {"emb_params": [2, 768]})
     write_safetensors(emb_dir / "xl" / "sdxl-style.safetensors", {"clip_l": [3, 768], "clip_g": [3, 1280]})
     (emb_dir / "legacy.pt").write_bytes(b"pickle")
     (emb_dir / "junk.safetensors").write_bytes(b"\x00" * 4)
+    write_safetensors(emb_dir / "fits.safetensors", {"emb_params": [4, 32]})  # the tiny checkpoint's width
     data = client.get("/sdapi/v1/embeddings").json()
-    assert data["loaded"] == {}
+    assert data["loaded"] == {"fits": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                       "shape": 32, "vectors": 4}}
     skipped = data["skipped"]
-    assert skipped["bad-hands"] == {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                    "shape": 768, "vectors": 2}
+    assert skipped["bad-hands"]["shape"] == 768 and skipped["bad-hands"]["vectors"] == 2
+    assert "768 wide" in skipped["bad-hands"]["reason"]
     assert (skipped["sdxl-style"]["shape"], skipped["sdxl-style"]["vectors"]) == (2048, 3)
+    assert "SDXL" not in skipped["bad-hands"]["reason"] and "another model family" in skipped["sdxl-style"]["reason"]
     assert (skipped["legacy"]["shape"], skipped["legacy"]["vectors"]) == (0, 0)
-    assert skipped["junk"]["shape"] == 0
+    assert "--allow-pickle" in skipped["legacy"]["reason"]
+    assert skipped["junk"]["shape"] == 0 and skipped["junk"]["reason"]
+
+    # a new file is seen after refresh-embeddings (A1111's route), not before
+    write_safetensors(emb_dir / "new.safetensors", {"emb_params": [1, 32]})
+    assert "new" not in client.get("/sdapi/v1/embeddings").json()["loaded"]
+    assert client.post("/sdapi/v1/refresh-embeddings").json() is None
+    assert client.get("/sdapi/v1/embeddings").json()["loaded"]["new"]["vectors"] == 1
 
 
 # --- extra-single-image ---------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from webui.services.container import Services
-from webui.services.listings import build_lora_registry, cuda_report, list_embeddings, list_vaes, ram_report
+from webui.services.listings import (EmbeddingLibrary, build_lora_registry, cuda_report,
+                                    embeddings_for_current_model, list_vaes, ram_report)
 
 # A1111's latent upscalers (hires fix on latents); listed for clients that populate dropdowns from here.
 LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
@@ -44,9 +45,18 @@ class EmbeddingItem(BaseModel):
     vectors: int
 
 
+class SkippedEmbeddingItem(EmbeddingItem):
+    reason: str = Field(description="why the file is not usable with the current checkpoint (not in A1111's shape)")
+
+
+def _embedding_item(e: Any) -> dict[str, Any]:
+    return {"step": e.step, "sd_checkpoint": e.sd_checkpoint, "sd_checkpoint_name": e.sd_checkpoint_name,
+            "shape": e.shape, "vectors": e.count}
+
+
 class EmbeddingsResponse(BaseModel):
     loaded: dict[str, EmbeddingItem]
-    skipped: dict[str, EmbeddingItem]
+    skipped: dict[str, SkippedEmbeddingItem]
 
 
 class PromptStyleItem(BaseModel):
@@ -72,8 +82,8 @@ class MemoryResponse(BaseModel):
 
 def build_listings_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
-    # The container has no LoRA registry yet: this one lives in the router's closure (scans on first request).
-    loras = getattr(services, "loras", None) or build_lora_registry(services.settings)
+    # The container's registries (shared with the Extra Networks panel); tests may build Services without them.
+    loras = services.loras or build_lora_registry(services.settings)
     links = services.settings.allow_external_model_links
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscaleModeItem])
@@ -99,17 +109,26 @@ def build_listings_router(services: Services) -> APIRouter:
                  "short_hash": i.short_hash} for i in loras.list()]
 
     @router.post("/refresh-loras")
-    def refresh_loras() -> dict:
-        loras.refresh()
-        return {}
+    def refresh_loras() -> None:
+        loras.refresh()  # A1111 answers null (its list_available_networks returns nothing)
+
+    library = services.embeddings or EmbeddingLibrary(
+        services.settings.embeddings_dir, allow_pickle=services.settings.allow_pickle, allow_external_links=links)
 
     @router.get("/embeddings", response_model=EmbeddingsResponse)
     def embeddings() -> dict[str, Any]:
-        # Nothing applies embeddings yet, so every file is "skipped" (A1111's word for "present, not loaded").
-        skipped = {e.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                            "shape": e.shape, "vectors": e.vectors}
-                   for e in list_embeddings(services.settings.embeddings_dir, allow_external_links=links)}
-        return {"loaded": {}, "skipped": skipped}
+        # A1111's shape: "loaded" = usable with the current checkpoint, "skipped" = the others (plus "reason").
+        split = embeddings_for_current_model(library, services.manager)
+        loaded = {name: _embedding_item(e) for name, e in split.loaded.items()}
+        skipped = {name: {**_embedding_item(s.embedding), "reason": s.reason} if s.embedding is not None else
+                   {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 0, "vectors": 0,
+                    "reason": s.reason}
+                   for name, s in split.skipped.items()}
+        return {"loaded": loaded, "skipped": skipped}
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        library.refresh()  # A1111 answers null
 
     @router.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles() -> list[dict[str, Any]]:

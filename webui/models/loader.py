@@ -47,6 +47,9 @@ class LoadedModel:
     default_size: int
     # A job's own VAE (a file from models/VAE), set on a per-job copy (dataclasses.replace); None: the pipe's.
     vae: Any = None
+    # The job's textual-inversion embeddings (webui.models.embeddings.JobEmbeddings), set on a per-job copy too;
+    # None: prompt words are only words.
+    embeddings: Any = None
 
     @property
     def dtype(self) -> torch.dtype:

@@ -92,8 +92,9 @@ def eta_kwargs(request) -> dict:
     return {"eta": request.eta}
 
 
-def prompt_kwargs(runner, family: str, prompt: str, negative: str, clip_skip: int) -> dict:
-    cond, uncond = conditioning.encode_pair(runner, prompt, negative, clip_skip, runner._execution_device)
+def prompt_kwargs(runner, family: str, prompt: str, negative: str, clip_skip: int, embeddings=None) -> dict:
+    cond, uncond = conditioning.encode_pair(runner, prompt, negative, clip_skip, runner._execution_device,
+                                            embeddings)
     kwargs = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
     if family == "sdxl":
         kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)

@@ -156,7 +156,8 @@ def _second_pass(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], 
     generators = image_noise.torch_generators()
     prompts = PromptSwitch.encode(runner, model.family, request.hr_prompt or request.prompt,
                                   request.hr_negative_prompt or request.negative_prompt, request.clip_skip,
-                                  request.steps, len(seeds), hires_steps=steps)
+                                  request.steps, len(seeds), hires_steps=steps,
+                                  embeddings=model.embeddings)
     prompts.install(runner)  # composable AND
     kwargs = dict(prompts.kwargs(), image=latents.to(device, runner.unet.dtype), guidance_scale=request.cfg_scale,
                   num_images_per_prompt=len(seeds), generator=generators, **common.eta_kwargs(request))

@@ -168,7 +168,7 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
     runner.scheduler.options = sampler_options.from_request(request)  # eta, churn, sigma overrides...
     # A1111 schedules an img2img prompt over the full steps and counts from 0 where sampling starts.
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
-                                  request.steps, len(seeds))
+                                  request.steps, len(seeds), embeddings=model.embeddings)
     prompts.install(runner)  # composable AND
     kwargs = dict(
         prompts.kwargs(),
@@ -227,7 +227,7 @@ def _run_diffusers(model: LoadedModel, request: Img2ImgRequest, prepared: Prepar
     except ValueError as exc:  # a schedule type diffusers' scheduler for this sampler cannot make
         raise InvalidRequest("scheduler", str(exc)) from None
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
-                                  request.steps, len(seeds))
+                                  request.steps, len(seeds), embeddings=model.embeddings)
     if method == "instruct-pix2pix":
         prompts.refuse_switching("with InstructPix2Pix checkpoints")  # their loops lay embeddings out differently
     prompts.install(runner)  # composable AND

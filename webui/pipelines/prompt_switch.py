@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from webui.errors import InvalidRequest
+from webui.models.embeddings import JobEmbeddings
 from webui.pipelines import conditioning
 
 
@@ -27,9 +28,11 @@ class PromptSwitch:
 
     @classmethod
     def encode(cls, runner, family: str, prompt: str, negative: str, clip_skip: int, steps: int,
-               num_images: int, hires_steps: int | None = None) -> PromptSwitch:
+               num_images: int, hires_steps: int | None = None,
+               embeddings: JobEmbeddings | None = None) -> PromptSwitch:
+        """``embeddings``: the job's textual-inversion embeddings (LoadedModel.embeddings)."""
         pair = conditioning.encode_scheduled_pair(runner, prompt, negative, clip_skip, runner._execution_device,
-                                                  steps, hires_steps)
+                                                  steps, hires_steps, embeddings)
         return cls(pair, family, num_images)
 
     def install(self, runner) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from webui.errors import InvalidRequest, OutOfMemory
 from webui.k_samplers import KDiffusionScheduler
+from webui.models.embeddings import JobEmbeddings
 from webui.models.loader import LoadedModel
 from webui.pipelines import common, decode, noise, sampler_options
 from webui.pipelines.common import BatchOutput, StepListener
@@ -73,7 +74,7 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
     scheduler.options = sampler_options.from_request(request)
     gens = image_noise.torch_generators()
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
-                                  request.steps, len(seeds))
+                                  request.steps, len(seeds), embeddings=model.embeddings)
     if prompts.pair.composable:
         raise InvalidRequest("prompt", "composable prompts (AND) are not supported with a refiner yet; leave the "
                                        "refiner out or write \"and\" in lower case to mean the word")
@@ -103,7 +104,7 @@ def run_batch(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], lis
                 return BatchOutput(decode.to_pil(images), stopped_early=callback.inner.stopped)
             with common.seamless(refiner, request.tiling):
                 latents, stopped = _continue(refiner, scheduler, latents, gens, request, len(seeds), switch,
-                                             listener, preview_every)
+                                             listener, preview_every, model.embeddings)
                 # A1111 decodes with the model loaded at the end (the refiner, with the job's VAE file if any).
                 vae = model.vae if model.vae is not None else refiner.pipe.vae
                 images = decode.decode_latents(vae, latents)
@@ -133,13 +134,16 @@ class _StopBefore:
 
 def _continue(refiner: LoadedModel, scheduler: KDiffusionScheduler, latents: torch.Tensor,
               gens: list[torch.Generator], request: Txt2ImgRequest, images: int, first_call: int,
-              listener: StepListener, preview_every: PreviewSettings | int) -> tuple[torch.Tensor, bool]:
-    """Denoiser calls ``first_call``.. of the running sampler with the refiner's UNet and prompts."""
+              listener: StepListener, preview_every: PreviewSettings | int,
+              embeddings: JobEmbeddings | None = None) -> tuple[torch.Tensor, bool]:
+    """Denoiser calls ``first_call``.. of the running sampler with the refiner's UNet and prompts (with the job's
+    embeddings that fit the refiner's text encoder)."""
     pipe = refiner.pipe
     unet = pipe.unet
     device = pipe._execution_device
     pair = PromptSwitch.encode(pipe, refiner.family, request.prompt, request.negative_prompt, request.clip_skip,
-                               request.steps, images).pair
+                               request.steps, images,
+                               embeddings=embeddings.for_pipe(pipe) if embeddings is not None else None).pair
     guided = request.cfg_scale > 1  # as diffusers' pipelines decide, so the base pass and this one agree
     # The refiner's UNet may predict v where the base's predicts eps (an SD 2.x-v refiner of SD 1.5): the sampler
     # turns its output into denoised latents the refiner's way from here on. The job's scheduler is its own.

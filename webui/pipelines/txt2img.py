@@ -45,7 +45,7 @@ def prepare(model: LoadedModel, request: Txt2ImgRequest, seeds: list[int], liste
         runner.scheduler.step_noise = image_noise  # A1111's rng.next(): each image's own stream, continued
         runner.scheduler.options = sampler_options.from_request(request)  # eta, churn, sigma overrides...
     prompts = PromptSwitch.encode(runner, model.family, request.prompt, request.negative_prompt, request.clip_skip,
-                                  request.steps, len(seeds))
+                                  request.steps, len(seeds), embeddings=model.embeddings)
     prompts.install(runner)  # composable AND
     kwargs = dict(
         prompts.kwargs(),

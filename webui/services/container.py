@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from webui.config import Settings
 from webui.models.device import DeviceOwner
+from webui.models.embeddings import EmbeddingLibrary
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.manager import Loader, ModelManager
 from webui.models.memory import resolve_devices
@@ -16,13 +17,14 @@ from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
+from webui.services.extra_networks import ExtraNetworksService
+from webui.services.listings import LoraRegistry, build_lora_registry, embeddings_for_current_model
 from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
 from webui.services.jobs import JobQueue
 from webui.services.merging import MergeService
 from webui.services.options import OptionsService
-from webui.services.listings import LoraRegistry, build_lora_registry
 from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
 from webui.services.saving import SaveOptions
@@ -53,8 +55,10 @@ class Services:
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
     training: TrainingService | None = None  # the Train tab's runs, jobs of kind "train" on the shared queue
-    loras: LoraRegistry | None = None  # models/Lora (the API's lists; a training run's result refreshes it)
+    loras: LoraRegistry | None = None  # models/Lora: the API's lists, the panel, prompts; a training run refreshes it
     merging: MergeService | None = None  # the checkpoint merger (writes into models/Stable-diffusion)
+    embeddings: EmbeddingLibrary | None = None  # embeddings/: textual inversion files prompts may name
+    extra_networks: ExtraNetworksService | None = None  # the Extra Networks panel's cards
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -93,6 +97,10 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         tile_options=lambda: (options.value("ESRGAN_tile"), options.value("ESRGAN_tile_overlap")),
         folders=folder_policy(settings))
 
+    embeddings = EmbeddingLibrary(settings.embeddings_dir, allow_pickle=settings.allow_pickle,
+                                  allow_external_links=settings.allow_external_model_links)
+    loras = build_lora_registry(settings)
+
     def provenance() -> ProvenancePolicy:
         return ProvenancePolicy.from_options(options.get_all())
 
@@ -101,8 +109,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                  max_tile=settings.limits.max_style_tile,
                                  allow_external_links=settings.allow_external_model_links,
                                  credentials=credentials, provenance=provenance)
-    loras = build_lora_registry(settings)
-    training = build_training_service(settings, queue, registry, refresh=[style.refresh_models, loras.refresh])
+    training = build_training_service(settings, queue, registry,
+                                      refresh=[style.refresh_models, loras.refresh, embeddings.refresh])
 
     return Services(
         settings=settings,
@@ -117,7 +125,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                      saving=lambda: SaveOptions.from_options(options.get_all()),
                                      upscalers=upscaling,
                                      preview=lambda: preview_settings(options.value),
-                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds")),
+                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
+                                     embeddings=embeddings),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=style,
@@ -125,9 +134,12 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         jobs_store=jobs_store,
         vaes=vaes,
         styles=PromptStyles(settings.data_dir),
-        tokens=TokenCounter(settings.limits),
+        tokens=TokenCounter(settings.limits, embeddings=lambda: embeddings_for_current_model(embeddings, manager)),
         upscaling=upscaling,
         training=training,
         loras=loras,
         merging=MergeService(registry, queue, vaes=vaes, loras=loras, allow_pickle=settings.allow_pickle),
+        embeddings=embeddings,
+        extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
+                                            allow_external_links=settings.allow_external_model_links),
     )

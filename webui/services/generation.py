@@ -23,6 +23,7 @@ from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
 from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
+from webui.models.embeddings import EmbeddingLibrary, JobEmbeddings
 from webui.models.manager import ModelManager
 from webui.models.native_size import FALLBACK as FALLBACK_SIZE
 from webui.models.native_size import native_size
@@ -65,8 +66,10 @@ class GenerationService:
                  save_before_hires: Callable[[], bool] = lambda: False,
                  saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None,
                  preview: Callable[[], PreviewSettings] = PreviewSettings,
-                 confirm_after: Callable[[], float] = lambda: 0):
-        """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones)."""
+                 confirm_after: Callable[[], float] = lambda: 0, embeddings: EmbeddingLibrary | None = None):
+        """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
+        the textual-inversion files prompts may name (None: none)."""
+        self._embeddings = embeddings
         self._settings = settings
         self._saving = saving  # A1111's saving options (names, format, .txt, grids), read per job
         self._saver = ImageSaver(store.root)
@@ -341,6 +344,7 @@ class GenerationService:
         with ctx.models.lease(request.checkpoint) as model, self._job_vae(ctx, request, model) as (model, vae), \
                 seamless(model, request.tiling):
             task.check_model(model)
+            model = self._job_embeddings(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
             result.model_variant = model.variant
             result.vae_name, result.vae_hash = vae.name, vae.short_hash
@@ -369,7 +373,8 @@ class GenerationService:
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
                                               subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
                                               refiner=out.refiner)
-                    params = {**infotext_params(request, context), "Version": f"studio-{VERSION}"}
+                    params = {**infotext_params(request, context), **_ti_hashes(model),
+                              "Version": f"studio-{VERSION}"}
                     batch_params.append(dict(params))
                     first_params = first_params or dict(params)
                     if verdict:
@@ -432,6 +437,12 @@ class GenerationService:
             final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
                                self._credentials, title=f"Stable Studio {task.category}, seed {seed}, before hires")
             self._save(result, final, task.category, name, saving, policy, suffix="-before-highres-fix")
+
+    def _job_embeddings(self, model: LoadedModel) -> LoadedModel:
+        """The job's model with the embeddings that fit it (a per-job copy: what the job used is its own)."""
+        if self._embeddings is None:
+            return model
+        return replace(model, embeddings=JobEmbeddings(self._embeddings.for_pipe(model.pipe)))
 
     @contextmanager
     def _job_vae(self, ctx: JobContext, request: Txt2ImgRequest,
@@ -537,6 +548,12 @@ class _Img2Img(_Task):
         init = self.request.init_images[batch_index % len(self.request.init_images)]
         prepared = img2img.prepare(self.request, init, method)
         return img2img.run_batch(model, self.request, prepared, method, seeds, ctx, preview_every, subseeds)
+
+
+def _ti_hashes(model: LoadedModel) -> dict[str, str]:
+    """A1111's ``TI hashes`` infotext entry: the embeddings the job's prompts used (none: no entry)."""
+    text = model.embeddings.hashes_text() if model.embeddings is not None else None
+    return {"TI hashes": text} if text else {}
 
 
 def _name_context(request: Txt2ImgRequest, model: LoadedModel, seed: int, iteration: int, index: int,

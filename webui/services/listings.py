@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from webui.config import Settings
+from webui.errors import ModelNotFound, NoModelAvailable
+from webui.models.embeddings import EmbeddingLibrary, EmbeddingSet
 from webui.models.folder_scan import ModelFolder
 from webui.models.loras import EmbeddingInfo, LoraInfo, LoraRegistry, scan_embeddings
+from webui.models.manager import ModelManager
 
 __all__ = ["EmbeddingInfo", "LoraInfo", "LoraRegistry", "build_lora_registry", "list_vaes", "list_embeddings",
+           "embeddings_for_current_model", "EmbeddingLibrary",
            "ram_report", "cuda_report"]
 
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
@@ -34,6 +38,18 @@ def list_vaes(vae_dir: Path, *, allow_external_links: bool = False) -> list[Path
 
 def list_embeddings(embeddings_dir: Path, *, allow_external_links: bool = False) -> list[EmbeddingInfo]:
     return scan_embeddings(embeddings_dir, allow_external_links=allow_external_links)
+
+
+def embeddings_for_current_model(library: EmbeddingLibrary, manager: ModelManager) -> EmbeddingSet:
+    """A1111's ``/sdapi/v1/embeddings`` split: which files the current checkpoint can use (``loaded``) and the
+    rest with the reason (``skipped``). The checkpoint's text encoder widths are read from its file, so listing
+    never loads a model; with no checkpoint (or one whose widths cannot be told) every readable file is loaded,
+    as A1111 does before a model is known."""
+    try:
+        info = manager.resolve(None)
+    except (NoModelAvailable, ModelNotFound):
+        return library.for_widths(None)
+    return library.for_checkpoint(info)
 
 
 def _meminfo_bytes(text: str) -> dict[str, int]:

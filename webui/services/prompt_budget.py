@@ -16,6 +16,7 @@ from transformers import CLIPTokenizer
 
 from webui.config import Limits
 from webui.errors import InvalidRequest
+from webui.models.embeddings import JobEmbeddings
 from webui.models.loader import TOKENIZER_DIR
 from webui.pipelines.conditioning import CHUNK_TOKENS, COMMA_BACKTRACK, chunk_prompt
 from webui.prompt_schedule import prompt_schedule, split_and
@@ -41,9 +42,10 @@ class PromptBudget:
                 self._tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR, local_files_only=True)
             return self._tokenizer
 
-    def count(self, text: str) -> tuple[int, int]:
-        """(tokens, 75-token chunks) of ``text``; call only on text within the character cap."""
-        chunks = chunk_prompt(self._get_tokenizer(), text)
+    def count(self, text: str, embeddings: JobEmbeddings | None = None) -> tuple[int, int]:
+        """(tokens, 75-token chunks) of ``text``; call only on text within the character cap. ``embeddings``: the
+        textual-inversion names to count as their vectors (A1111's counter does)."""
+        chunks = chunk_prompt(self._get_tokenizer(), text, embeddings)
         return sum(len(chunk.tokens) for chunk in chunks), len(chunks)
 
     def check(self, field: str, text: str, steps: int = 1, composable: bool = False) -> None:

@@ -11,9 +11,8 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import (extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo, size_defaults,
-                      styles, txt2img)
-from webui.ui import train
+from webui.ui import (extra_networks, extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo,
+                      size_defaults, styles, train, txt2img)
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -136,6 +135,8 @@ def build_ui(services: Services) -> gr.Blocks:
         # The switch is a job on the queue: its place in line, loading, and the outcome stream into the status;
         # on failure the dropdown goes back to the model that is really active.
         checkpoint.input(do_select, checkpoint, [status, checkpoint], api_visibility="private")
+        extra_networks.wire_checkpoint_cards([t2i.networks, i2i.networks], checkpoint,
+                                             lambda title: _switch_checkpoint(services, title))
 
         size_defaults.wire(demo, checkpoint, [t2i.settings, i2i.settings], services.generation.native_size)
         form_defaults.wire(demo, [t2i.settings, i2i.settings], services.options)

@@ -22,7 +22,7 @@ from webui.services.container import Services
 from webui.services.jobs import Job
 from webui.types import Img2ImgRequest, StyleTransferRequest
 from webui.ui.gallery_actions import SendTarget
-from webui.ui import prompt_tools, styles
+from webui.ui import extra_networks, prompt_tools, styles
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, error_html, option_fields,
@@ -114,6 +114,7 @@ class Img2ImgTab:
     image: UploadedImage  # the img2img mode's input, also the target of "send to img2img"
     mode: gr.Radio
     style: StyleTransferForm | None = None
+    networks: extra_networks.ExtraNetworksPanel | None = None
 
     def fields(self) -> Widgets:
         """Widgets by request field name (PNG Info and History fill these)."""
@@ -154,6 +155,7 @@ def _inpaint_inputs(values: dict, form: InpaintForm, open_upload: Opener) -> dic
 def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     limits = services.settings.limits
     row = build_prompt_row("img2img", "make it winter", under_buttons=lambda: styles.build(services, "img2img"))
+    networks = extra_networks.build(services, "img2img")
     with gr.Row():
         with gr.Column():
             # Batch names server folders: hidden when the server is exposed and the operator did not opt in.
@@ -228,7 +230,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
     styles.wire(services, row.extra, row)
     prompt_tools.wire_token_counters(services, row, row.extra.dropdown, settings["steps"])
     wire_reuse(reuse, outputs.info, settings)
-    return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode, style)
+    return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode, style, networks)
 
 
 def send_targets(tab: Img2ImgTab) -> list[SendTarget]:

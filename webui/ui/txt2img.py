@@ -10,7 +10,7 @@ from webui.hires_fix import UPSCALERS as HIRES_UPSCALERS
 from webui.parameters import BY_NAME, TXT2IMG, Param, widget_rows
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
-from webui.ui import prompt_tools, styles
+from webui.ui import extra_networks, prompt_tools, styles
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, option_fields, request_fields, wire,
                                       wire_reuse)
@@ -21,6 +21,7 @@ class Txt2ImgTab:
     row: PromptRow
     settings: Widgets
     outputs: Outputs
+    networks: extra_networks.ExtraNetworksPanel | None = None
 
     def fields(self) -> Widgets:
         """Widgets by request field name (PNG Info and History fill these)."""
@@ -64,6 +65,7 @@ def _hires_rows() -> list[Param]:
 def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     row = build_prompt_row("txt2img", "a watercolor fox in a snowy forest",
                            under_buttons=lambda: styles.build(services, "txt2img"))
+    networks = extra_networks.build(services, "txt2img")
     with gr.Row():
         with gr.Column():
             settings, reuse = build_settings_and_reuse(services, "txt2img")
@@ -78,7 +80,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
             settings.update(build_refiner(services))
         with gr.Column():
             outputs = build_outputs("txt2img", services.settings.exposed)
-    tab = Txt2ImgTab(row, settings, outputs)
+    tab = Txt2ImgTab(row, settings, outputs, networks)
 
     def submit(values: dict, confirm=None):
         fields = dict(option_fields(services, TXT2IMG, settings), **request_fields(values, settings),
