@@ -1,0 +1,109 @@
+"""LoRAs applied to a loaded model for one job, and the base weights restored exactly afterwards.
+
+The deltas of all the job's LoRAs are summed in fp32 per weight, added to the weight (cast back to its dtype),
+and when the job ends (finished, failed or interrupted) each touched weight gets its original bytes back from a
+copy kept on the same device: restoring by subtraction would drift in fp16. A job without LoRAs touches nothing.
+Parsed files are cached by (path, size, mtime), so the next job with the same LoRA does not read it again.
+The refiner of a job is a different model and is left alone (its layers are not the base model's).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from webui.errors import ModelLoadError
+from webui.models.lora_weights import (LoraFile, LoraTargets, family_problem, fit_problem, module_deltas,
+                                       read_lora)
+
+MAX_CACHED_FILES = 8  # parsed LoRA files kept in RAM between jobs
+
+
+@dataclass(frozen=True)
+class JobLora:
+    """One LoRA of a job: the name the prompt used, its file and its two weights."""
+
+    name: str
+    path: Path
+    te_weight: float
+    unet_weight: float
+
+
+class LoraFiles:
+    """Parsed LoRA files, cached by (path, size, mtime): an edited or replaced file is read again."""
+
+    def __init__(self, allow_pickle: bool = False, max_files: int = MAX_CACHED_FILES):
+        self._allow_pickle = allow_pickle
+        self._max = max_files
+        self._lock = threading.Lock()
+        self._files: OrderedDict[tuple[str, int, int], LoraFile] = OrderedDict()
+        self.reads = 0  # files actually read from disk
+
+    def get(self, path: Path) -> LoraFile:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ModelLoadError(f"LoRA '{path.stem}' could not be read: {exc.strerror or exc}") from exc
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if key in self._files:
+                self._files.move_to_end(key)
+                return self._files[key]
+        lora = read_lora(path, allow_pickle=self._allow_pickle)
+        with self._lock:
+            self.reads += 1
+            self._files[key] = lora
+            while len(self._files) > self._max:
+                self._files.popitem(last=False)
+        return lora
+
+
+@contextmanager
+def applied_loras(pipe, family: str, loras: Sequence[JobLora], files: LoraFiles,
+                  warnings: list[str]) -> Iterator[list[JobLora]]:
+    """Apply ``loras`` to ``pipe``'s UNet and text encoders for the ``with`` body; yields the LoRAs applied.
+
+    A file that cannot be read or does not fit the model is left out with a warning appended to ``warnings``
+    (A1111 warns and goes on); partial fits apply what fits and warn too."""
+    if not loras:
+        yield []
+        return
+    targets = LoraTargets(pipe, family)
+    total: dict[str, torch.Tensor] = {}
+    applied: list[JobLora] = []
+    for lora in loras:
+        try:
+            parsed = files.get(lora.path)
+        except ModelLoadError as exc:
+            warnings.append(str(exc))
+            continue
+        foreign = family_problem(parsed, lora.name, family)
+        if foreign:
+            warnings.append(foreign)  # another architecture: nothing of it is applied
+            continue
+        partial = fit_problem(parsed, lora.name, targets)
+        if partial:
+            warnings.append(partial)
+        deltas = module_deltas(parsed, te_weight=lora.te_weight, unet_weight=lora.unet_weight, family=family,
+                               targets=targets)
+        for param, delta in deltas.items():
+            total[param] = total[param] + delta if param in total else delta
+        applied.append(lora)
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for param, delta in total.items():
+                weight = targets.params[param]
+                originals[param] = weight.detach().clone()
+                weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+        yield applied
+    finally:
+        with torch.no_grad():
+            for param, original in originals.items():
+                targets.params[param].copy_(original)
