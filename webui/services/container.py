@@ -19,7 +19,9 @@ from webui.services.downloads import DefaultModelDownloader
 from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
+from webui.services.job_loras import JobLoras
 from webui.services.jobs import JobQueue
+from webui.services.listings import LoraRegistry, build_lora_registry
 from webui.services.options import OptionsService
 from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
@@ -48,6 +50,7 @@ class Services:
     styles: PromptStyles | None = None  # <data dir>/styles.csv (A1111's prompt styles)
     tokens: TokenCounter | None = None  # the prompt boxes' token counter
     upscaling: UpscalingService | None = None  # Extras: built-in resizers and upscaler models (models/ESRGAN...)
+    loras: LoraRegistry | None = None  # models/Lora: what prompts' <lora:...> tags name, and the API's list
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -89,6 +92,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
     def provenance() -> ProvenancePolicy:
         return ProvenancePolicy.from_options(options.get_all())
 
+    loras = build_lora_registry(settings)
+
     return Services(
         settings=settings,
         registry=registry,
@@ -102,7 +107,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                      saving=lambda: SaveOptions.from_options(options.get_all()),
                                      upscalers=upscaling,
                                      preview=lambda: preview_settings(options.value),
-                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds")),
+                                     confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
+                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle)),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=StyleTransferService(settings.models_dir, queue, store, hashes,
@@ -116,4 +122,5 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         styles=PromptStyles(settings.data_dir),
         tokens=TokenCounter(settings.limits),
         upscaling=upscaling,
+        loras=loras,
     )
