@@ -368,3 +368,15 @@ def test_pasting_resolves_a_renamed_lora_by_hash(lora_services):
     short = lora_hash(lora_services.settings.lora_dir / "kohya_style.safetensors")
     renamed = rename_pasted_loras("a fox <lora:style_v1:0.8>", f"style_v1: {short}", lora_services.loras)
     assert renamed == "a fox <lora:kohya_style:0.8>"
+
+
+def test_png_info_send_renames_the_lora_by_hash(lora_services):
+    from tests.test_pnginfo_send import _handlers, _shown
+    from webui.ui.app import build_ui
+
+    short = lora_hash(lora_services.settings.lora_dir / "kohya_style.safetensors")
+    send, _ = _handlers(build_ui(lora_services))["txt2img"]
+    text = (f"a fox <lora:style_v1:0.8> <lora:other:1>\nSteps: 5, Sampler: Euler, CFG scale: 7, Seed: 1, "
+            f'Size: 64x64, Lora hashes: "style_v1: {short}, other: 000000000000"')
+    *updates, _selected, _notice, _title, _status = send.fn(text)
+    assert _shown(send, updates)["Prompt"]["value"] == "a fox <lora:kohya_style:0.8> <lora:other:1>"
