@@ -71,3 +71,9 @@ def test_paste_renames_a_lora_by_hash():
     renamed = rename_by_hash(prompt, "style: abcdef123456, gone: 999999999999", local.get)
     assert renamed == "a cat <lora:my_style_v2:0.8> <lora:gone:1> <lora:kept:1>"
     assert rename_by_hash(prompt, "", local.get) == prompt
+
+
+def test_the_field_named_is_the_one_with_the_bad_tag():
+    with pytest.raises(InvalidRequest) as err:
+        prompt_networks("<lora:a:x>", field_name="hr_prompt")
+    assert err.value.field == "hr_prompt"

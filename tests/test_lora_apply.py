@@ -380,3 +380,17 @@ def test_png_info_send_renames_the_lora_by_hash(lora_services):
             f'Size: 64x64, Lora hashes: "style_v1: {short}, other: 000000000000"')
     *updates, _selected, _notice, _title, _status = send.fn(text)
     assert _shown(send, updates)["Prompt"]["value"] == "a fox <lora:kohya_style:0.8> <lora:other:1>"
+
+
+def test_module_deltas_contract_keys_and_shapes(pipe, lora_files):
+    """What the checkpoint merger bakes: deltas keyed by component-prefixed parameter name, fp32, the weight's shape."""
+    from webui.models.lora_weights import LoraTargets, module_deltas, read_lora
+
+    targets = LoraTargets(pipe, "sd1")
+    deltas = module_deltas(read_lora(lora_files["kohya"], allow_pickle=False), te_weight=0.5, unet_weight=1.0,
+                           family="sd1", targets=targets)
+    assert {k.split(".")[0] for k in deltas} == {"unet", "text_encoder"}
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight" in deltas
+    assert "text_encoder.encoder.layers.0.self_attn.q_proj.weight" in deltas
+    for key, delta in deltas.items():
+        assert delta.dtype == torch.float32 and delta.shape == weight(pipe, key).shape, key

@@ -100,7 +100,8 @@ def lora_use(tag: NetworkTag, default_weight: float = 1.0, field_name: str = "pr
     return LoraUse(tag.positional[0].strip(), te, unet)
 
 
-def prompt_networks(prompt: str, negative_prompt: str = "", default_weight: float = 1.0) -> PromptNetworks:
+def prompt_networks(prompt: str, negative_prompt: str = "", default_weight: float = 1.0,
+                    field_name: str = "prompt") -> PromptNetworks:
     """The LoRAs ``prompt`` asks for, and warnings for tags that do nothing here (unknown kinds such as
     ``<hypernet:...>``, LoRA tags in the negative prompt)."""
     _, tags = parse_tags(prompt)
@@ -108,7 +109,7 @@ def prompt_networks(prompt: str, negative_prompt: str = "", default_weight: floa
     warnings: list[str] = []
     for tag in tags:
         if tag.kind in LORA_KINDS:
-            loras.append(lora_use(tag, default_weight))
+            loras.append(lora_use(tag, default_weight, field_name))
         else:
             warnings.append(f"Extra network not supported, ignored: {tag.text}")
     _, negative_tags = parse_tags(negative_prompt)

@@ -259,21 +259,31 @@ def module_delta(tensors: Mapping[str, torch.Tensor], target: torch.Size) -> tor
     return updown * scale
 
 
+def lora_deltas(lora: LoraFile, *, te_weight: float, unet_weight: float,
+                targets: LoraTargets) -> tuple[dict[str, torch.Tensor], int]:
+    """(parameter -> delta at these weights, how many matched modules did not fit their layer's shape)."""
+    deltas: dict[str, torch.Tensor] = {}
+    misfits = 0
+    for param, (component, tensors) in resolve(lora, targets).matched.items():
+        try:
+            delta = module_delta(tensors, targets.params[param].shape)
+        except (ValueError, RuntimeError, KeyError):
+            misfits += 1
+            continue
+        deltas[param] = delta * (unet_weight if component == "unet" else te_weight)
+    return deltas, misfits
+
+
 def module_deltas(lora: LoraFile, *, te_weight: float, unet_weight: float, family: str,
                   targets: LoraTargets) -> dict[str, torch.Tensor]:
     """The deltas to ADD to the model's weights for this LoRA at these weights, keyed by parameter name with its
     component prefix (``unet.…weight``, ``text_encoder.…weight``, ``text_encoder_2.…weight``), fp32.
 
-    ``targets``: the model the LoRA is for (its parameter names and shapes). Modules that match nothing or do
-    not fit are left out; :func:`fit_problem` says how many."""
-    deltas: dict[str, torch.Tensor] = {}
-    for param, (component, tensors) in resolve(lora, targets).matched.items():
-        try:
-            delta = module_delta(tensors, targets.params[param].shape)
-        except (ValueError, RuntimeError, KeyError):
-            continue
-        deltas[param] = delta * (unet_weight if component == "unet" else te_weight)
-    return deltas
+    ``targets``: the model the LoRA is for (its parameter names and shapes; ``family`` must be its family).
+    Modules that match nothing or do not fit are left out; :func:`fit_problem` says how many."""
+    if targets.family != family:
+        raise ValueError(f"targets are for {targets.family}, not {family}")
+    return lora_deltas(lora, te_weight=te_weight, unet_weight=unet_weight, targets=targets)[0]
 
 
 def family_problem(lora: LoraFile, name: str, family: str) -> str | None:
@@ -286,22 +296,14 @@ def family_problem(lora: LoraFile, name: str, family: str) -> str | None:
     return None
 
 
-def fit_problem(lora: LoraFile, name: str, targets: LoraTargets) -> str | None:
-    """A warning naming how many of the LoRA's keys match no layer of the model (or do not fit its shape);
-    None when every key applies."""
+def fit_problem(lora: LoraFile, name: str, targets: LoraTargets, applied: int) -> str | None:
+    """A warning naming how many of the LoRA's keys match no layer of the model (or do not fit its shape), given
+    how many modules were ``applied``; None when every key applies."""
     loaded = FAMILY_NAMES.get(targets.family, targets.family)
-    resolved = resolve(lora, targets)
-    fits = 0
-    for param, (_, tensors) in resolved.matched.items():
-        try:
-            module_delta(tensors, targets.params[param].shape)
-            fits += 1
-        except (ValueError, RuntimeError, KeyError):
-            pass
     total = len(lora.modules) + len(lora.unknown_keys)
-    bad = total - fits
+    bad = total - applied
     if not bad:
         return None
-    if not fits:
+    if not applied:
         return f"LoRA '{name}' does not fit the loaded {loaded} model: none of its {total} modules matched"
     return f"LoRA '{name}': {bad} of its {total} modules matched nothing in the loaded {loaded} model"

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from webui.errors import ModelLoadError
-from webui.models.lora_weights import (LoraFile, LoraTargets, family_problem, fit_problem, module_deltas,
-                                       read_lora)
+from webui.models.lora_weights import LoraFile, LoraTargets, family_problem, fit_problem, lora_deltas, read_lora
 
 MAX_CACHED_FILES = 8  # parsed LoRA files kept in RAM between jobs
 
@@ -87,11 +86,10 @@ def applied_loras(pipe, family: str, loras: Sequence[JobLora], files: LoraFiles,
         if foreign:
             warnings.append(foreign)  # another architecture: nothing of it is applied
             continue
-        partial = fit_problem(parsed, lora.name, targets)
+        deltas, _ = lora_deltas(parsed, te_weight=lora.te_weight, unet_weight=lora.unet_weight, targets=targets)
+        partial = fit_problem(parsed, lora.name, targets, applied=len(deltas))
         if partial:
             warnings.append(partial)
-        deltas = module_deltas(parsed, te_weight=lora.te_weight, unet_weight=lora.unet_weight, family=family,
-                               targets=targets)
         for param, delta in deltas.items():
             total[param] = total[param] + delta if param in total else delta
         applied.append(lora)

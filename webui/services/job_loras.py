@@ -33,6 +33,8 @@ class JobLoras:
     def check(self, request: Any) -> None:
         """Refuse malformed tags before the job is queued (InvalidRequest naming the prompt)."""
         prompt_networks(request.prompt, request.negative_prompt, self._default_weight())
+        if getattr(request, "hr_prompt", ""):
+            prompt_networks(request.hr_prompt, default_weight=self._default_weight(), field_name="hr_prompt")
 
     @contextmanager
     def applied(self, model: LoadedModel, request: Any, warnings: list[str]) -> Iterator[dict[str, str]]:
@@ -40,7 +42,7 @@ class JobLoras:
         wanted = prompt_networks(request.prompt, request.negative_prompt, self._default_weight())
         warnings.extend(w for w in wanted.warnings if w not in warnings)
         hr_prompt = getattr(request, "hr_prompt", "") if getattr(request, "enable_hr", False) else ""
-        if hr_prompt and prompt_networks(hr_prompt).loras != wanted.loras:
+        if hr_prompt and prompt_networks(hr_prompt, default_weight=self._default_weight()).loras != wanted.loras:
             warnings.append("The hires prompt names other LoRAs than the prompt; the prompt's LoRAs apply to "
                             "both passes")
         loras: list[JobLora] = []
