@@ -394,3 +394,22 @@ def test_module_deltas_contract_keys_and_shapes(pipe, lora_files):
     assert "text_encoder.encoder.layers.0.self_attn.q_proj.weight" in deltas
     for key, delta in deltas.items():
         assert delta.dtype == torch.float32 and delta.shape == weight(pipe, key).shape, key
+
+
+def test_hires_and_img2img_jobs_apply_the_lora_too(lora_services):
+    gen = lora_services.generation
+    hires = dict(SMALL, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, denoising_strength=0.5)
+    base = gen.txt2img(Txt2ImgRequest(prompt="a red fox", **hires))
+    zero = gen.txt2img(Txt2ImgRequest(prompt="a red fox <lora:kohya_style:0>", **hires))
+    applied = gen.txt2img(Txt2ImgRequest(prompt="a red fox <lora:kohya_style:1>", **hires))
+    assert base.images[0].size == (96, 96)
+    assert np.array_equal(np.asarray(zero.images[0]), np.asarray(base.images[0]))
+    assert not np.array_equal(np.asarray(applied.images[0]), np.asarray(base.images[0]))
+
+    from webui.types import Img2ImgRequest
+
+    init = dict(SMALL, init_images=[base.images[0].resize((64, 64))], denoising_strength=0.6)
+    plain = gen.img2img(Img2ImgRequest(prompt="a red fox", **init))
+    with_lora = gen.img2img(Img2ImgRequest(prompt="a red fox <lora:kohya_style:1>", **init))
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(with_lora.images[0]))
+    assert "Lora hashes" in parse_infotext(with_lora.infotexts[0]).params
