@@ -6,6 +6,7 @@ LoRA files are written in fixtures with real key names computed from the tiny mo
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -356,6 +357,8 @@ def test_rest_txt2img_with_a_lora(lora_services):
         assert ok.status_code == 200, ok.text
         info = ok.json()["info"]
         assert "Lora hashes: \\\"kohya_style: " in info
+        short = lora_hash(lora_services.settings.lora_dir / "kohya_style.safetensors")
+        assert json.loads(info)["extra_generation_params"]["Lora hashes"] == f"kohya_style: {short}"
         missing = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a fox <lora:nope:1>"})
         assert missing.status_code == 200 and "LoRA not found: nope" in missing.json()["info"]
         bad = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a fox <lora:kohya_style:much>"})
