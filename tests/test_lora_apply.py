@@ -416,3 +416,26 @@ def test_hires_and_img2img_jobs_apply_the_lora_too(lora_services):
     with_lora = gen.img2img(Img2ImgRequest(prompt="a red fox <lora:kohya_style:1>", **init))
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(with_lora.images[0]))
     assert "Lora hashes" in parse_infotext(with_lora.infotexts[0]).params
+
+
+def test_cp_decomposed_locon_acts_like_its_three_convolutions(pipe, tmp_path):
+    """A LoCon with ``lora_mid`` (LyCORIS CP): the delta we add is the one conv equal to down (1x1), mid (3x3),
+    up (1x1) applied in turn, which is what the trainer ran."""
+    import torch.nn.functional as F
+
+    name = "down_blocks.1.resnets.0.conv1"
+    conv = pipe.unet.get_submodule(name)
+    out_c, in_c = conv.weight.shape[:2]
+    gen = torch.Generator().manual_seed(9)
+    down, mid, up = (torch.randn(3, in_c, 1, 1, generator=gen) * 0.1, torch.randn(3, 3, 3, 3, generator=gen) * 0.1,
+                     torch.randn(out_c, 3, 1, 1, generator=gen) * 0.1)
+    key = "lora_unet_" + name.replace(".", "_")
+    path = tmp_path / "cp.safetensors"
+    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_mid.weight": mid, f"{key}.lora_up.weight": up,
+               f"{key}.alpha": torch.tensor(3.0)}, str(path))
+    x = torch.randn(1, in_c, 8, 8, generator=gen)
+    chained = F.conv2d(F.conv2d(F.conv2d(x, down), mid, padding=1), up)
+    before = weight(pipe, f"unet.{name}.weight")
+    with applied_loras(pipe, "sd1", [JobLora("cp", path, 1, 1)], LoraFiles(), []):
+        delta = weight(pipe, f"unet.{name}.weight") - before
+    torch.testing.assert_close(F.conv2d(x, delta, padding=1), chained, rtol=1e-4, atol=1e-5)

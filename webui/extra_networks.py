@@ -2,8 +2,9 @@
 
 A tag is ``<kind:arg1:arg2...>`` (A1111's ``extra_networks.re_extra_net``); every tag is removed from the text
 before it is encoded, whatever its kind, as A1111 does. Arguments with ``=`` are named (``te=0.5``, ``unet=1``).
-For a LoRA the first positional argument is the name, the second the text-encoder weight (default: the
-``extra_networks_default_multiplier``, 1), the third the UNet weight (default: the text-encoder weight); ``te=`` and
+For a LoRA the first positional argument is the name, the second the text-encoder weight (default 1, as
+A1111's ``extra_networks_lora.activate``; its ``extra_networks_default_multiplier`` option only sets the weight
+the Extra Networks cards insert), the third the UNet weight (default: the text-encoder weight); ``te=`` and
 ``unet=`` override them. ``lyco`` is A1111's alias of ``lora``. A1111 reads the tags of the prompt only: tags in the
 negative prompt are removed from its text and reported, not applied.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 from webui.extra_networks import format_lora_hashes, prompt_networks, rename_by_hash
 from webui.models.loader import LoadedModel
@@ -19,12 +19,9 @@ from webui.pipelines.lora_apply import JobLora, LoraFiles, applied_loras
 
 
 class JobLoras:
-    def __init__(self, registry: LoraRegistry | None, *, allow_pickle: bool = False,
-                 default_weight: Callable[[], float] = lambda: 1.0):
-        """``default_weight``: A1111's ``extra_networks_default_multiplier``, read per job."""
+    def __init__(self, registry: LoraRegistry | None, *, allow_pickle: bool = False):
         self._registry = registry
         self._files = LoraFiles(allow_pickle=allow_pickle)
-        self._default_weight = default_weight
 
     @property
     def files(self) -> LoraFiles:
@@ -32,17 +29,17 @@ class JobLoras:
 
     def check(self, request: Any) -> None:
         """Refuse malformed tags before the job is queued (InvalidRequest naming the prompt)."""
-        prompt_networks(request.prompt, request.negative_prompt, self._default_weight())
+        prompt_networks(request.prompt, request.negative_prompt)
         if getattr(request, "hr_prompt", ""):
-            prompt_networks(request.hr_prompt, default_weight=self._default_weight(), field_name="hr_prompt")
+            prompt_networks(request.hr_prompt, field_name="hr_prompt")
 
     @contextmanager
     def applied(self, model: LoadedModel, request: Any, warnings: list[str]) -> Iterator[dict[str, str]]:
         """The job's LoRAs on ``model`` for the ``with`` body; yields the infotext parameters they add."""
-        wanted = prompt_networks(request.prompt, request.negative_prompt, self._default_weight())
+        wanted = prompt_networks(request.prompt, request.negative_prompt)
         warnings.extend(w for w in wanted.warnings if w not in warnings)
         hr_prompt = getattr(request, "hr_prompt", "") if getattr(request, "enable_hr", False) else ""
-        if hr_prompt and prompt_networks(hr_prompt, default_weight=self._default_weight()).loras != wanted.loras:
+        if hr_prompt and prompt_networks(hr_prompt).loras != wanted.loras:
             warnings.append("The hires prompt names other LoRAs than the prompt; the prompt's LoRAs apply to "
                             "both passes")
         loras: list[JobLora] = []
