@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from webui.errors import InvalidRequest
-from webui.extra_networks import (LoraUse, format_lora_hashes, parse_lora_hashes, prompt_networks, rename_by_hash,
+from webui.extra_networks import (MAX_LORAS, LoraUse, format_lora_hashes, parse_lora_hashes, prompt_networks, rename_by_hash,
                                   strip_tags)
 
 
@@ -77,3 +77,19 @@ def test_the_field_named_is_the_one_with_the_bad_tag():
     with pytest.raises(InvalidRequest) as err:
         prompt_networks("<lora:a:x>", field_name="hr_prompt")
     assert err.value.field == "hr_prompt"
+
+
+def test_too_many_lora_tags_are_refused():
+    assert len(prompt_networks("<lora:a:1>" * MAX_LORAS).loras) == MAX_LORAS
+    with pytest.raises(InvalidRequest, match=f"{MAX_LORAS + 1} LoRA tags is over this server's limit"):
+        prompt_networks("<lora:a:1>" * (MAX_LORAS + 1))
+
+
+def test_tags_do_not_count_against_the_prompt_token_limit():
+    from webui.config import Limits
+    from webui.services.prompt_budget import PromptBudget
+
+    budget = PromptBudget(Limits(max_prompt_tokens=75))
+    budget.check("prompt", "cat " * 70 + "<lora:a_very_long_lora_name_with_many_words_in_it:0.8>")
+    with pytest.raises(InvalidRequest, match="tokens is over"):
+        budget.check("prompt", "cat " * 76)

@@ -23,6 +23,7 @@ from webui.errors import InvalidRequest
 TAG = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra_networks.re_extra_net
 LORA_KINDS = ("lora", "lyco")  # lyco: the LyCORIS extension's name, an alias in A1111
 _HASHED_LORA = re.compile(r"<lora:([^:>]+):")  # A1111's re_lora in lora_script.infotext_pasted
+MAX_LORAS = 32  # per prompt: each LoRA costs a pass over the model's weights before the job's first step
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def prompt_networks(prompt: str, negative_prompt: str = "", default_weight: floa
             loras.append(lora_use(tag, default_weight, field_name))
         else:
             warnings.append(f"Extra network not supported, ignored: {tag.text}")
+    if len(loras) > MAX_LORAS:
+        raise InvalidRequest(field_name, f"{len(loras)} LoRA tags is over this server's limit of {MAX_LORAS}")
     _, negative_tags = parse_tags(negative_prompt)
     if negative_tags:
         warnings.append("Extra networks in the negative prompt are not applied (as in A1111): "
