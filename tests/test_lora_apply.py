@@ -439,3 +439,17 @@ def test_cp_decomposed_locon_acts_like_its_three_convolutions(pipe, tmp_path):
     with applied_loras(pipe, "sd1", [JobLora("cp", path, 1, 1)], LoraFiles(), []):
         delta = weight(pipe, f"unet.{name}.weight") - before
     torch.testing.assert_close(F.conv2d(x, delta, padding=1), chained, rtol=1e-4, atol=1e-5)
+
+
+def test_a_dora_file_is_refused_by_name(tmp_path, pipe, lora_files):
+    tensors = load_file(lora_files["second"])
+    key = next(k for k in tensors if k.endswith(".lora_down.weight")).removesuffix(".lora_down.weight")
+    tensors[f"{key}.dora_scale"] = torch.ones(1, 32)
+    path = tmp_path / "dora.safetensors"
+    save_file(tensors, str(path))
+    before = snapshot(pipe)
+    warnings: list[str] = []
+    with applied_loras(pipe, "sd1", [JobLora("dora", path, 1, 1)], LoraFiles(), warnings) as done:
+        assert done == []
+        assert_unchanged(pipe, before)
+    assert warnings == ["LoRA 'dora' is a DoRA, which this server does not apply yet"]

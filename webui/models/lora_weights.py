@@ -115,12 +115,15 @@ def _load_tensors(path: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tenso
 def read_lora(path: Path, *, allow_pickle: bool) -> LoraFile:
     """Parse a LoRA file into modules; ModelLoadError (naming the file) when it cannot be read at all."""
     tensors, metadata = _load_tensors(path, allow_pickle)
+    if any(key.endswith("dora_scale") or "lora_magnitude_vector" in key for key in tensors):
+        # Without DoRA's weight normalisation the low-rank part alone would give a different image.
+        raise ModelLoadError(f"LoRA '{path.stem}' is a DoRA, which this server does not apply yet")
     modules: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
     kohya_te = kohya_te1 = False
     for key, tensor in tensors.items():
         split = _split_kohya(key) or _split_dotted(key)
-        if split is None or split[1] == "dora_scale":
+        if split is None:
             unknown.append(key)
             continue
         kohya_te |= key.startswith("lora_te_")
