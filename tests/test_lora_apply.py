@@ -453,3 +453,13 @@ def test_a_dora_file_is_refused_by_name(tmp_path, pipe, lora_files):
         assert done == []
         assert_unchanged(pipe, before)
     assert warnings == ["LoRA 'dora' is a DoRA, which this server does not apply yet"]
+
+
+def test_weights_held_by_an_offload_hook_are_reported_not_silently_skipped(lora_files):
+    offloaded = _sd1_pipe()
+    offloaded.unet.to("meta")  # what sequential CPU offload leaves in the modules
+    warnings: list[str] = []
+    with applied_loras(offloaded, "sd1", [JobLora("k", lora_files["kohya"], 1, 1)], LoraFiles(), warnings) as done:
+        assert done == []
+    assert warnings == ["LoRAs are not applied: this model runs with sequential CPU offload (the low-memory "
+                        "profile), which LoRAs do not support yet"]

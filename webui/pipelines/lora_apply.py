@@ -74,6 +74,13 @@ def applied_loras(pipe, family: str, loras: Sequence[JobLora], files: LoraFiles,
         yield []
         return
     targets = LoraTargets(pipe, family)
+    if any(param.is_meta for param in targets.params.values()):
+        # Sequential CPU offload keeps the weights in its hooks and leaves meta tensors in the modules: adding to
+        # those would do nothing, so say so rather than make an image without the LoRA that claims to have it.
+        warnings.append("LoRAs are not applied: this model runs with sequential CPU offload (the low-memory "
+                        "profile), which LoRAs do not support yet")
+        yield []
+        return
     total: dict[str, torch.Tensor] = {}
     applied: list[JobLora] = []
     for lora in loras:
