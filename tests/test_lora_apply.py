@@ -463,3 +463,17 @@ def test_weights_held_by_an_offload_hook_are_reported_not_silently_skipped(lora_
         assert done == []
     assert warnings == ["LoRAs are not applied: this model runs with sequential CPU offload (the low-memory "
                         "profile), which LoRAs do not support yet"]
+
+
+def test_a_lora_of_other_widths_applies_nothing_and_says_so(tmp_path, pipe, lora_files):
+    tensors = {k: (torch.zeros(4, 7) if k.endswith("lora_down.weight") else v)
+               for k, v in load_file(lora_files["second"]).items()}
+    path = tmp_path / "wide.safetensors"
+    save_file(tensors, str(path))
+    before = snapshot(pipe)
+    warnings: list[str] = []
+    with applied_loras(pipe, "sd1", [JobLora("wide", path, 1, 1)], LoraFiles(), warnings) as done:
+        assert done == []
+        assert_unchanged(pipe, before)
+    total = len(linear_modules(pipe.unet, ATTENTION))
+    assert warnings == [f"LoRA 'wide' does not fit the loaded SD1.x model: none of its {total} modules matched"]

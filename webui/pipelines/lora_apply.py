@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from webui.errors import ModelLoadError
-from webui.models.lora_weights import LoraFile, LoraTargets, family_problem, fit_problem, lora_deltas, read_lora
+from webui.models.lora_weights import (LoraFile, LoraTargets, family_problem, fit_problem, module_delta, read_lora,
+                                       resolve)
 
 MAX_CACHED_FILES = 8  # parsed LoRA files kept in RAM between jobs
 
@@ -81,8 +82,7 @@ def applied_loras(pipe, family: str, loras: Sequence[JobLora], files: LoraFiles,
                         "profile), which LoRAs do not support yet")
         yield []
         return
-    total: dict[str, torch.Tensor] = {}
-    applied: list[JobLora] = []
+    plans: list[tuple[JobLora, LoraFile, dict]] = []  # each usable LoRA and its modules matched to parameters
     for lora in loras:
         try:
             parsed = files.get(lora.path)
@@ -93,22 +93,47 @@ def applied_loras(pipe, family: str, loras: Sequence[JobLora], files: LoraFiles,
         if foreign:
             warnings.append(foreign)  # another architecture: nothing of it is applied
             continue
-        deltas, _ = lora_deltas(parsed, te_weight=lora.te_weight, unet_weight=lora.unet_weight, targets=targets)
-        partial = fit_problem(parsed, lora.name, targets, applied=len(deltas))
-        if partial:
-            warnings.append(partial)
-        for param, delta in deltas.items():
-            total[param] = total[param] + delta if param in total else delta
-        applied.append(lora)
+        plans.append((lora, parsed, resolve(parsed, targets).matched))
+    fitted = {id(lora): 0 for lora, _, _ in plans}
     originals: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():
-            for param, delta in total.items():
+            # One parameter at a time, on its own device: only one delta exists at once, however large the LoRAs.
+            for param in dict.fromkeys(name for _, _, matched in plans for name in matched):
                 weight = targets.params[param]
+                delta = _summed_delta(param, weight, plans, fitted)
+                if delta is None:
+                    continue
                 originals[param] = weight.detach().clone()
-                weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+                weight.copy_((weight.float() + delta).to(weight.dtype))
+                del delta
+        applied = []
+        for lora, parsed, _ in plans:
+            partial = fit_problem(parsed, lora.name, targets, applied=fitted[id(lora)])
+            if partial:
+                warnings.append(partial)
+            if fitted[id(lora)]:
+                applied.append(lora)
         yield applied
     finally:
         with torch.no_grad():
             for param, original in originals.items():
                 targets.params[param].copy_(original)
+
+
+def _summed_delta(param: str, weight: torch.Tensor, plans: list[tuple[JobLora, LoraFile, dict]],
+                  fitted: dict[int, int]) -> torch.Tensor | None:
+    """The fp32 sum of every LoRA's delta for ``param`` at its weights (None: none fits); counts fits per LoRA."""
+    total = None
+    for lora, _, matched in plans:
+        if param not in matched:
+            continue
+        component, tensors = matched[param]
+        try:
+            delta = module_delta({k: v.to(weight.device) for k, v in tensors.items()}, weight.shape)
+        except (ValueError, RuntimeError):
+            continue  # a module of another width: counted as not fitting
+        fitted[id(lora)] += 1
+        delta = delta * (lora.unet_weight if component == "unet" else lora.te_weight)
+        total = delta if total is None else total + delta
+    return total
