@@ -55,7 +55,8 @@ class SharedTinyLoader:
     load, and by everything else that changes the result (kind, dtype, whether pickles are allowed). Failed loads
     are never cached: a test expecting a load error sees it every time. The returned model shares the weights of
     the first load but names the caller's file, so infotext and titles are the test's own. Sharing is safe
-    because jobs never change loaded weights (each job builds its own pipeline object around them).
+    because jobs leave loaded weights as they found them (each job builds its own pipeline object around them;
+    a job's LoRAs are restored byte for byte when it ends) and tests run one at a time.
     """
 
     def __init__(self):

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from webui import VERSION
+from webui.infotext import parse_infotext
 from webui.parameters import InfotextContext, infotext_params
 from webui.types import GenerationResult
 
@@ -25,6 +26,12 @@ def _hires_params(result: GenerationResult) -> dict[str, Any]:
     params = infotext_params(request, InfotextContext(result.base_seed))
     return {key: value for key, value in params.items()
             if value is not None and (key.startswith("Hires ") or key == "Denoising strength")}
+
+
+def _lora_params(result: GenerationResult) -> dict[str, Any]:
+    """A1111 lists ``Lora hashes`` there too (extra_networks_lora sets it in extra_generation_params)."""
+    hashes = parse_infotext(result.infotexts[0]).params.get("Lora hashes") if result.infotexts else None
+    return {"Lora hashes": hashes} if hashes else {}
 
 
 def a1111_info(result: GenerationResult) -> dict[str, Any]:
@@ -59,7 +66,7 @@ def a1111_info(result: GenerationResult) -> dict[str, Any]:
         "seed_resize_from_w": request.seed_resize_from_w,
         "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength if _img2img_or_hires(request) else None,
-        "extra_generation_params": _hires_params(result),
+        "extra_generation_params": {**_hires_params(result), **_lora_params(result)},
         "index_of_first_image": 0,
         "infotexts": result.infotexts,
         "styles": [],

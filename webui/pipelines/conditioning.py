@@ -17,6 +17,7 @@ from typing import Iterator
 
 import torch
 
+from webui.extra_networks import strip_tags
 from webui.prompt_schedule import index_at_step, prompt_schedule, split_and
 from webui.models.embeddings import ONE_ENCODER, Embedding, JobEmbeddings
 from webui.prompts import parse_prompt_attention
@@ -202,7 +203,9 @@ def encode_pair(pipe, prompt: str, negative: str, clip_skip: int, device: torch.
                 embeddings: JobEmbeddings | None = None) -> tuple[Conditioning, Conditioning]:
     """Encode prompt and negative prompt, padded to the same number of chunks (diffusers needs equal shapes)."""
     tokenizer = _chunking_tokenizer(pipe)
-    pos, neg = chunk_prompt(tokenizer, prompt, embeddings), chunk_prompt(tokenizer, negative, embeddings)
+    # Extra-network tags (<lora:...>) select weights; they are never text for the encoder.
+    pos, neg = (chunk_prompt(tokenizer, strip_tags(prompt), embeddings),
+                chunk_prompt(tokenizer, strip_tags(negative), embeddings))
     while len(neg) < len(pos):
         neg.append(Chunk())
     while len(pos) < len(neg):
@@ -263,7 +266,9 @@ def encode_scheduled_pair(pipe, prompt: str, negative: str, clip_skip: int, devi
 
     ``hires_steps``: the schedule of a hires fix's second pass (see :func:`webui.prompt_schedule.prompt_schedule`).
     The prompt splits on ``AND`` as A1111's; the negative prompt does not (an ``AND`` there is text, as in A1111).
+    Extra-network tags (``<lora:...>``) are removed from both first, as A1111 removes them before scheduling.
     """
+    prompt, negative = strip_tags(prompt), strip_tags(negative)
     parts = [(prompt_schedule(text, steps, hires_steps), weight) for text, weight in split_and(prompt)]
     positive, weight = parts[0]
     negatives = prompt_schedule(negative, steps, hires_steps)

@@ -22,6 +22,7 @@ from webui.services.listings import LoraRegistry, build_lora_registry, embedding
 from webui.services.folders import folder_policy
 from webui.services.generation import GenerationService
 from webui.services.job_store import JobStore
+from webui.services.job_loras import JobLoras
 from webui.services.jobs import JobQueue
 from webui.services.merging import MergeService
 from webui.services.options import OptionsService
@@ -126,7 +127,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                      upscalers=upscaling,
                                      preview=lambda: preview_settings(options.value),
                                      confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
-                                     embeddings=embeddings),
+                                     embeddings=embeddings,
+                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle)),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=style,

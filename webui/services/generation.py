@@ -24,6 +24,7 @@ from webui.image_io import open_image
 from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
 from webui.models.embeddings import EmbeddingLibrary, JobEmbeddings
+from webui.models.loras import LoraRegistry
 from webui.models.manager import ModelManager
 from webui.models.native_size import FALLBACK as FALLBACK_SIZE
 from webui.models.native_size import native_size
@@ -37,6 +38,7 @@ from webui.provenance.encode import FinalPng, finish_png
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.folders import folder_policy, unused_name
 from webui.services.job_estimate import JobEstimate, JobSpeed, LongJobWarning, work
+from webui.services.job_loras import JobLoras
 from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
 from webui.services.prompt_budget import PromptBudget
 from webui.services.safety import SafetyService
@@ -66,10 +68,15 @@ class GenerationService:
                  save_before_hires: Callable[[], bool] = lambda: False,
                  saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None,
                  preview: Callable[[], PreviewSettings] = PreviewSettings,
-                 confirm_after: Callable[[], float] = lambda: 0, embeddings: EmbeddingLibrary | None = None):
+                 confirm_after: Callable[[], float] = lambda: 0, embeddings: EmbeddingLibrary | None = None,
+                 loras: JobLoras | None = None):
         """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
-        the textual-inversion files prompts may name (None: none)."""
+        the textual-inversion files prompts may name (None: none); ``loras``: the LoRAs prompts may name (None: a
+        registry over ``models/Lora`` of its own)."""
         self._embeddings = embeddings
+        self._loras = loras or JobLoras(LoraRegistry(settings.lora_dir,
+                                                     allow_external_links=settings.allow_external_model_links),
+                                        allow_pickle=settings.allow_pickle)
         self._settings = settings
         self._saving = saving  # A1111's saving options (names, format, .txt, grids), read per job
         self._saver = ImageSaver(store.root)
@@ -234,6 +241,7 @@ class GenerationService:
         self._check_job_pixels(request)
         self._prompts.check("prompt", request.prompt, request.steps, composable=True)
         self._prompts.check("negative_prompt", request.negative_prompt, request.steps)
+        self._loras.check(request)
         if getattr(request, "enable_hr", False) and not hasattr(request, "init_images"):
             self._check_hires(request)
         if request.sd_vae is not None and self._vaes is not None:
@@ -342,7 +350,7 @@ class GenerationService:
                                   started=started, base_subseed=base_subseed)
         first_params: dict = {}  # the first image's infotext parameters: a grid carries them, as in A1111
         with ctx.models.lease(request.checkpoint) as model, self._job_vae(ctx, request, model) as (model, vae), \
-                seamless(model, request.tiling):
+                seamless(model, request.tiling), self._loras.applied(model, request, result.warnings) as lora_params:
             task.check_model(model)
             model = self._job_embeddings(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
@@ -373,7 +381,7 @@ class GenerationService:
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
                                               subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
                                               refiner=out.refiner)
-                    params = {**infotext_params(request, context), **_ti_hashes(model),
+                    params = {**infotext_params(request, context), **_ti_hashes(model), **lora_params,
                               "Version": f"studio-{VERSION}"}
                     batch_params.append(dict(params))
                     first_params = first_params or dict(params)

@@ -16,6 +16,7 @@ from transformers import CLIPTokenizer
 
 from webui.config import Limits
 from webui.errors import InvalidRequest
+from webui.extra_networks import strip_tags
 from webui.models.embeddings import JobEmbeddings
 from webui.models.loader import TOKENIZER_DIR
 from webui.pipelines.conditioning import CHUNK_TOKENS, COMMA_BACKTRACK, chunk_prompt
@@ -58,6 +59,7 @@ class PromptBudget:
         if len(text) > self._max_chars:
             raise InvalidRequest(field, f"{len(text)} characters is over this server's limit of "
                                         f"{self._max_chars} characters")
+        text = strip_tags(text)  # <lora:...> tags select weights and are never encoded
         if not text:
             return
         # Each opening bracket can weight at most one token: more brackets than allowed tokens is never a prompt.

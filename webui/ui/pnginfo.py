@@ -16,6 +16,7 @@ from webui.infotext_paste import Paste, paste
 from webui.parameters import BY_NAME
 from webui.samplers import schedules_for
 from webui.services.container import Services
+from webui.services.job_loras import LoraRegistry, rename_pasted_loras
 from webui.ui.generation_form import Widgets, error_html
 from webui.ui.image_inputs import ImageSource, UploadedImage
 
@@ -44,13 +45,17 @@ def read_parameters(upload: ImageSource | None, limits: Limits) -> tuple[str, st
     return text or "", parameters_table(text)
 
 
-def field_updates(text: str, widgets: Widgets, services: Services | None = None) -> tuple[list, Paste, list[str]]:
+def field_updates(text: str, widgets: Widgets, services: Services | None = None,
+                  loras: LoraRegistry | None = None) -> tuple[list, Paste, list[str]]:
     """One update per widget: the value the infotext gives its request field (shown as the widget shows it),
     or no change where the text has none; the scheduler's choices follow the sampler sent with it. With
     ``services``, saved styles found in the prompts are taken out of them and returned (A1111's default
-    "infotext_styles: Apply if any")."""
+    "infotext_styles: Apply if any"). With ``loras``, ``<lora:NAME:`` tags are renamed to the local file with the
+    hash the text's ``Lora hashes`` gives (A1111's paste rule)."""
     pasted = paste(text, widgets) if text else Paste()
     values = dict(pasted.values)
+    if loras is not None and "prompt" in values:
+        values["prompt"] = rename_pasted_loras(values["prompt"], parse_infotext(text).params.get("Lora hashes"), loras)
     found: list[str] = []
     if services is not None and services.styles is not None and "prompt" in values:
         found, prompt, negative = services.styles.extract(values["prompt"], values.get("negative_prompt", ""))
@@ -133,7 +138,7 @@ def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Serv
         def send(text: str, tab_id: str = tab_id, widgets: Widgets = widgets, styled: bool = bool(extra)) -> list:
             if not text:
                 return [gr.update()] * (len(widgets) + styled + 1) + ["", None, gr.update()]
-            updates, pasted, found = field_updates(text, widgets, services if styled else None)
+            updates, pasted, found = field_updates(text, widgets, services if styled else None, services.loras)
             title, missing = checkpoint_to_switch(services, pasted)
             not_applied = f"Not applied: {', '.join(pasted.not_applied)}" if pasted.not_applied else ""
             lines = [missing, not_applied]
