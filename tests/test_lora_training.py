@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,6 +15,10 @@ from tests.conftest import install, make_settings
 from tests.tiny_models import write_tiny_sdxl_single_file
 from tests.training_helpers import colour_set, lora_request, train
 from webui.errors import InvalidRequest
+from webui.infotext import parse_infotext
+from webui.models.loras import lora_hash
+from webui.services.merge_request import MergeRequest
+from webui.types import Txt2ImgRequest
 from webui.models import loader
 from webui.services.container import build_services
 from webui.training.lora_request import from_dict
@@ -270,3 +275,27 @@ def test_the_memory_estimate_refuses_what_cannot_fit():
     checkpointed = from_dict({"base_model": "m", "data_dir": "/d", "output_name": "o", "resolution": 1024,
                               "batch_size": 8, "gradient_checkpointing": True})
     assert estimated_bytes(checkpointed, **sd15) < estimated_bytes(big, **sd15)
+
+
+def _mean_diff(a, b) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
+
+
+def test_the_trained_lora_works_in_a_prompt_and_bakes_into_a_merged_checkpoint(trained):
+    """The whole loop: train here, use it by tag (our own reader), and bake it into a new checkpoint."""
+    services, _ = trained
+    gen = services.generation
+    small = dict(width=64, height=64, steps=3, seed=5, sampler_name="Euler", save_images=False,
+                 checkpoint="tiny-sd15")
+    base = gen.txt2img(Txt2ImgRequest(prompt="colour1 square", **small))
+    tagged = gen.txt2img(Txt2ImgRequest(prompt="colour1 square <lora:colours:1>", **small))
+    assert tagged.warnings == []
+    assert _mean_diff(tagged.images[0], base.images[0]) > 1.0
+    lora_file = services.settings.lora_dir / "colours.safetensors"
+    assert parse_infotext(tagged.infotexts[0]).params["Lora hashes"] == f"colours: {lora_hash(lora_file)}"
+
+    result = services.merging.merge(MergeRequest("tiny-sd15", method="No interpolation", output_name="baked",
+                                                 loras=(("colours", 1.0),)), timeout=120)
+    baked = gen.txt2img(Txt2ImgRequest(prompt="colour1 square", **{**small, "checkpoint": result.title}))
+    # fp16 file vs. fp32 deltas at run time: close to the tagged image, far from the base one.
+    assert _mean_diff(baked.images[0], tagged.images[0]) < _mean_diff(baked.images[0], base.images[0]) / 4

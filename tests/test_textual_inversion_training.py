@@ -17,12 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from tests.tiny_models import tiny_sd1_components, write_tiny_single_file
 from webui.errors import InvalidRequest, ModelLoadError
+from webui.infotext import parse_infotext
 from webui.models import loader
 from webui.models.loader import LoadedModel
 from webui.training.protocol import TrainingResources, TrainState
 from webui.training.textual_inversion import METHOD, caption_of
 from webui.training.ti_request import TextualInversionRequest, parse_learn_rate, rate_at
-from webui.types import CheckpointInfo
+from webui.types import CheckpointInfo, Txt2ImgRequest
 
 COLOURS = [(250, 20, 20), (20, 220, 40), (30, 40, 240)]
 
@@ -406,3 +407,28 @@ def test_the_runner_finds_every_module_to_place(data):
     found = modules_of(trainer)
     assert {id(trainer.unet), id(trainer.vae), id(trainer.text_encoder)} <= {id(m) for m in found}
     assert any(trainer.embedding.vectors is p for m in found for p in m.parameters())
+
+
+# ------------------------------------------------------------------------------------------- the whole loop
+
+
+def test_a_run_from_the_service_writes_an_embedding_that_prompts_then_use(services, data_dir):
+    """Train through the Train tab's service on the tiny checkpoint, then use the embedding by name."""
+    folder = data_dir / "train" / "ti"
+    folder.mkdir(parents=True)
+    for i, colour in enumerate(COLOURS):
+        Image.new("RGB", (40, 40), colour).save(folder / f"{i:05d}-swatch.png")
+    request = _request(checkpoint="tiny-sd15", steps=4, width=32, height=32)
+    job_id = services.training.start(request)
+    assert services.queue.get(job_id).wait_done(300)
+    report = services.training.get(job_id)
+    assert report["state"] == "done", report["message"]
+    path = data_dir / "embeddings" / "swatch.safetensors"
+    assert report["output"] == str(path)
+
+    small = dict(width=64, height=64, steps=2, seed=5, save_images=False)
+    used = services.generation.txt2img(Txt2ImgRequest(prompt="a photo of swatch", **small))
+    plain = services.generation.txt2img(Txt2ImgRequest(prompt="a photo of", **small))
+    assert "TI hashes" in parse_infotext(used.infotexts[0]).params  # the new file was found without a restart
+    assert "swatch" in parse_infotext(used.infotexts[0]).params["TI hashes"]
+    assert "TI hashes" not in parse_infotext(plain.infotexts[0]).params

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from webui.errors import InvalidRequest, ModelLoadError
 from webui.models import detect
@@ -29,6 +31,24 @@ def unet_names(spec: detect.ModelSpec) -> dict[str, str]:
         unet = UNet2DConditionModel(**spec.unet_config)
     names = {name: name for name in unet.state_dict()}
     return {diffusers: ldm for ldm, diffusers in unet_to_ldm(names, dict(unet.config)).items()}
+
+
+def empty_pipe(spec: detect.ModelSpec) -> SimpleNamespace:
+    """The architecture's UNet and text encoders with empty (meta) weights, named as a loaded pipe names them:
+    what a LoRA reader needs to know which layer a name means, without the memory of the weights."""
+    # The same classes the loader builds (webui/models/loader.py _text_encoders).
+    if spec.family == "sdxl":
+        classes = [CLIPTextModelWithProjection] if spec.variant == "refiner" else [CLIPTextModel,
+                                                                                  CLIPTextModelWithProjection]
+    else:
+        classes = [CLIPTextModel]
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**spec.unet_config)
+        encoders = [cls(CLIPTextConfig(**config)) for cls, config in zip(classes, spec.text_configs)]
+    if spec.variant == "refiner":
+        encoders = [None, *encoders]
+    return SimpleNamespace(unet=unet, text_encoder=encoders[0] if encoders else None,
+                           text_encoder_2=encoders[1] if len(encoders) > 1 else None)
 
 
 def _text_prefixes(spec: detect.ModelSpec) -> dict[str, tuple[str, bool]]:

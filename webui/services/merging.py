@@ -22,9 +22,9 @@ import torch
 
 from webui.atomic import atomic_write_bytes, remove_stale_temp_files
 from webui.errors import Cancelled, InvalidRequest, ModelNotFound, StudioError
-from webui.models import merge
+from webui.models import detect, lora_weights, merge
 from webui.models.loras import LoraRegistry
-from webui.models.merge_bake import ldm_deltas, read_vae
+from webui.models.merge_bake import empty_pipe, ldm_deltas, read_vae
 from webui.models.registry import ModelRegistry
 from webui.models.vae import VaeFiles
 from webui.services.jobs import LONG, Job, JobContext, JobKind, JobQueue
@@ -40,19 +40,20 @@ RAM_HEADROOM = 512 * 1024 * 1024  # the process itself, safetensors' buffers, th
 # Per key: A, B, C, an fp32 copy of each and the result are alive at once.
 TENSORS_PER_KEY = 6
 
-# (LoRA file, te_weight, unet_weight, family) -> deltas keyed by diffusers parameter names (part A's contract).
-LoraDeltas = Callable[[Path, float, float, str], dict[str, torch.Tensor]]
+# (LoRA file, te_weight, unet_weight, the checkpoint's spec) -> deltas keyed by diffusers parameter names.
+LoraDeltas = Callable[[Path, float, float, detect.ModelSpec], dict[str, torch.Tensor]]
 
 
 def _lora_weights_deltas(allow_pickle: bool) -> LoraDeltas:
-    def deltas(path: Path, te_weight: float, unet_weight: float, family: str) -> dict[str, torch.Tensor]:
-        try:
-            from webui.models import lora_weights  # part A's reader of every LoRA format
-        except ImportError:
-            raise InvalidRequest("loras", "this build cannot read LoRA files yet (webui.models.lora_weights "
-                                          "is missing)") from None
+    def deltas(path: Path, te_weight: float, unet_weight: float, spec: detect.ModelSpec) -> dict[str, torch.Tensor]:
         lora = lora_weights.read_lora(path, allow_pickle=allow_pickle)
-        return lora_weights.module_deltas(lora, te_weight=te_weight, unet_weight=unet_weight, family=family)
+        problem = lora_weights.family_problem(lora, path.stem, spec.family)
+        if problem:
+            raise InvalidRequest("loras", problem)
+        # The layers a LoRA's names can mean are read off the model; names and shapes are all it needs.
+        targets = lora_weights.LoraTargets(empty_pipe(spec), spec.family)
+        return lora_weights.module_deltas(lora, te_weight=te_weight, unet_weight=unet_weight,
+                                          family=spec.family, targets=targets)
     return deltas
 
 
@@ -217,7 +218,7 @@ class MergeService:
                 known = ", ".join(self.lora_names()) or "none (put LoRA files in models/Lora)"
                 raise InvalidRequest("loras", f"no LoRA named '{name}'. Available: {known}")
             try:
-                raw = self._lora_deltas(info.path, weight, weight, spec.family)
+                raw = self._lora_deltas(info.path, weight, weight, spec)
             except StudioError:
                 raise
             except (OSError, ValueError, KeyError, RuntimeError) as exc:  # a damaged or unknown LoRA file
