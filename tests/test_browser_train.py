@@ -23,7 +23,7 @@ def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[Runni
     root = tmp_path_factory.mktemp("browser-train")
     data_dir = root / "data"
     install(model_files["single"], data_dir)
-    colour_set(root / "colours")
+    colour_set(data_dir / "colours")  # training folders live in the data dir (or --batch-dirs)
     with launch_app(data_dir, root / "app.log") as app:
         yield app
 
@@ -38,7 +38,7 @@ def _form(page, app: RunningApp, output_name: str, steps: int, data_dir: str | N
     tab = page.get_by_role("tab", name="Train")
     expect(tab).to_be_visible(timeout=GENERATE_TIMEOUT)  # Gradio lays the tab bar out after the page shows
     tab.click(timeout=GENERATE_TIMEOUT)
-    _fill(page, "train_lora_data_dir", data_dir or str(app.data_dir.parent / "colours"))
+    _fill(page, "train_lora_data_dir", data_dir or str(app.data_dir / "colours"))
     _fill(page, "train_lora_output_name", output_name)
     _fill(page, "train_lora_steps", str(steps))
     _fill(page, "train_lora_resolution", "64")
@@ -82,8 +82,8 @@ def test_a_missing_folder_is_refused_in_red_and_nothing_is_queued(page, app_serv
     before = len(_runs(app_server))
     _form(page, app_server, "never", 5, data_dir="/no/such/folder")
     page.locator("#train_lora_start").click()
-    expect(page.locator("#train_status .studio-error")).to_contain_text("data_dir: folder /no/such/folder does not "
-                                                                        "exist", timeout=GENERATE_TIMEOUT)
+    expect(page.locator("#train_status .studio-error")).to_contain_text("data_dir: not an existing folder this server "
+                                                                        "may use", timeout=GENERATE_TIMEOUT)
     screenshot(page, "train_refused.png")
     assert len(_runs(app_server)) == before
 

@@ -33,7 +33,8 @@ def env(tmp_path_factory, model_files):
     bad = data / "models" / "Stable-diffusion" / "not-a-model.safetensors"
     from safetensors.torch import save_file
     save_file({"some.weight": torch.zeros(2, 2)}, str(bad))
-    services = build_services(make_settings(data))
+    # The test's temp folders hold the training images: allowed like --batch-dirs folders.
+    services = build_services(make_settings(data, batch_dirs=(tmp_path_factory.getbasetemp(),)))
     yield services, root
     services.queue.shutdown()
 
@@ -162,9 +163,13 @@ def _refused(services, request) -> InvalidRequest:
 
 def test_bad_folders_images_and_captions_are_named(env, tmp_path):
     services, root = env
-    assert "does not exist" in str(_refused(services, lora_request(tmp_path / "nope", "x")))
+    assert "not an existing folder this server may use" in str(_refused(services, lora_request(tmp_path / "nope",
+                                                                                                "x")))
     (tmp_path / "empty").mkdir()
-    assert "has no images" in str(_refused(services, lora_request(tmp_path / "empty", "x")))
+    assert "holds no PNG, JPEG or WebP images" in str(_refused(services, lora_request(tmp_path / "empty", "x")))
+    # Outside the data dir and --batch-dirs: refused like a missing folder (the reply reveals nothing about it).
+    error = _refused(services, lora_request("/etc", "x"))
+    assert error.field == "data_dir" and "not an existing folder this server may use" in str(error)
     broken = colour_set(tmp_path / "broken")
     (broken / "img9.png").write_bytes(b"not a png")
     (broken / "img9.txt").write_text("x")

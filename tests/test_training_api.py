@@ -21,7 +21,8 @@ def env(tmp_path_factory, model_files):
     root = tmp_path_factory.mktemp("training-api")
     data = root / "data"
     install(model_files["single"], data)
-    services = build_services(make_settings(data))
+    # The test's temp folders hold the training images: allowed like --batch-dirs folders.
+    services = build_services(make_settings(data, batch_dirs=(tmp_path_factory.getbasetemp(),)))
     with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
         yield client, services, colour_set(root / "colours")
     services.queue.shutdown()

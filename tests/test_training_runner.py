@@ -29,7 +29,8 @@ def env(tmp_path_factory, model_files):
     root = tmp_path_factory.mktemp("training-runner")
     data = root / "data"
     install(model_files["single"], data)
-    services = build_services(make_settings(data))
+    # The test's temp folders hold the training images: allowed like --batch-dirs folders.
+    services = build_services(make_settings(data, batch_dirs=(tmp_path_factory.getbasetemp(),)))
     yield services, colour_set(root / "colours")
     services.queue.shutdown()
 

@@ -106,6 +106,6 @@ def folder_policy(settings) -> FolderPolicy:
     """The policy a server's settings give: off when exposed to the network unless the operator opted in."""
     enabled = not settings.exposed or settings.enable_remote_folders
     reason = ("server folders (img2img Batch) are off because this server is reachable from the network "
-              "(--listen or --share); start it with --enable-remote-folders to allow them")
+              "(--listen or --share); start it with --enable-remote-folders to allow them (training data too)")
     return FolderPolicy.build(settings.data_dir, settings.batch_dirs, enabled=enabled,
                               disabled_reason="" if enabled else reason)

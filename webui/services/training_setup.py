@@ -13,6 +13,7 @@ from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from webui.models import detect, loader
 from webui.models.loader import LoadedModel
 from webui.models.registry import ModelRegistry
+from webui.services.folders import folder_policy
 from webui.services.jobs import JobQueue
 from webui.services.training import TrainingService
 from webui.training import textual_inversion
@@ -50,9 +51,11 @@ def training_resources(settings: Settings, registry: ModelRegistry) -> TrainingR
                 raise InvalidRequest("base_model", f"{info.name} is not a diffusion checkpoint: {exc}") from None
         return info.short_hash
 
+    # Training folders follow the img2img Batch rule: the data dir and --batch-dirs, off when exposed unless opted in.
+    folders = folder_policy(settings)
     return TrainingResources(models_dir=settings.models_dir, embeddings_dir=settings.embeddings_dir,
                              load_checkpoint=load_checkpoint, checkpoint_hash=checkpoint_hash,
-                             allow_pickle=settings.allow_pickle)
+                             allow_pickle=settings.allow_pickle, image_folder=folders.input_files)
 
 
 def build_training_service(settings: Settings, queue: JobQueue, registry: ModelRegistry, *,

@@ -278,36 +278,35 @@ def _artifact_path(request: GanTrainRequest, resources: TrainingResources) -> Pa
 
 
 def _plan(request: GanTrainRequest, resources: TrainingResources) -> _Plan:
-    data_dir = resources.models_dir.parent
     output = _artifact_path(request, resources)
     if output.parent.exists() and not request.overwrite:
         raise InvalidRequest("name", f"'{request.name}' already exists in models/{_kind(request)}; choose another "
                              "name or tick overwrite")
     crop = request.crop_size
     if isinstance(request, CycleGanRequest):
-        files_a = datasets.folder_images(request.dataset_a, "dataset_a", data_dir)
-        files_b = datasets.folder_images(request.dataset_b, "dataset_b", data_dir)
+        files_a = resources.images(request.dataset_a, "dataset_a")
+        files_b = resources.images(request.dataset_b, "dataset_b")
         datasets.check_min_size(files_a, "dataset_a", crop, crop, "crop size")
         datasets.check_min_size(files_b, "dataset_b", crop, crop, "crop size")
         data: UnalignedData | AlignedData = UnalignedData(files_a, files_b, request)
         files = files_a + files_b
     else:
         assert isinstance(request, Pix2PixRequest)
-        pairs, halves = _pairs(request, data_dir)
+        pairs, halves = _pairs(request, resources)
         data = AlignedData(pairs, halves, request)
         files = sorted({path for pair in pairs for path in pair})
     init_a, init_b = _init_files(request, resources)
     return _Plan(data, files, init_a, init_b, output)
 
 
-def _pairs(request: Pix2PixRequest, data_dir: Path) -> tuple[list[tuple[Path, Path]], bool]:
+def _pairs(request: Pix2PixRequest, resources: TrainingResources) -> tuple[list[tuple[Path, Path]], bool]:
     crop = request.crop_size
     if request.dataset.strip():
-        files = datasets.folder_images(request.dataset, "dataset", data_dir)
+        files = resources.images(request.dataset, "dataset")
         datasets.check_min_size(files, "dataset", 2 * crop, crop, "crop size for each half of an A|B image")
         return [(path, path) for path in files], True
-    files_a = datasets.folder_images(request.dataset_a, "dataset_a", data_dir)
-    files_b = datasets.folder_images(request.dataset_b, "dataset_b", data_dir)
+    files_a = resources.images(request.dataset_a, "dataset_a")
+    files_b = resources.images(request.dataset_b, "dataset_b")
     by_stem_b = {path.stem: path for path in files_b}
     by_stem_a = {path.stem: path for path in files_a}
     unmatched_a = [path.name for path in files_a if path.stem not in by_stem_b]

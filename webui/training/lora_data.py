@@ -18,16 +18,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_SIDE = 32  # pixels: smaller images carry too little to learn from at any training resolution
 
 
-def list_images(folder: Path, field: str) -> list[Path]:
-    """The images in ``folder`` (not recursive), sorted; a missing or empty folder is an ``InvalidRequest``."""
-    if not str(folder) or not folder.is_dir():
-        raise InvalidRequest(field, f"folder {folder} does not exist")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise InvalidRequest(field, f"folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
-    return images
-
-
 def check_images(images: list[Path], field: str) -> None:
     """Every image opens and is at least ``MIN_SIDE`` pixels on each side; the first bad one is named."""
     for path in images:

@@ -52,11 +52,11 @@ def eight_bit_adam_problem() -> str | None:
 def check(request: LoraTrainRequest, resources: TrainingResources) -> None:
     """Everything that can be checked before loading the model: folders, images, captions, settings."""
     resources.checkpoint_hash(request.base_model)  # the service raises InvalidRequest for unknown/non-diffusion
-    images = lora_data.list_images(Path(request.data_dir), "data_dir")
+    images = resources.images(request.data_dir, "data_dir")
     lora_data.check_images(images, "data_dir")
     lora_data.captions(images, request.caption_extension, request.prompt_for_all, "data_dir")
     if request.class_data_dir:
-        class_images = lora_data.list_images(Path(request.class_data_dir), "class_data_dir")
+        class_images = resources.images(request.class_data_dir, "class_data_dir")
         lora_data.check_images(class_images, "class_data_dir")
     if request.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise InvalidRequest("mixed_precision", "fp16 needs a CUDA device (on the CPU it is unusably slow): "
@@ -100,8 +100,8 @@ class _Data:
     tag_frequency: dict[str, int]
 
 
-def _load_data(request: LoraTrainRequest, multiple: int) -> _Data:
-    images = lora_data.list_images(Path(request.data_dir), "data_dir")
+def _load_data(request: LoraTrainRequest, resources: TrainingResources, multiple: int) -> _Data:
+    images = resources.images(request.data_dir, "data_dir")
     texts = lora_data.captions(images, request.caption_extension, request.prompt_for_all, "data_dir")
     square = (request.resolution, request.resolution)
     # Prior preservation adds class images to every batch, so all must share one size: centre crops then.
@@ -115,7 +115,7 @@ def _load_data(request: LoraTrainRequest, multiple: int) -> _Data:
     class_examples: list[lora_data.Example] = []
     if request.class_data_dir:
         class_examples = [lora_data.prepare(path, request.class_prompt, square)
-                          for path in lora_data.list_images(Path(request.class_data_dir), "class_data_dir")]
+                          for path in resources.images(request.class_data_dir, "class_data_dir")]
     frequency: dict[str, int] = {}
     for text in texts:
         for tag in (t.strip() for t in text.split(",")):
@@ -165,7 +165,7 @@ class LoraTrainer:
         if request.resolution % multiple:
             raise InvalidRequest("resolution", f"must be a multiple of {multiple} for this checkpoint")
         self._check_memory()
-        self._data = _load_data(request, multiple)
+        self._data = _load_data(request, resources, multiple)
         micro_per_epoch = self._data.order.per_epoch
         self.steps_per_epoch = max(1, micro_per_epoch // request.gradient_accumulation)
         self.total_steps = request.max_train_steps or request.epochs * self.steps_per_epoch

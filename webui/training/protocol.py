@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 from PIL import Image
 
+from webui.training import datasets
+
 
 @dataclass
 class TrainState:
@@ -81,6 +83,16 @@ class TrainingResources:
     load_checkpoint: Callable[[str], Any]
     checkpoint_hash: Callable[[str], str | None]   # A1111 short hash of a checkpoint title, for metadata
     allow_pickle: bool = False
+    # The server's folder policy (webui/services/folders.py: the data dir and --batch-dirs, off when the server is
+    # exposed unless opted in): (folder as typed, field) -> its image files. None: the data dir alone.
+    image_folder: Callable[[str, str], list[Path]] | None = None
+
+    def images(self, folder: str, field: str) -> list[Path]:
+        """The image files of a training folder named in a request, sorted by name; an ``InvalidRequest`` naming
+        ``field`` for a folder that is missing, empty or outside what this server may read."""
+        if self.image_folder is not None:
+            return sorted(self.image_folder(str(folder), field), key=lambda p: p.name)
+        return datasets.folder_images(str(folder), field, self.models_dir.parent)
 
 
 @dataclass(frozen=True)

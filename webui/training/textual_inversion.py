@@ -139,7 +139,7 @@ def _files(request: TextualInversionRequest, resources: TrainingResources) -> li
         raise InvalidRequest("name", f"an embedding '{where}' already exists; choose another name or tick "
                              "overwrite")
     read_template(request, data_dir)
-    files = datasets.folder_images(request.dataset, "dataset", data_dir)
+    files = resources.images(request.dataset, "dataset")
     for path in files:
         datasets.image_size(path, "dataset")
     return files
