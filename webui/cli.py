@@ -89,10 +89,10 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--insecure-no-auth", action="store_true",
                        help="serve on the network without any login (dangerous)")
     group.add_argument("--batch-dirs", metavar="DIR[,DIR2]",
-                       help="folders img2img Batch may read and write besides the data dir")
+                       help="folders img2img Batch and training may read (Batch also write) besides the data dir")
     group.add_argument("--enable-remote-folders", action="store_true",
                        help="with --listen or --share, still allow features that read or write server folders "
-                            "(img2img Batch); off by default because every user could then reach them")
+                            "(img2img Batch, training data); off by default because every user could then reach them")
     group.add_argument("--allowed-hosts", metavar="NAME[,NAME2]",
                        help="host names the server answers to besides localhost, 127.0.0.1 and [::1] (e.g. the "
                             "machine's LAN name or a reverse proxy's name); a leading dot (.example.com) also "
