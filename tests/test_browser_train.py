@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from tests.browser_support import (GENERATE_TIMEOUT, RunningApp, _report_failures, browser,  # noqa: F401 (fixtures)
-                                   chromium_binary, expect, launch_app, page, screenshot)
+                                   chromium_binary, expect, launch_app, page, screenshot, set_seed, set_slider)
 from tests.conftest import install
 from tests.training_helpers import colour_set
 
@@ -76,6 +76,32 @@ def test_a_tiny_lora_run_from_the_tab_plots_its_loss_and_finishes(page, app_serv
     assert (app_server.data_dir / "models" / "Lora" / "browser-lora.safetensors").is_file()
     run = next(r for r in _runs(app_server) if r["output_name"] == "browser-lora")
     assert run["state"] == "done" and run["step"] == 8
+
+
+def test_the_trained_lora_is_a_card_that_generates_with_it(page, app_server: RunningApp):
+    """The loop's other half: the LoRA trained above appears as a card (no restart, no Refresh), a click puts its
+    tag in the prompt, and the image made with it records its hash."""
+    lora = app_server.data_dir / "models" / "Lora" / "browser-lora.safetensors"
+    if not lora.is_file():
+        pytest.skip("needs the LoRA the run above trained")
+    prompt = page.locator("#txt2img_prompt textarea")
+    expect(prompt).to_be_editable(timeout=GENERATE_TIMEOUT)
+    prompt.fill("colour1 square")
+    page.locator("#txt2img_extra_networks_toggle").click(timeout=GENERATE_TIMEOUT)
+    panel = page.locator("#txt2img_extra_networks")
+    panel.get_by_role("tab", name="LoRA").click(timeout=GENERATE_TIMEOUT)
+    card = panel.locator(".studio-en-card[data-name='browser-lora']")
+    expect(card).to_be_visible(timeout=GENERATE_TIMEOUT)
+    card.click(position={"x": 10, "y": 10})
+    expect(prompt).to_have_value("colour1 square <lora:browser-lora:1>")
+    for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 2)):
+        set_slider(page, label, value)
+    set_seed(page, 3)
+    page.locator("#txt2img_generate").click()
+    info = page.locator("#txt2img_info textarea")
+    expect(info).to_have_value(re.compile(r'Lora hashes: "browser-lora: [0-9a-f]{12}"'), timeout=GENERATE_TIMEOUT)
+    expect(page.get_by_text("LoRA not found")).to_have_count(0)
+    screenshot(page, "train_lora_card_generated.png")
 
 
 def test_a_missing_folder_is_refused_in_red_and_nothing_is_queued(page, app_server: RunningApp):

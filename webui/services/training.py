@@ -39,6 +39,7 @@ class TrainingRun:
     samples: list[tuple[int, Image.Image]] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
     output: str | None = None
+    outputs: list[str] = field(default_factory=list)  # every file the run wrote (``output`` is the first)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -69,7 +70,9 @@ class _Events:
 
     def artifact_written(self, path: Path) -> None:
         with self._run.lock:
-            self._run.output = str(path)
+            self._run.outputs.append(str(path))
+            if self._run.output is None:  # the main file (CycleGAN writes G_A, then G_B)
+                self._run.output = str(path)
         self._on_artifact(path)
 
 
@@ -208,7 +211,8 @@ class TrainingService:
             samples = list(run.samples)
             report: dict[str, Any] = {
                 "id": job_id, "method": run.method, "state": progress.state.value,
-                "output_name": getattr(run.request, "output_name", None),
+                # LoRA requests say output_name; textual inversion and the GANs say name
+                "output_name": getattr(run.request, "output_name", None) or getattr(run.request, "name", None),
                 "step": progress.step, "total_steps": run.total_steps or progress.steps,
                 "epoch": points[-1].get("epoch") if points else None,
                 "loss": points[-1].get("loss") if points else None,
@@ -216,7 +220,7 @@ class TrainingService:
                 "eta_seconds": _eta(points, run.total_steps),
                 "message": progress.textinfo or "",
                 "queue_position": self._queue.position(job),
-                "output": run.output, "resume_states": list(run.states),
+                "output": run.output, "outputs": list(run.outputs), "resume_states": list(run.states),
                 "device": job.device, "device_memory": self._device_memory(job),
             }
         if history:

@@ -56,7 +56,7 @@ class GanTrainRequest:
     lr: float = 0.0002
     beta1: float = 0.5
     seed: int = 0
-    save_every: int = 0             # write the generator(s) every N steps too (0 = only at the end)
+    save_every: int = 0             # a resume state every N steps (0 = only at the end); the runner writes it
     sample_every: int = 100         # sample images every N steps (0 = never)
 
     def __post_init__(self) -> None:

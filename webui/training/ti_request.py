@@ -76,7 +76,7 @@ class TextualInversionRequest:
     shuffle_tags: bool = False
     tag_drop_out: float = 0.0
     seed: int = 0
-    save_every: int = 500               # intermediate embedding files every N steps (0 = only at the end)
+    save_every: int = 500               # a resume state every N steps (0 = only at the end); the runner writes it
     sample_every: int = 500             # preview image every N steps (0 = never)
     sample_prompt: str = ""             # "" = a prompt from the template, as A1111's preview does
 

@@ -96,7 +96,7 @@ def build_form(generators: Sequence[str] | Callable[[], Sequence[str]] = ()) -> 
                                                    elem_id="train_gan_lambda_identity")
         with gr.Row():
             widgets["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="train_gan_seed")
-            widgets["save_every"] = gr.Number(0, precision=0, label="Save every N steps (0 = at the end)",
+            widgets["save_every"] = gr.Number(0, precision=0, label="Resume state every N steps (0 = at the end)",
                                               elem_id="train_gan_save_every")
             widgets["sample_every"] = gr.Number(100, precision=0, label="Sample images every N steps (0 = never)",
                                                 elem_id="train_gan_sample_every")

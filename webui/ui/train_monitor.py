@@ -88,7 +88,8 @@ def _plot(history: list[dict[str, float]], figure: str) -> pd.DataFrame:
 
 def _updates(service: TrainingService, job_id: str) -> tuple[Any, ...]:
     report = service.get(job_id)
-    output = f"Saved: `{report['output']}`" if report.get("output") else ""
+    files = report.get("outputs") or ([report["output"]] if report.get("output") else [])
+    output = "Saved: " + ", ".join(f"`{path}`" for path in files) if files else ""
     samples = [(image, f"step {step}") for step, image in report["samples"][-8:]]
     return (status_html(report), _plot(report["history"], "loss"), _plot(report["history"], "lr"),
             samples, output, gr.update(choices=run_choices(service), value=job_id))

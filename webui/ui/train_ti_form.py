@@ -64,7 +64,7 @@ def build_form(checkpoints: Sequence[str] | Callable[[], Sequence[str]] = ()) ->
                                             label="Save an image every N steps, 0 to disable",
                                             elem_id="train_ti_sample_every")
         widgets["save_every"] = gr.Number(_default("save_every"), precision=0,
-                                          label="Save a copy of embedding every N steps, 0 to disable",
+                                          label="Save a resume state every N steps, 0 to disable",
                                           elem_id="train_ti_save_every")
         widgets["sample_prompt"] = gr.Textbox("", label="Preview prompt (empty = from the template)",
                                               elem_id="train_ti_sample_prompt")
