@@ -112,3 +112,35 @@ def test_the_training_api_needs_the_api_login(tmp_path, model_files):
             assert client.get("/studio/v1/training", auth=("user", "secret")).status_code == 200
     finally:
         services.queue.shutdown()
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"method": "textual_inversion", "name": "swatch", "checkpoint": "tiny-sd15", "dataset": "no-such-folder",
+      "init_text": "red"}, "dataset"),
+    ({"method": "cyclegan", "name": "h2z", "dataset_a": "no-such-a", "dataset_b": "no-such-b"}, "dataset_a"),
+    ({"method": "pix2pix", "name": "facades", "dataset": "no-such-folder"}, "dataset"),
+    ({"method": "cyclegan", "name": "h2z", "dataset_a": "a", "dataset_b": "b", "mystery": 1}, "mystery"),
+])
+def test_every_method_takes_its_settings_over_the_api(env, body, field):
+    """The body's "method" picks the method and is not one of its settings: each is checked field by field."""
+    client, services, _ = env
+    before = len(services.queue.jobs())
+    response = client.post("/studio/v1/training", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith(f"{field}: ")
+    assert len(services.queue.jobs()) == before
+
+
+def test_a_cyclegan_run_over_the_api_writes_both_generators(env):
+    client, services, images = env
+    body = {"method": "cyclegan", "name": "api-cycle", "dataset_a": str(images), "dataset_b": str(images),
+            "load_size": 36, "crop_size": 32, "ngf": 4, "ndf": 4, "steps": 2, "sample_every": 0}
+    response = client.post("/studio/v1/training", json=body)
+    assert response.status_code == 200, response.text
+    job_id = response.json()["id"]
+    assert services.queue.get(job_id).wait_done(120)
+    run = client.get(f"/studio/v1/training/{job_id}").json()
+    assert run["state"] == "done", run["message"]
+    folder = services.settings.models_dir / "CycleGAN" / "api-cycle"
+    assert run["outputs"] == [str(folder / "latest_net_G_A.safetensors"), str(folder / "latest_net_G_B.safetensors")]
+    assert run["output_name"] == "api-cycle"

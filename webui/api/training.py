@@ -44,6 +44,8 @@ class TrainingSummary(BaseModel):
     message: str
     queue_position: int | None = Field(description="1 when it starts next; null once it has started")
     output: str | None = Field(description="the written file (models/Lora/NAME.safetensors ...), once written")
+    outputs: list[str] = Field(default_factory=list, description="every file the run wrote (a CycleGAN run writes "
+                               "two generators); output is the first")
     resume_states: list[str] = Field(description="resume-state files kept; pass one (or the id) as resume_from")
     device: str | None
     device_memory: dict[str, int] | None

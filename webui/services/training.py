@@ -122,7 +122,7 @@ class TrainingService:
         if not isinstance(name, str):
             raise InvalidRequest("method", f"name a training method: {', '.join(self._methods)}")
         method = self.method(name)
-        return method, method.from_dict(body)
+        return method, method.from_dict({key: value for key, value in body.items() if key != "method"})
 
     def _method_of(self, request: Any) -> TrainingMethod:
         matching = [m for m in self._methods.values() if isinstance(request, m.request_type)]

@@ -102,7 +102,8 @@ class TrainingMethod:
     name: str                                   # "lora", "dreambooth_lora", "textual_inversion", "cyclegan", ...
     label: str                                  # what the UI shows
     request_type: type                          # the frozen dataclass of this method's settings
-    from_dict: Callable[[Mapping[str, Any]], Any]   # API body -> request; raises InvalidRequest naming the field
+    from_dict: Callable[[Mapping[str, Any]], Any]   # API body (without "method") -> request; InvalidRequest names
+    #                                                 the field
     check: Callable[[Any, TrainingResources], None]  # all checks before device work; raises InvalidRequest
     create: Callable[[Any, TrainingResources], Trainer]
     uses_checkpoint: bool = True                # trains on a diffusion checkpoint (LoRA, TI) or not (GANs)
