@@ -63,3 +63,18 @@ def test_bad_merge_requests_are_422_naming_the_field(client, data_dir):
         assert response.json()["error"].startswith(field), response.json()
     assert sorted(p.name for p in (data_dir / "models" / "Stable-diffusion").iterdir()) == \
         ["other-sd15.safetensors", "tiny-sd15.safetensors"]
+
+
+def test_a_damaged_or_pickled_lora_to_bake_is_422_naming_loras(client, services, data_dir):
+    lora_dir = data_dir / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    (lora_dir / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    (lora_dir / "pickled.pt").write_bytes(b"\x80\x04K\x01.")
+    services.loras.refresh()
+    for name in ("garbage", "pickled"):
+        response = client.post("/studio/v1/merge", json={"primary_model": "tiny-sd15", "output_name": "baked",
+                                                         "interp_method": "No interpolation",
+                                                         "loras": [{"name": name, "weight": 1}]})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"].startswith("loras: ") and name in response.json()["error"]
+    assert not (data_dir / "models" / "Stable-diffusion" / "baked.safetensors").exists()

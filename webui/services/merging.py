@@ -219,8 +219,10 @@ class MergeService:
                 raise InvalidRequest("loras", f"no LoRA named '{name}'. Available: {known}")
             try:
                 raw = self._lora_deltas(info.path, weight, weight, spec)
-            except StudioError:
+            except InvalidRequest:
                 raise
+            except StudioError as exc:  # the LoRA reader's own refusal (damaged file, pickle): name the field
+                raise InvalidRequest("loras", str(exc)) from None
             except (OSError, ValueError, KeyError, RuntimeError) as exc:  # a damaged or unknown LoRA file
                 raise InvalidRequest("loras", f"{info.path.name} could not be read as a LoRA: {exc}") from None
             placed = ldm_deltas(raw, spec, shapes)
