@@ -325,8 +325,8 @@ def test_baked_lora_deltas_land_on_the_right_weights(setup, files):
     deltas = _sd1_deltas()
     calls = []
 
-    def lora_deltas(path, te_weight, unet_weight, family):
-        calls.append((path.name, te_weight, unet_weight, family))
+    def lora_deltas(path, te_weight, unet_weight, spec):
+        calls.append((path.name, te_weight, unet_weight, spec.family))
         return {k: v * unet_weight for k, v in deltas.items()}
 
     s = setup("a", lora_deltas=lora_deltas)
@@ -354,7 +354,7 @@ def test_sdxl_lora_deltas_reach_both_text_encoders(setup, files):
             torch.randn(64, 64, generator=generator),
         "text_encoder_2.text_model.encoder.layers.1.mlp.fc1.weight": torch.randn(128, 64, generator=generator),
     }
-    s = setup("xl", lora_deltas=lambda path, te, unet, family: deltas)
+    s = setup("xl", lora_deltas=lambda path, te, unet, spec: deltas)
     (s.dir.parent / "Lora" / "xl-lora.safetensors").write_bytes(b"x" * 16)
     result = s.service.merge(MergeRequest("xl", method="No interpolation", output_name="xl-baked",
                                           loras=(("xl-lora", 1.0),)), timeout=60)
@@ -370,7 +370,7 @@ def test_sdxl_lora_deltas_reach_both_text_encoders(setup, files):
 
 
 def test_an_unreadable_lora_is_refused_naming_it(setup):
-    def broken(path, te, unet, family):
+    def broken(path, te, unet, spec):
         raise ValueError("not a LoRA state dict")
 
     s = setup("a", lora_deltas=broken)
@@ -400,7 +400,7 @@ def test_sdxl_and_bf16_checkpoints_merge_by_the_same_rules(setup, files, tmp_pat
 
 
 def test_lora_for_another_architecture_is_refused(setup):
-    s = setup("a", lora_deltas=lambda path, te, unet, family: {"text_encoder_2.text_model.encoder.layers.0."
+    s = setup("a", lora_deltas=lambda path, te, unet, spec: {"text_encoder_2.text_model.encoder.layers.0."
                                                                  "self_attn.q_proj.weight": torch.zeros(64, 64)})
     (s.dir.parent / "Lora" / "xl-only.safetensors").write_bytes(b"x" * 16)
     with pytest.raises(InvalidRequest, match="loras: a LoRA changes text_encoder_2"):

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from webui.atomic import TEMP_SUFFIX
+from webui.atomic import atomic_writer
 from webui.errors import InvalidRequest, ModelLoadError
 from webui.models import detect
 
@@ -284,24 +282,15 @@ def write_merged(plan: MergePlan, path: Path, metadata: Mapping[str, str], *,
     """Write the merge to ``path`` atomically: a temp file beside it (``.<name>.<random>.tmp``, which
     ``atomic.remove_stale_temp_files`` sweeps after a kill), fsynced, then renamed over. ``on_key(done, total)``
     is called before each key and may raise (a cancel) to stop: the temp file goes and ``path`` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(_header(plan, metadata))
-            for key, tensor in _stream(plan, on_key):
-                data = _tensor_bytes(tensor)
-                expected = _numel(plan.shapes[key]) * _itemsize(plan.dtypes[key])
-                if data.nbytes != expected:  # the header promised this size; never write a file that lies
-                    raise RuntimeError(f"{key}: {data.nbytes} bytes, header says {expected}")
-                fh.write(data)
-            on_key(len(plan.keys), len(plan.keys))
-            fh.flush()
-            os.fsync(fh.fileno())  # the rename must not reach the disk before the data does
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        fh.write(_header(plan, metadata))
+        for key, tensor in _stream(plan, on_key):
+            data = _tensor_bytes(tensor)
+            expected = _numel(plan.shapes[key]) * _itemsize(plan.dtypes[key])
+            if data.nbytes != expected:  # the header promised this size; never write a file that lies
+                raise RuntimeError(f"{key}: {data.nbytes} bytes, header says {expected}")
+            fh.write(data)
+        on_key(len(plan.keys), len(plan.keys))
 
 
 def _stream(plan: MergePlan, on_key: Callable[[int, int], None]) -> Iterator[tuple[str, torch.Tensor]]:
