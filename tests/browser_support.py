@@ -171,7 +171,9 @@ def browser(chromium_binary) -> Iterator:
 @pytest.fixture
 def page(browser, app_server: RunningApp, request) -> Iterator:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(15_000)
+    # Patience, not a timing check: Gradio mounts a tab's components when it is first opened, and on a loaded
+    # 2-core CI machine opening a big tab (img2img, Train) has taken over 15 s.
+    context.set_default_timeout(45_000)
     pg = context.new_page()
     console: list[str] = []
     pg.on("console", lambda msg: console.append(f"[{msg.type}] {msg.text}") if msg.type == "error" else None)
