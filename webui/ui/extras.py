@@ -22,6 +22,7 @@ from webui.services.upscaling import ExtrasRequest, ExtrasResult
 from webui.types import UPSCALE_MAX_SCALE, UPSCALE_MAX_SIDE, Progress, UpscaleRequest
 from webui.ui.generation_form import error_html, warnings_html
 from webui.ui.image_inputs import UploadedImage
+from webui.ui.job_watch import progress_until_done
 
 SINGLE, BATCH, FOLDER = "Single Image", "Batch Process", "Batch from Directory"
 
@@ -131,16 +132,8 @@ def build(services: Services) -> ExtrasTab:
         except StudioError as exc:
             yield gr.update(), error_html(str(exc))
             return
-        finished = False
-        try:
-            version = 0
-            while not job.finished:  # stream where the job is: queued, image i of n, tile j of m
-                version, progress = job.watch(version, timeout=1.0)
-                yield gr.update(), _progress_html(progress, services.queue.position(job))
-            finished = True
-        finally:
-            if not finished:  # the browser went away (Gradio closed this generator): stop the job
-                job.interrupt()
+        for progress in progress_until_done(job):  # where the job is: queued, image i of n, tile j of m
+            yield gr.update(), _progress_html(progress, services.queue.position(job))
         try:
             result = job.wait()
         except StudioError as exc:

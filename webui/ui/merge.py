@@ -13,6 +13,7 @@ from webui.services.merge_request import (ADD_DIFFERENCE, METHODS, NO_INTERPOLAT
                                           MergeRequest, parse_loras)
 from webui.services.merging import MergeService
 from webui.ui.generation_form import error_html
+from webui.ui.job_watch import progress_until_done
 
 WATCH_SECONDS = 1.0
 
@@ -88,19 +89,11 @@ def build_merge_tab(merger: MergeService, checkpoint: gr.Dropdown | None = None)
         except StudioError as exc:
             yield [error_html(str(exc)), *keep]
             return
-        finished = False
-        try:
-            version = 0
-            while not job.finished:
-                version, progress = job.watch(version, timeout=WATCH_SECONDS)
-                position = merger.position(job)
-                text = (f"Waiting in the queue (position {position})" if position else
-                        f"Merging: {progress.step}/{progress.steps} tensors")
-                yield [_progress_html(text, progress.step, progress.steps), *keep]
-            finished = True
-        finally:
-            if not finished:  # the browser went away (Gradio closed this generator): stop the merge
-                job.interrupt()
+        for progress in progress_until_done(job, WATCH_SECONDS):
+            position = merger.position(job)
+            text = (f"Waiting in the queue (position {position})" if position else
+                    f"Merging: {progress.step}/{progress.steps} tensors")
+            yield [_progress_html(text, progress.step, progress.steps), *keep]
         try:
             saved = job.wait()
         except StudioError as exc:
