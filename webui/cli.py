@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow loading .ckpt/.pt pickle checkpoints (pickles can run code: only files you "
                              "trust)")
+    parser.add_argument("--safe-mode", action="store_true",
+                        help="start with every extension in extensions/ disabled (the built-in scripts stay on); "
+                             "for finding out whether an extension is at fault")
+    parser.add_argument("--extensions-index", default="", metavar="URL|FILE",
+                        help="where the Extensions tab's Available list comes from: an https URL or a local JSON "
+                             "file (A1111's index.json format is accepted)")
     parser.add_argument("--max-loaded-models", type=int, default=1,
                         help="checkpoints kept loaded at once (LRU)")
     parser.add_argument("--queue-size", type=int, default=Limits.queue_size,
@@ -104,6 +110,10 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--insecure-ui-no-auth", action="store_true",
                        help="with --listen or --share and --api-auth: leave the web UI open to anyone who can "
                             "reach the server, without --gradio-auth (dangerous)")
+    group.add_argument("--enable-insecure-extension-access", action="store_true",
+                       help="with --listen or --share, still allow installing, updating, removing and enabling "
+                            "extensions from the UI and the API (off by default: whoever reaches the server could "
+                            "run code on it)")
     group.add_argument("--max-request-mb", type=int, default=Limits.max_request_bytes // MIB,
                        help="largest request body in MiB (API JSON with base64 images, uploads); larger ones get "
                             "413 before they are read")
@@ -194,4 +204,6 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         batch_dirs=parse_folders(args.batch_dirs, parser), enable_remote_folders=args.enable_remote_folders,
         allow_external_model_links=args.allow_external_model_links,
         allowed_hosts=allowed_hosts,
-        insecure_api_no_auth=args.insecure_api_no_auth, insecure_ui_no_auth=args.insecure_ui_no_auth)
+        insecure_api_no_auth=args.insecure_api_no_auth, insecure_ui_no_auth=args.insecure_ui_no_auth,
+        safe_mode=args.safe_mode, enable_insecure_extension_access=args.enable_insecure_extension_access,
+        extensions_index=args.extensions_index.strip())

@@ -73,6 +73,11 @@ class Settings:
     allow_external_model_links: bool = False  # symlinks in model folders may point outside them
     batch_dirs: tuple[Path, ...] = ()       # folders img2img Batch may use besides the data dir
     enable_remote_folders: bool = False     # allow server-folder features while exposed (--listen/--share)
+    safe_mode: bool = False                 # start with every user extension disabled (built-ins stay on)
+    # Install/update/remove/enable extensions while exposed (--listen/--share): A1111's flag of the same name.
+    enable_insecure_extension_access: bool = False
+    extensions_index: str = ""              # the Available list: an https URL or a local JSON file ("" = none)
+    extension_import_seconds: float = 10.0  # an extension still importing after this is reported and skipped
 
     @property
     def exposed(self) -> bool:
@@ -103,6 +108,11 @@ class Settings:
     @property
     def extensions_dir(self) -> Path:
         return self.data_dir / "extensions"
+
+    @property
+    def extension_data_dir(self) -> Path:
+        """Each extension's own files: ``<this>/<name>/``."""
+        return self.data_dir / "extension-data"
 
     @property
     def outputs_dir(self) -> Path:

@@ -90,6 +90,9 @@ class Txt2ImgRequest(BaseModel):
     checkpoint: str | None = P["checkpoint"].field()  # title or name; None uses the current model
     tiling: bool = P["tiling"].field()
     save_images: bool = True
+    # Extensions' own values, keyed by extension name ({"name": {field: value}}); each extension's typed model
+    # checks its entry at the service boundary (webui/extensions/host.py). Never positional.
+    extensions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Noise (webui/pipelines/noise.py): variation seed, seed resize, A1111's RNG source and eta noise seed delta.
     subseed: int = P["subseed"].field()
     subseed_strength: float = P["subseed_strength"].field()
