@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from webui.config import Settings
+from webui.extensions.host import ExtensionHost
 from webui.models.device import DeviceOwner
 from webui.models.embeddings import EmbeddingLibrary
 from webui.models.last_checkpoint import LastCheckpoint
@@ -60,6 +61,7 @@ class Services:
     merging: MergeService | None = None  # the checkpoint merger (writes into models/Stable-diffusion)
     embeddings: EmbeddingLibrary | None = None  # embeddings/: textual inversion files prompts may name
     extra_networks: ExtraNetworksService | None = None  # the Extra Networks panel's cards
+    extensions: ExtensionHost | None = None  # the extensions found at start: their status and what they registered
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -113,7 +115,7 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
     training = build_training_service(settings, queue, registry,
                                       refresh=[style.refresh_models, loras.refresh, embeddings.refresh])
 
-    return Services(
+    services = Services(
         settings=settings,
         registry=registry,
         manager=manager,
@@ -145,3 +147,25 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
                                             allow_external_links=settings.allow_external_model_links),
     )
+    return replace(services, extensions=_load_extensions(settings, services))
+
+
+def _load_extensions(settings: Settings, services: Services) -> ExtensionHost:
+    """Import every extension (errors isolated, see webui/extensions/loader.py), each with its own context."""
+    from webui.extensions.context import AppContext
+    from webui.extensions.loader import LoadOptions, load_extensions
+    from webui.extensions.state import EnabledState, ExtensionSettings
+
+    values = ExtensionSettings(settings.data_dir / "extension-settings.json")
+    hosts: list[ExtensionHost] = []  # filled below; a context looks its extension up only when asked
+
+    def extension_of(name: str):
+        record = hosts[0].record(name) if hosts else None
+        return record.extension if record is not None else None
+
+    options = LoadOptions(user_dir=settings.extensions_dir,
+                          disabled=frozenset(EnabledState(settings.data_dir / "extensions.json").disabled()),
+                          safe_mode=settings.safe_mode, import_seconds=settings.extension_import_seconds)
+    host = load_extensions(options, lambda name: AppContext(name, services, values, lambda: extension_of(name)))
+    hosts.append(host)
+    return host
