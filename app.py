@@ -6,6 +6,7 @@ Run through ``./launch.sh`` (which prepares the virtual environment); ``./launch
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from urllib.parse import urlsplit
@@ -38,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     from webui.services.container import build_services
     from webui.share import open_share_link
 
-    services = build_services(settings)
+    restart_requested = threading.Event()
+
+    def restart() -> None:
+        # "Apply and restart UI": end the server like Ctrl+C, then exec this same command line again (below).
+        restart_requested.set()
+        server.should_exit = True
+        # A graceful shutdown waits for open connections (pages keep event streams open): not for long.
+        threading.Timer(5.0, lambda: setattr(server, "force_exit", True)).start()
+
+    services = build_services(settings, restart=restart)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
@@ -85,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         services.queue.shutdown()
         services.registry.close()  # also when run() ended without a signal
         services.jobs_store.close()
+    if restart_requested.is_set():
+        print("Restarting Stable Studio...", flush=True)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # keeps the interpreter's own options
     return 0
 
 

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from webui import VERSION
+from webui.api.extensions import build_extensions_router
 from webui.api.extra_networks import build_extra_networks_router
 from webui.api.extras import build_extras_router
 from webui.api.hosts import HostPolicy
@@ -41,6 +42,7 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     app.include_router(build_training_router(services))
     app.include_router(build_merge_router(services))
     app.include_router(build_extra_networks_router(services))
+    app.include_router(build_extensions_router(services))
     demo = build_ui(services)
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from webui.config import Settings
 from webui.extensions.host import ExtensionHost
@@ -18,6 +19,7 @@ from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
+from webui.services.extensions import ExtensionsService
 from webui.services.extra_networks import ExtraNetworksService
 from webui.services.listings import LoraRegistry, build_lora_registry, embeddings_for_current_model
 from webui.services.folders import folder_policy
@@ -62,11 +64,14 @@ class Services:
     embeddings: EmbeddingLibrary | None = None  # embeddings/: textual inversion files prompts may name
     extra_networks: ExtraNetworksService | None = None  # the Extra Networks panel's cards
     extensions: ExtensionHost | None = None  # the extensions found at start: their status and what they registered
+    extension_admin: ExtensionsService | None = None  # the Extensions tab: install/update/remove/enable, restart
 
 
-def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
+def build_services(settings: Settings, *, load: Loader | None = None,
+                   restart: Callable[[], None] | None = None) -> Services:
     """Wire the services together; the only place that decides which concrete pieces are used. ``load`` replaces
-    the checkpoint loader (tests share tiny models between runs through it)."""
+    the checkpoint loader (tests share tiny models between runs through it); ``restart`` restarts the process
+    (app.py's; the Extensions tab's "Apply and restart UI")."""
     from webui.models.registry import HashCache
     from webui.services.storage import ImageStore
 
@@ -147,7 +152,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
                                             allow_external_links=settings.allow_external_model_links),
     )
-    return replace(services, extensions=_load_extensions(settings, services))
+    host = _load_extensions(settings, services)
+    return replace(services, extensions=host, extension_admin=ExtensionsService(settings, host, restart=restart))
 
 
 def _load_extensions(settings: Settings, services: Services) -> ExtensionHost:

@@ -14,6 +14,7 @@ from webui.services.container import Services
 from webui.ui import (extra_networks, extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo,
                       size_defaults, styles, train, txt2img)
 from webui.ui.settings import build_settings_tab
+from webui.ui import extensions_tab
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -95,6 +96,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings_tab(services)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions_tab.build(services)
         # One line per "Send to" target under the result galleries.
         send_targets = [*img2img.send_targets(i2i),
                         gallery_actions.SendTarget("extras", "Extras", "extras", extras.image_input(extras_tab))]
