@@ -183,3 +183,18 @@ def test_the_flag_allows_changes_while_exposed(tmp_path):
     assert calls == [1]
     with pytest.raises(InvalidRequest, match="url: only https"):
         allowed.install(InstallRequest("ssh://example.test/x.git"))
+
+
+def test_gradio_events_search_the_index_and_remove_asks_to_confirm(local):
+    client, data = local
+    stream = gradio_events.call(client, "extensions_index", ["another"])
+    assert "1 extension(s)" in stream and "Other" in stream and "says hello" not in stream
+    stream = gradio_events.call(client, "extensions_remove", ["good", False])
+    assert "studio-error" in stream and "Tick" in stream
+    assert (data / "extensions" / "good").is_dir()
+
+
+def test_no_index_configured_is_one_line(exposed):
+    client, _ = exposed
+    answer = client.get("/studio/v1/extensions/index").json()
+    assert answer["extensions"] == [] and answer["message"].startswith("No extension index configured")
