@@ -198,3 +198,24 @@ def test_no_index_configured_is_one_line(exposed):
     client, _ = exposed
     answer = client.get("/studio/v1/extensions/index").json()
     assert answer["extensions"] == [] and answer["message"].startswith("No extension index configured")
+
+
+def test_pending_changes_of_loaded_extensions(tmp_path):
+    from webui.extensions.host import DISABLED, ExtensionRecord
+    from webui.extensions.manifest import read_manifest
+
+    settings = make_settings(tmp_path)
+    root = settings.extensions_dir
+    write_extension(root, "kept", WORKING)
+    write_extension(root, "gone", WORKING)
+    host = ExtensionHost([ExtensionRecord("kept", root / "kept", manifest=read_manifest(root / "kept"),
+                                          status=DISABLED),
+                          ExtensionRecord("gone", root / "gone", manifest=read_manifest(root / "gone"))])
+    service = ExtensionsService(settings, host)
+    service.remove("gone")
+    assert not (root / "gone").exists() and sorted(p.name for p in root.iterdir()) == ["kept"]
+    service.set_enabled("kept", True)
+    pending = {r.name: (r.status, r.pending) for r in service.installed()}
+    assert pending == {"kept": ("disabled", "enabled after restart"), "gone": ("loaded", "removed: gone after restart")}
+    with pytest.raises(InvalidRequest, match="not installed"):
+        service.remove("gone")

@@ -122,6 +122,7 @@ def build(services: Services) -> None:
             available = gr.HTML(elem_id="extensions_available_table")
             with gr.Row():
                 pick = gr.Dropdown([], label="Extension to install", elem_id="extensions_available_pick", scale=4)
+                check_pick = gr.Button("Check", elem_id="extensions_available_check", scale=0)
                 install_pick = gr.Button("Install", elem_id="extensions_available_install", scale=0)
             available_message = gr.HTML(elem_id="extensions_available_message")
 
@@ -235,6 +236,8 @@ def build(services: Services) -> None:
                   api_name="extensions_install", **private)
     check_url.click(guarded(check_from), [url, branch, folder], [install_message, *listing],
                     api_name="extensions_check", **private)
+    check_pick.click(guarded(lambda chosen: check_from(chosen or "", "", "")), pick, [available_message, *listing],
+                     api_name="extensions_check_available", **private)
     install_pick.click(guarded(install_from), pick, [available_message, *listing],
                        api_name="extensions_install_available", **private)
 
