@@ -30,7 +30,12 @@ def app_server(tmp_path_factory, chromium_binary) -> Iterator[RunningApp]:
     with pytest.MonkeyPatch.context() as mp:  # the app's git reads the rewrite from the environment it inherits
         mp.setenv("GIT_CONFIG_GLOBAL", str(write_gitconfig(root / "gitconfig", root / "bare")))
         mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        with launch_app(data_dir, root / "app.log") as app:
+        index = root / "index.json"
+        index.write_text(json.dumps({"tags": {}, "extensions": [
+            {"name": "Hello", "url": BASE_URL + "hello.git", "description": "says hello", "tags": ["script"]},
+            {"name": "Other <b>tool</b>", "url": BASE_URL + "other.git", "description": "another one",
+             "tags": ["tab"]}]}), encoding="utf-8")
+        with launch_app(data_dir, root / "app.log", "--extensions-index", str(index)) as app:
             yield app
 
 
@@ -90,6 +95,18 @@ def test_install_from_url_checks_then_installs(page, app_server: RunningApp):
     page.locator("#extensions_url textarea").fill("--upload-pack=touch")
     page.locator("#extensions_install").click()
     expect(message.locator(".studio-error")).to_contain_text("url: must not start with '-'")
+
+
+def test_available_lists_the_index_with_installed_marked(page):
+    open_tab(page, "Available")
+    page.locator("#extensions_load_index").click()
+    table = page.locator("#extensions_available")
+    expect(table.locator("tr", has_text="Hello")).to_contain_text("installed")
+    expect(table.locator("tr", has_text="Other <b>tool</b>")).not_to_contain_text("installed")  # escaped, as text
+    page.locator("#extensions_search textarea").fill("another")
+    page.locator("#extensions_search textarea").press("Enter")
+    expect(table.locator("tbody tr")).to_have_count(1)
+    screenshot(page, "extensions_available.png")
 
 
 def test_apply_and_restart_brings_the_changes_in(page, app_server: RunningApp):
