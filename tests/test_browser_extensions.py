@@ -79,11 +79,13 @@ def test_disable_is_persisted(page, app_server: RunningApp):
 def test_install_from_url_checks_then_installs(page, app_server: RunningApp):
     open_tab(page, "Install from URL")
     page.locator("#extensions_url textarea").fill(BASE_URL + "hello.git")
+    expect(page.locator("#extensions_install")).to_be_disabled()  # offered only once Check has shown the plan
     page.locator("#extensions_check").click()
     message = page.locator("#extensions_install_message")
     expect(message).to_contain_text("hello 1.0.0", timeout=30_000)
     expect(message).to_contain_text("No Python requirements")
     assert not (app_server.data_dir / "extensions" / "hello").exists()
+    expect(page.locator("#extensions_install")).to_be_enabled()
     page.locator("#extensions_install").click()
     expect(message).to_contain_text("Installed hello 1.0.0 into extensions/hello", timeout=30_000)
     assert (app_server.data_dir / "extensions" / "hello" / "main.py").is_file()
@@ -93,8 +95,10 @@ def test_install_from_url_checks_then_installs(page, app_server: RunningApp):
 
     open_tab(page, "Install from URL")
     page.locator("#extensions_url textarea").fill("--upload-pack=touch")
-    page.locator("#extensions_install").click()
+    expect(page.locator("#extensions_install")).to_be_disabled()
+    page.locator("#extensions_check").click()
     expect(message.locator(".studio-error")).to_contain_text("url: must not start with '-'")
+    expect(page.locator("#extensions_install")).to_be_disabled()
 
 
 def test_available_lists_the_index_with_installed_marked(page):

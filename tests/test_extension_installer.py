@@ -161,3 +161,17 @@ def test_requirement_lines_refused_by_name(line, message):
     with pytest.raises(InvalidRequest, match=message) as caught:
         check_requirements((line,))
     assert caught.value.field == "requirements" and line in str(caught.value)
+
+
+def test_a_failed_pip_install_leaves_nothing_behind(installer, repos, monkeypatch):
+    from webui.extensions.installer import InstallFailed
+
+    make_repo(repos, "pipfail", {"extension.toml": manifest("pipfail", requirements=("surely-no-such-pkg-xq==1.0",)),
+                                 "main.py": WORKING})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no network: pip fails at once instead of retrying
+    plan = installer.check(InstallRequest(BASE_URL + "pipfail.git"))
+    assert plan.requirements.lines == ("surely-no-such-pkg-xq==1.0",) and plan.requirements.would_install == ()
+    assert plan.requirements.note.startswith("pip could not work out what it would install")
+    with pytest.raises(InstallFailed, match="pip \\(installing requirements\\) failed"):
+        installer.install(InstallRequest(BASE_URL + "pipfail.git", install_requirements=True))
+    assert entries(installer.root) == []

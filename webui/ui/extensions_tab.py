@@ -14,6 +14,8 @@ from webui.services.container import Services
 from webui.services.extensions import RESTART_NOTE, ExtensionRow, ExtensionsService
 from webui.ui.generation_form import error_html
 
+CHECKED = "Press Install to install it."
+
 # After "Apply and restart UI": say so, wait until the server has gone and answers again, then reload the page.
 RESTART_JS = """
 (status) => {
@@ -123,7 +125,7 @@ def build(services: Services) -> None:
             with gr.Row():
                 pick = gr.Dropdown([], label="Extension to install", elem_id="extensions_available_pick", scale=4)
                 check_pick = gr.Button("Check", elem_id="extensions_available_check", scale=0)
-                install_pick = gr.Button("Install", elem_id="extensions_available_install", scale=0)
+                install_pick = gr.Button("Install", elem_id="extensions_available_install", scale=0, interactive=False)
             available_message = gr.HTML(elem_id="extensions_available_message")
 
         with gr.Tab("Install from URL", id="extensions_url_tab", elem_id="tab_extensions_url"):
@@ -134,7 +136,7 @@ def build(services: Services) -> None:
                 folder = gr.Textbox(label="Folder name (empty: from the URL)", elem_id="extensions_folder")
             with gr.Row():
                 check_url = gr.Button("Check", elem_id="extensions_check")
-                install = gr.Button("Install", variant="primary", elem_id="extensions_install")
+                install = gr.Button("Install", variant="primary", elem_id="extensions_install", interactive=False)
             install_message = gr.HTML(elem_id="extensions_install_message")
 
     listing = [table, name, errors]
@@ -229,18 +231,27 @@ def build(services: Services) -> None:
                          (f" ({req.note})" if req.note else ""))
         else:
             lines.append("No Python requirements.")
-        lines.append("Press Install to install it.")
+        lines.append(CHECKED)
         return " · ".join(lines)
 
-    install.click(guarded(install_from), [url, branch, folder], [install_message, *listing],
-                  api_name="extensions_install", **private)
-    check_url.click(guarded(check_from), [url, branch, folder], [install_message, *listing],
-                    api_name="extensions_check", **private)
-    check_pick.click(guarded(lambda chosen: check_from(chosen or "", "", "")), pick, [available_message, *listing],
-                     api_name="extensions_check_available", **private)
-    install_pick.click(guarded(install_from), pick, [available_message, *listing],
-                       api_name="extensions_install_available", **private)
+    # Install is offered only after Check has shown what the URL holds and what pip would add (and again after
+    # any change to the URL, branch or folder); the REST API's install is direct.
+    def gate(shown: str) -> Any:
+        return gr.update(interactive="studio-ok" in (shown or "") and CHECKED in shown)
 
+    install.click(guarded(install_from), [url, branch, folder], [install_message, *listing],
+                  api_name="extensions_install", **private).then(gate, install_message, install, **private)
+    check_url.click(guarded(check_from), [url, branch, folder], [install_message, *listing],
+                    api_name="extensions_check", **private).then(gate, install_message, install, **private)
+    check_pick.click(guarded(lambda chosen: check_from(chosen or "", "", "")), pick, [available_message, *listing],
+                     api_name="extensions_check_available", **private).then(
+        gate, available_message, install_pick, **private)
+    install_pick.click(guarded(install_from), pick, [available_message, *listing],
+                       api_name="extensions_install_available", **private).then(
+        gate, available_message, install_pick, **private)
+    for box in (url, branch, folder):
+        box.input(lambda: gr.update(interactive=False), None, install, **private)
+    pick.change(lambda: gr.update(interactive=False), None, install_pick, **private)
 
 def _chosen(name: str | None) -> str:
     if not name:
