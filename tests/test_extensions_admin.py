@@ -123,6 +123,9 @@ def test_install_check_update_and_remove_over_rest(local, git_env):
     assert len(pending) == 1 and pending[0].endswith("v2: says hello twice")
     assert client.post("/studio/v1/extensions/hello/update").json()["commits"] == pending
     assert (data / "extensions" / "hello" / "main.py").read_text().endswith("# v2\n")
+    push_commit(git_env / "work-hello", "main.py", WORKING + "# v3\n", "v3: louder")
+    stream = gradio_events.call(client, "extensions_check_all", [])  # the tab's "Check all for updates"
+    assert "hello has 1 new commit(s)" in stream and "v3: louder" in stream
 
     assert client.delete("/studio/v1/extensions/hello").status_code == 200
     assert not (data / "extensions" / "hello").exists()
