@@ -178,7 +178,10 @@ class Installer:
             target = self.root / folder
             if target.exists() or target.is_symlink():
                 raise InvalidRequest("folder", f"extensions/{folder} already exists")
-            os.rename(temp, target)
+            try:
+                os.rename(temp, target)
+            except OSError as exc:
+                raise InstallFailed(f"cannot move the clone into extensions/{folder}: {exc.strerror or exc}") from None
         except BaseException:
             _remove_tree(temp)
             raise
@@ -232,7 +235,10 @@ class Installer:
         if not path.is_dir():
             raise InvalidRequest("name", f"extensions/{folder} is not installed")
         aside = self.root / f"{TEMP_PREFIX}remove-{uuid.uuid4().hex[:8]}"
-        os.rename(path, aside)
+        try:
+            os.rename(path, aside)
+        except OSError as exc:
+            raise InstallFailed(f"cannot remove extensions/{folder}: {exc.strerror or exc}") from None
         _remove_tree(aside)
 
     def sweep(self) -> None:

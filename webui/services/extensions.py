@@ -102,7 +102,10 @@ class ExtensionsService:
         self.check_access()
         row = self._find(name)
         with self._lock:
-            self._state.set_enabled(row.name, enabled)
+            try:
+                self._state.set_enabled(row.name, enabled)
+            except OSError as exc:
+                raise StudioError(f"cannot save extensions.json: {exc.strerror or exc}") from None
         return self._find(row.name)
 
     def check_install(self, request: InstallRequest) -> InstallPlan:
