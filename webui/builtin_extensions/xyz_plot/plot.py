@@ -251,5 +251,3 @@ def _grid_fields(values: Any, *axes: AxisValues | None) -> dict[str, str]:
         if axis.axis.label in SEED_AXES and not values.no_fixed_seeds:
             fields[f"Fixed {axis.name} Values"] = ", ".join(str(v) for v in axis.values)
     return fields
-
-
