@@ -29,10 +29,12 @@ class AxisValues:
     axis: Axis
     text: str                # as the user wrote it (the infotext's "X Values")
     values: list[Any]
+    typed: list[Any] | None = None  # the values as the user wrote them, where ``values`` were made canonical
 
     @property
     def labels(self) -> list[str]:
-        return [self.axis.caption(v) for v in self.values]
+        """Grid labels from what the user wrote (A1111 labels a checkpoint by the name typed, not its title)."""
+        return [self.axis.caption(v) for v in (self.typed or self.values)]
 
 
 def _random_seed() -> int:
@@ -81,6 +83,7 @@ def parse_axis(name: str, tab: str, label: str, text: str, raw_mode: bool, run: 
     except ValuesError as exc:
         raise ExtensionError(f"{where}: {exc}") from None
     context = run.context
+    typed = list(values) if axis.names in (CHECKPOINT, REFINER) else None
     if axis.names in (CHECKPOINT, REFINER):
         checkpoints = context.checkpoints()
         fixed = []
@@ -107,7 +110,7 @@ def parse_axis(name: str, tab: str, label: str, text: str, raw_mode: bool, run: 
                                  "negative prompt (Prompt S/R replaces it with each value)")
     if axis.field is not None and axis.apply is None:
         values = [_checked(run.request, axis, value, values, where) for value in values]
-    return AxisValues(name, axis, text, values)
+    return AxisValues(name, axis, text, values, typed)
 
 
 def _checked(base: GenerationRequest, axis: Axis, value: Any, values: list[Any], where: str) -> Any:
@@ -145,7 +148,7 @@ def run_plot(run: ScriptRun) -> ScriptResult:
                        values.raw_mode, run) for n in "XYZ"]
     if not values.no_fixed_seeds:
         axes = [AxisValues(a.name, a.axis, a.text, [_random_seed() if v == -1 else v for v in a.values])
-                if a.axis.label in SEED_AXES else a for a in axes]
+                if a.axis.label in SEED_AXES else a for a in axes]  # labels show the seeds drawn
     xs, ys, zs = axes
     cells = len(xs.values) * len(ys.values) * len(zs.values)
     if cells * base.width * base.height > MAX_GRID_PIXELS:
