@@ -3,6 +3,7 @@
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .axes import labels_for, label_of
 from .values import to_csv
@@ -40,7 +41,10 @@ class XyzBase(BaseModel):
     @field_validator("x_type", "y_type", "z_type", mode="before", check_fields=False)
     @classmethod
     def _axis_label(cls, value: Any) -> Any:
-        return label_of(cls.tab, value)
+        try:
+            return label_of(cls.tab, value)
+        except ValueError as exc:  # a custom error: its message is shown as it is (no "Value error, " prefix)
+            raise PydanticCustomError("axis_type", str(exc)) from None
 
 
 def params_model(tab: str) -> type[XyzBase]:
