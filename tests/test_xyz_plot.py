@@ -135,12 +135,13 @@ def test_a1111_script_args_map_by_position_and_axis_index(svc):
     ({"x_type": "Hires steps"}, "x_type", "Input should be"),  # an unknown label
     ({"margin_size": 501}, "margin_size", "less than or equal to 500"),
     ({"x_vals": "1"}, "x_vals", "Extra inputs"),
+    ({"x_values_dropdown": [1, 2]}, "", "x_values_dropdown must be a list of strings"),
 ])
 def test_bad_script_values_name_the_field(svc, raw, field, message):
     model = script(svc, IMG2IMG if raw.get("x_type") == "Hires steps" else TXT2IMG).params
     with pytest.raises(InvalidRequest, match=message) as caught:
         model_values(model, raw, "script_args")
-    assert caught.value.field == f"script_args.{field}"
+    assert caught.value.field == (f"script_args.{field}" if field else "script_args")
     assert "Value error" not in str(caught.value)
 
 
@@ -163,6 +164,7 @@ def test_too_many_script_args_are_refused(svc):
     (TXT2IMG, "Prompt S/R", "red, blue", "prompt", ["a red cat", "a blue cat"]),
     (TXT2IMG, "Prompt order", "red, cat", "prompt", ["a red cat", "a cat red"]),
     (TXT2IMG, "Sampler", "euler a, dpm++ 2m karras", "sampler_name", ["Euler a", "DPM++ 2M"]),
+    (TXT2IMG, "Hires sampler", "euler, Use same sampler", "hr_sampler_name", ["Euler", "Use same sampler"]),
     (TXT2IMG, "Checkpoint name", "other, tiny-sd15.safetensors", "checkpoint", ["other-sd15", "tiny-sd15"]),
     (TXT2IMG, "Sigma Churn", "0, 0.5", "s_churn", [0.0, 0.5]),
     (TXT2IMG, "Schedule type", "karras, Exponential", "scheduler", ["Karras", "Exponential"]),
@@ -217,6 +219,7 @@ def test_axis_labels_as_a1111_writes_them(svc, axis, text, labels):
     ({"x_type": "Sampler", "x_values": "Euler a, Bogus"}, "X values \\(Sampler\\): 'Bogus' is not accepted: "
                                                            "sampler_name: Unknown sampler 'Bogus'"),
     ({"x_type": "Checkpoint name", "x_values": "tiny, nope"}, "unknown checkpoint 'nope'"),
+    ({"x_type": "Hires sampler", "x_values": "Nope"}, "X values \\(Hires sampler\\): 'Nope' is not accepted"),
     ({"x_type": "Nothing", "y_type": "Hires upscaler", "y_values": "Lanczos, Bicubicish"}, "Y values \\(Hires upscaler\\): unknown "
                                                                       "upscaler 'Bicubicish'"),
     ({"x_type": "Prompt S/R", "x_values": "dog, cat"}, "first value 'dog' is in neither the prompt"),

@@ -34,7 +34,7 @@ class XyzBase(BaseModel):
             picks = data.pop(f"{key}_dropdown", None)
             if picks and not str(data.get(key, "")).strip():
                 if not isinstance(picks, list) or not all(isinstance(p, str) for p in picks):
-                    raise ValueError(f"{key}_dropdown must be a list of strings")
+                    raise PydanticCustomError("values_dropdown", f"{key}_dropdown must be a list of strings")
                 data[key] = to_csv(picks)
         return data
 

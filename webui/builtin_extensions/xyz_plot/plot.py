@@ -21,6 +21,7 @@ SEED_AXES = ("Seed", "Var. seed")
 LATENT_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                 "Latent (nearest)", "Latent (nearest-exact)")
 NO_REFINER = ("", "none")
+SAME_SAMPLER = "Use same sampler"  # A1111's hires sampler choice meaning "as the first pass"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,10 @@ def parse_axis(name: str, tab: str, label: str, text: str, raw_mode: bool, run: 
         if values[0] not in request.prompt and values[0] not in request.negative_prompt:
             raise ExtensionError(f"{where}: the first value '{values[0]}' is in neither the prompt nor the "
                                  "negative prompt (Prompt S/R replaces it with each value)")
+    if axis.label == "Hires sampler":  # checked as a sampler even while hires fix is off (A1111 does too)
+        sampler = find_axis(tab, "Sampler")
+        values = [value if value.lower() == SAME_SAMPLER.lower() else _checked(run.request, sampler, value, values, where)
+                  for value in values]
     if axis.field is not None and axis.apply is None:
         values = [_checked(run.request, axis, value, values, where) for value in values]
     return AxisValues(name, axis, text, values, typed)
