@@ -342,3 +342,10 @@ def test_keep_minus_one_seeds_gives_each_cell_its_own_seed(svc):
     seeds = [int(fields(t)["Seed"]) for t in result.infotexts]
     assert seeds[0] != seeds[1]
     assert "Fixed X Values" not in fields(result.grid_infotext)
+
+
+def test_a_random_seed_is_drawn_once_for_the_whole_grid(svc):
+    result, ctx = plot(svc, {"x_type": "Steps", "x_values": "2, 3", "include_lone_images": True}, seed=-1)
+    seeds = {int(fields(t)["Seed"]) for t in result.infotexts}
+    assert len(seeds) == 1 and -1 not in seeds
+    assert {r.seed for r in ctx.requests} == seeds  # fixed before the cells were built
