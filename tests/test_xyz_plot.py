@@ -349,3 +349,10 @@ def test_a_random_seed_is_drawn_once_for_the_whole_grid(svc):
     seeds = {int(fields(t)["Seed"]) for t in result.infotexts}
     assert len(seeds) == 1 and -1 not in seeds
     assert {r.seed for r in ctx.requests} == seeds  # fixed before the cells were built
+
+
+def test_a_batch_per_cell_shows_as_its_batch_grid_as_in_a1111(svc):
+    result, _ = plot(svc, {"x_type": "Steps", "x_values": "2, 3", "draw_legend": False, "include_lone_images": True},
+                     batch_size=2)
+    assert [image.size for image in result.images] == [(2 * CELL, CELL)] * 2  # return_grid (on by default)
+    assert result.grid.size == (4 * CELL, CELL)
