@@ -223,6 +223,8 @@ def test_axis_labels_as_a1111_writes_them(svc, axis, text, labels):
     ({"x_type": "Nothing", "y_type": "Hires upscaler", "y_values": "Lanczos, Bicubicish"}, "Y values \\(Hires upscaler\\): unknown "
                                                                       "upscaler 'Bicubicish'"),
     ({"x_type": "Prompt S/R", "x_values": "dog, cat"}, "first value 'dog' is in neither the prompt"),
+    ({"x_type": "Prompt S/R", "x_values": ", cat"}, "must not be empty"),
+    ({"x_type": "Checkpoint name", "x_values": "tiny, "}, "unknown checkpoint ''"),
     ({"x_type": "Steps", "x_values": "0-2"}, "X values \\(Steps\\): '0' is not accepted: steps"),
     ({"x_type": "Steps", "x_values": "2", "z_type": "Seed", "z_values": "1, two"}, "Z values \\(Seed\\): 'two' is not a whole number"),
     ({"x_type": "Schedule type", "x_values": "Karras, Weird"}, "'Weird' is not accepted"),

@@ -60,6 +60,8 @@ def _match_checkpoint(value: str, checkpoints: list[ModelInfo]) -> ModelInfo | N
     """A1111's get_closet_checkpoint_match: a title, a file name, a name or a hash, then the shortest title
     holding the text."""
     wanted = value.strip().lower()
+    if not wanted:
+        return None
     for info in checkpoints:
         file_name = info.title.rsplit(" [", 1)[0]
         if wanted in {info.title.lower(), file_name.lower(), info.name.lower(), (info.hash or "").lower()}:
@@ -106,6 +108,9 @@ def parse_axis(name: str, tab: str, label: str, text: str, raw_mode: bool, run: 
             values[i] = known[value.lower()]
     if axis.label == "Prompt S/R":
         request = run.request
+        if not values[0]:  # replacing "" would put the value between every two letters
+            raise ExtensionError(f"{where}: the first value is what is searched for in the prompt; it must not be "
+                                 "empty")
         if values[0] not in request.prompt and values[0] not in request.negative_prompt:
             raise ExtensionError(f"{where}: the first value '{values[0]}' is in neither the prompt nor the "
                                  "negative prompt (Prompt S/R replaces it with each value)")
