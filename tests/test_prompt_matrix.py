@@ -103,9 +103,11 @@ def test_different_seeds_negative_prompt_and_margins(svc):
 
 
 def test_random_seed_is_fixed_once(svc):
-    result, _ = run(svc, {}, prompt="a|b", seed=-1)
+    result, ctx = run(svc, {}, prompt="a|b", seed=-1, subseed=-1, subseed_strength=0.5)
     seeds = {int(infotext_fields(t)["Seed"]) for t in result.infotexts}
     assert len(seeds) == 1 and -1 not in seeds
+    subseeds = {int(infotext_fields(t)["Variation seed"]) for t in result.infotexts}
+    assert len(subseeds) == 1 and {r.subseed for r in ctx.requests} == subseeds
 
 
 def test_img2img_and_interrupt_keep_a_partial_grid(svc):

@@ -62,7 +62,9 @@ def run_matrix(run: ScriptRun) -> ScriptResult:
                              f"{MAX_GRID_PIXELS // 1_000_000} megapixels at {request.width}x{request.height}")
     delimiter = ", " if values.variations_delimiter == "comma" else " "
     prompts = matrix_prompts(text, values.put_at_start, delimiter)
-    seed = request.seed if request.seed != -1 else random.randrange(4294967294)  # A1111's fix_seed
+    # A1111's fix_seed: a random seed (and variation seed) is drawn once for the whole matrix
+    seed = request.seed if request.seed != -1 else random.randrange(4294967294)
+    subseed = request.subseed if request.subseed != -1 else random.randrange(4294967294)
     field = "prompt" if values.prompt_type == "positive" else "negative_prompt"
     context = run.context
     images: list[Image.Image] = []
@@ -74,7 +76,7 @@ def run_matrix(run: ScriptRun) -> ScriptResult:
             break
         context.progress(f"Image {i + 1} of {len(prompts)}", i, len(prompts))
         cell = type(request)(**{**dict(request), field: prompt, "seed": seed + (i if values.different_seeds else 0),
-                                "batch_size": 1, "n_iter": 1})
+                                "subseed": subseed, "batch_size": 1, "n_iter": 1})
         result = context.generate(cell)
         warnings += [w for w in result.warnings if w not in warnings]
         if not result.images:
