@@ -303,3 +303,9 @@ class Extension:
 
     def add_setting(self, setting: Setting) -> None:
         self.settings.append(setting)
+
+
+# ---- Image helpers (part D)
+from webui.extensions.images import GridLabel, labelled_grid  # noqa: E402  (appended: the helpers' own section)
+
+__all__ += ["GridLabel", "labelled_grid"]
