@@ -26,13 +26,17 @@ class DirectScriptContext:
         self.log = logging.getLogger("tests.script")
         self.progress_calls: list[tuple[str, int, int]] = []
         self.requests: list[GenerationRequest] = []  # what the script asked to generate, in order
+        self.results: list[GenerationResult] = []     # what each generate returned
         self.interrupt_after: int | None = None      # report ``interrupted`` once this many generates ran
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         self.requests.append(request)
         if isinstance(request, Img2ImgRequest):
-            return self.services.generation.img2img(request, timeout=120)
-        return self.services.generation.txt2img(request, timeout=120)
+            result = self.services.generation.img2img(request, timeout=120)
+        else:
+            result = self.services.generation.txt2img(request, timeout=120)
+        self.results.append(result)
+        return result
 
     def progress(self, text: str, done: int, total: int) -> None:
         self.progress_calls.append((text, done, total))

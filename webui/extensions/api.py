@@ -303,3 +303,9 @@ class Extension:
 
     def add_setting(self, setting: Setting) -> None:
         self.settings.append(setting)
+
+
+# ---- Image helpers (part E): tiled processing (webui/extensions/tiles.py)
+from webui.extensions.tiles import Tile, TileGrid, combine_tiles, split_tiles  # noqa: E402
+
+__all__ += ["Tile", "TileGrid", "split_tiles", "combine_tiles"]
