@@ -99,3 +99,17 @@ def test_a1111_args(ext):
     script = script_of(ext, TITLE)
     assert script.a1111_args == ("loops", "final_denoising_strength", "denoising_curve", "append_interrogation")
     assert script.tabs == ("img2img",)
+
+
+def test_the_three_built_ins_load_with_the_app(services):
+    """Through the real loader, at every start, enabled by default (and in --safe-mode: they are built in)."""
+    from webui.extensions.host import LOADED
+
+    host = services.extensions
+    for name in ("prompts_from_file", "sd_upscale", "loopback"):
+        record = host.record(name)
+        assert record is not None and record.status == LOADED and record.builtin, record and record.traceback
+    assert {e.script.title for e in host.scripts("img2img")} >= {"Prompts from file or textbox", "SD upscale",
+                                                                   "Loopback"}
+    assert "SD upscale" not in {e.script.title for e in host.scripts("txt2img")}
+    assert "Loopback" not in {e.script.title for e in host.scripts("txt2img")}

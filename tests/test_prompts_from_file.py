@@ -71,7 +71,8 @@ def test_bad_lines_refused_when_validated(ext, text, message):
     with pytest.raises(ValidationError) as err:
         script.params.model_validate({"prompt_txt": text})
     assert err.value.errors()[0]["loc"] == ("prompt_txt",)
-    assert message in err.value.errors()[0]["msg"]
+    msg = err.value.errors()[0]["msg"]
+    assert message in msg and not msg.startswith("Value error")  # shown to the user as it is
 
 
 def test_a1111_args_order(ext):
@@ -133,3 +134,17 @@ def test_interrupt_keeps_the_lines_done(services, ext):
                         {"prompt_txt": "a\nb\nc"}, ctx)
     assert len(result.images) == 1 and "Interrupted after 1 of 3 lines." in result.warnings
 
+
+
+def test_img2img_lines_keep_the_init_image(services, ext):
+    from PIL import Image
+
+    from webui.types import Img2ImgRequest
+
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+    ctx = DirectScriptContext(services)
+    base = Img2ImgRequest(init_images=[init], seed=2, denoising_strength=0.4, **SMALL)
+    result = run_script(script_of(ext, TITLE), "img2img", base, {"prompt_txt": "a\n--prompt b --steps 3"}, ctx)
+    assert len(result.images) == 2
+    assert all(isinstance(r, Img2ImgRequest) and r.init_images[0] is init for r in ctx.requests)
+    assert infotext_fields(result.infotexts[1])["Denoising strength"] == "0.4"

@@ -13,6 +13,7 @@ import shlex
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from webui.extensions.api import (IMG2IMG, TXT2IMG, Extension, ExtensionError, GenerationRequest, Script,
                                   ScriptResult, ScriptRun, Txt2ImgRequest)
@@ -165,8 +166,13 @@ class PromptsFromFile(BaseModel):
     @field_validator("prompt_txt")
     @classmethod
     def _lines(cls, value: str) -> str:
-        if not parse_lines(value):
-            raise ValueError("enter at least one line (a prompt, or --prompt \"...\" options)")
+        # A custom error: the message reaches the user as it is (pydantic prefixes a ValueError's with "Value error")
+        try:
+            lines = parse_lines(value)
+        except ValueError as exc:
+            raise PydanticCustomError("prompt_lines", "{reason}", {"reason": str(exc)}) from None
+        if not lines:
+            raise PydanticCustomError("prompt_lines", "enter at least one line (a prompt, or --prompt \"...\" options)")
         return value
 
 
