@@ -148,3 +148,19 @@ def test_img2img_lines_keep_the_init_image(services, ext):
     assert len(result.images) == 2
     assert all(isinstance(r, Img2ImgRequest) and r.init_images[0] is init for r in ctx.requests)
     assert infotext_fields(result.infotexts[1])["Denoising strength"] == "0.4"
+
+
+def test_panel_uploads_a_file_into_the_list(ext):
+    """The script's own panel (A1111's): the model's widgets plus a file whose text fills the list."""
+    import gradio as gr
+
+    script = script_of(ext, TITLE)
+    with gr.Blocks() as blocks:
+        widgets = script.ui(script.params())
+    assert list(widgets) == list(script.params.model_fields)
+    assert widgets["prompt_txt"].label == "List of prompt inputs"
+    assert widgets["prompt_position"].choices == [("start", "start"), ("end", "end")]
+    (upload_event,) = [f for f in blocks.fns.values() if widgets["prompt_txt"] in f.outputs]
+    cleared, text = upload_event.fn(b"  a red fox \r\n--prompt \"a cat\" --steps 3\n\xff\xfe bad bytes\n")
+    assert cleared is None and text == "a red fox\n--prompt \"a cat\" --steps 3\n\ufffd\ufffd bad bytes"
+    assert script.params.model_validate({"prompt_txt": text}).prompt_txt == text

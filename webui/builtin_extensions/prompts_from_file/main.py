@@ -208,6 +208,39 @@ def line_requests(request: GenerationRequest, values: PromptsFromFile) -> list[t
     return out
 
 
+def file_text(data: bytes | None) -> str | None:
+    """An uploaded file's lines (stripped, as A1111 loads them); None when the file was cleared. Bytes that are
+    not UTF-8 become U+FFFD, so the wrong line shows where the file is damaged."""
+    if data is None:
+        return None
+    return "\n".join(line.strip() for line in data.decode("utf-8", errors="replace").splitlines())
+
+
+def build_ui(defaults: BaseModel) -> dict[str, Any]:
+    """A1111's panel: the model's widgets plus a file upload that fills the list (the file's text is the value)."""
+    import gradio as gr  # only the UI needs Gradio
+
+    if not isinstance(defaults, PromptsFromFile):
+        defaults = PromptsFromFile()
+    fields = PromptsFromFile.model_fields
+    iterate = gr.Checkbox(defaults.checkbox_iterate, label=fields["checkbox_iterate"].title,
+                          info=fields["checkbox_iterate"].description)
+    same = gr.Checkbox(defaults.checkbox_iterate_batch, label=fields["checkbox_iterate_batch"].title,
+                       info=fields["checkbox_iterate_batch"].description)
+    position = gr.Radio(["start", "end"], value=defaults.prompt_position, label=fields["prompt_position"].title)
+    text = gr.Textbox(defaults.prompt_txt, label=fields["prompt_txt"].title, lines=4,
+                      info=fields["prompt_txt"].description)
+    upload = gr.File(label="Upload prompt inputs", type="binary", file_types=[".txt"])
+
+    def load(data: bytes | None):
+        content = file_text(data)
+        return None, (gr.skip() if content is None else content)
+
+    upload.upload(load, inputs=upload, outputs=[upload, text], show_progress="hidden", api_visibility="private")
+    return {"checkbox_iterate": iterate, "checkbox_iterate_batch": same, "prompt_position": position,
+            "prompt_txt": text}
+
+
 def run(run: ScriptRun) -> ScriptResult:
     values = run.values if isinstance(run.values, PromptsFromFile) else PromptsFromFile()
     jobs = line_requests(run.request, values)
@@ -229,7 +262,7 @@ def run(run: ScriptRun) -> ScriptResult:
 
 
 def setup(ext: Extension) -> None:
-    ext.add_script(Script(title=TITLE, run=run, params=PromptsFromFile, tabs=(TXT2IMG, IMG2IMG),
+    ext.add_script(Script(title=TITLE, run=run, params=PromptsFromFile, tabs=(TXT2IMG, IMG2IMG), ui=build_ui,
                           a1111_args=("checkbox_iterate", "checkbox_iterate_batch", "prompt_position",
                                       "prompt_txt"),
                           description="One run per line of the list; lines may set --steps, --seed and other "
