@@ -129,3 +129,17 @@ def test_the_upscaled_image_is_saved_when_the_request_says_so(services, data_dir
                         {"overlap": 16, "upscaler_index": "Lanczos", "scale_factor": 1.5}, ctx)
     saved = set((data_dir / "outputs").rglob("*.png")) - before
     assert len(saved) == 1 and Image.open(saved.pop()).size == result.images[0].size == (96, 96)
+
+
+def test_panel(ext):
+    """A1111's widgets; the info slot A1111 clients fill in script_args has none."""
+    import gradio as gr
+
+    script = script_of(ext, TITLE)
+    with gr.Blocks():
+        widgets = script.ui(script.params())
+    assert set(widgets) == {"overlap", "upscaler_index", "scale_factor"}
+    assert (widgets["overlap"].minimum, widgets["overlap"].maximum, widgets["overlap"].value) == (0, 256, 64)
+    assert widgets["upscaler_index"].value == "Lanczos" and widgets["scale_factor"].value == 2.0
+    values = script.params.model_validate({k: w.value for k, w in widgets.items()})
+    assert values.info is None and values.scale_factor == 2.0

@@ -59,6 +59,25 @@ def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
 
 
+BUILT_IN_UPSCALERS = ("None", "Lanczos", "Nearest")
+
+
+def build_ui(defaults: BaseModel) -> dict[str, Any]:
+    """A1111's panel: its note, the overlap and scale sliders and the upscaler (the ``info`` slot has no widget)."""
+    import gradio as gr  # only the UI needs Gradio
+
+    if not isinstance(defaults, SDUpscale):
+        defaults = SDUpscale()
+    gr.Markdown("Will upscale the image by the selected scale factor; use the width and height sliders to set the "
+                "tile size.")
+    overlap = gr.Slider(0, 256, value=defaults.overlap, step=16, label="Tile overlap")
+    scale = gr.Slider(1.0, 4.0, value=defaults.scale_factor, step=0.05, label="Scale Factor")
+    upscaler = gr.Dropdown(list(BUILT_IN_UPSCALERS), value=defaults.upscaler_index, label="Upscaler",
+                           allow_custom_value=True,
+                           info="None, Lanczos, Nearest, or an upscaler model's name (as the Extras tab lists them)")
+    return {"overlap": overlap, "upscaler_index": upscaler, "scale_factor": scale}
+
+
 def make_run(app: Context):
     def run(run: ScriptRun) -> ScriptResult:
         request = run.request
@@ -115,7 +134,7 @@ def make_run(app: Context):
 
 
 def setup(ext: Extension) -> None:
-    ext.add_script(Script(title=TITLE, run=make_run(ext.context), params=SDUpscale, tabs=(IMG2IMG,),
+    ext.add_script(Script(title=TITLE, run=make_run(ext.context), params=SDUpscale, tabs=(IMG2IMG,), ui=build_ui,
                           a1111_args=("info", "overlap", "upscaler_index", "scale_factor"),
                           description="Will upscale the image by the selected scale factor; use the width and "
                                       "height sliders to set the tile size."))
