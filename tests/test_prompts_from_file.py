@@ -164,3 +164,19 @@ def test_panel_uploads_a_file_into_the_list(ext):
     cleared, text = upload_event.fn(b"  a red fox \r\n--prompt \"a cat\" --steps 3\n\xff\xfe bad bytes\n")
     assert cleared is None and text == "a red fox\n--prompt \"a cat\" --steps 3\n\ufffd\ufffd bad bytes"
     assert script.params.model_validate({"prompt_txt": text}).prompt_txt == text
+
+
+def test_sd_model_switches_checkpoint_and_unknown_ones_are_refused_first(services, ext):
+    from webui.extensions.api import ExtensionError
+
+    ctx = DirectScriptContext(services)
+    base = Txt2ImgRequest(seed=4, checkpoint="tiny-sd15", **SMALL)
+    result = run_script(script_of(ext, TITLE), TXT2IMG, base,
+                        {"prompt_txt": "a\n--sd_model other-sd15 --prompt b\nc"}, ctx)
+    models = [infotext_fields(t)["Model"] for t in result.infotexts]
+    assert models == ["tiny-sd15", "other-sd15", "tiny-sd15"]  # for its own line only, as A1111's override
+
+    ctx = DirectScriptContext(services)
+    with pytest.raises(ExtensionError, match="line 3: --sd_model: no checkpoint named 'nonesuch'"):
+        run_script(script_of(ext, TITLE), TXT2IMG, base, {"prompt_txt": "a\nb\n--sd_model nonesuch --prompt c"}, ctx)
+    assert ctx.requests == []  # nothing ran

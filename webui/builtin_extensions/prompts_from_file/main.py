@@ -15,8 +15,8 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from webui.extensions.api import (IMG2IMG, TXT2IMG, Extension, ExtensionError, GenerationRequest, Script,
-                                  ScriptResult, ScriptRun, Txt2ImgRequest)
+from webui.extensions.api import (IMG2IMG, TXT2IMG, Extension, ExtensionError, GenerationRequest, ModelInfo,
+                                  Script, ScriptResult, ScriptRun, Txt2ImgRequest)
 
 TITLE = "Prompts from file or textbox"
 MAX_SEED = 4294967294  # A1111's random seed range for fix_seed
@@ -241,9 +241,28 @@ def build_ui(defaults: BaseModel) -> dict[str, Any]:
             "prompt_txt": text}
 
 
+def known_checkpoint(wanted: str, checkpoints: list[ModelInfo]) -> bool:
+    """Whether ``--sd_model`` names a checkpoint: its title, file name, name or hash, or (A1111's closest match) a
+    part of a title."""
+    wanted = wanted.strip().lower()
+    for info in checkpoints:
+        names = {info.title.lower(), info.title.split(" [")[0].lower(), info.name.lower(), (info.hash or "").lower()}
+        if wanted in names or wanted in info.title.lower():
+            return True
+    return False
+
+
 def run(run: ScriptRun) -> ScriptResult:
     values = run.values if isinstance(run.values, PromptsFromFile) else PromptsFromFile()
     jobs = line_requests(run.request, values)
+    checkpoints = None
+    for number, request in jobs:  # a checkpoint that does not exist is refused before the first line runs
+        if request.checkpoint and request.checkpoint != run.request.checkpoint:
+            checkpoints = checkpoints if checkpoints is not None else run.context.checkpoints()
+            if not known_checkpoint(request.checkpoint, checkpoints):
+                raise ExtensionError(f"{TITLE}: line {number}: --sd_model: no checkpoint named "
+                                     f"'{request.checkpoint}' (choose one of "
+                                     f"{', '.join(i.name for i in checkpoints) or 'none'})")
     images, infotexts, seeds, warnings = [], [], [], []
     for done, (number, request) in enumerate(jobs):
         if run.context.interrupted:
