@@ -309,3 +309,8 @@ class Extension:
 from webui.extensions.images import GridLabel, labelled_grid  # noqa: E402  (appended: the helpers' own section)
 
 __all__ += ["GridLabel", "labelled_grid"]
+
+# ---- Image helpers (part E): tiled processing (webui/extensions/tiles.py)
+from webui.extensions.tiles import Tile, TileGrid, combine_tiles, split_tiles  # noqa: E402
+
+__all__ += ["Tile", "TileGrid", "split_tiles", "combine_tiles"]
