@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from webui.config import Settings
+from webui.extensions.hooks import Hooks, model_info
 from webui.extensions.host import ExtensionHost
 from webui.models.device import DeviceOwner
 from webui.models.embeddings import EmbeddingLibrary
@@ -114,6 +115,8 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                  credentials=credentials, provenance=provenance)
     training = build_training_service(settings, queue, registry,
                                       refresh=[style.refresh_models, loras.refresh, embeddings.refresh])
+    loaded: list[ExtensionHost] = []  # the extensions load last (their contexts use the services)
+    hooks = Hooks(lambda: loaded[0] if loaded else None)
 
     services = Services(
         settings=settings,
@@ -130,7 +133,7 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
                                      preview=lambda: preview_settings(options.value),
                                      confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
                                      embeddings=embeddings,
-                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle)),
+                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle), hooks=hooks),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=style,
@@ -147,7 +150,10 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
                                             allow_external_links=settings.allow_external_model_links),
     )
-    return replace(services, extensions=_load_extensions(settings, services))
+    loaded.append(_load_extensions(settings, services))
+    for device in devices:
+        device.loaded_listeners.append(lambda info, model: hooks.model_loaded(model_info(info, model.family)))
+    return replace(services, extensions=loaded[0])
 
 
 def _load_extensions(settings: Settings, services: Services) -> ExtensionHost:

@@ -19,6 +19,7 @@ from webui import VERSION
 from webui.config import Settings
 from webui.hires_fix import UPSCALERS
 from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
+from webui.extensions.hooks import Hooks, kind_of
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
 from webui.parameters import InfotextContext, infotext_params
@@ -69,11 +70,12 @@ class GenerationService:
                  saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None,
                  preview: Callable[[], PreviewSettings] = PreviewSettings,
                  confirm_after: Callable[[], float] = lambda: 0, embeddings: EmbeddingLibrary | None = None,
-                 loras: JobLoras | None = None):
-        """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
+                 loras: JobLoras | None = None, hooks: Hooks | None = None):
+        """``hooks``: the extensions' hooks (webui/extensions/hooks.py; None: no extensions). ``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
         the textual-inversion files prompts may name (None: none); ``loras``: the LoRAs prompts may name (None: a
         registry over ``models/Lora`` of its own)."""
         self._embeddings = embeddings
+        self._hooks = hooks or Hooks.none()
         self._loras = loras or JobLoras(LoraRegistry(settings.lora_dir,
                                                      allow_external_links=settings.allow_external_model_links),
                                         allow_pickle=settings.allow_pickle)
@@ -252,6 +254,7 @@ class GenerationService:
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
         self._check_refiner(request)
+        self._hooks.values(request)  # each extension's values against its model: extensions.<name>.<field>
 
     def native_size(self, checkpoint: str | None = None) -> int:
         """The native image size of ``checkpoint`` (None: the current one), known without loading it; A1111's 512
@@ -336,6 +339,7 @@ class GenerationService:
             return None
         if not grid:
             result.paths.append(path)
+        self._hooks.image_saved(category, path, final.infotext, result.request, result.warnings)
         return path
 
     def _run(self, ctx: JobContext, request: Txt2ImgRequest, task: "_Task",
@@ -344,11 +348,18 @@ class GenerationService:
         ``grids``: False for a batch folder's images, which get no grid (as A1111's img2img batch)."""
         started = time.time()
         saving = self._saving()
+        warnings: list[str] = []
+        values = self._hooks.values(request)
+        changed = self._hooks.before_job(request, values, warnings)
+        if changed is not request:  # an extension edited the request: it passes the same checks as the user's
+            self._check(changed)
+            request = task.request = changed
+            values = self._hooks.values(request)
+        extension_params = self._hooks.infotext(values)
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
         base_subseed = request.subseed if request.subseed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
-                                  started=started, base_subseed=base_subseed)
-        first_params: dict = {}  # the first image's infotext parameters: a grid carries them, as in A1111
+                                  started=started, base_subseed=base_subseed, warnings=warnings)
         with ctx.models.lease(request.checkpoint) as model, self._job_vae(ctx, request, model) as (model, vae), \
                 seamless(model, request.tiling), self._loras.applied(model, request, result.warnings) as lora_params:
             task.check_model(model)
@@ -360,55 +371,91 @@ class GenerationService:
             job_seeds = (batch_seeds(request, base_seed, base_subseed, 0)[0][0],
                          batch_seeds(request, base_seed, base_subseed, request.n_iter - 1)[0][-1])
             preview = self._preview()
-            for batch_index in range(request.n_iter):
-                if ctx.interrupted:
-                    break
-                seeds, subseeds = batch_seeds(request, base_seed, base_subseed, batch_index)
-                ctx.begin_image(batch_index, request.n_iter, task.steps(model),
-                                f"Batch {batch_index + 1} of {request.n_iter}")
-                batch_started = time.monotonic()
-                out = task.run_batch(model, batch_index, seeds, ctx, preview, subseeds)
-                if not out.stopped_early:
-                    self.speed.record(ctx.device.name, work(request)[0] / request.n_iter,
-                                      time.monotonic() - batch_started)
-                # Skip ends this batch's sampling and keeps what it made (A1111); the next batch runs as usual.
-                ctx.consume_skip()
-                if preview.after_batch and out.images:
-                    ctx.show_preview(out.images[0])
-                images, verdicts = self._review(ctx, out.images, policy, result)
-                batch_params = []
-                for index, (image, seed, subseed, verdict) in enumerate(zip(images, seeds, subseeds, verdicts)):
-                    context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
-                                              subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
-                                              refiner=out.refiner)
-                    params = {**infotext_params(request, context), **_ti_hashes(model), **lora_params,
-                              "Version": f"studio-{VERSION}"}
-                    batch_params.append(dict(params))
-                    first_params = first_params or dict(params)
-                    if verdict:
-                        params["Safety checker"] = verdict
-                    final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
-                                       self._credentials, title=f"Stable Studio {task.category}, seed {seed}")
-                    result.images.append(final.image)
-                    result.pngs.append(final.png)
-                    result.seeds.append(seed)
-                    result.subseeds.append(subseed)
-                    result.infotexts.append(final.infotext)
-                    if request.save_images and saving.samples_save:
-                        name = replace(_name_context(request, model, seed, batch_index, index, started, task,
-                                                     vae.name), seeds=job_seeds)
-                        self._save(result, final, task.category, name, saving, policy)
-                if out.first_pass:
-                    names = [replace(_name_context(request, model, seed, batch_index, index, started, task,
-                                                   vae.name), seeds=job_seeds) for index, seed in enumerate(seeds)]
-                    self._save_first_pass(ctx, out.first_pass, names, batch_params, request, policy, task, result,
-                                          saving)
+            with self._step_hooks(ctx, request, values, warnings):
+                first_params = self._batches(ctx, request, task, policy, result, model, vae, lora_params, job_seeds, preview,
+                              saving, values, extension_params)
             if grids:
                 self._grid(result, request, saving, policy, task, model, started, first_params, vae.name)
             result.interrupted = ctx.interrupted
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
         return result
+
+    @contextmanager
+    def _step_hooks(self, ctx: JobContext, request: Txt2ImgRequest, values: dict,
+                    warnings: list[str]) -> Iterator[None]:
+        """The extensions' step hooks on ``ctx`` for this run's sampling (a cancel from one interrupts the job);
+        what was there before (an enclosing script's run) is put back after."""
+        hook = self._hooks.step_hook(kind_of(request), values, warnings)
+        previous = ctx.step_hook
+        if hook is not None:
+            def step_hook(step, steps, latents, guidance):
+                latents, guidance, cancel = hook(step, steps, latents, guidance)
+                if cancel:
+                    ctx.interrupt()
+                return latents, guidance, cancel
+            ctx.step_hook = step_hook
+        try:
+            yield
+        finally:
+            ctx.step_hook = previous
+
+    def _batches(self, ctx, request, task, policy, result, model, vae, lora_params, job_seeds, preview, saving,
+                 values, extension_params) -> dict:
+        """The job's batches: sampling, extensions' image hooks, safety, infotext, provenance, saving. Returns the
+        first image's infotext parameters (a grid carries them, as in A1111)."""
+        started = result.started
+        first_params: dict = {}
+        for batch_index in range(request.n_iter):
+            if ctx.interrupted:
+                break
+            seeds, subseeds = batch_seeds(request, result.base_seed, result.base_subseed, batch_index)
+            ctx.begin_image(batch_index, request.n_iter, task.steps(model),
+                            f"Batch {batch_index + 1} of {request.n_iter}")
+            batch_started = time.monotonic()
+            out = task.run_batch(model, batch_index, seeds, ctx, preview, subseeds)
+            if not out.stopped_early:
+                self.speed.record(ctx.device.name, work(request)[0] / request.n_iter,
+                                  time.monotonic() - batch_started)
+            # Skip ends this batch's sampling and keeps what it made (A1111); the next batch runs as usual.
+            ctx.consume_skip()
+            if preview.after_batch and out.images:
+                ctx.show_preview(out.images[0])
+            hooked, added = [], []
+            for index, (image, seed) in enumerate(zip(out.images, seeds)):
+                image, fields = self._hooks.on_image(request, image, batch_index * request.batch_size + index,
+                                                     seed, values, result.warnings)
+                hooked.append(image)
+                added.append(fields)
+            images, verdicts = self._review(ctx, hooked, policy, result)
+            batch_params = []
+            for index, (image, seed, subseed, verdict) in enumerate(zip(images, seeds, subseeds, verdicts)):
+                context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
+                                          subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
+                                          refiner=out.refiner)
+                params = {**infotext_params(request, context), **_ti_hashes(model), **lora_params,
+                          **extension_params, **added[index], "Version": f"studio-{VERSION}"}
+                batch_params.append(dict(params))
+                first_params = first_params or dict(params)
+                if verdict:
+                    params["Safety checker"] = verdict
+                final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
+                                   self._credentials, title=f"Stable Studio {task.category}, seed {seed}")
+                result.images.append(final.image)
+                result.pngs.append(final.png)
+                result.seeds.append(seed)
+                result.subseeds.append(subseed)
+                result.infotexts.append(final.infotext)
+                if request.save_images and saving.samples_save:
+                    name = replace(_name_context(request, model, seed, batch_index, index, started, task,
+                                                 vae.name), seeds=job_seeds)
+                    self._save(result, final, task.category, name, saving, policy)
+            if out.first_pass:
+                names = [replace(_name_context(request, model, seed, batch_index, index, started, task,
+                                               vae.name), seeds=job_seeds) for index, seed in enumerate(seeds)]
+                self._save_first_pass(ctx, out.first_pass, names, batch_params, request, policy, task, result,
+                                      saving)
+        return first_params
 
     def _grid(self, result: GenerationResult, request: Txt2ImgRequest, options: SaveOptions,
               policy: ProvenancePolicy, task: "_Task", model: LoadedModel, started: float, params: dict,
