@@ -147,6 +147,11 @@ class GenerationService:
         return self.submit_txt2img(request).wait(timeout)
 
     def submit_img2img(self, request: Img2ImgRequest, confirm: Confirm | None = None) -> Job:
+        self._check_img2img(request)
+        self._check_duration(request, confirm)
+        return self._queue.submit("img2img", request, checkpoint=self._title(request.checkpoint))
+
+    def _check_img2img(self, request: Img2ImgRequest) -> None:
         self._check(request)
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
@@ -160,8 +165,6 @@ class GenerationService:
             if request.mask.size != init_size:
                 raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init "
                                              f"image is {init_size[0]}x{init_size[1]}; they must match")
-        self._check_duration(request, confirm)
-        return self._queue.submit("img2img", request, checkpoint=self._title(request.checkpoint))
 
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_img2img(request).wait(timeout)
@@ -538,6 +541,16 @@ class GenerationService:
             return images, ["unavailable"] * len(images)
         return review.images, review.verdicts
 
+    def run_in_job(self, ctx: JobContext, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
+        """A plain txt2img or img2img run INSIDE an already running job (a script's ``generate``): the same checks,
+        hooks, safety, infotext and saving as a queued one, on the job's device, without queueing. InvalidRequest
+        as the submit methods raise it."""
+        if isinstance(request, Img2ImgRequest):
+            self._check_img2img(request)
+            return self._img2img_job(ctx, request)
+        self._check(request)
+        return self._txt2img_job(ctx, request)
+
 
 class _Task:
     """What differs between txt2img and img2img inside the shared batch loop."""
@@ -638,3 +651,4 @@ def batch_seeds(request: Txt2ImgRequest, base_seed: int, base_subseed: int,
     indices = range(first, first + request.batch_size)
     varied = request.subseed_strength != 0
     return [base_seed + (0 if varied else k) for k in indices], [base_subseed + k for k in indices]
+
