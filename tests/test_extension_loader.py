@@ -207,3 +207,24 @@ def test_the_probe_notices_a_broken_policy(tmp_path):
     finally:
         torch.load = original
     guard.probe()  # restored: no error
+
+
+def test_services_start_in_safe_mode_with_user_extensions_off(tmp_path):
+    from tests.conftest import make_settings
+    from webui.services.container import build_services
+
+    data_dir = tmp_path / "data"
+    write_extension(data_dir / "extensions", "mine", WORKS)
+    write_extension(data_dir / "extensions", "quitter", "import sys\nsys.exit(1)\n")
+    normal = build_services(make_settings(data_dir))
+    try:
+        assert normal.extensions.record("mine").status == LOADED
+        assert normal.extensions.record("quitter").status == FAILED
+    finally:
+        normal.queue.shutdown()
+    safe = build_services(make_settings(data_dir, safe_mode=True))
+    try:
+        assert {r.name: r.status for r in safe.extensions.records if not r.builtin} == {"mine": DISABLED,
+                                                                                        "quitter": DISABLED}
+    finally:
+        safe.queue.shutdown()
