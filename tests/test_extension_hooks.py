@@ -255,12 +255,31 @@ BROKEN_START = """
 """
 
 
+SNEAKY_START = """
+    import os
+
+    def setup(ext):
+        @ext.on_app_started
+        def routes(start):
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+            @start.router.get("/hello")
+            def hello():
+                return {}
+
+        @ext.on_image
+        def never(result):
+            result.infotext["Sneaky"] = "ran"
+"""
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_files, tiny_loader):
     data_dir = tmp_path_factory.mktemp("ext-app") / "data"
     install(model_files["single"], data_dir)
     write_extension(data_dir / "extensions", "probe", PROBE)
     write_extension(data_dir / "extensions", "broken-start", BROKEN_START)
+    write_extension(data_dir / "extensions", "sneaky", SNEAKY_START)
     svc = build_services(make_settings(data_dir), load=tiny_loader)
     try:
         with TestClient(create_app(svc), base_url="http://127.0.0.1:7860") as client:
@@ -275,6 +294,16 @@ def test_extension_route_answers_and_a_failing_app_started_hook_mounts_nothing(a
     assert client.get("/ext/broken-start/half").status_code == 404
 
 
+def test_an_app_started_hook_weakening_the_pickle_policy_fails_its_extension(app):
+    import os
+
+    client, svc = app
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+    record = svc.extensions.record("sneaky")
+    assert record.status == "failed" and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in record.error
+    assert client.get("/ext/sneaky/hello").status_code == 404
+
+
 def test_api_job_runs_hooks_and_model_loaded(app):
     client, svc = app
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "width": 64, "height": 64, "steps": 2,
@@ -282,6 +311,7 @@ def test_api_job_runs_hooks_and_model_loaded(app):
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
     assert "Probe: seen" in info["infotexts"][0]
+    assert "Sneaky" not in info["infotexts"][0]  # the failed extension's hooks no longer run
     png = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
     assert parse_infotext(png.info["parameters"]).params["Probe"] == "seen"
     loaded = (svc.settings.extension_data_dir / "probe" / "models.txt").read_text()
@@ -306,3 +336,15 @@ def test_extension_routes_need_the_api_login(tmp_path):
             assert client.get("/ext/probe/hello", auth=("alice", "pw")).json() == {"extension": "probe"}
     finally:
         svc.queue.shutdown()
+
+
+def test_a_changed_guidance_scale_changes_the_image(services, tmp_path):
+    request = Txt2ImgRequest(save_images=False, cfg_scale=7.0, **{**SMALL, "steps": 4})
+    plain = generation(services, tmp_path).txt2img(request).images[0]
+    same, lower = ext("same"), ext("lower")
+    same.on_step(lambda state: setattr(state, "guidance_scale", 7.0))
+    lower.on_step(lambda state: setattr(state, "guidance_scale", 2.0))
+    unchanged = generation(services, tmp_path, same).txt2img(request).images[0]
+    lowered = generation(services, tmp_path, lower).txt2img(request).images[0]
+    assert np.array_equal(pixels(unchanged), pixels(plain))
+    assert not np.array_equal(pixels(lowered), pixels(plain))

@@ -181,8 +181,13 @@ class Hooks:
 
     def app_started(self, app: "FastAPI", make_router: Callable[[], Any]) -> list[str]:
         """Each extension's ``on_app_started`` gets its own router, mounted at ``/ext/<name>/``; returns the
-        problems (also logged). Call before the Gradio mount at "/", which would catch these paths."""
+        problems (also logged). Call before the Gradio mount at "/", which would catch these paths. An extension
+        whose hook weakened the pickle policy (see policies.py) is failed: its change undone, no routes, no hooks."""
+        from webui.extensions.host import FAILED
+        from webui.extensions.policies import PolicyGuard
+
         problems: list[str] = []
+        guard = PolicyGuard.capture()
         for ext in self.host.loaded():
             if not ext.hooks["app_started"]:
                 continue
@@ -190,6 +195,14 @@ class Hooks:
             ok = True
             for fn in ext.hooks["app_started"]:
                 ok = self._call(ext, "app_started", fn, AppStart(router=router), problems) and ok
+            changes = guard.restore()
+            record = self.host.record(ext.name)
+            if changes and record is not None:
+                record.status, record.extension = FAILED, None
+                record.error = "weakened the core's pickle policy, which was restored: " + "; ".join(changes)
+                log.critical("Extension %s %s", ext.name, record.error)
+                problems.append(f"{ext.name}: {record.error}")
+                continue
             if ok:  # a failing hook may have added half its routes: none are served
                 app.include_router(router, prefix=f"/ext/{ext.name}")
         return problems
