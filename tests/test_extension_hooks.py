@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -57,13 +58,17 @@ def test_a_raising_hook_is_skipped_and_named_in_the_warnings(services, tmp_path)
     bad, good = ext("bad"), ext("good")
     seen = []
     bad.on_image(lambda result: 1 / 0)
+    bad.on_image_saved(lambda saved: sys.exit(2))
     bad.on_step(lambda state: (_ for _ in ()).throw(RuntimeError("step broke")))
     good.on_image(lambda result: seen.append(result.index))
-    result = generation(services, tmp_path, bad, good).txt2img(Txt2ImgRequest(batch_size=2, **SMALL))
-    assert len(result.images) == 2 and seen == [0, 1]
+    service = generation(services, tmp_path, bad, good)
+    result = service.txt2img(Txt2ImgRequest(batch_size=2, **SMALL))
+    assert len(result.images) == 2 and len(result.paths) == 2 and seen == [0, 1]
     assert "Extension hook failed: bad.on_image: ZeroDivisionError: division by zero" in result.warnings
     assert "Extension hook failed: bad.on_step: RuntimeError: step broke" in result.warnings
-    assert len(result.warnings) == 2  # once per hook, not once per call
+    assert "Extension hook failed: bad.on_image_saved: SystemExit: 2" in result.warnings
+    assert len(result.warnings) == 3  # once per hook, not once per call
+    assert len(service.txt2img(Txt2ImgRequest(save_images=False, **SMALL)).images) == 1  # the worker lives on
 
 
 def test_step_hooks_compose_in_order_and_write_latents_back(services, tmp_path):

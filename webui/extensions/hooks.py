@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 StepHook = Callable[[int, int, "torch.Tensor", float], "tuple[torch.Tensor, float, bool]"]
 """``(step, steps, latents, guidance) -> (latents, guidance, cancel)``: what the pipelines' step callback calls."""
 
+# sys.exit() in a hook would end the queue's worker thread (every later job would wait forever): caught like any
+# error. KeyboardInterrupt only reaches the main thread, where the web server stops on it as it should.
+_HOOK_ERRORS = (Exception, SystemExit)
+
 HOOK_NAMES = {"before_job": "on_before_job", "step": "on_step", "image": "on_image",
               "image_saved": "on_image_saved", "model_loaded": "on_model_loaded", "app_started": "on_app_started"}
 
@@ -63,7 +67,7 @@ class Hooks:
         """One hook call; False (logged, and a warning added) when it raised."""
         try:
             fn(arg)
-        except Exception as exc:  # noqa: BLE001 - an extension's bug must not cost the job
+        except _HOOK_ERRORS as exc:  # an extension's bug must not cost the job (or the worker thread)
             self._report(ext, kind, exc, warnings)
             return False
         return True
@@ -112,7 +116,7 @@ class Hooks:
                 fn(start)
             except ExtensionError as exc:
                 raise InvalidRequest(f"extensions.{ext.name}", str(exc)) from None
-            except Exception as exc:  # noqa: BLE001 - reported and skipped
+            except _HOOK_ERRORS as exc:  # reported and skipped
                 self._report(ext, "before_job", exc, warnings)
                 continue
             if not isinstance(start.request, type(request)):
