@@ -92,6 +92,15 @@ def test_step_hooks_compose_in_order_and_write_latents_back(services, tmp_path):
     assert len(seen) == 3 and all(torch.equal(a, b) for a, b in zip(scaled, seen))
 
 
+def test_second_order_samplers_call_step_hooks_once_a_step(services, tmp_path):
+    recorder = ext("record")
+    steps = []
+    recorder.on_step(lambda state: steps.append(state.step))
+    generation(services, tmp_path, recorder).txt2img(
+        Txt2ImgRequest(save_images=False, **{**SMALL, "sampler_name": "Heun", "steps": 3}))
+    assert steps == [1, 2, 3]
+
+
 def test_latents_a_step_hook_leaves_are_what_gets_decoded(services, tmp_path):
     plain = generation(services, tmp_path).txt2img(Txt2ImgRequest(save_images=False, **SMALL)).images[0]
     flattener = ext("flat")
