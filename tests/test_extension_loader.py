@@ -73,6 +73,7 @@ def test_hung_import_is_skipped_after_the_limit(tmp_path):
     hung = host.record("hangs")
     assert hung.status == FAILED
     assert "did not finish importing in 0.5 s" in hung.error and "cannot be stopped" in hung.error
+    assert "main.py" in hung.traceback and "wait(30)" in hung.traceback  # where it hangs, for its author
     assert host.record("later").status == LOADED
     assert [e.name for e in host.loaded()] == ["later"]
 

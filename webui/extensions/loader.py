@@ -112,8 +112,11 @@ def _load_one(folder: Path, builtin: bool, options: LoadOptions, make_context: C
     if thread.is_alive():
         # Python cannot stop a thread: it runs on in the background (a daemon, so it does not keep the app from
         # exiting); whatever it registers later is ignored, as its Extension object is never kept.
+        frame = sys._current_frames().get(thread.ident or -1)
+        where = "".join(traceback.format_stack(frame)) if frame is not None else ""
         _fail(record, f"did not finish importing in {options.import_seconds:g} s (skipped; its code may still be "
-                      "running in the background, as a thread cannot be stopped)")
+                      "running in the background, as a thread cannot be stopped)",
+              f"Where it was when skipped:\n{where}" if where else "")
         return record
     if attempt.error:
         _fail(record, attempt.error, attempt.trace)
