@@ -35,6 +35,7 @@ SMALL = {"width": 64, "height": 64, "steps": 3, "seed": 11, "sampler_name": "Eul
 def services(tmp_path_factory, model_files, tiny_loader):
     data_dir = tmp_path_factory.mktemp("hooks") / "data"
     install(model_files["single"], data_dir)
+    install(model_files["other"], data_dir)
     svc = build_services(make_settings(data_dir), load=tiny_loader)
     yield svc
     svc.queue.shutdown()
@@ -99,6 +100,16 @@ def test_second_order_samplers_call_step_hooks_once_a_step(services, tmp_path):
     generation(services, tmp_path, recorder).txt2img(
         Txt2ImgRequest(save_images=False, **{**SMALL, "sampler_name": "Heun", "steps": 3}))
     assert steps == [1, 2, 3]
+
+
+def test_step_hooks_run_on_the_refiner_too(services, tmp_path, model_files):
+    recorder = ext("record")
+    steps = []
+    recorder.on_step(lambda state: steps.append(state.step))
+    refiner = services.registry.find(model_files["other"].stem).title
+    generation(services, tmp_path, recorder).txt2img(Txt2ImgRequest(
+        save_images=False, refiner_checkpoint=refiner, refiner_switch_at=0.5, **{**SMALL, "steps": 4}))
+    assert steps == [1, 2, 3, 4]
 
 
 def test_latents_a_step_hook_leaves_are_what_gets_decoded(services, tmp_path):

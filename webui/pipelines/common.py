@@ -132,7 +132,7 @@ class StepCallback:
         latents = tensors["latents"]
         outputs: dict = {}
         hook: StepHook | None = getattr(self._listener, "step_hook", None)
-        if hook is not None and _completes_step(step_of_call, step_index):
+        if hook is not None and completes_step(step_of_call, step_index):
             latents, outputs = self._run_hook(hook, pipeline, step, latents)
         self.latents = latents
         preview = self._preview_of(pipeline, latents) if self._preview.due(step, self._total) else None
@@ -185,7 +185,7 @@ class StepCallback:
         return {"callback_on_step_end": self, "callback_on_step_end_tensor_inputs": ["latents"]}
 
 
-def _completes_step(step_of_call: list[int] | None, index: int) -> bool:
+def completes_step(step_of_call: list[int] | None, index: int) -> bool:
     """Whether denoiser call ``index`` ends a sampler step: second-order samplers call the UNet twice a step, and
     extensions' step hooks see whole steps only (never a half-step's intermediate latents)."""
     if not step_of_call or index + 1 >= len(step_of_call):
