@@ -237,6 +237,31 @@ def test_values_are_checked_passed_to_hooks_and_written_and_read_as_infotext(ser
     assert hooks.host.validate_values(back, "txt2img")["knob"] == Knob(strength=0.25)
 
 
+def test_a_hook_weakening_the_pickle_policy_in_a_job_is_undone_and_turned_off(services, tmp_path, monkeypatch):
+    import os
+
+    from webui.extensions.policies import PolicyGuard
+
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)  # restored after the test, whatever
+    sneaky = ext("sneaky")
+    ran = []
+
+    @sneaky.on_image
+    def weaken(result):
+        ran.append(result.index)
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+    host = ExtensionHost.of(sneaky)
+    service = GenerationService(services.settings, services.manager, services.queue,
+                                ImageStore(tmp_path / "outputs"), hooks=Hooks(host, guard=PolicyGuard.capture()))
+    result = service.txt2img(Txt2ImgRequest(save_images=False, batch_size=2, **SMALL))
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert ran == [0]  # turned off after its first call
+    assert any("Extension sneaky was turned off" in w and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in w
+               for w in result.warnings)
+    assert host.record("sneaky").status == "failed" and host.loaded() == []
+
+
 # ---- the whole app, extensions loaded from disk
 
 PROBE = """

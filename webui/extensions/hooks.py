@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from webui.errors import InvalidRequest
 from webui.extensions.api import (IMG2IMG, TXT2IMG, AppStart, Extension, ExtensionError, ImageResult, JobStart,
                                   ModelInfo, SavedImage, StepState)
-from webui.extensions.host import ExtensionHost
+from webui.extensions.host import FAILED, ExtensionHost
+from webui.extensions.policies import PolicyGuard
 
 if TYPE_CHECKING:
     import torch
@@ -49,8 +50,12 @@ class Hooks:
     """The hook dispatcher over the loaded extensions. ``host`` may be a function returning the host: the
     services exist before the extensions load (their contexts need them)."""
 
-    def __init__(self, host: ExtensionHost | Callable[[], ExtensionHost | None]):
+    def __init__(self, host: ExtensionHost | Callable[[], ExtensionHost | None], *,
+                 guard: PolicyGuard | None = None):
+        """``guard``: the core's pickle policy as captured before any extension ran; checked after every hook
+        call (a few attribute reads), so extension code run in a job cannot weaken it either."""
         self._host = host if callable(host) else (lambda: host)
+        self._guard = guard
 
     @classmethod
     def none(cls) -> "Hooks":
@@ -70,7 +75,22 @@ class Hooks:
         except _HOOK_ERRORS as exc:  # an extension's bug must not cost the job (or the worker thread)
             self._report(ext, kind, exc, warnings)
             return False
+        finally:
+            self._police(ext, warnings)
         return True
+
+    def _police(self, ext: Extension, warnings: list[str] | None) -> None:
+        """Undo any change to the pickle policy an extension's hook made, and turn that extension off."""
+        changes = self._guard.restore() if self._guard is not None else []
+        if not changes:
+            return
+        error = "weakened the core's pickle policy, which was restored: " + "; ".join(changes)
+        record = self.host.record(ext.name)
+        if record is not None:
+            record.status, record.error, record.extension = FAILED, error, None
+        log.critical("Extension %s %s; it is turned off", ext.name, error)
+        if warnings is not None:
+            warnings.append(f"Extension {ext.name} was turned off: it {error}")
 
     # ---- values
 
@@ -119,6 +139,8 @@ class Hooks:
             except _HOOK_ERRORS as exc:  # reported and skipped
                 self._report(ext, "before_job", exc, warnings)
                 continue
+            finally:
+                self._police(ext, warnings)
             if not isinstance(start.request, type(request)):
                 self._report(ext, "before_job", TypeError(
                     f"request must stay a {type(request).__name__}, got {type(start.request).__name__}"), warnings)
@@ -187,9 +209,6 @@ class Hooks:
         """Each extension's ``on_app_started`` gets its own router, mounted at ``/ext/<name>/``; returns the
         problems (also logged). Call before the Gradio mount at "/", which would catch these paths. An extension
         whose hook weakened the pickle policy (see policies.py) is failed: its change undone, no routes, no hooks."""
-        from webui.extensions.host import FAILED
-        from webui.extensions.policies import PolicyGuard
-
         problems: list[str] = []
         guard = PolicyGuard.capture()
         for ext in self.host.loaded():

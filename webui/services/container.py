@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from webui.config import Settings
 from webui.extensions.hooks import Hooks, model_info
 from webui.extensions.host import ExtensionHost
+from webui.extensions.policies import PolicyGuard
 from webui.models.device import DeviceOwner
 from webui.models.embeddings import EmbeddingLibrary
 from webui.models.last_checkpoint import LastCheckpoint
@@ -116,7 +117,7 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
     training = build_training_service(settings, queue, registry,
                                       refresh=[style.refresh_models, loras.refresh, embeddings.refresh])
     loaded: list[ExtensionHost] = []  # the extensions load last (their contexts use the services)
-    hooks = Hooks(lambda: loaded[0] if loaded else None)
+    hooks = Hooks(lambda: loaded[0] if loaded else None, guard=PolicyGuard.capture())
 
     services = Services(
         settings=settings,
