@@ -262,6 +262,23 @@ def test_a_hook_weakening_the_pickle_policy_in_a_job_is_undone_and_turned_off(se
     assert host.record("sneaky").status == "failed" and host.loaded() == []
 
 
+def test_a_policy_change_made_outside_hooks_is_undone_without_blaming_a_hook(services, tmp_path, monkeypatch):
+    import os
+
+    from webui.extensions.policies import PolicyGuard
+
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    innocent = ext("innocent")
+    innocent.on_image(lambda result: None)
+    host = ExtensionHost.of(innocent)
+    service = GenerationService(services.settings, services.manager, services.queue,
+                                ImageStore(tmp_path / "outputs"), hooks=Hooks(host, guard=PolicyGuard.capture()))
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # as a hung extension's thread could, any time
+    result = service.txt2img(Txt2ImgRequest(save_images=False, **SMALL))
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert host.record("innocent").status == "loaded" and not result.warnings
+
+
 # ---- the whole app, extensions loaded from disk
 
 PROBE = """

@@ -70,6 +70,7 @@ class Hooks:
 
     def _call(self, ext: Extension, kind: str, fn: Callable[..., Any], arg: Any, warnings: list[str] | None) -> bool:
         """One hook call; False (logged, and a warning added) when it raised."""
+        self._restore_unattributed()
         try:
             fn(arg)
         except _HOOK_ERRORS as exc:  # an extension's bug must not cost the job (or the worker thread)
@@ -78,6 +79,14 @@ class Hooks:
         finally:
             self._police(ext, warnings)
         return True
+
+    def _restore_unattributed(self) -> None:
+        """Changes made outside any hook (a hung extension's import thread runs on) are undone before the next
+        hook runs, so they are not blamed on it."""
+        changes = self._guard.restore() if self._guard is not None else []
+        if changes:
+            log.critical("The core's pickle policy was changed outside any hook and was restored: %s",
+                         "; ".join(changes))
 
     def _police(self, ext: Extension, warnings: list[str] | None) -> None:
         """Undo any change to the pickle policy an extension's hook made, and turn that extension off."""
@@ -132,6 +141,7 @@ class Hooks:
         kind = kind_of(request)
         for ext, fn in self._with("before_job"):
             start = JobStart(kind=kind, request=request, values=values.get(ext.name))
+            self._restore_unattributed()
             try:
                 fn(start)
             except ExtensionError as exc:
