@@ -71,9 +71,9 @@ class GenerationService:
                  preview: Callable[[], PreviewSettings] = PreviewSettings,
                  confirm_after: Callable[[], float] = lambda: 0, embeddings: EmbeddingLibrary | None = None,
                  loras: JobLoras | None = None, hooks: Hooks | None = None):
-        """``hooks``: the extensions' hooks (webui/extensions/hooks.py; None: no extensions). ``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
+        """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
         the textual-inversion files prompts may name (None: none); ``loras``: the LoRAs prompts may name (None: a
-        registry over ``models/Lora`` of its own)."""
+        registry over ``models/Lora`` of its own); ``hooks``: the extensions' hooks (None: no extensions)."""
         self._embeddings = embeddings
         self._hooks = hooks or Hooks.none()
         self._loras = loras or JobLoras(LoraRegistry(settings.lora_dir,
@@ -363,8 +363,10 @@ class GenerationService:
         base_subseed = request.subseed if request.subseed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
                                   started=started, base_subseed=base_subseed, warnings=warnings)
-        with ctx.models.lease(request.checkpoint) as model, self._job_vae(ctx, request, model) as (model, vae), \
-                seamless(model, request.tiling), self._loras.applied(model, request, result.warnings) as lora_params:
+        first_params: dict = {}  # the first image's infotext parameters: a grid carries them, as in A1111
+        with self._step_hooks(ctx, request, values, warnings), ctx.models.lease(request.checkpoint) as model, \
+                self._job_vae(ctx, request, model) as (model, vae), seamless(model, request.tiling), \
+                self._loras.applied(model, request, result.warnings) as lora_params:
             task.check_model(model)
             model = self._job_embeddings(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
@@ -374,9 +376,55 @@ class GenerationService:
             job_seeds = (batch_seeds(request, base_seed, base_subseed, 0)[0][0],
                          batch_seeds(request, base_seed, base_subseed, request.n_iter - 1)[0][-1])
             preview = self._preview()
-            with self._step_hooks(ctx, request, values, warnings):
-                first_params = self._batches(ctx, request, task, policy, result, model, vae, lora_params, job_seeds, preview,
-                              saving, values, extension_params)
+            for batch_index in range(request.n_iter):
+                if ctx.interrupted:
+                    break
+                seeds, subseeds = batch_seeds(request, base_seed, base_subseed, batch_index)
+                ctx.begin_image(batch_index, request.n_iter, task.steps(model),
+                                f"Batch {batch_index + 1} of {request.n_iter}")
+                batch_started = time.monotonic()
+                out = task.run_batch(model, batch_index, seeds, ctx, preview, subseeds)
+                if not out.stopped_early:
+                    self.speed.record(ctx.device.name, work(request)[0] / request.n_iter,
+                                      time.monotonic() - batch_started)
+                # Skip ends this batch's sampling and keeps what it made (A1111); the next batch runs as usual.
+                ctx.consume_skip()
+                if preview.after_batch and out.images:
+                    ctx.show_preview(out.images[0])
+                hooked, added = [], []  # extensions' on_image: before the safety checker and provenance
+                for index, (image, seed) in enumerate(zip(out.images, seeds)):
+                    image, fields = self._hooks.on_image(request, image, batch_index * request.batch_size + index,
+                                                         seed, values, result.warnings)
+                    hooked.append(image)
+                    added.append(fields)
+                images, verdicts = self._review(ctx, hooked, policy, result)
+                batch_params = []
+                for index, (image, seed, subseed, verdict) in enumerate(zip(images, seeds, subseeds, verdicts)):
+                    context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
+                                              subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
+                                              refiner=out.refiner)
+                    params = {**infotext_params(request, context), **_ti_hashes(model), **lora_params,
+                              **extension_params, **added[index], "Version": f"studio-{VERSION}"}
+                    batch_params.append(dict(params))
+                    first_params = first_params or dict(params)
+                    if verdict:
+                        params["Safety checker"] = verdict
+                    final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
+                                       self._credentials, title=f"Stable Studio {task.category}, seed {seed}")
+                    result.images.append(final.image)
+                    result.pngs.append(final.png)
+                    result.seeds.append(seed)
+                    result.subseeds.append(subseed)
+                    result.infotexts.append(final.infotext)
+                    if request.save_images and saving.samples_save:
+                        name = replace(_name_context(request, model, seed, batch_index, index, started, task,
+                                                     vae.name), seeds=job_seeds)
+                        self._save(result, final, task.category, name, saving, policy)
+                if out.first_pass:
+                    names = [replace(_name_context(request, model, seed, batch_index, index, started, task,
+                                                   vae.name), seeds=job_seeds) for index, seed in enumerate(seeds)]
+                    self._save_first_pass(ctx, out.first_pass, names, batch_params, request, policy, task, result,
+                                          saving)
             if grids:
                 self._grid(result, request, saving, policy, task, model, started, first_params, vae.name)
             result.interrupted = ctx.interrupted
@@ -402,63 +450,6 @@ class GenerationService:
             yield
         finally:
             ctx.step_hook = previous
-
-    def _batches(self, ctx, request, task, policy, result, model, vae, lora_params, job_seeds, preview, saving,
-                 values, extension_params) -> dict:
-        """The job's batches: sampling, extensions' image hooks, safety, infotext, provenance, saving. Returns the
-        first image's infotext parameters (a grid carries them, as in A1111)."""
-        started = result.started
-        first_params: dict = {}
-        for batch_index in range(request.n_iter):
-            if ctx.interrupted:
-                break
-            seeds, subseeds = batch_seeds(request, result.base_seed, result.base_subseed, batch_index)
-            ctx.begin_image(batch_index, request.n_iter, task.steps(model),
-                            f"Batch {batch_index + 1} of {request.n_iter}")
-            batch_started = time.monotonic()
-            out = task.run_batch(model, batch_index, seeds, ctx, preview, subseeds)
-            if not out.stopped_early:
-                self.speed.record(ctx.device.name, work(request)[0] / request.n_iter,
-                                  time.monotonic() - batch_started)
-            # Skip ends this batch's sampling and keeps what it made (A1111); the next batch runs as usual.
-            ctx.consume_skip()
-            if preview.after_batch and out.images:
-                ctx.show_preview(out.images[0])
-            hooked, added = [], []
-            for index, (image, seed) in enumerate(zip(out.images, seeds)):
-                image, fields = self._hooks.on_image(request, image, batch_index * request.batch_size + index,
-                                                     seed, values, result.warnings)
-                hooked.append(image)
-                added.append(fields)
-            images, verdicts = self._review(ctx, hooked, policy, result)
-            batch_params = []
-            for index, (image, seed, subseed, verdict) in enumerate(zip(images, seeds, subseeds, verdicts)):
-                context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
-                                          subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
-                                          refiner=out.refiner)
-                params = {**infotext_params(request, context), **_ti_hashes(model), **lora_params,
-                          **extension_params, **added[index], "Version": f"studio-{VERSION}"}
-                batch_params.append(dict(params))
-                first_params = first_params or dict(params)
-                if verdict:
-                    params["Safety checker"] = verdict
-                final = finish_png(image, request.prompt, request.negative_prompt, params, policy,
-                                   self._credentials, title=f"Stable Studio {task.category}, seed {seed}")
-                result.images.append(final.image)
-                result.pngs.append(final.png)
-                result.seeds.append(seed)
-                result.subseeds.append(subseed)
-                result.infotexts.append(final.infotext)
-                if request.save_images and saving.samples_save:
-                    name = replace(_name_context(request, model, seed, batch_index, index, started, task,
-                                                 vae.name), seeds=job_seeds)
-                    self._save(result, final, task.category, name, saving, policy)
-            if out.first_pass:
-                names = [replace(_name_context(request, model, seed, batch_index, index, started, task,
-                                               vae.name), seeds=job_seeds) for index, seed in enumerate(seeds)]
-                self._save_first_pass(ctx, out.first_pass, names, batch_params, request, policy, task, result,
-                                      saving)
-        return first_params
 
     def _grid(self, result: GenerationResult, request: Txt2ImgRequest, options: SaveOptions,
               policy: ProvenancePolicy, task: "_Task", model: LoadedModel, started: float, params: dict,
