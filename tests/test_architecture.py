@@ -113,3 +113,26 @@ def test_only_the_device_owner_places_weights(module, path):
         return
     assert not weight_placements(path.read_text()), f"{module} moves weights to a device itself; use " \
                                                    "DeviceOwner.resident() (webui/models/device.py)"
+
+
+# --- extensions use only the public API --------------------------------------------------------------------------
+
+def _extension_files() -> list[Path]:
+    roots = [PACKAGE / "builtin_extensions", ROOT / "docs"]
+    return sorted(p for root in roots if root.is_dir() for p in root.rglob("*.py"))
+
+
+def test_extensions_import_only_the_public_api_of_ours():
+    """Built-in extensions and the documented example import nothing of ours but ``webui.extensions.api``: what
+    they use is what every extension author gets (and what survives refactors)."""
+    bad = {str(path.relative_to(ROOT)): sorted(name for name in _imports(path)
+                                               if (name == "webui" or name.startswith("webui."))
+                                               and name != "webui.extensions.api")
+           for path in _extension_files()}
+    assert not {path: names for path, names in bad.items() if names}
+
+
+def test_the_extension_import_check_sees_a_bad_import(tmp_path):
+    path = tmp_path / "main.py"
+    path.write_text("from webui.services.container import Services\nfrom webui.extensions.api import Script\n")
+    assert _imports(path) == {"webui.services.container", "webui.extensions.api"}

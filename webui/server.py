@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 from gradio.utils import get_upload_folder as gradio_upload_folder
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from webui import VERSION
@@ -19,6 +19,7 @@ from webui.api.security import API_PREFIXES, DOCS_ASSETS, install_security
 from webui.api.studio import build_studio_router
 from webui.api.training import build_training_router
 from webui.api.merge import build_merge_router
+from webui.extensions.hooks import Hooks
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
 from webui.ui.private_events import PrivateEventsMiddleware
@@ -43,6 +44,8 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     app.include_router(build_merge_router(services))
     app.include_router(build_extra_networks_router(services))
     app.include_router(build_extensions_router(services))
+    if services.extensions is not None:  # /ext/<name>/ (a raising on_app_started is logged; the app starts)
+        Hooks(services.extensions).app_started(app, APIRouter)
     demo = build_ui(services)
     demo.queue(max_size=services.settings.limits.queue_size * 4)
     auth = list(services.settings.gradio_auth) or None

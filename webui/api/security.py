@@ -26,7 +26,7 @@ from webui.config import Settings
 
 Credentials = tuple[tuple[str, str], ...]
 
-API_PREFIXES = ("/sdapi", "/studio")  # A1111's API and the project's own
+API_PREFIXES = ("/sdapi", "/studio", "/ext")  # A1111's API, the project's own, extensions' routes
 # FastAPI's interactive docs describe the API, so they sit behind the API's login.
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 DOCS_ASSETS = "/docs/assets"  # the docs pages' Swagger UI and ReDoc files, served by this server

@@ -82,7 +82,7 @@ class StepState:
 
     kind: str
     step: int                      # steps done, from 1
-    steps: int                     # steps of this sampling pass
+    steps: int                     # steps of this image (a hires job counts both passes, as its progress does)
     latents: "torch.Tensor"        # may change: replace with a tensor of the same shape, dtype and device
     guidance_scale: float          # may change: the CFG scale of the steps that follow
     values: BaseModel | None

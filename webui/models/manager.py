@@ -47,6 +47,9 @@ class ModelManager:
         self.device = self.owner.device
         self.dtype = memory.resolve_dtype(settings.precision, self.device)
         self.profile = memory.resolve_profile(settings.memory_profile, self.device)
+        # Called with each checkpoint this manager loads, after it is on its device (extensions' on_model_loaded,
+        # wired in webui/services/container.py). Listeners must not raise.
+        self.loaded_listeners: list[Callable[[CheckpointInfo, LoadedModel], None]] = []
 
     @property
     def registry(self) -> ModelRegistry:
@@ -109,11 +112,21 @@ class ModelManager:
         def place(model: LoadedModel, device: torch.device) -> None:
             memory.apply_plan(model.pipe, memory.plan_for(self.profile, model.family), device)
 
+        built: list[bool] = []
+
+        def build_once() -> LoadedModel:
+            built.append(True)
+            return build()
+
         try:
-            return self.owner.resident(resident_name(info), build, kind=CHECKPOINT, version=info.sha256 or
-                                       info.title, place=place, max_of_kind=self._settings.max_loaded_models)
+            model = self.owner.resident(resident_name(info), build_once, kind=CHECKPOINT, version=info.sha256 or
+                                        info.title, place=place, max_of_kind=self._settings.max_loaded_models)
         except torch.cuda.OutOfMemoryError as exc:
             raise ModelLoadError(f"Out of GPU memory while loading {info.name}. Try --memory-profile 4gb.") from exc
+        if built:
+            for listener in self.loaded_listeners:
+                listener(info, model)
+        return model
 
     def unload_all(self) -> None:
         self.owner.evict_all(CHECKPOINT)

@@ -43,6 +43,11 @@ class StepListener(Protocol):
     def should_stop(self) -> bool: ...
 
 
+StepHook = Callable[[int, int, torch.Tensor, float], "tuple[torch.Tensor, float, bool]"]
+"""Extensions' step hooks as one plain function (the service builds it; pipelines know nothing of extensions):
+``(step, steps, latents, guidance) -> (latents, guidance, cancel)``. A listener may carry one as ``step_hook``."""
+
+
 @dataclass(frozen=True)
 class BatchOutput:
     images: list[Image.Image]
@@ -124,14 +129,33 @@ class StepCallback:
         # Second-order k-diffusion samplers call the UNet twice a step; progress counts steps, as A1111 does.
         step_of_call = getattr(pipeline.scheduler, "step_of_call", None)
         step = step_of_call[step_index] if step_of_call and step_index < len(step_of_call) else step_index + 1
-        self.latents = latents = tensors["latents"]
+        latents = tensors["latents"]
+        outputs: dict = {}
+        hook: StepHook | None = getattr(self._listener, "step_hook", None)
+        if hook is not None and completes_step(step_of_call, step_index):
+            latents, outputs = self._run_hook(hook, pipeline, step, latents)
+        self.latents = latents
         preview = self._preview_of(pipeline, latents) if self._preview.due(step, self._total) else None
         self._listener.on_step(step, self._total, preview)
         if self._listener.should_stop():
             self.stopped = True
             pipeline._interrupt = True  # diffusers' documented way to end the loop early
         # step_index counts from 0, so the step after this one is `step`.
-        return self._prompts.outputs(pipeline, step) if self._prompts is not None else {}
+        if self._prompts is not None:
+            outputs.update(self._prompts.outputs(pipeline, step))
+        return outputs
+
+    def _run_hook(self, hook: StepHook, pipeline, step: int, latents: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        guidance = float(getattr(pipeline, "_guidance_scale", 0.0))
+        new_latents, new_guidance, cancel = hook(step, self._total, latents, guidance)
+        if new_guidance != guidance and hasattr(pipeline, "_guidance_scale"):
+            pipeline._guidance_scale = new_guidance  # diffusers' dynamic CFG: read each step through guidance_scale
+        if cancel:
+            self.stopped = True
+            pipeline._interrupt = True
+        if new_latents is latents:
+            return latents, {}
+        return new_latents, {"latents": new_latents}  # diffusers takes the step's latents back from this dict
 
     def _preview_of(self, pipeline, latents: torch.Tensor) -> Callable[[], Image.Image]:
         # "Combined": the sampler's denoised prediction (k-diffusion samplers keep it); diffusers' own
@@ -159,6 +183,14 @@ class StepCallback:
 
     def kwargs(self) -> dict:
         return {"callback_on_step_end": self, "callback_on_step_end_tensor_inputs": ["latents"]}
+
+
+def completes_step(step_of_call: list[int] | None, index: int) -> bool:
+    """Whether denoiser call ``index`` ends a sampler step: second-order samplers call the UNet twice a step, and
+    extensions' step hooks see whole steps only (never a half-step's intermediate latents)."""
+    if not step_of_call or index + 1 >= len(step_of_call):
+        return True
+    return step_of_call[index + 1] != step_of_call[index]
 
 
 def run_and_decode(runner, kwargs: dict, callback: StepCallback) -> BatchOutput:

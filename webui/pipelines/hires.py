@@ -50,6 +50,9 @@ class _SecondPass:
 
     def __init__(self, listener: StepListener, offset: int):
         self._listener, self._offset = listener, offset
+        hook = getattr(listener, "step_hook", None)  # extensions' step hooks count steps as progress does
+        self.step_hook = None if hook is None else (
+            lambda step, steps, latents, guidance: hook(step + offset, steps, latents, guidance))
 
     def on_step(self, step, steps, preview) -> None:
         self._listener.on_step(step + self._offset, steps, preview)

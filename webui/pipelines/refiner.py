@@ -151,6 +151,8 @@ def _continue(refiner: LoadedModel, scheduler: KDiffusionScheduler, latents: tor
     if prediction != scheduler.config.prediction_type:
         scheduler.register_to_config(prediction_type=prediction)
     latents = latents.to(device, unet.dtype)
+    hook = getattr(listener, "step_hook", None)  # extensions' step hooks (common.StepHook), as in the base pass
+    guidance = request.cfg_scale
     for index in range(first_call, len(scheduler.timesteps)):
         # The prompt schedule's step, as the base pass's callback counts it (sampler steps done so far).
         step = scheduler.step_of_call[index - 1] if index else 0
@@ -164,9 +166,13 @@ def _continue(refiner: LoadedModel, scheduler: KDiffusionScheduler, latents: tor
                           added_cond_kwargs=added, return_dict=False)[0]
         if guided:
             noise_uncond, noise_cond = noise_pred.chunk(2)
-            noise_pred = noise_uncond + request.cfg_scale * (noise_cond - noise_uncond)
+            noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
         latents = scheduler.step(noise_pred, timestep, latents, generator=gens, return_dict=False)[0]
         done = scheduler.step_of_call[index]
+        if hook is not None and common.completes_step(scheduler.step_of_call, index):
+            latents, guidance, cancel = hook(done, request.steps, latents, guidance)
+            if cancel:
+                return latents, True
         settings = PreviewSettings.of(preview_every)
         shown = common.StepCallback.denoised(scheduler, latents)
         size = (request.width, request.height)

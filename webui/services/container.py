@@ -6,7 +6,9 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from webui.config import Settings
+from webui.extensions.hooks import Hooks, model_info
 from webui.extensions.host import ExtensionHost
+from webui.extensions.policies import PolicyGuard
 from webui.models.device import DeviceOwner
 from webui.models.embeddings import EmbeddingLibrary
 from webui.models.last_checkpoint import LastCheckpoint
@@ -119,6 +121,8 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                                  credentials=credentials, provenance=provenance)
     training = build_training_service(settings, queue, registry,
                                       refresh=[style.refresh_models, loras.refresh, embeddings.refresh])
+    loaded: list[ExtensionHost] = []  # the extensions load last (their contexts use the services)
+    hooks = Hooks(lambda: loaded[0] if loaded else None, guard=PolicyGuard.capture())
 
     services = Services(
         settings=settings,
@@ -135,7 +139,7 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                                      preview=lambda: preview_settings(options.value),
                                      confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
                                      embeddings=embeddings,
-                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle)),
+                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle), hooks=hooks),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=style,
@@ -152,7 +156,10 @@ def build_services(settings: Settings, *, load: Loader | None = None,
         extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
                                             allow_external_links=settings.allow_external_model_links),
     )
-    host = _load_extensions(settings, services)
+    loaded.append(_load_extensions(settings, services))
+    for device in devices:
+        device.loaded_listeners.append(lambda info, model: hooks.model_loaded(model_info(info, model.family)))
+    host = loaded[0]
     return replace(services, extensions=host, extension_admin=ExtensionsService(settings, host, restart=restart))
 
 

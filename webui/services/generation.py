@@ -19,6 +19,7 @@ from webui import VERSION
 from webui.config import Settings
 from webui.hires_fix import UPSCALERS
 from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
+from webui.extensions.hooks import Hooks, kind_of
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
 from webui.parameters import InfotextContext, infotext_params
@@ -69,11 +70,12 @@ class GenerationService:
                  saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None,
                  preview: Callable[[], PreviewSettings] = PreviewSettings,
                  confirm_after: Callable[[], float] = lambda: 0, embeddings: EmbeddingLibrary | None = None,
-                 loras: JobLoras | None = None):
+                 loras: JobLoras | None = None, hooks: Hooks | None = None):
         """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
         the textual-inversion files prompts may name (None: none); ``loras``: the LoRAs prompts may name (None: a
-        registry over ``models/Lora`` of its own)."""
+        registry over ``models/Lora`` of its own); ``hooks``: the extensions' hooks (None: no extensions)."""
         self._embeddings = embeddings
+        self._hooks = hooks or Hooks.none()
         self._loras = loras or JobLoras(LoraRegistry(settings.lora_dir,
                                                      allow_external_links=settings.allow_external_model_links),
                                         allow_pickle=settings.allow_pickle)
@@ -145,6 +147,11 @@ class GenerationService:
         return self.submit_txt2img(request).wait(timeout)
 
     def submit_img2img(self, request: Img2ImgRequest, confirm: Confirm | None = None) -> Job:
+        self._check_img2img(request)
+        self._check_duration(request, confirm)
+        return self._queue.submit("img2img", request, checkpoint=self._title(request.checkpoint))
+
+    def _check_img2img(self, request: Img2ImgRequest) -> None:
         self._check(request)
         if not request.init_images:
             raise InvalidRequest("init_images", "at least one image is required")
@@ -158,8 +165,6 @@ class GenerationService:
             if request.mask.size != init_size:
                 raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init "
                                              f"image is {init_size[0]}x{init_size[1]}; they must match")
-        self._check_duration(request, confirm)
-        return self._queue.submit("img2img", request, checkpoint=self._title(request.checkpoint))
 
     def img2img(self, request: Img2ImgRequest, timeout: float | None = None) -> GenerationResult:
         return self.submit_img2img(request).wait(timeout)
@@ -252,6 +257,7 @@ class GenerationService:
             except ModelNotFound as exc:
                 raise InvalidRequest("checkpoint", str(exc)) from None
         self._check_refiner(request)
+        self._hooks.values(request)  # each extension's values against its model: extensions.<name>.<field>
 
     def native_size(self, checkpoint: str | None = None) -> int:
         """The native image size of ``checkpoint`` (None: the current one), known without loading it; A1111's 512
@@ -336,6 +342,7 @@ class GenerationService:
             return None
         if not grid:
             result.paths.append(path)
+        self._hooks.image_saved(category, path, final.infotext, result.request, result.warnings)
         return path
 
     def _run(self, ctx: JobContext, request: Txt2ImgRequest, task: "_Task",
@@ -344,13 +351,22 @@ class GenerationService:
         ``grids``: False for a batch folder's images, which get no grid (as A1111's img2img batch)."""
         started = time.time()
         saving = self._saving()
+        warnings: list[str] = []
+        values = self._hooks.values(request)
+        changed = self._hooks.before_job(request, values, warnings)
+        if changed is not request:  # an extension edited the request: it passes the same checks as the user's
+            self._check(changed)
+            request = task.request = changed
+            values = self._hooks.values(request)
+        extension_params = self._hooks.infotext(values)
         base_seed = request.seed if request.seed != -1 else random.randint(0, MAX_SEED)
         base_subseed = request.subseed if request.subseed != -1 else random.randint(0, MAX_SEED)
         result = GenerationResult(images=[], seeds=[], infotexts=[], request=request, base_seed=base_seed,
-                                  started=started, base_subseed=base_subseed)
+                                  started=started, base_subseed=base_subseed, warnings=warnings)
         first_params: dict = {}  # the first image's infotext parameters: a grid carries them, as in A1111
-        with ctx.models.lease(request.checkpoint) as model, self._job_vae(ctx, request, model) as (model, vae), \
-                seamless(model, request.tiling), self._loras.applied(model, request, result.warnings) as lora_params:
+        with self._step_hooks(ctx, request, values, warnings), ctx.models.lease(request.checkpoint) as model, \
+                self._job_vae(ctx, request, model) as (model, vae), seamless(model, request.tiling), \
+                self._loras.applied(model, request, result.warnings) as lora_params:
             task.check_model(model)
             model = self._job_embeddings(model)
             result.model_name, result.model_hash = model.info.model_name, model.info.short_hash
@@ -375,14 +391,20 @@ class GenerationService:
                 ctx.consume_skip()
                 if preview.after_batch and out.images:
                     ctx.show_preview(out.images[0])
-                images, verdicts = self._review(ctx, out.images, policy, result)
+                hooked, added = [], []  # extensions' on_image: before the safety checker and provenance
+                for index, (image, seed) in enumerate(zip(out.images, seeds)):
+                    image, fields = self._hooks.on_image(request, image, batch_index * request.batch_size + index,
+                                                         seed, values, result.warnings)
+                    hooked.append(image)
+                    added.append(fields)
+                images, verdicts = self._review(ctx, hooked, policy, result)
                 batch_params = []
                 for index, (image, seed, subseed, verdict) in enumerate(zip(images, seeds, subseeds, verdicts)):
                     context = InfotextContext(seed, model.info.model_name, model.info.short_hash, task.method(model),
                                               subseed=subseed, vae_name=vae.name, vae_hash=vae.short_hash,
                                               refiner=out.refiner)
                     params = {**infotext_params(request, context), **_ti_hashes(model), **lora_params,
-                              "Version": f"studio-{VERSION}"}
+                              **extension_params, **added[index], "Version": f"studio-{VERSION}"}
                     batch_params.append(dict(params))
                     first_params = first_params or dict(params)
                     if verdict:
@@ -409,6 +431,25 @@ class GenerationService:
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
         return result
+
+    @contextmanager
+    def _step_hooks(self, ctx: JobContext, request: Txt2ImgRequest, values: dict,
+                    warnings: list[str]) -> Iterator[None]:
+        """The extensions' step hooks on ``ctx`` for this run's sampling (a cancel from one interrupts the job);
+        what was there before (an enclosing script's run) is put back after."""
+        hook = self._hooks.step_hook(kind_of(request), values, warnings)
+        previous = ctx.step_hook
+        if hook is not None:
+            def step_hook(step, steps, latents, guidance):
+                latents, guidance, cancel = hook(step, steps, latents, guidance)
+                if cancel:
+                    ctx.interrupt()
+                return latents, guidance, cancel
+            ctx.step_hook = step_hook
+        try:
+            yield
+        finally:
+            ctx.step_hook = previous
 
     def _grid(self, result: GenerationResult, request: Txt2ImgRequest, options: SaveOptions,
               policy: ProvenancePolicy, task: "_Task", model: LoadedModel, started: float, params: dict,
@@ -490,6 +531,16 @@ class GenerationService:
                 result.warnings.append(warning)
             return images, ["unavailable"] * len(images)
         return review.images, review.verdicts
+
+    def run_in_job(self, ctx: JobContext, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
+        """A plain txt2img or img2img run INSIDE an already running job (a script's ``generate``): the same checks,
+        hooks, safety, infotext and saving as a queued one, on the job's device, without queueing. InvalidRequest
+        as the submit methods raise it."""
+        if isinstance(request, Img2ImgRequest):
+            self._check_img2img(request)
+            return self._img2img_job(ctx, request)
+        self._check(request)
+        return self._txt2img_job(ctx, request)
 
 
 class _Task:
@@ -591,3 +642,4 @@ def batch_seeds(request: Txt2ImgRequest, base_seed: int, base_subseed: int,
     indices = range(first, first + request.batch_size)
     varied = request.subseed_strength != 0
     return [base_seed + (0 if varied else k) for k in indices], [base_subseed + k for k in indices]
+

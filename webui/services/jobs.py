@@ -178,6 +178,9 @@ class JobContext:
         self._clock = clock
         self._time_limit = time_limit
         self._deadline = clock() + time_limit if time_limit else None
+        # Extensions' step hooks for the sampling running now (webui/pipelines/common.py StepCallback calls it);
+        # set by the generation service around its batch loop, None otherwise.
+        self.step_hook: Callable[..., Any] | None = None
 
     @property
     def job_id(self) -> str:
@@ -257,6 +260,10 @@ class JobContext:
         if self._deadline is not None and not self._job.interrupted.is_set() and self._clock() >= self._deadline:
             self._job.time_limit = self._time_limit
             self._job.interrupted.set()
+
+    def interrupt(self) -> None:
+        """End the job as the Interrupt button does (what it made so far is kept)."""
+        self._job.interrupt()
 
     def consume_skip(self) -> bool:
         was = self._job.skipped.is_set()
