@@ -30,6 +30,7 @@ from webui.services.options import OptionsService
 from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
 from webui.services.saving import SaveOptions
+from webui.services.scripts import ScriptService
 from webui.services.style import StyleTransferService
 from webui.services.styles import PromptStyles
 from webui.services.token_count import TokenCounter
@@ -62,6 +63,7 @@ class Services:
     embeddings: EmbeddingLibrary | None = None  # embeddings/: textual inversion files prompts may name
     extra_networks: ExtraNetworksService | None = None  # the Extra Networks panel's cards
     extensions: ExtensionHost | None = None  # the extensions found at start: their status and what they registered
+    scripts: ScriptService | None = None  # the extensions' scripts (A1111's Script dropdown), one job each
 
 
 def build_services(settings: Settings, *, load: Loader | None = None) -> Services:
@@ -147,7 +149,9 @@ def build_services(settings: Settings, *, load: Loader | None = None) -> Service
         extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
                                             allow_external_links=settings.allow_external_model_links),
     )
-    return replace(services, extensions=_load_extensions(settings, services))
+    host = _load_extensions(settings, services)
+    return replace(services, extensions=host,
+                   scripts=ScriptService(host, services.generation, queue, registry, upscaling))
 
 
 def _load_extensions(settings: Settings, services: Services) -> ExtensionHost:
