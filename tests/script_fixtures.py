@@ -21,14 +21,14 @@ class TwoSeeds(BaseModel):
     """Two runs at seed and seed + step, side by side in a grid."""
 
     step: int = Field(1, ge=1, le=100, title="Seed step", description="added to the seed for the second run")
-    label: str = Field("pair", description="written into the infotext")
+    label: str = Field("pair", max_length=20, description="written into the infotext")
     mode: Literal["side", "stacked"] = "side"
     fail: bool = False
 
 
 class Marker(BaseModel):
     strength: float = Field(0.5, ge=0, le=1)
-    note: str = ""
+    note: str = Field("", max_length=10)
     on: bool = False
 
 
@@ -110,3 +110,26 @@ def with_extensions(services: Services, *extensions: Extension) -> Services:
     return replace(services, extensions=host,
                    scripts=ScriptService(host, services.generation, services.queue, services.registry,
                                          services.upscaling))
+
+
+def ui_extension() -> Extension:
+    """A tab that works, a tab whose build raises, and settings entries of each kind."""
+    import gradio as gr
+
+    from webui.extensions.api import Setting
+
+    ext = Extension("uiext", context=None)  # type: ignore[arg-type]
+
+    def good() -> None:
+        gr.Markdown("Hello from uiext", elem_id="uiext_hello")
+
+    def bad() -> None:
+        raise RuntimeError("no widgets today")
+
+    ext.add_tab("UI ext", good)
+    ext.add_tab("Broken", bad)
+    ext.add_setting(Setting("greeting", "hi", "Greeting"))
+    ext.add_setting(Setting("count", 3, "How many", minimum=1, maximum=10))
+    ext.add_setting(Setting("style", "plain", "Style", choices=("plain", "fancy")))
+    ext.add_setting(Setting("loud", False, "Loud"))
+    return ext

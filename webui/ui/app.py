@@ -11,7 +11,7 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import (extra_networks, extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo,
+from webui.ui import (extension_tabs, extra_networks, extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo,
                       size_defaults, styles, train, txt2img)
 from webui.ui.settings import build_settings_tab
 
@@ -95,6 +95,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings_tab(services)
+                extension_tabs.build_settings(services)  # a section per extension that has settings
+            extension_tabs.build_tabs(services)  # the extensions' own tabs
         # One line per "Send to" target under the result galleries.
         send_targets = [*img2img.send_targets(i2i),
                         gallery_actions.SendTarget("extras", "Extras", "extras", extras.image_input(extras_tab))]
