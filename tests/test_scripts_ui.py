@@ -157,3 +157,26 @@ def test_extension_settings_are_checked_and_saved_all_or_none(app):
     assert store.values("uiext") == {"greeting": "hello", "count": 4, "loud": True}
     saved = json.loads((services.settings.data_dir / "extension-settings.json").read_text())
     assert saved["uiext"]["count"] == 4
+
+
+def test_png_info_send_to_fills_the_always_on_fields_the_infotext_records(app):
+    client, services, _ = app
+    config = client.get("/config").json()
+    comps = _by_elem(config)
+    send = comps["pnginfo_send_txt2img"]["id"]
+    filled = {out for dep in config["dependencies"] if any(t[0] == send for t in dep["targets"])
+              for out in dep["outputs"]}
+    assert {comps["txt2img_ext_testext_strength"]["id"], comps["txt2img_ext_testext_note"]["id"]} <= filled
+    assert comps["txt2img_ext_testext_on"]["id"] not in filled  # not declared in Params.infotext
+
+    import gradio as gr
+
+    from webui.ui import scripts_area
+    with gr.Blocks():
+        area = scripts_area.build(services, "txt2img")
+    text = "a fox\nSteps: 2, Seed: 1, Size: 64x64, Marker strength: 0.25, Marker note: hi there"
+    strength, note = area.paste_updates(text)
+    assert strength["value"] == 0.25 and note["value"] == "hi there"
+    # A value that does not read as the field's type leaves the widget alone; so does a missing key.
+    strength, note = area.paste_updates("a fox\nSteps: 2, Seed: 1, Marker strength: lots")
+    assert "value" not in strength and "value" not in note

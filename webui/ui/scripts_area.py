@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import gradio as gr
 from pydantic import BaseModel
 
 from webui.errors import InvalidRequest
+from webui.infotext import parse_infotext
 from webui.extensions.api import Builder
 from webui.extensions.host import ExtensionHost, model_values
 from webui.services.container import Services
@@ -33,6 +34,7 @@ class Panel:
     model: type[BaseModel] | None
     widgets: model_widgets.Widgets
     block: Any = None                       # the Column (scripts) or Accordion (always-on)
+    infotext: Mapping[str, str] = field(default_factory=dict)  # field -> infotext key (Params.infotext)
 
 
 @dataclass
@@ -49,6 +51,23 @@ class ScriptsArea:
     def fields(self) -> dict[str, model_widgets.Widgets]:
         """Always-on widgets by extension name (PNG Info fills them from infotext)."""
         return {panel.owner: panel.widgets for panel in self.always}
+
+    def paste_outputs(self) -> list:
+        """The widgets PNG Info's "Send to" fills from infotext (those of fields an extension declared)."""
+        return [panel.widgets[name] for panel in self.always for name in panel.infotext if name in panel.widgets]
+
+    def paste_updates(self, text: str) -> list:
+        """One update per :meth:`paste_outputs` widget: the value the infotext records under the field's key
+        (read as the field's type), or no change."""
+        params = parse_infotext(text).params if text else {}
+        updates = []
+        for panel in self.always:
+            for name, key in panel.infotext.items():
+                if name not in panel.widgets:
+                    continue
+                value = _from_text(panel.model, name, params[key]) if key in params else None
+                updates.append(gr.update() if value is None else gr.update(value=value))
+        return updates
 
     def chosen(self, values: dict) -> Panel | None:
         title = values.get(self.dropdown) if self.dropdown is not None else None
@@ -77,6 +96,16 @@ class ScriptsArea:
         if panel.model is not None:
             raw = _checked(panel, raw).model_dump(mode="json")
         return services.scripts.submit(self.tab, panel.title, request, raw, field_name=panel.title)
+
+
+def _from_text(model: type[BaseModel] | None, name: str, text: str) -> Any:
+    """An infotext value as the field's type; None when it does not read as one (the widget is left alone)."""
+    if model is None or name not in model.model_fields:
+        return None
+    try:
+        return model.__pydantic_validator__.validate_assignment(model.model_construct(), name, text).__dict__[name]
+    except ValueError:
+        return None
 
 
 def _checked(panel: Panel, raw: dict[str, Any]) -> BaseModel:
@@ -114,7 +143,7 @@ def build(services: Services, tab: str) -> ScriptsArea:
         with gr.Accordion(title, open=False, elem_id=f"{tab}_ext_{model_widgets.slug(entry.owner)}") as block:
             widgets = _widgets(entry.params.model, entry.params.ui,
                                f"{tab}_ext_{model_widgets.slug(entry.owner)}")
-        area.always.append(Panel(entry.owner, title, entry.params.model, widgets, block))
+        area.always.append(Panel(entry.owner, title, entry.params.model, widgets, block, entry.params.infotext))
     entries = host.scripts(tab)
     if not entries:
         return area
@@ -131,7 +160,20 @@ def build(services: Services, tab: str) -> ScriptsArea:
     blocks = [panel.block for panel in area.scripts]
 
     def show(chosen: str):
-        return [gr.update(visible=panel.title == chosen) for panel in area.scripts]
+        updates = [gr.update(visible=panel.title == chosen) for panel in area.scripts]
+        return updates[0] if len(updates) == 1 else updates  # Gradio takes one output's value unwrapped
 
     area.dropdown.change(show, area.dropdown, blocks, api_visibility="private")
     return area
+
+
+def wire_paste(button: gr.Button, text: gr.Textbox, area: ScriptsArea | None) -> None:
+    """PNG Info's "Send to": also fill the always-on panels' fields the infotext records."""
+    outputs = area.paste_outputs() if area is not None else []
+    if not outputs:
+        return
+    button.click(lambda value: _one(area.paste_updates(value)), text, outputs, api_visibility="private")
+
+
+def _one(updates: list) -> Any:
+    return updates[0] if len(updates) == 1 else updates  # Gradio takes one output's value unwrapped
