@@ -84,6 +84,18 @@ def test_bad_script_fields_get_422_naming_the_field(client, body, field):
     assert _field(client.post("/sdapi/v1/txt2img", json={**SMALL, **body})) == field
 
 
+def test_an_img2img_script_runs_on_the_init_image(client):
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64), "gray").save(image, format="PNG")
+    body = {**SMALL, "init_images": [base64.b64encode(image.getvalue()).decode()], "denoising_strength": 0.5,
+            "script_name": "two seeds", "script_args": [2]}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert len(response.json()["images"]) == 3 and info["all_seeds"][1:] == [5, 7]
+    assert "Denoising strength: 0.5" in info["infotexts"][1]
+
+
 def test_a_txt2img_only_script_is_not_found_in_img2img(client):
     image = io.BytesIO()
     Image.new("RGB", (64, 64), "gray").save(image, format="PNG")

@@ -74,6 +74,10 @@ def test_interrupt_between_runs_returns_what_is_done(svc, recorder):
     recorder.hold = True
     job = svc.scripts.submit("txt2img", "Two seeds", Txt2ImgRequest.parse(**REQUEST), {})
     assert recorder.between.wait(120)
+    # Half the script's work is done: the job's fraction counts its runs, the text says which one.
+    progress = job.progress
+    assert progress.image_count == 2 and progress.fraction == 0.5
+    assert progress.textinfo.startswith("Run 1 of 2")
     job.interrupt()
     recorder.go_on.set()
     result = job.wait(120)
