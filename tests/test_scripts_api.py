@@ -62,6 +62,7 @@ def test_script_name_and_positional_script_args_run_the_script(client, recorder)
     grid = Image.open(io.BytesIO(base64.b64decode(data["images"][0])))
     assert grid.size == (64, 128)  # "stacked"
     info = json.loads(data["info"])
+    assert info["index_of_first_image"] == 1  # A1111's: images[0] is the grid
     assert info["all_seeds"][1:] == [5, 9]
     assert parse_infotext(info["infotexts"][2]).params["Pair label"] == "from the API"
     assert recorder.values[-1].step == 4 and recorder.values[-1].fail is False  # the rest: defaults

@@ -147,6 +147,7 @@ class ScriptService:
         # The gallery shows saved files only when every image has one (see gallery_actions.gallery_images).
         result.paths = [p for p in paths if p is not None]
         result.grid_path = paths[0] if out.grid is not None else None
+        result.images_start_with_grid = out.grid is not None
         result.interrupted = ctx.interrupted
         log.info("Script '%s': %d image(s)%s from %d run(s)", job.script_name, len(images),
                  " and a grid" if out.grid is not None else "", context.runs)
