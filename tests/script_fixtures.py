@@ -126,6 +126,19 @@ def ui_extension() -> Extension:
     def bad() -> None:
         raise RuntimeError("no widgets today")
 
+    def custom(defaults: BaseModel) -> dict:
+        # The extension's own widgets: a plain number box where the model would give a slider.
+        return {"step": gr.Number(value=defaults.step, label="Custom step", elem_id="uiext_custom_step")}
+
+    def broken_panel(defaults: BaseModel) -> dict:
+        raise ValueError("panel code is broken")
+
+    def echo(job: ScriptRun) -> ScriptResult:
+        result = job.context.generate(job.request.model_copy(update={"seed": job.request.seed + job.values.step}))
+        return ScriptResult(images=result.images, infotexts=result.infotexts, seeds=result.seeds)
+
+    ext.add_script(Script("Custom UI", echo, params=TwoSeeds, ui=custom, tabs=("txt2img",)))
+    ext.add_script(Script("Broken panel", echo, params=TwoSeeds, ui=broken_panel, tabs=("txt2img",)))
     ext.add_tab("UI ext", good)
     ext.add_tab("Broken", bad)
     ext.add_setting(Setting("greeting", "hi", "Greeting"))

@@ -59,7 +59,7 @@ def test_the_dropdown_and_panels_come_from_the_extension(app):
     comps = _by_elem(config)
     dropdown = comps["txt2img_script"]["props"]
     assert [c[0] if isinstance(c, list) else c for c in dropdown["choices"]] == [
-        "None", "Two seeds", "Crashing script", "Plain red"]
+        "None", "Two seeds", "Crashing script", "Plain red", "Custom UI", "Broken panel"]
     assert [c[0] if isinstance(c, list) else c for c in comps["img2img_script"]["props"]["choices"]] == [
         "None", "Two seeds", "Crashing script"]
     # The script's panel is hidden until chosen; its widgets follow the model's fields.
@@ -180,3 +180,19 @@ def test_png_info_send_to_fills_the_always_on_fields_the_infotext_records(app):
     # A value that does not read as the field's type leaves the widget alone; so does a missing key.
     strength, note = area.paste_updates("a fox\nSteps: 2, Seed: 1, Marker strength: lots")
     assert "value" not in strength and "value" not in note
+
+
+def test_a_script_with_its_own_widgets_and_one_whose_panel_code_fails(app):
+    client, services, _ = app
+    config = client.get("/config").json()
+    comps = _by_elem(config)
+    assert comps["uiext_custom_step"]["type"] == "number"
+    assert "txt2img_script_custom_ui_step" not in comps  # the builder's widgets replace the model's
+    assert "This panel could not be built: ValueError: panel code is broken" in json.dumps(config)
+    data = _inputs(config, {"txt2img_prompt": "a fox", "label:Width": 64, "label:Height": 64,
+                            "label:Sampling steps": 2, "txt2img_seed": 30, "txt2img_script": "Custom UI",
+                            "uiext_custom_step": 4})
+    stream = gradio_events.call(client, "txt2img", data)
+    assert "1 image(s)" in stream, stream[-2000:]
+    job = [j for j in services.queue.jobs() if j.kind == "txt2img-script"][-1]
+    assert job.request.script_args["step"] == 4 and job.result.seeds == [34]
