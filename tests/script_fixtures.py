@@ -93,12 +93,29 @@ def plain(job: ScriptRun) -> ScriptResult:
                         seeds=[7])
 
 
+class Upscale(BaseModel):
+    upscaler: str = "Lanczos"
+
+
+def upscaled(job: ScriptRun) -> ScriptResult:
+    """Doubles a generated image with an upscaler by name; lists what the context offers in the infotext."""
+    ctx = job.context
+    result = ctx.generate(job.request)
+    image = ctx.upscale(result.images[0], 2 * result.images[0].width, 2 * result.images[0].height,
+                        job.values.upscaler)
+    names = "/".join(ctx.upscalers())
+    models = "/".join(m.name for m in ctx.checkpoints())
+    text = with_infotext_fields(result.infotexts[0], {"Upscalers": names, "Checkpoints": models})
+    return ScriptResult(images=[image], infotexts=[text], seeds=result.seeds[:1])
+
+
 def make_extension(recorder: Recorder) -> Extension:
     ext = Extension("testext", context=None)  # type: ignore[arg-type] - the scripts do not use ext.context
     ext.add_script(Script("Two seeds", two_seeds(recorder), params=TwoSeeds,
                           a1111_args=("step", "label", "mode", "fail"), description="two runs in a grid"))
     ext.add_script(Script("Crashing script", crash))
     ext.add_script(Script("Plain red", plain, tabs=("txt2img",)))
+    ext.add_script(Script("Upscaled", upscaled, params=Upscale, tabs=("img2img",)))
     ext.add_params(Params(Marker, title="Marker panel", a1111_name="Marker", a1111_args=("on", "strength", "note"),
                           infotext={"strength": "Marker strength", "note": "Marker note"}))
     return ext

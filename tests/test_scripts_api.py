@@ -124,14 +124,15 @@ def test_alwayson_scripts_map_onto_the_extension_values(svc, client):
 def test_scripts_lists_selectable_and_alwayson_names_per_tab(client):
     data = client.get("/sdapi/v1/scripts").json()
     assert data == {"txt2img": ["two seeds", "crashing script", "plain red", "marker"],
-                    "img2img": ["two seeds", "crashing script", "marker"]}
+                    "img2img": ["two seeds", "crashing script", "upscaled", "marker"]}
 
 
 def test_script_info_describes_the_args_in_script_args_order(client):
     info = client.get("/sdapi/v1/script-info").json()
     by_key = {(i["name"], i["is_img2img"]): i for i in info}
     assert set(by_key) == {("two seeds", False), ("two seeds", True), ("crashing script", False),
-                           ("crashing script", True), ("plain red", False), ("marker", False), ("marker", True)}
+                           ("crashing script", True), ("plain red", False), ("upscaled", True), ("marker", False),
+                           ("marker", True)}
     two = by_key[("two seeds", False)]
     assert two["is_alwayson"] is False
     assert [a["label"] for a in two["args"]] == ["Seed step", "label", "mode", "fail"]

@@ -117,3 +117,17 @@ def test_without_save_images_nothing_is_written(svc, data_dir):
     result = svc.scripts.run("txt2img", "Two seeds", request, {}, timeout=120)
     assert len(result.images) == 3 and result.paths == []
     assert not list((data_dir / "outputs").rglob("*.png"))
+
+
+def test_upscale_upscalers_and_checkpoints_from_the_script_context(svc):
+    request = Img2ImgRequest.parse(**REQUEST, init_images=[Image.new("RGB", (64, 64), "gray")])
+    result = svc.scripts.run("img2img", "Upscaled", request, {}, timeout=120)
+    assert result.images[0].size == (128, 128)
+    params = parse_infotext(result.infotexts[0]).params
+    assert params["Upscalers"].split("/")[:3] == ["None", "Lanczos", "Nearest"]
+    assert params["Checkpoints"] == "other-sd15/tiny-sd15"
+    # An upscaler that does not exist fails the job with the server's own message, naming the choices.
+    job = svc.scripts.submit("img2img", "Upscaled", request, {"upscaler": "Nope"})
+    with pytest.raises(Exception) as err:
+        job.wait(120)
+    assert str(err.value).startswith("upscale: upscaler: unknown upscaler 'Nope'. Available: None, Lanczos")

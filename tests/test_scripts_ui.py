@@ -61,7 +61,7 @@ def test_the_dropdown_and_panels_come_from_the_extension(app):
     assert [c[0] if isinstance(c, list) else c for c in dropdown["choices"]] == [
         "None", "Two seeds", "Crashing script", "Plain red", "Custom UI", "Broken panel"]
     assert [c[0] if isinstance(c, list) else c for c in comps["img2img_script"]["props"]["choices"]] == [
-        "None", "Two seeds", "Crashing script"]
+        "None", "Two seeds", "Crashing script", "Upscaled"]
     # The script's panel is hidden until chosen; its widgets follow the model's fields.
     assert comps["txt2img_script_two_seeds"]["props"]["visible"] is False
     step = comps["txt2img_script_two_seeds_step"]
