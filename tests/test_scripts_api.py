@@ -85,6 +85,17 @@ def test_bad_script_fields_get_422_naming_the_field(client, body, field):
     assert _field(client.post("/sdapi/v1/txt2img", json={**SMALL, **body})) == field
 
 
+def test_a_refusing_script_is_a_422_and_a_crashing_one_says_so_and_the_server_goes_on(client):
+    refused = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "Two seeds",
+                                                     "script_args": [1, "x", "side", True]})
+    assert refused.status_code == 422 and refused.json()["error"] == "the second run was refused on purpose"
+    crashed = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "Crashing script"})
+    assert crashed.status_code == 500
+    assert crashed.json()["error"] == "Script 'Crashing script' failed: KeyError: 'missing'"
+    assert "Traceback" not in crashed.text
+    assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
+
+
 def test_an_img2img_script_runs_on_the_init_image(client):
     image = io.BytesIO()
     Image.new("RGB", (64, 64), "gray").save(image, format="PNG")

@@ -21,6 +21,7 @@ from webui.infotext import read_png_infotext
 from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing
 from webui.services.container import Services
 from webui.services.jobs import Job
+from webui.services.scripts import ScriptRefused
 from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, safe_label, validated
 
 DISCONNECT_CHECK_SECONDS = 0.5
@@ -252,7 +253,7 @@ def build_router(services: Services) -> APIRouter:
     return router
 
 
-_STATUS = {InvalidRequest: 422, ModelNotFound: 404, ModelLoadError: 422, NoModelAvailable: 409,
+_STATUS = {ScriptRefused: 422, InvalidRequest: 422, ModelNotFound: 404, ModelLoadError: 422, NoModelAvailable: 409,
            Cancelled: 409, OutOfMemory: 503, QueueFull: 503}
 
 

@@ -33,6 +33,10 @@ class ScriptFailed(StudioError):
     """A script raised: the job fails with this message, the server goes on."""
 
 
+class ScriptRefused(ScriptFailed):
+    """A script refused the request (it raised ExtensionError): the API answers 422 with its message."""
+
+
 @dataclass
 class ScriptJob:
     """A queued script job as the queue and the history record it (plain data: the script is looked up by its
@@ -101,7 +105,7 @@ class ScriptService:
         try:
             out = script.run(ScriptRun(job.tab, job.request, values, context))
         except ExtensionError as exc:
-            raise ScriptFailed(str(exc) or f"Script '{script.title}' failed") from None
+            raise ScriptRefused(str(exc) or f"Script '{script.title}' refused the request") from None
         except StudioError:
             raise  # the server's own errors (a cancelled job, out of memory) keep their meaning
         except Exception as exc:  # noqa: BLE001 - a script's bug fails its job, never the worker
