@@ -68,6 +68,10 @@ def test_values_checked_by_the_script_model_and_named(svc):
     with pytest.raises(InvalidRequest) as err:
         svc.scripts.submit("txt2img", "Two seeds", Txt2ImgRequest.parse(**{**REQUEST, "width": 4096}), {})
     assert err.value.field == "width"
+    with pytest.raises(InvalidRequest) as err:
+        svc.scripts.submit("img2img", "Two seeds", Img2ImgRequest.parse(
+            **REQUEST, init_images=[Image.new("RGB", (64, 64))], mask=Image.new("L", (32, 32))), {})
+    assert err.value.field == "mask"
 
 
 def test_interrupt_between_runs_returns_what_is_done(svc, recorder):

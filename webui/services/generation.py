@@ -504,6 +504,10 @@ class GenerationService:
                 if image.width * image.height > budget:
                     raise InvalidRequest(f"init_images.{index}", f"{image.width}x{image.height} is over this "
                                                                  f"server's limit of {budget} pixels")
+            if request.mask is not None and request.mask.size != request.init_images[0].size:
+                raise InvalidRequest("mask", f"is {request.mask.size[0]}x{request.mask.size[1]} but the init image "
+                                             f"is {request.init_images[0].size[0]}x{request.init_images[0].size[1]}; "
+                                             "they must match")
 
     def run_in_job(self, ctx: JobContext, request: Txt2ImgRequest) -> GenerationResult:
         """A plain txt2img or img2img run inside an already running job (same saving, safety, provenance); it
