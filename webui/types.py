@@ -453,6 +453,7 @@ class GenerationResult:
     vae_hash: str | None = None
     grid: "Image.Image | None" = None  # A1111's batch grid, when the return_grid option asks for it
     grid_path: Path | None = None      # where the grid was saved (grid_save)
+    images_start_with_grid: bool = False  # a script's result: images[0] is its grid (A1111's index_of_first_image)
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def a1111_info(result: GenerationResult) -> dict[str, Any]:
         "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength if _img2img_or_hires(request) else None,
         "extra_generation_params": {**_hires_params(result), **_lora_params(result)},
-        "index_of_first_image": 0,
+        "index_of_first_image": 1 if result.images_start_with_grid else 0,
         "infotexts": result.infotexts,
         "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(result.started)),

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from webui.api import scripts_mapping
 from webui.services.container import Services
 from webui.services.listings import (EmbeddingLibrary, build_lora_registry, cuda_report,
                                     embeddings_for_current_model, list_vaes, ram_report)
@@ -141,11 +142,11 @@ def build_listings_router(services: Services) -> APIRouter:
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return scripts_mapping.scripts_list(services)
 
     @router.get("/script-info")
     def script_info() -> list[dict[str, Any]]:
-        return []
+        return scripts_mapping.script_info(services)
 
     @router.get("/memory", response_model=MemoryResponse)
     def memory() -> dict[str, Any]:

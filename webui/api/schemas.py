@@ -71,6 +71,7 @@ class Txt2ImgBody(ApiBody):
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    extensions: dict[str, Any] = Field(default_factory=dict)  # ours: {"<extension>": {field: value}}
     refiner_checkpoint: str | None = None  # txt2img: a checkpoint's title, name or hash; "None"/"": no refiner
     refiner_switch_at: float | None = None  # null: 0.8
     # A1111's sampler parameters in the body (null: the option of the same name)

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from webui import VERSION, parameters
-from webui.api import schemas
+from webui.api import schemas, scripts_mapping
 from webui.api.a1111_info import a1111_info
 from webui.api.images import decode_image, encode_png, png_base64
 from webui.errors import (Cancelled, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable, OutOfMemory,
@@ -21,6 +21,7 @@ from webui.infotext import read_png_infotext
 from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing
 from webui.services.container import Services
 from webui.services.jobs import Job
+from webui.services.scripts import ScriptRefused
 from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, safe_label, validated
 
 DISCONNECT_CHECK_SECONDS = 0.5
@@ -61,11 +62,9 @@ def _table_fields(body: schemas.Txt2ImgBody, task: str, services: Services) -> d
     """Map A1111's body (fused sampler names, override_settings) onto our typed request's fields."""
     overrides = body.override_settings or {}
     services.options.check_overrides(overrides, PER_REQUEST_OVERRIDES)
-    if body.script_name:
-        raise InvalidRequest("script_name", f"no script named '{body.script_name}': this server has no "
-                                            "selectable scripts yet (GET /sdapi/v1/scripts lists them)")
     _refuse_unsupported(body, task)
-    fields: dict[str, Any] = {"save_images": body.save_images}
+    fields: dict[str, Any] = {"save_images": body.save_images,
+                              "extensions": scripts_mapping.extension_values(body, task, services)}
     for param in parameters.for_task(task):
         value = _body_value(body, param) if param.api_key is not None else None
         if value is not None:  # absent (e.g. image_cfg_scale): the setting below, else the request's default
@@ -94,10 +93,6 @@ def _as_bool(key: str, value: Any) -> bool:
 def _refuse_unsupported(body: schemas.Txt2ImgBody, task: str) -> None:
     """Say so rather than silently return something other than what was asked for."""
     extra = body.model_extra or {}
-    if body.alwayson_scripts:  # A1111 answers 422 for an always-on script it does not have, too
-        name = next(iter(body.alwayson_scripts))
-        raise InvalidRequest(f"alwayson_scripts.{name}", f"no always-on script named '{name}': this server has "
-                                                         "no extensions yet (GET /sdapi/v1/scripts lists them)")
     if extra.get("restore_faces"):
         raise InvalidRequest("restore_faces", "face restoration is not available: GFPGAN and CodeFormer need a "
                                               "face detector to find the faces first, which this server does not "
@@ -197,13 +192,15 @@ def build_router(services: Services) -> APIRouter:
     @router.post("/txt2img", response_model=schemas.ImagesResponse)
     async def txt2img(body: schemas.Txt2ImgBody, http: Request) -> dict[str, Any]:
         # Off the event loop: checking the prompt's length tokenizes it (tens of milliseconds, more for odd text).
-        job = await anyio.to_thread.run_sync(services.generation.submit_txt2img, to_txt2img_request(body, services))
+        submit = scripts_mapping.submitter(body, parameters.TXT2IMG, services)  # a script's job, or a plain one
+        job = await anyio.to_thread.run_sync(submit, to_txt2img_request(body, services))
         return images_response(body, await finish(job, http, cancel_on_disconnect))
 
     @router.post("/img2img", response_model=schemas.ImagesResponse)
     async def img2img(body: schemas.Img2ImgBody, http: Request) -> dict[str, Any]:
         request = await anyio.to_thread.run_sync(to_img2img_request, body, services)  # image decoding is CPU work
-        job = await anyio.to_thread.run_sync(services.generation.submit_img2img, request)
+        submit = scripts_mapping.submitter(body, parameters.IMG2IMG, services)
+        job = await anyio.to_thread.run_sync(submit, request)
         return images_response(body, await finish(job, http, cancel_on_disconnect))
 
     @router.get("/progress", response_model=schemas.ProgressResponse)
@@ -256,7 +253,7 @@ def build_router(services: Services) -> APIRouter:
     return router
 
 
-_STATUS = {InvalidRequest: 422, ModelNotFound: 404, ModelLoadError: 422, NoModelAvailable: 409,
+_STATUS = {ScriptRefused: 422, InvalidRequest: 422, ModelNotFound: 404, ModelLoadError: 422, NoModelAvailable: 409,
            Cancelled: 409, OutOfMemory: 503, QueueFull: 503}
 
 

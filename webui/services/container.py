@@ -34,6 +34,7 @@ from webui.services.options import OptionsService
 from webui.services.live_preview import preview_settings
 from webui.services.safety import SafetyService
 from webui.services.saving import SaveOptions
+from webui.services.scripts import ScriptService
 from webui.services.style import StyleTransferService
 from webui.services.styles import PromptStyles
 from webui.services.token_count import TokenCounter
@@ -67,6 +68,7 @@ class Services:
     extra_networks: ExtraNetworksService | None = None  # the Extra Networks panel's cards
     extensions: ExtensionHost | None = None  # the extensions found at start: their status and what they registered
     extension_admin: ExtensionsService | None = None  # the Extensions tab: install/update/remove/enable, restart
+    scripts: ScriptService | None = None  # the extensions' scripts (A1111's Script dropdown), one job each
 
 
 def build_services(settings: Settings, *, load: Loader | None = None,
@@ -160,7 +162,8 @@ def build_services(settings: Settings, *, load: Loader | None = None,
     for device in devices:
         device.loaded_listeners.append(lambda info, model: hooks.model_loaded(model_info(info, model.family)))
     host = loaded[0]
-    return replace(services, extensions=host, extension_admin=ExtensionsService(settings, host, restart=restart))
+    return replace(services, extensions=host, extension_admin=ExtensionsService(settings, host, restart=restart),
+                   scripts=ScriptService(host, services.generation, queue, registry, upscaling))
 
 
 def _load_extensions(settings: Settings, services: Services) -> ExtensionHost:

@@ -22,6 +22,7 @@ from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound, NoModelA
 from webui.extensions.hooks import Hooks, kind_of
 from webui.atomic import atomic_write_bytes
 from webui.image_io import open_image
+from webui.infotext import parse_infotext
 from webui.parameters import InfotextContext, infotext_params
 from webui.models.loader import LoadedModel
 from webui.models.embeddings import EmbeddingLibrary, JobEmbeddings
@@ -532,15 +533,50 @@ class GenerationService:
             return images, ["unavailable"] * len(images)
         return review.images, review.verdicts
 
+    # ---- Runs inside another job (scripts: webui/services/scripts.py)
+    def check_request(self, request: Txt2ImgRequest) -> None:
+        """What ``submit_txt2img``/``submit_img2img`` check before queueing, without queueing (InvalidRequest)."""
+        if isinstance(request, Img2ImgRequest):
+            self._check_img2img(request)
+        else:
+            self._check(request)
+
     def run_in_job(self, ctx: JobContext, request: Txt2ImgRequest | Img2ImgRequest) -> GenerationResult:
         """A plain txt2img or img2img run INSIDE an already running job (a script's ``generate``): the same checks,
         hooks, safety, infotext and saving as a queued one, on the job's device, without queueing. InvalidRequest
         as the submit methods raise it."""
+        self.check_request(request)
         if isinstance(request, Img2ImgRequest):
-            self._check_img2img(request)
             return self._img2img_job(ctx, request)
-        self._check(request)
         return self._txt2img_job(ctx, request)
+
+    def finish_script_image(self, result: GenerationResult, image, infotext: str, request: Txt2ImgRequest,
+                            category: str, grid: bool = False) -> tuple[bytes, str, Path | None]:
+        """An image a script made itself (its grid, or e.g. an upscaled tiling) as a final PNG with ``infotext``
+        and every provenance mark, saved as the job's own grids (``grid_save``, into ``<category>-grids/``) or
+        images (``samples_save``) are when ``request.save_images`` says so. Returns (png, infotext written,
+        path or None); a failed save becomes a warning in ``result``."""
+        options, policy = self._saving(), self._provenance()
+        parsed = parse_infotext(infotext) if infotext else None
+        prompt = parsed.prompt if parsed is not None else request.prompt
+        negative = parsed.negative_prompt if parsed is not None else request.negative_prompt
+        params = dict(parsed.params) if parsed is not None else {}
+        final = finish_png(image, prompt, negative, params, policy, self._credentials,
+                           title=f"Stable Studio {category}{' grid' if grid else ''}")
+        path = None
+        if request.save_images and (options.grid_save if grid else options.samples_save):
+            seed = int(params["Seed"]) if str(params.get("Seed", "")).isdigit() else request.seed
+            name = NameContext(seed=seed, prompt=request.prompt,
+                               negative_prompt=request.negative_prompt, model_name=result.model_name or "",
+                               model_hash=result.model_hash or "", sampler=request.sampler_name,
+                               scheduler=request.scheduler, steps=request.steps, cfg=request.cfg_scale,
+                               width=image.width, height=image.height, clip_skip=request.clip_skip,
+                               seeds=tuple(result.seeds), vae_name=result.vae_name or "",
+                               job_timestamp=datetime.datetime.fromtimestamp(result.started or time.time()))
+            path = self._save(result, final, category, name, options, policy, grid=grid)
+            if not grid and path is not None:
+                result.paths.pop()  # the caller places the path beside its image
+        return final.png, final.infotext, path
 
 
 class _Task:

@@ -11,10 +11,9 @@ import gradio as gr
 from webui import VERSION
 from webui.errors import StudioError
 from webui.services.container import Services
-from webui.ui import (extra_networks, extras, form_defaults, gallery_actions, history, img2img, page_load, pnginfo,
-                      size_defaults, styles, train, txt2img)
+from webui.ui import (extension_tabs, extensions_tab, extra_networks, extras, form_defaults, gallery_actions, history,
+                      img2img, page_load, pnginfo, scripts_area, size_defaults, styles, train, txt2img)
 from webui.ui.settings import build_settings_tab
-from webui.ui import extensions_tab
 
 CSS = """
 .studio-error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b; padding: 8px 12px;
@@ -89,15 +88,20 @@ def build_ui(services: Services) -> gr.Blocks:
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras_tab = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                pnginfo.build({"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
+                send, pasted = pnginfo.build(
+                              {"txt2img": ("txt2img", t2i.fields()), "img2img": ("img2img", i2i.fields())}, tabs,
                               services, checkpoint, status, lambda title: _switch_checkpoint(services, title),
                               styles={"txt2img": t2i.row.extra.dropdown, "img2img": i2i.row.extra.dropdown})
+                for tab_id, tab in (("txt2img", t2i), ("img2img", i2i)):  # the extensions' panels too
+                    scripts_area.wire_paste(send[tab_id], pasted, tab.scripts)
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings_tab(services)
+                extension_tabs.build_settings(services)  # a section per extension that has settings
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build(services)
+            extension_tabs.build_tabs(services)  # the extensions' own tabs
         # One line per "Send to" target under the result galleries.
         send_targets = [*img2img.send_targets(i2i),
                         gallery_actions.SendTarget("extras", "Extras", "extras", extras.image_input(extras_tab))]

@@ -8,6 +8,7 @@ send only which image is selected, so a client cannot name a file. A "Send to" t
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ def gallery_images(result: GenerationResult) -> list[GalleryImage]:
     infotexts = list(result.infotexts) + [""] * (len(result.images) - len(result.infotexts))
     images = [GalleryImage(png=png if path is None else None, infotext=text, path=path)
               for png, text, path in zip(result.pngs, infotexts, paths)]
+    if result.images_start_with_grid and images:  # a script's grid: not one of the batch's own images
+        images[0] = dataclasses.replace(images[0], grid=True)
     if result.grid is None:
         return images
     # The gallery shows A1111's grid first (return_grid): keep the indices of the selection aligned with it.

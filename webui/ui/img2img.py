@@ -22,7 +22,7 @@ from webui.services.container import Services
 from webui.services.jobs import Job
 from webui.types import Img2ImgRequest, StyleTransferRequest
 from webui.ui.gallery_actions import SendTarget
-from webui.ui import extra_networks, prompt_tools, styles
+from webui.ui import extra_networks, prompt_tools, scripts_area, styles
 from webui.ui.image_inputs import ImageSource, UploadedImage, UploadedImageEditor
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, error_html, option_fields,
@@ -115,6 +115,7 @@ class Img2ImgTab:
     mode: gr.Radio
     style: StyleTransferForm | None = None
     networks: extra_networks.ExtraNetworksPanel | None = None
+    scripts: scripts_area.ScriptsArea | None = None  # the Script dropdown and the extensions' panels
 
     def fields(self) -> Widgets:
         """Widgets by request field name (PNG Info and History fill these)."""
@@ -182,6 +183,7 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
             with gr.Group() as diffusion_group:
                 img2img_settings = build_widgets(widget_rows(IMG2IMG), "img2img", limits)
                 settings, reuse = build_settings_and_reuse(services, "img2img")
+                area = scripts_area.build(services, IMG2IMG)
         with gr.Column():
             outputs = build_outputs("img2img", services.settings.exposed)
     inpaint = InpaintForm(editor, mask_upload, inpaint_settings)
@@ -221,16 +223,18 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
             if values[image] is None:
                 raise InvalidRequest("image", "upload an image first")
             fields["init_images"] = [open_upload(values[image], "image").convert("RGB")]
-        return services.generation.submit_img2img(Img2ImgRequest.parse(**fields), confirm)
+        request = Img2ImgRequest.parse(**fields, extensions=area.extension_values(values))
+        return area.submit(services, request, values,
+                           lambda plain: services.generation.submit_img2img(plain, confirm))
 
     inputs = (set(settings.values()) | set(img2img_settings.values()) | set(inpaint_settings.values())
               | {row.prompt, row.negative_prompt, checkpoint, mode, image, input_dir, output_dir, inpaint.editor,
-                 inpaint.mask_upload, style.model, style.source, row.extra.dropdown})
+                 inpaint.mask_upload, style.model, style.source, row.extra.dropdown} | area.inputs())
     wire(services, row, outputs, inputs, submit, api_name="img2img")
     styles.wire(services, row.extra, row)
     prompt_tools.wire_token_counters(services, row, row.extra.dropdown, settings["steps"])
     wire_reuse(reuse, outputs.info, settings)
-    return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode, style, networks)
+    return Img2ImgTab(row, settings, img2img_settings, inpaint, outputs, image, mode, style, networks, area)
 
 
 def send_targets(tab: Img2ImgTab) -> list[SendTarget]:

@@ -105,12 +105,13 @@ def notice_markdown(lines: list[str]) -> str:
 def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Services,
           checkpoint: gr.Dropdown, status: gr.Markdown,
           switch: Callable[[str | None], Iterator[tuple[object, object]]],
-          styles: dict[str, gr.Dropdown] | None = None) -> None:
+          styles: dict[str, gr.Dropdown] | None = None) -> tuple[dict[str, gr.Button], gr.Textbox]:
     """``targets``: tab id -> (its label, its widgets by request field name), one "Send to" button each;
     ``styles``: tab id -> its styles dropdown, set to the styles found in the prompts.
 
     ``checkpoint``/``status`` are the checkpoint bar's dropdown and status line; ``switch(title)`` streams a
-    checkpoint switch into them (None: nothing to switch)."""
+    checkpoint switch into them (None: nothing to switch). Returns the "Send to" buttons by tab id and the
+    parameters box, so more fields can be filled from the same text (the extensions' panels)."""
     limits = services.settings.limits
     with gr.Row():
         with gr.Column():
@@ -156,3 +157,4 @@ def build(targets: dict[str, tuple[str, Widgets]], tabs: gr.Tabs, services: Serv
         buttons[tab_id].click(send, raw, list(widgets.values()) + extra + [tabs, notice, to_switch, status],
                               api_visibility="private").then(
             switch_to, [to_switch, status], [status, checkpoint], api_visibility="private")
+    return buttons, raw

@@ -10,7 +10,7 @@ from webui.hires_fix import UPSCALERS as HIRES_UPSCALERS
 from webui.parameters import BY_NAME, TXT2IMG, Param, widget_rows
 from webui.services.container import Services
 from webui.types import Txt2ImgRequest
-from webui.ui import extra_networks, prompt_tools, styles
+from webui.ui import extra_networks, prompt_tools, scripts_area, styles
 from webui.ui.generation_form import (Outputs, PromptRow, Widgets, build_outputs, build_prompt_row,
                                       build_settings_and_reuse, build_widgets, option_fields, request_fields, wire,
                                       wire_reuse)
@@ -22,6 +22,7 @@ class Txt2ImgTab:
     settings: Widgets
     outputs: Outputs
     networks: extra_networks.ExtraNetworksPanel | None = None
+    scripts: scripts_area.ScriptsArea | None = None  # the Script dropdown and the extensions' panels
 
     def fields(self) -> Widgets:
         """Widgets by request field name (PNG Info and History fill these)."""
@@ -78,18 +79,22 @@ def build(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgTab:
                 hr_upscaler.focus(lambda: gr.update(choices=hires_upscalers(services)), None, hr_upscaler,
                                   api_visibility="private")
             settings.update(build_refiner(services))
+            area = scripts_area.build(services, TXT2IMG)
         with gr.Column():
             outputs = build_outputs("txt2img", services.settings.exposed)
-    tab = Txt2ImgTab(row, settings, outputs, networks)
+    tab = Txt2ImgTab(row, settings, outputs, networks, area)
 
     def submit(values: dict, confirm=None):
         fields = dict(option_fields(services, TXT2IMG, settings), **request_fields(values, settings),
                       prompt=values[row.prompt], negative_prompt=values[row.negative_prompt])
         fields = styles.styled_fields(services, values[row.extra.dropdown], fields)
-        request = Txt2ImgRequest.parse(checkpoint=values[checkpoint] or None, **fields)
-        return services.generation.submit_txt2img(request, confirm)
+        request = Txt2ImgRequest.parse(checkpoint=values[checkpoint] or None, **fields,
+                                       extensions=area.extension_values(values))
+        return area.submit(services, request, values,
+                           lambda plain: services.generation.submit_txt2img(plain, confirm))
 
-    inputs = set(settings.values()) | {row.prompt, row.negative_prompt, checkpoint, row.extra.dropdown}
+    inputs = (set(settings.values()) | {row.prompt, row.negative_prompt, checkpoint, row.extra.dropdown}
+              | area.inputs())
     wire(services, row, outputs, inputs, submit, api_name="txt2img")
     styles.wire(services, row.extra, row)
     prompt_tools.wire_token_counters(services, row, row.extra.dropdown, settings["steps"])
