@@ -1,7 +1,4 @@
-"""Part E's built-in scripts in a real browser: Prompts from file or textbox chosen in txt2img's Script dropdown.
-
-The Scripts area (dropdown ``txt2img_script``, panels ``<tab>_script_<slug>``) is part C's; until it is merged this
-test is expected to fail (xfail, not strict)."""
+"""Part E's built-in scripts in a real browser: Prompts from file or textbox chosen in txt2img's Script dropdown."""
 
 from __future__ import annotations
 
@@ -17,7 +14,6 @@ from tests.browser_support import (GENERATE_TIMEOUT, RunningApp, _report_failure
 pytestmark = pytest.mark.browser
 
 
-@pytest.mark.xfail(reason="needs part C's Scripts area (txt2img_script)", strict=False)
 def test_prompts_from_textbox_runs_one_job_per_line(page, app_server: RunningApp):
     set_slider(page, "Width", 64)
     set_slider(page, "Height", 64)

@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 # The runtime is part C's (webui/services/scripts.py); checked against ext12-c at aae6c58.
-pytest.importorskip("webui.services.scripts", reason="needs the script runtime (issue 12, part C)")
 
 from webui.api.sdapi import build_router, install_error_handlers  # noqa: E402
 from webui.extensions.api import infotext_fields  # noqa: E402

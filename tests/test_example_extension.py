@@ -1,6 +1,5 @@
 """The example extension of docs/extensions.md, installed as a user would (copied into <data dir>/extensions/) and
-loaded by the app: it must keep working as the docs say. Hook dispatch and /ext/ routes are part A's (merged
-separately); the checks that need them are marked xfail until then."""
+loaded by the app: it must keep working as the docs say."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from webui.services.container import build_services
 from webui.types import Txt2ImgRequest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "example-extension"
-NEEDS_PART_A = pytest.mark.xfail(reason="needs part A (hook dispatch, /ext/ routes)", strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +91,6 @@ def test_the_step_hook_fades_the_last_step(app_services):
     assert off.latents is latents
 
 
-@NEEDS_PART_A
 def test_the_hooks_run_during_a_tiny_txt2img(app_services):
     request = Txt2ImgRequest(prompt="a fox", width=64, height=64, steps=2, seed=3, save_images=False,
                              extensions={"example": {"enabled": True}})
@@ -102,7 +99,6 @@ def test_the_hooks_run_during_a_tiny_txt2img(app_services):
     assert fields["Example steps seen"] == "2" and fields["Example"] == "True"
 
 
-@NEEDS_PART_A
 def test_its_route_answers_through_the_app(app_services):
     from webui.server import create_app
 

@@ -117,7 +117,6 @@ def test_bounds_are_validated(ext):
         script_of(ext, TITLE).params.model_validate({"scale_factor": 9})
 
 
-@pytest.mark.xfail(reason="needs part A's AppContext.save_image", strict=False)
 def test_the_upscaled_image_is_saved_when_the_request_says_so(services, data_dir):
     """Tiles are never saved; the combined image is, as A1111 saves it (samples_save), with its infotext."""
     ext = services.extensions.record("sd_upscale").extension  # loaded by the app, with its real context
