@@ -4,7 +4,7 @@ always-on panel with A1111 args; plus services over them (``with_extensions``)."
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
@@ -12,9 +12,8 @@ from pydantic import BaseModel, Field
 
 from webui.extensions.api import (Extension, ExtensionError, Params, Script, ScriptResult, ScriptRun,
                                   with_infotext_fields)
-from webui.extensions.host import ExtensionHost
-from webui.services.container import Services
-from webui.services.scripts import ScriptService
+from tests.conftest import install, make_settings
+from webui.services.container import Services, build_services
 
 
 class TwoSeeds(BaseModel):
@@ -121,12 +120,12 @@ def make_extension(recorder: Recorder) -> Extension:
     return ext
 
 
-def with_extensions(services: Services, *extensions: Extension) -> Services:
-    """``services`` whose extensions are ``extensions`` (built in code) and whose scripts run them."""
-    host = ExtensionHost.of(*extensions)
-    return replace(services, extensions=host,
-                   scripts=ScriptService(host, services.generation, services.queue, services.registry,
-                                         services.upscaling))
+def services_with(data_dir: Path, model_files, tiny_loader, *extensions: Extension) -> Services:
+    """Services over the tiny checkpoints whose extensions include ``extensions`` (built in code): their hooks,
+    values and scripts run as a loaded extension's would."""
+    install(model_files["single"], data_dir)
+    install(model_files["other"], data_dir)
+    return build_services(make_settings(data_dir), load=tiny_loader, extensions=extensions)
 
 
 def ui_extension() -> Extension:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.script_fixtures import Recorder, make_extension, with_extensions
+from tests.script_fixtures import Recorder, make_extension, services_with
 from webui.api.listings import build_listings_router
 from webui.api.sdapi import build_router, install_error_handlers
 from webui.extensions.api import Extension
@@ -31,8 +31,10 @@ def ext(recorder) -> Extension:
 
 
 @pytest.fixture
-def svc(services, ext):
-    return with_extensions(services, ext)
+def svc(data_dir, model_files, tiny_loader, ext):
+    services = services_with(data_dir, model_files, tiny_loader, ext)
+    yield services
+    services.queue.shutdown()
 
 
 @pytest.fixture
@@ -132,16 +134,22 @@ def test_alwayson_scripts_map_onto_the_extension_values(svc, client):
     assert last_request().extensions == {"testext": {"note": "hi"}}
 
 
+# The scripts shipped in webui/builtin_extensions, listed first (built-ins load first).
+BUILTIN = {"txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
+           "img2img": ["loopback", "prompt matrix", "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
+
+
 def test_scripts_lists_selectable_and_alwayson_names_per_tab(client):
     data = client.get("/sdapi/v1/scripts").json()
-    assert data == {"txt2img": ["two seeds", "crashing script", "plain red", "marker"],
-                    "img2img": ["two seeds", "crashing script", "upscaled", "marker"]}
+    assert data == {"txt2img": BUILTIN["txt2img"] + ["two seeds", "crashing script", "plain red", "marker"],
+                    "img2img": BUILTIN["img2img"] + ["two seeds", "crashing script", "upscaled", "marker"]}
 
 
 def test_script_info_describes_the_args_in_script_args_order(client):
     info = client.get("/sdapi/v1/script-info").json()
     by_key = {(i["name"], i["is_img2img"]): i for i in info}
-    assert set(by_key) == {("two seeds", False), ("two seeds", True), ("crashing script", False),
+    builtin = {(name, tab == "img2img") for tab, names in BUILTIN.items() for name in names}
+    assert set(by_key) - builtin == {("two seeds", False), ("two seeds", True), ("crashing script", False),
                            ("crashing script", True), ("plain red", False), ("upscaled", True), ("marker", False),
                            ("marker", True)}
     two = by_key[("two seeds", False)]
@@ -156,13 +164,13 @@ def test_script_info_describes_the_args_in_script_args_order(client):
         ("on", False, None, None), ("strength", 0.5, 0, 1), ("note", "", None, None)]
 
 
-def test_without_extensions_the_lists_are_empty_and_scripts_refused(services):
+def test_with_only_the_builtins_the_lists_hold_them_and_other_names_are_refused(services):
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(build_router(services))
     app.include_router(build_listings_router(services))
     with TestClient(app) as plain:
-        assert plain.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
-        assert plain.get("/sdapi/v1/script-info").json() == []
+        assert plain.get("/sdapi/v1/scripts").json() == BUILTIN
+        assert {i["name"] for i in plain.get("/sdapi/v1/script-info").json()} == set(BUILTIN["img2img"])
         response = plain.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "No such script"})
         assert _field(response) == "script_name"

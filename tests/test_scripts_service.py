@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.script_fixtures import Recorder, make_extension, with_extensions
+from tests.script_fixtures import Recorder, make_extension, services_with
 from webui.errors import InvalidRequest
 from webui.infotext import parse_infotext, read_png_infotext
 from webui.types import Img2ImgRequest, JobState, Txt2ImgRequest
@@ -19,8 +19,10 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def svc(services, recorder):
-    return with_extensions(services, make_extension(recorder))
+def svc(data_dir, model_files, tiny_loader, recorder):
+    services = services_with(data_dir, model_files, tiny_loader, make_extension(recorder))
+    yield services
+    services.queue.shutdown()
 
 
 def test_grid_first_then_images_with_their_infotexts_in_one_job(svc, recorder):

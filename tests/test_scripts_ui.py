@@ -11,21 +11,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import gradio_events
-from tests.conftest import install, make_settings
-from tests.script_fixtures import Recorder, make_extension, ui_extension, with_extensions
+from tests.script_fixtures import Recorder, make_extension, ui_extension, services_with
 from webui.extensions.state import ExtensionSettings
 from webui.ui.extension_tabs import apply_settings
 from webui.server import create_app
-from webui.services.container import Services, build_services
+from webui.services.container import Services
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_files, tiny_loader) -> Iterator[tuple[TestClient, Services, Recorder]]:
     data_dir = tmp_path_factory.mktemp("scripts-ui")
-    install(model_files["single"], data_dir)
     recorder = Recorder()
-    services = with_extensions(build_services(make_settings(data_dir), load=tiny_loader), make_extension(recorder),
-                               ui_extension())
+    services = services_with(data_dir, model_files, tiny_loader, make_extension(recorder), ui_extension())
     try:
         with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
             yield client, services, recorder
@@ -58,10 +55,12 @@ def test_the_dropdown_and_panels_come_from_the_extension(app):
     config = client.get("/config").json()
     comps = _by_elem(config)
     dropdown = comps["txt2img_script"]["props"]
+    builtin_t2i = ["Prompt matrix", "Prompts from file or textbox", "X/Y/Z plot"]  # webui/builtin_extensions
+    builtin_i2i = ["Loopback", "Prompt matrix", "Prompts from file or textbox", "SD upscale", "X/Y/Z plot"]
     assert [c[0] if isinstance(c, list) else c for c in dropdown["choices"]] == [
-        "None", "Two seeds", "Crashing script", "Plain red", "Custom UI", "Broken panel"]
+        "None", *builtin_t2i, "Two seeds", "Crashing script", "Plain red", "Custom UI", "Broken panel"]
     assert [c[0] if isinstance(c, list) else c for c in comps["img2img_script"]["props"]["choices"]] == [
-        "None", "Two seeds", "Crashing script", "Upscaled"]
+        "None", *builtin_i2i, "Two seeds", "Crashing script", "Upscaled"]
     # The script's panel is hidden until chosen; its widgets follow the model's fields.
     assert comps["txt2img_script_two_seeds"]["props"]["visible"] is False
     step = comps["txt2img_script_two_seeds_step"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 from webui.config import Settings
+from webui.extensions.api import Extension
 from webui.extensions.hooks import Hooks, model_info
 from webui.extensions.host import ExtensionHost
 from webui.extensions.policies import PolicyGuard
@@ -72,10 +73,11 @@ class Services:
 
 
 def build_services(settings: Settings, *, load: Loader | None = None,
-                   restart: Callable[[], None] | None = None) -> Services:
+                   restart: Callable[[], None] | None = None, extensions: Sequence[Extension] = ()) -> Services:
     """Wire the services together; the only place that decides which concrete pieces are used. ``load`` replaces
     the checkpoint loader (tests share tiny models between runs through it); ``restart`` restarts the process
-    (app.py's; the Extensions tab's "Apply and restart UI")."""
+    (app.py's; the Extensions tab's "Apply and restart UI"); ``extensions``: extensions built in code, loaded after
+    the folders' ones (tests drive hooks and scripts through them)."""
     from webui.models.registry import HashCache
     from webui.services.storage import ImageStore
 
@@ -158,7 +160,7 @@ def build_services(settings: Settings, *, load: Loader | None = None,
         extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
                                             allow_external_links=settings.allow_external_model_links),
     )
-    loaded.append(_load_extensions(settings, services))
+    loaded.append(_load_extensions(settings, services, extensions))
     for device in devices:
         device.loaded_listeners.append(lambda info, model: hooks.model_loaded(model_info(info, model.family)))
     host = loaded[0]
@@ -166,7 +168,7 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                    scripts=ScriptService(host, services.generation, queue, registry, upscaling))
 
 
-def _load_extensions(settings: Settings, services: Services) -> ExtensionHost:
+def _load_extensions(settings: Settings, services: Services, in_code: Sequence[Extension]) -> ExtensionHost:
     """Import every extension (errors isolated, see webui/extensions/loader.py), each with its own context."""
     from webui.extensions.context import AppContext
     from webui.extensions.loader import LoadOptions, load_extensions
@@ -183,5 +185,6 @@ def _load_extensions(settings: Settings, services: Services) -> ExtensionHost:
                           disabled=frozenset(EnabledState(settings.data_dir / "extensions.json").disabled()),
                           safe_mode=settings.safe_mode, import_seconds=settings.extension_import_seconds)
     host = load_extensions(options, lambda name: AppContext(name, services, values, lambda: extension_of(name)))
+    host.records.extend(ExtensionHost.of(*in_code).records)
     hosts.append(host)
     return host
