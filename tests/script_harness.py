@@ -5,20 +5,24 @@
 script's progress recorded in ``progress_log``, and an ``interrupt()`` switch a test flips (or sets to trip after
 some generations) to see what a script does when the user presses Interrupt.
 
-The real runtime (webui/services/scripts.py) runs a script as ONE job; this harness lets the built-in scripts be
-tested on tiny models before, and independently of, that runtime.
+The real runtime (webui/services/scripts.py) runs a script as ONE job (tests/test_builtin_scripts_runtime.py goes
+through it); this harness tests a script's own logic on tiny models, with each generation visible in ``requests``
+and ``results``. ``load_builtin`` imports a built-in extension the way the loader does.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from webui.extensions.api import (IMG2IMG, TXT2IMG, GenerationRequest, ModelInfo, Script, ScriptResult,
+from webui.extensions.api import (IMG2IMG, TXT2IMG, Extension, GenerationRequest, ModelInfo, Script, ScriptResult,
                                   ScriptRun)
 from webui.extensions.host import model_values
+from webui.extensions.loader import BUILTIN_DIR, _import
+from webui.extensions.manifest import read_manifest
 from webui.services.container import Services
 from webui.services.upscaling import ExtrasRequest
 from webui.types import GenerationResult, Img2ImgRequest, UpscaleRequest
@@ -33,8 +37,9 @@ class DirectScriptContext:
         self.log = logging.getLogger("tests.script_harness")
         self.progress_log: list[tuple[str, int, int]] = []
         self.requests: list[GenerationRequest] = []  # every request the script generated, in order
+        self.results: list[GenerationResult] = []     # what each generate returned
         self._interrupted = False
-        self._interrupt_after = interrupt_after  # generations after which Interrupt is "pressed"
+        self.interrupt_after = interrupt_after  # generations after which Interrupt is "pressed"
 
     def interrupt(self) -> None:
         self._interrupted = True
@@ -49,7 +54,8 @@ class DirectScriptContext:
             result = self.services.generation.img2img(request, timeout=120)
         else:
             result = self.services.generation.txt2img(request, timeout=120)
-        if self._interrupt_after is not None and len(self.requests) >= self._interrupt_after:
+        self.results.append(result)
+        if self.interrupt_after is not None and len(self.requests) >= self.interrupt_after:
             self._interrupted = True
         return result
 
@@ -78,3 +84,29 @@ def run_script(script: Script, request: GenerationRequest, values: dict[str, Any
         if script.params is not None else None
     kind = IMG2IMG if isinstance(request, Img2ImgRequest) else TXT2IMG
     return script.run(ScriptRun(kind=kind, request=request, values=parsed, context=ctx))
+
+
+class _NoAppContext:
+    """The ``ext.context`` of a built-in loaded for a script test: scripts use ScriptRun.context instead."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.data_dir = Path(".")
+        self.log = logging.getLogger(f"tests.{name}")
+
+    def __getattr__(self, item: str) -> Any:
+        raise AttributeError(f"the script harness's app context has no {item}")
+
+
+def load_builtin(name: str, context: Any = None) -> Extension:
+    """The built-in extension ``webui/builtin_extensions/<name>`` imported and set up as the loader does."""
+    folder = BUILTIN_DIR / name
+    manifest = read_manifest(folder)
+    module = _import(folder, manifest.name, manifest.entry)
+    ext = Extension(manifest.name, context or _NoAppContext(manifest.name))
+    module.setup(ext)
+    return ext
+
+
+def script_of(ext: Extension, title: str) -> Script:
+    return next(s for s in ext.scripts if s.title == title)

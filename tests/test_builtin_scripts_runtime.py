@@ -69,3 +69,13 @@ def test_an_unsupported_a1111_axis_is_a_422_naming_the_field(client):
     response = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "x/y/z plot", "script_args": [30]})
     assert response.status_code == 422
     assert response.json()["error"].startswith("script_args.x_type: A1111's axis 30 ('Face restore')")
+
+
+def test_a_value_the_plot_refuses_is_a_422_with_its_message_and_nothing_is_made(client, data_dir):
+    body = {**SMALL, "script_name": "X/Y/Z plot", "script_args": [4, "2,3", [], 0, ""]}
+    body["script_args"][0] = "Sampler"
+    body["script_args"][1] = "Euler, Bogus"
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 422, response.text
+    assert "Bogus" in response.json()["error"]
+    assert not list((data_dir / "outputs").rglob("*.png"))  # refused before the first cell

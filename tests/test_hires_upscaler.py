@@ -68,3 +68,20 @@ def test_an_unknown_hires_upscaler_lists_the_models_too(client):
     error = response.json()["error"]
     assert error.startswith("hr_upscaler: unknown upscaler 'ESRGAN_4x'")
     assert "ESRGAN_2x_tiny" in error and "Latent (nearest-exact)" in error
+
+
+def test_sd_upscale_script_runs_the_esrgan_model_and_img2img_per_tile(client, services):
+    """A1111's SD upscale through the API (script_args in its order: info, overlap, upscaler, scale) with the
+    model upscaler: one job, the image doubled by the model, then img2img tile by tile."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 60, 30)).save(buffer, format="PNG")
+    body = {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 5, "denoising_strength": 0.3,
+            "init_images": [base64.b64encode(buffer.getvalue()).decode()],
+            "script_name": "SD upscale", "script_args": [None, 16, "ESRGAN_2x_tiny", 2.0]}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    image = _image(response.json())
+    assert image.size == (128, 128)
+    params = parse_infotext(image.info["parameters"]).params
+    assert params["SD upscale upscaler"] == "ESRGAN_2x_tiny" and params["SD upscale overlap"] == "16"
+    assert f"{UPSCALER_KIND}:ESRGAN_2x_tiny" in services.devices[0].owner.names(UPSCALER_KIND)

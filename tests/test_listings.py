@@ -78,12 +78,20 @@ def test_latent_upscale_modes(client):
     ("/sdapi/v1/prompt-styles", []),
     ("/sdapi/v1/hypernetworks", []),
     ("/sdapi/v1/face-restorers", []),
-    ("/sdapi/v1/scripts", {"txt2img": [], "img2img": []}),
-    ("/sdapi/v1/script-info", []),
 ])
 def test_empty_listings(client, path, expected):
     response = client.get(path)
     assert response.status_code == 200 and response.json() == expected
+
+
+def test_scripts_lists_the_builtin_scripts_as_a1111_names_them(client):
+    """A fresh install has A1111's classic scripts (webui/builtin_extensions), lower-cased as A1111 lists them."""
+    assert client.get("/sdapi/v1/scripts").json() == {
+        "txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
+        "img2img": ["loopback", "prompt matrix", "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
+    info = client.get("/sdapi/v1/script-info").json()
+    assert {(i["name"], i["is_img2img"], i["is_alwayson"]) for i in info} >= {
+        ("x/y/z plot", False, False), ("sd upscale", True, False), ("loopback", True, False)}
 
 
 def test_memory_has_a1111_shape_and_no_cuda_on_cpu(client):

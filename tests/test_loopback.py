@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from tests.script_harness_e import DirectScriptContext, load_builtin, run_script, script_of
-from webui.extensions.api import IMG2IMG, ExtensionError, infotext_fields
+from tests.script_harness import DirectScriptContext, load_builtin, run_script, script_of
+from webui.extensions.api import ExtensionError, infotext_fields
 from webui.types import Img2ImgRequest
 
 TITLE = "Loopback"
@@ -48,7 +48,7 @@ def test_denoising_curves(lb, curve, expected):
 
 def test_each_loop_feeds_the_next(services, ext):
     ctx = DirectScriptContext(services)
-    result = run_script(script_of(ext, TITLE), IMG2IMG, _request(),
+    result = run_script(script_of(ext, TITLE), _request(),
                         {"loops": 3, "final_denoising_strength": 0.6, "denoising_curve": "Linear"}, ctx)
     assert len(ctx.requests) == 3 and len(result.images) == 3
     for previous, request in zip(ctx.results, ctx.requests[1:]):
@@ -67,7 +67,7 @@ def test_each_loop_feeds_the_next(services, ext):
 def test_batches_restart_from_the_original_and_return_the_last_of_each(services, ext):
     ctx = DirectScriptContext(services)
     request = _request(n_iter=2, batch_size=3)
-    result = run_script(script_of(ext, TITLE), IMG2IMG, request, {"loops": 2}, ctx)
+    result = run_script(script_of(ext, TITLE), request, {"loops": 2}, ctx)
     assert len(ctx.requests) == 4 and all(r.batch_size == 1 and r.n_iter == 1 for r in ctx.requests)
     assert ctx.requests[2].init_images[0] is request.init_images[0]
     assert len(result.images) == 2 and result.images[1] is ctx.results[3].images[0]
@@ -77,21 +77,21 @@ def test_batches_restart_from_the_original_and_return_the_last_of_each(services,
 
 def test_one_loop_no_grid(services, ext):
     ctx = DirectScriptContext(services)
-    result = run_script(script_of(ext, TITLE), IMG2IMG, _request(), {"loops": 1}, ctx)
+    result = run_script(script_of(ext, TITLE), _request(), {"loops": 1}, ctx)
     assert len(result.images) == 1 and result.grid is None
 
 
 def test_interrupt_keeps_the_loops_done(services, ext):
     ctx = DirectScriptContext(services)
     ctx.interrupt_after = 2
-    result = run_script(script_of(ext, TITLE), IMG2IMG, _request(), {"loops": 5}, ctx)
+    result = run_script(script_of(ext, TITLE), _request(), {"loops": 5}, ctx)
     assert len(result.images) == 2 and any("Interrupted" in w for w in result.warnings)
 
 
 def test_interrogation_refused_by_name(services, ext):
     ctx = DirectScriptContext(services)
     with pytest.raises(ExtensionError, match="append_interrogation: CLIP interrogation is not available"):
-        run_script(script_of(ext, TITLE), IMG2IMG, _request(), {"append_interrogation": "CLIP"}, ctx)
+        run_script(script_of(ext, TITLE), _request(), {"append_interrogation": "CLIP"}, ctx)
     assert ctx.requests == []
 
 
@@ -106,7 +106,7 @@ def test_the_three_built_ins_load_with_the_app(services):
     from webui.extensions.host import LOADED
 
     host = services.extensions
-    for name in ("prompts_from_file", "sd_upscale", "loopback"):
+    for name in ("prompts-from-file", "sd-upscale", "loopback"):
         record = host.record(name)
         assert record is not None and record.status == LOADED and record.builtin, record and record.traceback
     assert {e.script.title for e in host.scripts("img2img")} >= {"Prompts from file or textbox", "SD upscale",

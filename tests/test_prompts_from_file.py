@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tests.script_harness_e import DirectScriptContext, load_builtin, run_script, script_of
-from webui.extensions.api import TXT2IMG, infotext_fields
+from tests.script_harness import DirectScriptContext, load_builtin, run_script, script_of
+from webui.extensions.api import infotext_fields
 from webui.types import Txt2ImgRequest
 
 TITLE = "Prompts from file or textbox"
@@ -85,7 +85,7 @@ def test_one_run_per_line_with_its_options(services, ext):
     ctx = DirectScriptContext(services)
     base = Txt2ImgRequest(prompt="", seed=11, **SMALL)
     text = "a red fox\n\n--prompt \"a blue cat\" --steps 3 --seed 5 --n_iter 2\n--prompt tree --cfg_scale 4"
-    result = run_script(script_of(ext, TITLE), TXT2IMG, base, {"prompt_txt": text}, ctx)
+    result = run_script(script_of(ext, TITLE), base, {"prompt_txt": text}, ctx)
     assert len(result.images) == 4 and len(result.infotexts) == 4 and result.grid is None
     assert [r.prompt for r in ctx.requests] == ["a red fox", "a blue cat", "tree"]
     fields = [infotext_fields(t) for t in result.infotexts]
@@ -93,7 +93,7 @@ def test_one_run_per_line_with_its_options(services, ext):
     assert [f["Steps"] for f in fields] == ["2", "3", "3", "2"]
     assert fields[3]["CFG scale"] in ("4", "4.0")
     assert result.infotexts[1].startswith("a blue cat\n")
-    assert [p[1:] for p in ctx.progress_calls] == [(0, 3), (1, 3), (2, 3)]
+    assert [p[1:] for p in ctx.progress_log] == [(0, 3), (1, 3), (2, 3)]
 
 
 def test_iterate_seed_and_prompt_position(services, ext):
@@ -101,7 +101,7 @@ def test_iterate_seed_and_prompt_position(services, ext):
     base = Txt2ImgRequest(prompt="oil painting", negative_prompt="blur", seed=100, batch_size=2, **SMALL)
     values = {"prompt_txt": "a fox\n--prompt a cat --negative_prompt dark\n--seed 3 --prompt owl",
               "checkbox_iterate": True, "prompt_position": "end"}
-    result = run_script(script_of(ext, TITLE), TXT2IMG, base, values, ctx)
+    result = run_script(script_of(ext, TITLE), base, values, ctx)
     assert [r.seed for r in ctx.requests] == [100, 102, 3]  # +batch_size*n_iter per line; a line's own wins
     assert [r.prompt for r in ctx.requests] == ["oil painting a fox", "oil painting a cat", "oil painting owl"]
     assert [r.negative_prompt for r in ctx.requests] == ["blur", "blur dark", "blur"]
@@ -109,20 +109,20 @@ def test_iterate_seed_and_prompt_position(services, ext):
 
     ctx = DirectScriptContext(services)
     values = {"prompt_txt": "a fox", "prompt_position": "start"}
-    run_script(script_of(ext, TITLE), TXT2IMG, base.model_copy(update={"batch_size": 1}), values, ctx)
+    run_script(script_of(ext, TITLE), base.model_copy(update={"batch_size": 1}), values, ctx)
     assert ctx.requests[0].prompt == "a fox oil painting"
 
 
 def test_same_random_seed_for_all_lines(services, ext):
     ctx = DirectScriptContext(services)
     base = Txt2ImgRequest(prompt="", seed=-1, **SMALL)
-    run_script(script_of(ext, TITLE), TXT2IMG, base,
+    run_script(script_of(ext, TITLE), base,
                {"prompt_txt": "a\nb\nc", "checkbox_iterate_batch": True}, ctx)
     seeds = {r.seed for r in ctx.requests}
     assert len(seeds) == 1 and -1 not in seeds
 
     ctx = DirectScriptContext(services)
-    run_script(script_of(ext, TITLE), TXT2IMG, base, {"prompt_txt": "a\nb\nc", "checkbox_iterate": True}, ctx)
+    run_script(script_of(ext, TITLE), base, {"prompt_txt": "a\nb\nc", "checkbox_iterate": True}, ctx)
     first = ctx.requests[0].seed
     assert first != -1 and [r.seed for r in ctx.requests] == [first, first + 1, first + 2]
 
@@ -130,7 +130,7 @@ def test_same_random_seed_for_all_lines(services, ext):
 def test_interrupt_keeps_the_lines_done(services, ext):
     ctx = DirectScriptContext(services)
     ctx.interrupt_after = 1
-    result = run_script(script_of(ext, TITLE), TXT2IMG, Txt2ImgRequest(seed=1, **SMALL),
+    result = run_script(script_of(ext, TITLE), Txt2ImgRequest(seed=1, **SMALL),
                         {"prompt_txt": "a\nb\nc"}, ctx)
     assert len(result.images) == 1 and "Interrupted after 1 of 3 lines." in result.warnings
 
@@ -144,7 +144,7 @@ def test_img2img_lines_keep_the_init_image(services, ext):
     init = Image.new("RGB", (64, 64), (200, 30, 30))
     ctx = DirectScriptContext(services)
     base = Img2ImgRequest(init_images=[init], seed=2, denoising_strength=0.4, **SMALL)
-    result = run_script(script_of(ext, TITLE), "img2img", base, {"prompt_txt": "a\n--prompt b --steps 3"}, ctx)
+    result = run_script(script_of(ext, TITLE), base, {"prompt_txt": "a\n--prompt b --steps 3"}, ctx)
     assert len(result.images) == 2
     assert all(isinstance(r, Img2ImgRequest) and r.init_images[0] is init for r in ctx.requests)
     assert infotext_fields(result.infotexts[1])["Denoising strength"] == "0.4"
@@ -171,12 +171,12 @@ def test_sd_model_switches_checkpoint_and_unknown_ones_are_refused_first(service
 
     ctx = DirectScriptContext(services)
     base = Txt2ImgRequest(seed=4, checkpoint="tiny-sd15", **SMALL)
-    result = run_script(script_of(ext, TITLE), TXT2IMG, base,
+    result = run_script(script_of(ext, TITLE), base,
                         {"prompt_txt": "a\n--sd_model other-sd15 --prompt b\nc"}, ctx)
     models = [infotext_fields(t)["Model"] for t in result.infotexts]
     assert models == ["tiny-sd15", "other-sd15", "tiny-sd15"]  # for its own line only, as A1111's override
 
     ctx = DirectScriptContext(services)
     with pytest.raises(ExtensionError, match="line 3: --sd_model: no checkpoint named 'nonesuch'"):
-        run_script(script_of(ext, TITLE), TXT2IMG, base, {"prompt_txt": "a\nb\n--sd_model nonesuch --prompt c"}, ctx)
+        run_script(script_of(ext, TITLE), base, {"prompt_txt": "a\nb\n--sd_model nonesuch --prompt c"}, ctx)
     assert ctx.requests == []  # nothing ran

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from tests.script_harness_e import DirectScriptContext, load_builtin, run_script, script_of
-from webui.extensions.api import IMG2IMG, ExtensionError, combine_tiles, infotext_fields, split_tiles
+from tests.script_harness import DirectScriptContext, load_builtin, run_script, script_of
+from webui.extensions.api import ExtensionError, combine_tiles, infotext_fields, split_tiles
 from webui.types import Img2ImgRequest
 
 TITLE = "SD upscale"
@@ -61,7 +61,7 @@ def test_upscales_tiles_and_blends(services, ext):
     init = _noise((64, 48), seed=3)
     request = Img2ImgRequest(init_images=[init], width=64, height=64, steps=2, seed=40, denoising_strength=0.5,
                              save_images=False)
-    result = run_script(script_of(ext, TITLE), IMG2IMG, request,
+    result = run_script(script_of(ext, TITLE), request,
                         {"overlap": 16, "upscaler_index": "Nearest", "scale_factor": 2}, ctx)
     assert len(result.images) == 1 and result.images[0].size == (128, 96)
     assert len(ctx.requests) == 6  # 3 x 2 tiles of 64x64
@@ -93,7 +93,7 @@ def test_a1111_args_and_index(services, ext):
     ctx = DirectScriptContext(services)
     request = Img2ImgRequest(init_images=[_noise((64, 64))], width=64, height=64, steps=2, seed=1, n_iter=2,
                              save_images=False)
-    result = run_script(script, IMG2IMG, request, values.model_dump(), ctx)
+    result = run_script(script, request, values.model_dump(), ctx)
     # upscaler 0 is "None": A1111 keeps the size; n_iter 2 makes two upscales with seeds 1 and 2
     assert [im.size for im in result.images] == [(64, 64), (64, 64)] and [r.seed for r in ctx.requests] == [1, 2]
     assert infotext_fields(result.infotexts[0])["SD upscale upscaler"] == "None"
@@ -108,7 +108,7 @@ def test_refusals(services, ext, values, message):
     ctx = DirectScriptContext(services)
     request = Img2ImgRequest(init_images=[_noise((64, 64))], width=64, height=64, steps=2, save_images=False)
     with pytest.raises(ExtensionError, match=message):
-        run_script(script_of(ext, TITLE), IMG2IMG, request, values, ctx)
+        run_script(script_of(ext, TITLE), request, values, ctx)
     assert ctx.requests == []
 
 
@@ -119,12 +119,12 @@ def test_bounds_are_validated(ext):
 
 def test_the_upscaled_image_is_saved_when_the_request_says_so(services, data_dir):
     """Tiles are never saved; the combined image is, as A1111 saves it (samples_save), with its infotext."""
-    ext = services.extensions.record("sd_upscale").extension  # loaded by the app, with its real context
+    ext = services.extensions.record("sd-upscale").extension  # loaded by the app, with its real context
     ctx = DirectScriptContext(services)
     request = Img2ImgRequest(init_images=[_noise((64, 64))], width=64, height=64, steps=2, seed=5,
                              save_images=True)
     before = set((data_dir / "outputs").rglob("*.png")) if (data_dir / "outputs").exists() else set()
-    result = run_script(script_of(ext, TITLE), IMG2IMG, request,
+    result = run_script(script_of(ext, TITLE), request,
                         {"overlap": 16, "upscaler_index": "Lanczos", "scale_factor": 1.5}, ctx)
     saved = set((data_dir / "outputs").rglob("*.png")) - before
     assert len(saved) == 1 and Image.open(saved.pop()).size == result.images[0].size == (96, 96)
