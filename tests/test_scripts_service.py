@@ -9,6 +9,7 @@ from tests.script_fixtures import Recorder, make_extension, services_with
 from webui.errors import InvalidRequest
 from webui.infotext import parse_infotext, read_png_infotext
 from webui.types import Img2ImgRequest, JobState, Txt2ImgRequest
+from webui.ui.generation_form import progress_html
 
 REQUEST = dict(prompt="a red fox", width=64, height=64, steps=2, seed=11)
 
@@ -84,6 +85,9 @@ def test_interrupt_between_runs_returns_what_is_done(svc, recorder):
     progress = job.progress
     assert progress.image_count == 2 and progress.fraction == 0.5
     assert progress.textinfo.startswith("Run 1 of 2")
+    # The UI's progress line says where the script is, before the step of the run it made.
+    assert progress.stage == "Run 1 of 2"
+    assert "Run 1 of 2 · Step 2/2" in progress_html(progress)
     job.interrupt()
     recorder.go_on.set()
     result = job.wait(120)

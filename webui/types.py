@@ -415,6 +415,7 @@ class Progress:
     image_count: int = 0
     eta_seconds: float | None = None
     textinfo: str = ""
+    stage: str = ""  # a script's own progress ("Cell 3 of 12"), kept while its generations report their steps
     preview: "Image.Image | None" = None
     preview_id: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)  # named figures: a training job's loss, lr

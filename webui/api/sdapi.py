@@ -219,7 +219,8 @@ def build_router(services: Services) -> APIRouter:
             sampling_steps=p.steps)
         return {"progress": p.fraction if p.state is JobState.RUNNING else 0.0,
                 "eta_relative": p.eta_seconds or 0.0, "state": state, "current_image": image,
-                "textinfo": p.textinfo, "current_task": job.id}
+                "textinfo": f"{p.stage}: {p.textinfo}" if p.stage and p.textinfo != p.stage else p.textinfo,
+                "current_task": job.id}
 
     @router.post("/interrupt")
     def interrupt() -> dict:

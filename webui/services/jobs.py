@@ -223,6 +223,10 @@ class JobContext:
         self._preview_id += 1
         self._job._update(preview=image, preview_id=self._preview_id)
 
+    def set_stage(self, text: str) -> None:
+        """A script's own progress ("Cell 3 of 12"): shown before the step of the generation it runs."""
+        self._job._update(stage=text)
+
     def report(self, text: str | None = None, **metrics: float) -> None:
         """Say what the job is doing now (and any named figures) without a step."""
         changes: dict[str, Any] = {}

@@ -76,6 +76,7 @@ class JobScriptContext:
 
     def progress(self, text: str, done: int, total: int) -> None:
         self._text, self._done, self._total = str(text), max(0, int(done)), max(0, int(total))
+        self._ctx.set_stage(self._text)
         if self._total:
             # Shown until the next generate() starts its batches: the fraction of the script's steps done.
             self._ctx.begin_image(min(self._done, self._total), self._total, 1, self._text)

@@ -117,7 +117,8 @@ def progress_html(progress: Progress, position: int | None = None) -> str:
     stopping = "Interrupting… " if progress.interrupting else "Skipping… " if progress.skipping else ""
     percent = int(progress.fraction * 100)
     eta = f" · ETA {progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else ""
-    text = (f"{stopping}Step {progress.step}/{progress.steps} · image batch {progress.image_index + 1}/"
+    stage = f"{progress.stage} · " if progress.stage else ""  # a script's own ("Cell 3 of 12")
+    text = (f"{stopping}{stage}Step {progress.step}/{progress.steps} · image batch {progress.image_index + 1}/"
             f"{max(1, progress.image_count)}{eta}")
     return (f"<div class='studio-progress'><progress max='100' value='{percent}'></progress> "
             f"<span>{html.escape(text)}</span></div>")
