@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from webui.errors import InvalidRequest, StudioError
 from webui.extensions.api import IMG2IMG, TXT2IMG, ExtensionError, ModelInfo, ScriptResult, ScriptRun
+from webui.extensions.hooks import model_info
 from webui.extensions.host import ExtensionHost, model_values
 from webui.services.jobs import Job, JobContext, JobKind, JobQueue
 from webui.services.script_context import JobScriptContext
@@ -94,7 +95,7 @@ class ScriptService:
         return self.submit(tab, title, request, values).wait(timeout)
 
     def _checkpoints(self) -> list[ModelInfo]:
-        return [ModelInfo(title=i.title, name=i.model_name, hash=i.short_hash) for i in self._registry.list()]
+        return [model_info(i) for i in self._registry.list()]
 
     def _job(self, ctx: JobContext, job: ScriptJob) -> GenerationResult:
         entry = self._host.find_script(job.script_name, job.tab)
