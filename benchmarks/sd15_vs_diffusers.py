@@ -100,6 +100,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per side, after 1 warm-up")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="steps of the untimed warm-up run (0 = --steps); fewer saves minutes on a CPU")
     parser.add_argument("--memory-gib", type=float, default=8.0,
                         help="simulate a card with this much memory (CUDA only); 0 = no cap")
     parser.add_argument("--profile", choices=("auto", "8gb", "4gb"), default="auto", help="our memory profile")
@@ -259,19 +261,20 @@ class RedecodeCounter(logging.Handler):
 # ------------------------------------------------------------------------------------------ timing
 
 
-def time_side(result: SideResult, run_once: Callable[[], None], runs: int, device: torch.device,
-              after_warmup: Callable[[], None]) -> None:
-    """1 warm-up, ``after_warmup()`` (resets the probes), then ``runs`` timed calls, synchronised on both ends."""
+def time_side(result: SideResult, run_once: Callable[[int], None], runs: int, device: torch.device,
+              after_warmup: Callable[[], None], warmup_steps: int) -> None:
+    """1 warm-up of ``warmup_steps``, ``after_warmup()`` (resets the probes), then ``runs`` timed calls of
+    ``--steps``, synchronised on both ends."""
     sync(device)
     start = time.perf_counter()
-    run_once()
+    run_once(warmup_steps)
     sync(device)
     result.warmup_s = time.perf_counter() - start
     after_warmup()
     for _ in range(runs):
         sync(device)
         start = time.perf_counter()
-        run_once()
+        run_once(0)
         sync(device)
         result.times_s.append(time.perf_counter() - start)
 
@@ -311,16 +314,17 @@ def run_vanilla(components: dict[str, torch.nn.Module], args: argparse.Namespace
         probe = UNetNanProbe(pipe.unet)
         nan_flags: list[np.ndarray] = []
 
-        def run_once() -> None:
+        def run_once(steps: int) -> None:
             generator = torch.Generator(device).manual_seed(SEED)
             with torch.inference_mode():
-                out = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=CFG, height=args.size,
+                out = pipe(PROMPT, num_inference_steps=steps or args.steps, guidance_scale=CFG, height=args.size,
                            width=args.size, num_images_per_prompt=args.batch, generator=generator,
                            output_type="np")
             nan_flags.append(np.isnan(out.images).reshape(len(out.images), -1).any(axis=1))
             pipe.numpy_to_pil(out.images)  # what output_type="pil" would do: same work as a default call
 
-        time_side(result, run_once, args.runs, device, after_warmup=lambda: (probe.reset(), nan_flags.clear()))
+        time_side(result, run_once, args.runs, device, after_warmup=lambda: (probe.reset(), nan_flags.clear()),
+                  warmup_steps=args.warmup_steps)
         result.images = sum(len(f) for f in nan_flags)
         result.nan_images = int(sum(f.sum() for f in nan_flags))
         result.unet_calls, result.nan_unet_calls = probe.calls, probe.nan_count()
@@ -393,15 +397,15 @@ def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -
                                  steps=args.steps, cfg_scale=CFG, width=args.size, height=args.size, seed=SEED,
                                  batch_size=args.batch, n_iter=1, save_images=False)
 
-        def run_once() -> None:
-            services.generation.txt2img(request)
+        def run_once(steps: int) -> None:
+            services.generation.txt2img(request.model_copy(update={"steps": steps}) if steps else request)
 
         def after_warmup() -> None:
             probe.reset()
             decode_probe.flags.clear()
             redecodes.count = 0
 
-        time_side(result, run_once, args.runs, device, after_warmup)
+        time_side(result, run_once, args.runs, device, after_warmup, warmup_steps=args.warmup_steps)
         result.images = sum(len(f) for f in decode_probe.flags)
         result.nan_images = int(sum(int(f.sum()) for f in decode_probe.flags))
         result.unet_calls, result.nan_unet_calls = probe.calls, probe.nan_count()
@@ -489,7 +493,7 @@ def main() -> int:
                     f"CFG {CFG}, batch {args.batch}, seed {SEED}",
         "dtype": str(dtype).removeprefix("torch."),
         "memory cap": cap,
-        "method": f"1 warm-up + {args.runs} timed runs per side; order: vanilla FIRST, then ours",
+        "method": f"1 warm-up ({args.warmup_steps or args.steps} steps) + {args.runs} timed runs per side; order: vanilla FIRST, then ours",
     }
     try:
         started = time.perf_counter()

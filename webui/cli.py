@@ -8,7 +8,7 @@ from pathlib import Path
 
 from webui.api.hosts import HostError, parse_allowed_host
 from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
-from webui.config import DEVICE_LIST, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+from webui.config import ATTENTIONS, DEVICE_LIST, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
 from webui.stored_options import MEMORY_PROFILE_KEY, stored_option
 from webui.image_io import DEFAULT_FORMATS, OPTIONAL_FORMATS, parse_image_formats
 
@@ -37,7 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where models run: auto, cpu, cuda, cuda:N, or a comma-separated list "
                              "(cuda:0,cuda:1) to run one job per device at once")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="weights precision; auto = fp16 on CUDA, fp32 on CPU")
+                        help="weights precision; auto = fp16 on CUDA; on a CPU bf16 where it has native bf16 "
+                             "(AVX512-BF16 or AMX), else fp32")
+    parser.add_argument("--attention", choices=ATTENTIONS, default="auto",
+                        help="attention kernel: auto = PyTorch SDPA (xformers when installed and measured faster "
+                             "on this GPU; slicing only where memory demands it); sdpa, xformers or slicing force one")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet for faster steps (GPU; the first image of each size compiles "
+                             "for a minute, cached in <data-dir>/cache/torch-compile across restarts)")
+    parser.add_argument("--ram-cache-gib", type=float, default=None, metavar="GIB",
+                        help="checkpoints kept in RAM after leaving the device, so switching back is fast "
+                             "(default: sized from the free RAM; 0 = off)")
     parser.add_argument("--memory-profile", choices=MEMORY_PROFILES, default=None,
                         help="memory savers: auto picks from the GPU's size; 8gb and 4gb trade speed for "
                              "memory (VAE tiling, offload, attention slicing); cpu runs without a GPU "
@@ -182,6 +192,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         image_formats = parse_image_formats(args.image_formats)
     except ValueError as exc:
         parser.error(f"--image-formats: {exc}")
+    if args.ram_cache_gib is not None and not args.ram_cache_gib >= 0:
+        parser.error("--ram-cache-gib must be 0 (off) or more")
     for flag, value, least in (("--max-prompt-tokens", args.max_prompt_tokens, 75),
                                ("--max-job-pixels", args.max_job_pixels, 64 * 64),
                                ("--max-job-seconds", args.max_job_seconds, 0),
@@ -206,4 +218,5 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         allowed_hosts=allowed_hosts,
         insecure_api_no_auth=args.insecure_api_no_auth, insecure_ui_no_auth=args.insecure_ui_no_auth,
         safe_mode=args.safe_mode, enable_insecure_extension_access=args.enable_insecure_extension_access,
-        extensions_index=args.extensions_index.strip())
+        extensions_index=args.extensions_index.strip(),
+        attention=args.attention, compile=args.compile, ram_cache_gib=args.ram_cache_gib)

@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMORY_PROFILES = ("auto", "8gb", "4gb", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+ATTENTIONS = ("auto", "sdpa", "xformers", "slicing")
 # --device: one of DEVICES (cpu/cuda optionally with an index), or a comma-separated list of them.
 DEVICE_LIST = re.compile(r"(auto|cpu(:\d+)?|cuda(:\d+)?)(,(cpu(:\d+)?|cuda(:\d+)?))*")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -78,6 +79,12 @@ class Settings:
     enable_insecure_extension_access: bool = False
     extensions_index: str = ""              # the Available list: an https URL or a local JSON file ("" = none)
     extension_import_seconds: float = 10.0  # an extension still importing after this is reported and skipped
+    # Speed and memory (issue 13). attention: see webui/models/attention.py; compile: torch.compile the UNet with
+    # an on-disk cache under <data dir>/cache/torch-compile; ram_cache_gib: checkpoints kept in RAM after they
+    # leave the device, so switching back is fast (None = sized from the RAM available at load time; 0 = off).
+    attention: str = "auto"
+    compile: bool = False
+    ram_cache_gib: float | None = None
 
     @property
     def exposed(self) -> bool:
@@ -113,6 +120,11 @@ class Settings:
     def extension_data_dir(self) -> Path:
         """Each extension's own files: ``<this>/<name>/``."""
         return self.data_dir / "extension-data"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Caches that survive restarts (torch.compile's kernels)."""
+        return self.data_dir / "cache"
 
     @property
     def outputs_dir(self) -> Path:
