@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from webui.api.hosts import HostError, HostPolicy
     from webui.server import create_app
     from webui.services.container import build_services
+    from webui.services.runtime_info import describe_runtime
     from webui.share import open_share_link
 
     restart_requested = threading.Event()
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Timer(5.0, lambda: setattr(server, "force_exit", True)).start()
 
     services = build_services(settings, restart=restart)
+    logging.getLogger("webui").info("Running on %s", describe_runtime(services))
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from tests.conftest import install
+from tests.conftest import TEST_PRECISION, install
 from webui.models.gan import ResnetGenerator
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -84,9 +84,10 @@ def launch_app(data_dir: Path, log_path: Path, *extra_args: str) -> Iterator[Run
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
+        # A --precision in extra_args comes later and wins.
         process = subprocess.Popen(
             [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--device", "cpu",
-             *extra_args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--precision", TEST_PRECISION, *extra_args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     app = RunningApp(f"http://127.0.0.1:{port}", data_dir, log_path, process)
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE

@@ -108,8 +108,13 @@ def install(model: Path, data_dir: Path) -> Path:
     return target
 
 
+# fp32 by default, so pixel comparisons hold on any CPU ("auto" is bf16 on CPUs with native bf16 and fp32 on the
+# others). STUDIO_TEST_PRECISION=bf16 runs the suite's services in bf16 instead, to check everything works in it.
+TEST_PRECISION = os.environ.get("STUDIO_TEST_PRECISION", "fp32")
+
+
 def make_settings(data_dir: Path, **overrides) -> Settings:
-    defaults = dict(data_dir=data_dir, device="cpu", allow_download=False,
+    defaults = dict(data_dir=data_dir, device="cpu", allow_download=False, precision=TEST_PRECISION,
                     limits=Limits(max_width=512, max_height=512, queue_size=8))
     return Settings(**{**defaults, **overrides})
 

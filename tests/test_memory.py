@@ -9,10 +9,11 @@ from tests.tiny_models import tiny_sd1_components
 from webui.models import memory
 
 
-def test_cpu_resolves_to_fp32_and_the_cpu_profile():
+def test_cpu_resolves_to_bf16_or_fp32_and_the_cpu_profile():
     cpu = torch.device("cpu")
     assert memory.resolve_device("cpu") == cpu
-    assert memory.resolve_dtype("auto", cpu) == torch.float32  # fp16 on CPU is unusably slow
+    assert memory.resolve_dtype("auto", cpu, native=False) == torch.float32  # no native bf16: fp32, never fp16
+    assert memory.resolve_dtype("auto", cpu, native=True) == torch.bfloat16  # where the CPU has native bf16
     assert memory.resolve_dtype("bf16", cpu) == torch.bfloat16
     assert memory.resolve_dtype("fp16", torch.device("cuda")) == torch.float16
     assert memory.resolve_dtype("auto", torch.device("cuda")) == torch.float16

@@ -164,6 +164,18 @@ def parse_allowed_hosts(value: str | None) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"--allowed-hosts: {exc}") from None
 
 
+def runs_on_cpu(device: str) -> bool:
+    """Whether ``--device`` puts a worker on the CPU ("auto" does where there is no CUDA device)."""
+    names = device.split(",")
+    if any(name.startswith("cpu") for name in names):
+        return True
+    if "auto" not in names:
+        return False
+    import torch  # only for --precision fp16 with --device auto: the usual start stays free of the import here
+
+    return not torch.cuda.is_available()
+
+
 def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -194,6 +206,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error(f"--image-formats: {exc}")
     if args.ram_cache_gib is not None and not args.ram_cache_gib >= 0:
         parser.error("--ram-cache-gib must be 0 (off) or more")
+    if args.precision == "fp16" and runs_on_cpu(args.device.replace(" ", "")):
+        parser.error("--precision fp16: models would run on the CPU, where fp16 is slower than fp32; "
+                     "use --precision bf16 or fp32 (or auto: bf16 where the CPU has native bf16)")
     for flag, value, least in (("--max-prompt-tokens", args.max_prompt_tokens, 75),
                                ("--max-job-pixels", args.max_job_pixels, 64 * 64),
                                ("--max-job-seconds", args.max_job_seconds, 0),

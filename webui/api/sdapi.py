@@ -21,6 +21,7 @@ from webui.infotext import read_png_infotext
 from webui.samplers import a1111_samplers_listing, a1111_schedulers_listing
 from webui.services.container import Services
 from webui.services.jobs import Job
+from webui.services.runtime_info import resolved_precision
 from webui.services.scripts import ScriptRefused
 from webui.types import GenerationResult, Img2ImgRequest, JobState, Txt2ImgRequest, safe_label, validated
 
@@ -248,7 +249,8 @@ def build_router(services: Services) -> APIRouter:
     def cmd_flags() -> dict[str, Any]:
         s = services.settings
         return {"data_dir": str(s.data_dir), "port": s.port, "listen": s.host != "127.0.0.1", "share": s.share,
-                "device": s.device, "precision": s.precision, "memory_profile": s.memory_profile,
+                "device": s.device, "precision": resolved_precision(services.manager),  # resolved, not "auto"
+                "memory_profile": s.memory_profile,
                 "allow_pickle": s.allow_pickle, "version": VERSION}
 
     return router

@@ -13,6 +13,7 @@ from webui.api.images import decode_image, png_base64
 from webui.api.sdapi import finish
 from webui.provenance.detect import inspect
 from webui.services.container import Services
+from webui.services.runtime_info import runtime
 from webui.services.style import StyleTransferRequest
 
 
@@ -81,6 +82,22 @@ class DeviceReport(BaseModel):
     job: dict[str, str] | None = Field(description="the job running here now: id and kind")
 
 
+class RuntimeDevice(BaseModel):
+    device: str = Field(description='the worker\'s device: "cpu", "cuda:0"')
+    name: str = Field(description='what it is: "CPU (Intel Xeon)", "cuda:0 (<the card\'s name>)"')
+    dtype: str = Field(description='the precision the models run in: "fp16", "bf16" or "fp32"')
+    precision: str = Field(description='the same, with why on a CPU: "bf16 (native AMX/AVX512-BF16)"')
+    profile: str = Field(description='memory profile: "cpu", "full", "8gb", "4gb"')
+    attention: str | None = Field(description="attention kernel in use, where reported")
+    compiled: bool | None = Field(description="the UNet runs torch.compile'd, where reported")
+    summary: str
+
+
+class RuntimeReport(BaseModel):
+    summary: str = Field(description="what the UI shows under the checkpoint bar; one part per device")
+    devices: list[RuntimeDevice]
+
+
 def _base64_bytes(data: str) -> bytes:
     """The raw file behind an image field ``decode_image`` has already accepted (C2PA covers the bytes)."""
     return base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=True)
@@ -140,5 +157,12 @@ def build_studio_router(services: Services) -> APIRouter:
                             "checkpoints": report["loaded"], "residents": report["residents"],
                             "job": {"id": job.id, "kind": job.kind} if job else None})
         return reports
+
+    @router.get("/runtime", response_model=RuntimeReport,
+                summary="Which device(s), precision (and why), memory profile and attention run (answers at once)")
+    def runtime_report() -> dict[str, Any]:
+        devices = runtime(services.devices)
+        return {"summary": "; ".join(device.describe() for device in devices),
+                "devices": [device.as_dict() for device in devices]}
 
     return router

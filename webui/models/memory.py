@@ -55,13 +55,16 @@ def resolve_devices(requested: str) -> list[torch.device]:
     return devices
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA; fp32 on CPU, where fp16 kernels are unusably slow (bf16 only when asked)."""
-    if precision == "fp16":
-        return torch.float16
+def resolve_dtype(precision: str, device: torch.device, native: bool | None = None) -> torch.dtype:
+    """auto = fp16 on CUDA; on a CPU bf16 where it has native bf16 (``native``; None asks this CPU), else fp32.
+    fp16 on a CPU raises ValueError (see webui/models/precision.py)."""
+    if device.type == "cpu":
+        from webui.models.precision import cpu_dtype
+
+        return cpu_dtype(precision, native)
     if precision == "bf16":
         return torch.bfloat16
-    if precision == "fp32" or device.type == "cpu":
+    if precision == "fp32":
         return torch.float32
     return torch.float16
 

@@ -13,6 +13,7 @@ from webui.errors import StudioError
 from webui.services.container import Services
 from webui.ui import (extension_tabs, extensions_tab, extra_networks, extras, form_defaults, gallery_actions, history,
                       img2img, page_load, pnginfo, scripts_area, size_defaults, styles, train, txt2img)
+from webui.ui.runtime_line import build as build_runtime_line
 from webui.ui.settings import build_settings_tab
 
 CSS = """
@@ -72,6 +73,7 @@ def build_ui(services: Services) -> gr.Blocks:
                               scale=2, elem_id="sd_vae", allow_custom_value=False)
             refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="refresh_checkpoints")
             status = gr.Markdown(elem_id="model_status")
+        build_runtime_line(services, demo, checkpoint)
         with gr.Group(visible=not services.registry.list()) as first_run:
             notice = gr.Markdown(_notice(services), elem_id="no_model_notice")
             download = gr.Button("Download Stable Diffusion 1.5", elem_id="download_default",
