@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
 
 from tests.conftest import install, make_settings
 from webui.cli import parse_settings
@@ -17,8 +18,9 @@ from webui.models.precision import bf16_features, cpu_bf16_native, describe_prec
 from webui.server import create_app
 from webui.services.container import Services, build_services
 from webui.services.runtime_info import describe_runtime
-from webui.types import Txt2ImgRequest
+from webui.types import Img2ImgRequest, Txt2ImgRequest
 
+PLAIN = "tiny-sd15.safetensors"
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
 
@@ -95,12 +97,13 @@ def test_fp16_for_a_cuda_device_passes_the_command_line():
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory, model_files, tiny_loader) -> Iterator[dict[str, Services]]:
-    """The tiny checkpoint served twice: once in fp32, once in bf16."""
+    """The tiny checkpoints (plain, 9-channel inpainting, InstructPix2Pix) served twice: in fp32 and in bf16."""
     made = {}
     try:
         for precision in ("fp32", "bf16"):
             data_dir = tmp_path_factory.mktemp(precision) / "data"
-            install(model_files["single"], data_dir)
+            for kind in ("single", "inpaint", "ip2p"):
+                install(model_files[kind], data_dir)
             made[precision] = build_services(make_settings(data_dir, precision=precision), load=tiny_loader)
         yield made
     finally:
@@ -110,8 +113,20 @@ def both(tmp_path_factory, model_files, tiny_loader) -> Iterator[dict[str, Servi
 
 def _image(services: Services, seed: int, sampler: str) -> np.ndarray:
     request = Txt2ImgRequest(prompt="a red fox", seed=seed, steps=4, width=64, height=64, sampler_name=sampler,
-                             save_images=False)
+                             checkpoint=PLAIN, save_images=False)
     return np.asarray(services.generation.txt2img(request).images[0]).astype(np.float64)
+
+
+def _gradient() -> Image.Image:
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    return Image.fromarray(np.stack([np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64)),
+                                     np.full((64, 64), 90, np.uint8)], -1))
+
+
+def _square_mask() -> Image.Image:
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 48, 48), fill=255)
+    return mask
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M"])
@@ -126,9 +141,29 @@ def test_bf16_images_are_close_to_fp32_and_not_blank(both, sampler):
     assert bf16.std() > 20 and fp32.std() > 20  # a picture, not a black or flat frame
 
 
+@pytest.mark.parametrize("checkpoint, masked", [(PLAIN, False), (PLAIN, True), ("tiny-inpainting.safetensors", True),
+                                                ("toy-ip2p.safetensors", False)])
+def test_img2img_inpainting_and_instruct_pix2pix_run_in_bf16(both, checkpoint, masked):
+    init, mask = _gradient(), _square_mask() if masked else None
+
+    def run(precision: str, seed: int) -> np.ndarray:
+        request = Img2ImgRequest(prompt="make it winter", init_images=[init], mask=mask, seed=seed, steps=4,
+                                 width=64, height=64, denoising_strength=0.75, checkpoint=checkpoint, mask_blur=0,
+                                 save_images=False)
+        return np.asarray(both[precision].generation.img2img(request).images[0]).astype(np.float64)
+
+    bf16, fp32, other_seed = run("bf16", 3), run("fp32", 3), run("bf16", 4)
+    assert np.abs(bf16 - fp32).mean() < 4
+    assert np.abs(bf16 - other_seed).mean() > 3 * np.abs(bf16 - fp32).mean()
+    assert bf16.std() > 20
+    if masked:  # pixels outside the mask are the input's, exactly, in bf16 too
+        outside = np.asarray(mask) == 0
+        assert np.array_equal(bf16[outside], np.asarray(init).astype(np.float64)[outside])
+
+
 def test_the_models_really_run_in_bf16(both):
     _image(both["bf16"], 1, "Euler a")
-    with both["bf16"].manager.lease() as model:
+    with both["bf16"].manager.lease(PLAIN) as model:
         assert model.pipe.unet.dtype == torch.bfloat16
         assert model.pipe.text_encoder.dtype == torch.bfloat16
 

@@ -178,7 +178,10 @@ def run_batch(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedInp
     )
     if nine_channels:  # the UNet also sees the masked image and the mask; sampling starts where the scheduler says
         kwargs.update(image=prepared.image, mask_image=prepared.mask if prepared.mask is not None else
-                      Image.new("L", prepared.image.size, 255), latents=start.noise,
+                      Image.new("L", prepared.image.size, 255),
+                      # The pipeline's copy, in the UNet's dtype as it concatenates it with the mask and masked
+                      # image (the sampler keeps its own float32 latents, see k_samplers.ImageStart).
+                      latents=start.noise.to(runner.unet.dtype),
                       width=request.width, height=request.height)
     else:
         kwargs["image"] = start.latents
