@@ -16,6 +16,7 @@ def build(services: Services, demo: gr.Blocks, checkpoint: gr.Dropdown) -> gr.Ma
     """The line, filled again on each page load and whenever the checkpoint changes (a model may bring its own
     attention kernel or compiled UNet)."""
     line = gr.Markdown(text(services), elem_id="runtime_info", elem_classes=["studio-muted"])
-    demo.load(lambda: text(services), None, line, api_visibility="private")
-    checkpoint.change(lambda: text(services), None, line, api_visibility="private")
+    # No progress timer: it would flash over the line on every page load.
+    demo.load(lambda: text(services), None, line, api_visibility="private", show_progress="hidden")
+    checkpoint.change(lambda: text(services), None, line, api_visibility="private", show_progress="hidden")
     return line
