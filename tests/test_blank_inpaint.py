@@ -38,7 +38,7 @@ def test_txt2img_with_an_inpainting_checkpoint_feeds_a_full_mask_and_a_grey_imag
     assert response.status_code == 200, response.text
     assert len(seen) == 3 and all(x.shape[1] == 9 for x in seen)
     with torch.no_grad():
-        grey = vae.encode(torch.zeros((1, 3, 64, 64))).latent_dist.mean * vae.config.scaling_factor
+        grey = vae.encode(torch.zeros((1, 3, 64, 64), dtype=vae.dtype)).latent_dist.mean * vae.config.scaling_factor
     for x in seen:
         assert torch.equal(x[:, 4], torch.ones_like(x[:, 4]))  # everything is to be painted
         torch.testing.assert_close(x[:, 5:], grey.expand(x.shape[0], -1, -1, -1))

@@ -168,6 +168,22 @@ def test_the_models_really_run_in_bf16(both):
         assert model.pipe.text_encoder.dtype == torch.bfloat16
 
 
+def test_a_merge_on_a_bf16_server_keeps_its_inputs_dtypes(both):
+    """Models running in bf16 must not leak into files: merging fp32 checkpoints writes fp32."""
+    from safetensors import safe_open
+
+    from webui.services.merge_request import MergeRequest
+
+    services = both["bf16"]
+    _image(services, 1, "Euler a")  # a bf16 model is loaded while the merge runs
+    services.merging.merge(MergeRequest(primary="tiny-inpainting.safetensors", secondary=PLAIN, multiplier=0.5,
+                                        output_name="merged-on-bf16"), timeout=120)
+    path = services.settings.checkpoints_dir / "merged-on-bf16.safetensors"
+    with safe_open(str(path), "pt") as merged, safe_open(str(services.settings.checkpoints_dir / PLAIN), "pt") as a:
+        dtypes = {merged.get_slice(key).get_dtype() for key in merged.keys()}
+        assert dtypes == {a.get_slice(key).get_dtype() for key in a.keys()} and "BF16" not in dtypes
+
+
 # --- saying which precision runs --------------------------------------------------------------------------------------
 
 def test_api_and_ui_say_which_precision_runs(tmp_path, model_files, tiny_loader):

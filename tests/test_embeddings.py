@@ -171,7 +171,8 @@ def test_sdxl_files_give_each_text_encoder_its_own_vectors(folder):
 
 
 def _state_bytes(module: torch.nn.Module) -> dict[str, bytes]:
-    return {k: v.detach().cpu().numpy().tobytes() for k, v in module.state_dict().items()}
+    # As raw bytes, so any dtype compares exactly (numpy has no bf16).
+    return {k: v.detach().cpu().flatten().view(torch.uint8).numpy().tobytes() for k, v in module.state_dict().items()}
 
 
 def test_a_job_uses_the_embedding_writes_ti_hashes_and_leaves_the_model_as_it_was(services, data_dir):
