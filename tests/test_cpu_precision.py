@@ -65,7 +65,7 @@ def test_precision_is_described_with_its_reason():
     assert describe_precision(torch.bfloat16, CPU, ("AMX", "AVX512-BF16")) == "bf16 (native AMX/AVX512-BF16)"
     assert describe_precision(torch.float32, CPU, ()) == "fp32 (this CPU has no native bf16)"
     assert "emulated" in describe_precision(torch.bfloat16, CPU, ())
-    assert describe_precision(torch.float32, CPU, ("AMX",)).startswith("fp32 (chosen")
+    assert describe_precision(torch.float32, CPU, ("AMX",)) == "fp32 (as asked; this CPU has native bf16: AMX)"
     assert describe_precision(torch.float16, CUDA) == "fp16"
 
 

@@ -73,6 +73,6 @@ def describe_precision(dtype: torch.dtype, device: torch.device,
     if dtype == torch.bfloat16:
         return f"{name} (native {native})" if native else f"{name} (emulated: this CPU has no native bf16)"
     if dtype == torch.float32:
-        return f"{name} (chosen; this CPU also has native {native} bf16)" if native else \
+        return f"{name} (as asked; this CPU has native bf16: {native})" if native else \
             f"{name} (this CPU has no native bf16)"
     return name
