@@ -48,14 +48,20 @@ def _uncompile(module: torch.nn.Module) -> None:
     module._compiled_call_impl = None  # the inverse of nn.Module.compile, which has no public undo
 
 
-def compile_unet(unet: torch.nn.Module, device: torch.device, *, warm_up: bool = True) -> bool:
+def compile_unet(unet: torch.nn.Module, device: torch.device, *, warm_up: bool = True,
+                 backend: str = "inductor") -> bool:
     """Compile ``unet`` in place and run one warm-up forward (batch 2, the native size) so that compiling happens
-    at load. Returns whether the UNet now runs compiled; on any failure it stays eager, with a warning."""
+    at load. Returns whether the UNet now runs compiled; on any failure it stays eager, with a warning.
+    ``backend``: torch.compile's; the app uses Inductor, tests "aot_eager" (same tracing, no generated code)."""
     try:
-        unet.compile(mode=compile_mode(device), dynamic=False)
+        if backend == "inductor":
+            unet.compile(mode=compile_mode(device), dynamic=False)
+        else:
+            unet.compile(backend=backend, dynamic=False)
         if warm_up:
-            with torch.inference_mode():
-                unet(**dummy_inputs(unet, device))
+            with torch.inference_mode():  # as the pipelines call it: (sample, timestep, **kwargs), in inference mode
+                inputs = dummy_inputs(unet, device)
+                unet(inputs.pop("sample"), inputs.pop("timestep"), **inputs)
     except Exception as exc:  # noqa: BLE001 - compiling is an optimisation: any failure means "run eager"
         _uncompile(unet)
         log.warning("torch.compile of the UNet failed, running it eager: %s: %s", type(exc).__name__, exc)
@@ -70,7 +76,9 @@ def dummy_inputs(unet: torch.nn.Module, device: torch.device, batch: int = 2) ->
     height, width = (sample, sample) if isinstance(sample, int) else sample
     dtype = unet.dtype
     inputs = {"sample": torch.randn(batch, config.in_channels, height, width, device=device, dtype=dtype),
-              "timestep": torch.tensor(999, device=device),
+              # a float timestep, as the k-diffusion samplers (A1111's, the default) pass it: another type compiles
+              # once more at the first job that uses it (torch guards on input dtypes)
+              "timestep": torch.tensor(999.0, device=device),
               "encoder_hidden_states": torch.randn(batch, 77, config.cross_attention_dim, device=device, dtype=dtype),
               "return_dict": False}
     if config.addition_embed_type == "text_time":  # SDXL: pooled text embeds + 6 size/crop ids

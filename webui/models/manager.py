@@ -57,10 +57,14 @@ class Placement:
 class ModelManager:
     def __init__(self, settings: Settings, registry: ModelRegistry, load: Loader = loader.load,
                  last_used: LastCheckpoint | None = None, *, owner: DeviceOwner | None = None,
-                 selection: CheckpointSelection | None = None):
+                 selection: CheckpointSelection | None = None,
+                 compile_unet: Callable[[torch.nn.Module, torch.device], bool] = fast_path.compile_unet):
+        """``load`` and ``compile_unet`` (used with --compile) are replaceable: tests share tiny models and compile
+        with a backend that generates no C++."""
         self._settings = settings
         self._registry = registry
         self._load = load
+        self._compile_unet = compile_unet
         self.owner = owner or DeviceOwner(memory.resolve_devices(settings.device)[0])
         self.selection = selection or CheckpointSelection(
             registry, last_used or LastCheckpoint(settings.last_checkpoint_file))
@@ -142,7 +146,7 @@ class ModelManager:
             kernel = attention.SLICING if plan.attention_slicing else attention.choose(
                 self._settings.attention, device, model.pipe.unet)
             attention.apply(model.pipe, kernel)
-            compiled = self._settings.compile and fast_path.compile_unet(model.pipe.unet, device)
+            compiled = self._settings.compile and self._compile_unet(model.pipe.unet, device)
             log.info("Placed %s on %s: %s, attention %s%s", info.title, device, plan, kernel,
                      ", UNet compiled" if compiled else "")
             kept = {name: p for name, p in self._placements.items() if self.owner.has(name)}

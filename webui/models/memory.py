@@ -113,10 +113,16 @@ def resolve_profile(requested: str, device: torch.device) -> str:
 
 
 def device_free_bytes(device: torch.device) -> int | None:
-    """Free memory on a CUDA device (what the driver says, other processes included); None on a CPU."""
+    """Free memory on a CUDA device (what the driver says, other processes included), and no more than this
+    process may still take under ``torch.cuda.set_per_process_memory_fraction`` (benchmarks simulate smaller
+    cards with it; memory cached by PyTorch counts as ours); None on a CPU."""
     if device.type != "cuda":
         return None
-    return torch.cuda.mem_get_info(device)[0]
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    ours_cached = torch.cuda.memory_reserved(device) - allocated  # free to us, though not to the driver
+    allowed = int(total * torch.cuda.get_per_process_memory_fraction(device)) - allocated
+    return max(0, min(free + ours_cached, allowed))
 
 
 def plan_for_load(profile: str, family: str, device: torch.device, free: int | None = None) -> MemoryPlan:
