@@ -93,9 +93,11 @@ def test_forced_xformers_on_a_cpu_is_a_clear_load_error_and_the_report_names_the
     try:
         with services.manager.lease():
             pass
-        report = services.manager.memory_report()
-        assert report["attention"] == "sdpa" and report["compiled"] is False
-        (plan,) = report["plans"].values()
-        assert plan["profile"] == "cpu" and plan["attention"] == "sdpa"
+        with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
+            (device,) = client.get("/studio/v1/devices").json()
+        assert device["attention"] == "sdpa" and device["compiled"] is False
+        assert device["plans"] == {services.manager.selected.title: {
+            "profile": "cpu", "text_encoders": "device", "offload": "none", "vae_tile_over": None,
+            "attention": "sdpa", "compiled": False}}
     finally:
         services.queue.shutdown()
