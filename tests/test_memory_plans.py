@@ -112,3 +112,37 @@ def test_vae_tiling_starts_only_above_the_plans_threshold():
         assert not torch.equal(tiled, whole) and tiled.shape == whole.shape and torch.isfinite(tiled).all()
         memory.set_vae_tiling(pipe.vae, None)
         assert torch.equal(pipe.vae.decode(latents).sample, whole)
+
+
+# Text encoders visiting the GPU, checked with the "meta" device standing in for it (weights there have shapes,
+# no data: moving onto it and running a forward works; moving back off it cannot, so each direction is its own test).
+META = torch.device("meta")
+
+
+def _ids(pipe) -> torch.Tensor:
+    return pipe.tokenizer(["a cat"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                          return_tensors="pt").input_ids
+
+
+def test_the_visit_plan_leaves_the_text_encoder_home_and_brings_it_for_the_prompt():
+    pipe = _pipe()
+    memory.apply_plan(pipe, memory.plan_for("8gb", "sdxl", free=7 * GIB), META)
+    assert pipe.unet.device == META and pipe.vae.device == META  # resident on the device
+    assert pipe.text_encoder.device == CPU                     # at home in RAM until a prompt is encoded
+    out = pipe.text_encoder(_ids(pipe))                          # ids made on the CPU follow the encoder
+    assert pipe.text_encoder.device == META and out.last_hidden_state.device == META
+
+
+def test_the_unet_sends_visiting_text_encoders_home_before_it_runs():
+    from webui.models.fast_path import dummy_inputs
+    from webui.models.offload import TextEncoderVisits
+
+    pipe = _pipe()
+    # Here the CPU is the "device" and meta is "home": what matters is that the UNet's call sends them home.
+    visits = TextEncoderVisits([pipe.text_encoder], pipe.unet, device=CPU, home=META)
+    pipe.text_encoder(_ids(pipe))
+    assert pipe.text_encoder.device == CPU and visits.visits == 0  # already there: nothing moved
+    with torch.no_grad():
+        pipe.unet(**dummy_inputs(pipe.unet, CPU))
+    assert pipe.text_encoder.device == META
+    visits.remove()

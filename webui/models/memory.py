@@ -171,7 +171,7 @@ def apply_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
         return
     encoders = [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
                 if m is not None]
-    visiting = device.type == "cuda" and plan.text_encoders == "visit" and encoders
+    visiting = device.type != "cpu" and plan.text_encoders == "visit" and encoders
     staying = {id(m) for m in encoders} if visiting else set()
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module) and id(component) not in staying:
