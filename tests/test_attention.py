@@ -38,6 +38,17 @@ def test_auto_is_sdpa_without_xformers_or_without_cuda():
     assert attention.choose("auto", CUDA, unet, xformers=False) == "sdpa"
 
 
+def test_slicing_only_where_the_plan_says_memory_is_short_and_a_forced_kernel_wins():
+    unet = _pipe().unet
+    assert attention.choose("auto", CUDA, unet, memory_short=True, xformers=True) == "slicing"
+    assert attention.choose("sdpa", CUDA, unet, memory_short=True) == "sdpa"
+    assert attention.choose("xformers", CUDA, unet, memory_short=True, xformers=True) == "xformers"
+    pipe = _pipe()
+    pipe.enable_attention_slicing()  # what the SDXL 4gb plan does before the kernel is set
+    attention.apply(pipe, "sdpa")
+    assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
+
+
 @pytest.mark.parametrize("times, expected", [({"sdpa": 0.004, "xformers": 0.003}, "xformers"),
                                              ({"sdpa": 0.002, "xformers": 0.003}, "sdpa")])
 def test_auto_keeps_the_faster_kernel_timed_on_the_unets_own_attention_shape(times, expected):

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,14 @@ def time_kernel(kernel: str, shape: AttentionShape, device: torch.device, dtype:
     return (time.perf_counter() - start) / iterations
 
 
-def choose(choice: str, device: torch.device, unet: torch.nn.Module, *, xformers: bool | None = None,
-           timer: Timer | None = None) -> str:
+def choose(choice: str, device: torch.device, unet: torch.nn.Module, *, memory_short: bool = False,
+           xformers: bool | None = None, timer: Timer | None = None) -> str:
     """The kernel to run: ``choice`` when forced (see ``problem`` for the ones that cannot run), else "auto"'s
-    pick. ``xformers``/``timer``: whether xformers imports and how a kernel is timed (defaults: ask / measure)."""
+    pick: slicing when the memory plan says memory is short (``memory_short``) or SDPA is missing. ``xformers``/
+    ``timer``: whether xformers imports and how a kernel is timed (defaults: ask / measure)."""
     if choice in (SDPA, XFORMERS, SLICING):
         return choice
-    if not hasattr(F, "scaled_dot_product_attention"):
+    if memory_short or not hasattr(F, "scaled_dot_product_attention"):
         return SLICING
     if device.type != "cuda" or not (xformers_installed() if xformers is None else xformers):
         return SDPA
@@ -128,9 +130,12 @@ def choose(choice: str, device: torch.device, unet: torch.nn.Module, *, xformers
 
 
 def apply(pipe, kernel: str) -> None:
-    """Set ``kernel`` on every attention of the pipeline's models (UNet, VAE, text encoders keep theirs)."""
+    """Set ``kernel`` on every attention of the pipeline's UNet and VAE (the text encoders are transformers
+    models, which use SDPA themselves)."""
     if kernel == SLICING:
         pipe.enable_attention_slicing()
     elif kernel == XFORMERS:
         pipe.enable_xformers_memory_efficient_attention()
-    # SDPA: diffusers' default processor (AttnProcessor2_0) is already set on every freshly loaded model.
+    else:  # diffusers' default on a fresh model; set anyway, in case a memory plan had asked for slicing
+        for model in (pipe.unet, pipe.vae):
+            model.set_attn_processor(AttnProcessor2_0())

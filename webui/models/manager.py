@@ -143,8 +143,8 @@ class ModelManager:
         def place(model: LoadedModel, device: torch.device) -> None:
             plan = memory.plan_for_load(self.profile, model.family, device)
             memory.apply_plan(model.pipe, plan, device)
-            kernel = attention.SLICING if plan.attention_slicing else attention.choose(
-                self._settings.attention, device, model.pipe.unet)
+            kernel = attention.choose(self._settings.attention, device, model.pipe.unet,
+                                      memory_short=plan.attention_slicing)  # a forced --attention wins
             attention.apply(model.pipe, kernel)
             compiled = self._settings.compile and self._compile_unet(model.pipe.unet, device)
             log.info("Placed %s on %s: %s, attention %s%s", info.title, device, plan, kernel,
