@@ -47,3 +47,32 @@ def test_out_of_memory_is_explained_and_the_next_job_succeeds(services):
         jobs = client.get("/studio/v1/jobs").json()
         assert any(job.get("status") == "failed" and "Out of GPU memory" in (job.get("error") or "")
                    for job in (jobs if isinstance(jobs, list) else jobs.get("jobs", [])))
+
+
+def test_the_ui_shows_the_out_of_memory_message_and_generates_next(services):
+    from tests import gradio_events
+
+    with TestClient(create_app(services), base_url="http://127.0.0.1:7860") as client:
+        with services.manager.lease() as model:
+            unet = model.pipe.unet
+        failures = []
+
+        def run_out_of_memory_once(_module, _args):
+            if not failures:
+                failures.append(True)
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        config = client.get("/config").json()
+        by_label = {"Prompt": "a lighthouse", "Negative prompt": "", "Sampling steps": 2, "Width": 64,
+                    "Height": 64}
+        inputs = gradio_events.inputs_by_label(config, "txt2img", by_label)
+        handle = unet.register_forward_pre_hook(run_out_of_memory_once)
+        try:
+            failed = gradio_events.call(client, "txt2img", inputs)
+            again = gradio_events.call(client, "txt2img", inputs)
+        finally:
+            handle.remove()
+        assert "Out of GPU memory while sampling 1 image(s) of 64x64" in failed, failed[-2000:]
+        assert "studio-error" in failed  # the red error box (generation_form.error_html)
+        # the next job from the UI made its image (its infotext is in the stream) with no error
+        assert "Out of GPU memory" not in again and "Size: 64x64, Model hash" in again, again[-2000:]
