@@ -24,7 +24,7 @@ def test_cpu_resolves_to_fp32_and_the_cpu_profile():
     ("8gb", "sd1", memory.MemoryPlan("8gb", vae_slicing=True, vae_tile_over=1024)),
     ("8gb", "sdxl", memory.MemoryPlan("8gb", vae_slicing=True, vae_tile_over=1024, text_encoders="visit")),
     ("4gb", "sd1", memory.MemoryPlan("4gb", vae_slicing=True, vae_tile_over=512, text_encoders="visit")),
-    ("4gb", "sdxl", memory.MemoryPlan("4gb", attention_slicing=True, vae_slicing=True, vae_tile_over=0,
+    ("4gb", "sdxl", memory.MemoryPlan("4gb", attention_slicing=True, vae_slicing=True, vae_tile_over=512,
                                       offload="sequential")),
 ])
 def test_profiles_trade_speed_for_memory_only_where_needed(profile, family, expected):

@@ -11,7 +11,7 @@ figures; this module's own CUDA behaviour has not been measured on a GPU yet):
   only for images over 1024 px a side, or over 512 px when less than ``TIGHT_8GB_GIB`` is free (a real 8 GB card
   after its CUDA context); an out-of-memory decode is retried tiled (webui/pipelines/decode.py).
 - ``4gb``: SD1.x/2.x keep the UNet and VAE resident with the text encoder visiting, VAE tiled over 512 px;
-  SDXL runs with diffusers' sequential CPU offload and attention slicing.
+  SDXL runs with diffusers' sequential CPU offload and attention slicing, VAE tiled over 512 px.
 - ``cpu``: everything in RAM; VAE slicing.
 """
 
@@ -36,7 +36,7 @@ TIGHT_8GB_GIB = 7.5  # 8gb with less than this free: tile the VAE decode from 10
 class MemoryPlan:
     """What a profile keeps where. ``text_encoders``: "device" (resident) or "visit" (in RAM, on the GPU only
     for the prompt encode). ``vae_tile_over``: tile the VAE decode/encode of images larger than this many pixels
-    a side (None: never, 0: always, at diffusers' default tile size)."""
+    a side, in tiles of that size (None: never)."""
 
     profile: str
     attention_slicing: bool = False
@@ -153,7 +153,7 @@ def plan_for(profile: str, family: str, free: int | None = None) -> MemoryPlan:
     if profile == "4gb":
         if not xl:
             return MemoryPlan(profile, vae_slicing=True, vae_tile_over=512, text_encoders="visit")
-        return MemoryPlan(profile, attention_slicing=True, vae_slicing=True, vae_tile_over=0, offload="sequential")
+        return MemoryPlan(profile, attention_slicing=True, vae_slicing=True, vae_tile_over=512, offload="sequential")
     raise ValueError(f"unknown memory profile {profile!r}")
 
 
@@ -181,13 +181,13 @@ def apply_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
 
 
 def set_vae_tiling(vae, tile_over: int | None) -> None:
-    """Tile ``vae``'s decode/encode for images larger than ``tile_over`` pixels a side (0: diffusers' default,
-    the VAE's own sample size; None: off). Tiles are then that size, so larger images get fewer seams."""
+    """Tile ``vae``'s decode/encode for images larger than ``tile_over`` pixels a side, in tiles of that size
+    (None: off). diffusers' own default tile is the VAE's sample size (1024 for SDXL's): too large for 4 GB."""
     if tile_over is None:
         vae.disable_tiling()
         return
     vae.enable_tiling()
-    if tile_over:  # diffusers' documented tile-size attributes (set by AutoencoderKL.__init__ from its config)
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        vae.tile_sample_min_size = tile_over
-        vae.tile_latent_min_size = tile_over // factor
+    # diffusers' tile-size attributes (AutoencoderKL.__init__ sets them from its config)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_sample_min_size = tile_over
+    vae.tile_latent_min_size = tile_over // factor
