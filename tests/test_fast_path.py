@@ -122,3 +122,18 @@ def test_the_users_own_inductor_cache_dir_wins(monkeypatch, tmp_path):
     assert fast_path.use_cache_dir(tmp_path / "ours") == tmp_path / "mine"
     assert not (tmp_path / "ours").exists()
     assert fast_path.compile_mode(torch.device("cuda")) == "reduce-overhead"  # CUDA graphs (PERF.md: 3.0x)
+
+
+@pytest.mark.parametrize("unet_config", ["SDXL_UNET", "SDXL_REFINER_UNET"])
+def test_sdxl_base_and_refiner_warm_up_with_their_own_added_inputs(unet_config):
+    """The warm-up must call the UNet as the pipelines do, or the load "fails" into eager: SDXL adds pooled text
+    embeds and size/crop ids (5 on the refiner, which adds an aesthetic score)."""
+    from diffusers import UNet2DConditionModel
+
+    from tests import tiny_models
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**getattr(tiny_models, unet_config)).eval()
+    pooled = tiny_models.SDXL_CLIP_G["projection_dim"]
+    assert fast_path.compile_unet(unet, CPU, text_embeds_dim=pooled, backend="aot_eager")
+    assert fast_path.is_compiled(unet)

@@ -48,11 +48,12 @@ def _uncompile(module: torch.nn.Module) -> None:
     module._compiled_call_impl = None  # the inverse of nn.Module.compile, which has no public undo
 
 
-def compile_unet(unet: torch.nn.Module, device: torch.device, *, warm_up: bool = True,
-                 backend: str = "inductor") -> bool:
+def compile_unet(unet: torch.nn.Module, device: torch.device, *, text_embeds_dim: int | None = None,
+                 warm_up: bool = True, backend: str = "inductor") -> bool:
     """Compile ``unet`` in place and run one warm-up forward (batch 2, the native size) so that compiling happens
     at load. Returns whether the UNet now runs compiled; on any failure it stays eager, with a warning.
-    ``backend``: torch.compile's; the app uses Inductor, tests "aot_eager" (same tracing, no generated code)."""
+    ``text_embeds_dim``: SDXL's pooled text width (its second text encoder's projection), for the warm-up's
+    inputs. ``backend``: torch.compile's; the app uses Inductor, tests "aot_eager" (same tracing, no code made)."""
     try:
         if backend == "inductor":
             unet.compile(mode=compile_mode(device), dynamic=False)
@@ -60,7 +61,7 @@ def compile_unet(unet: torch.nn.Module, device: torch.device, *, warm_up: bool =
             unet.compile(backend=backend, dynamic=False)
         if warm_up:
             with torch.inference_mode():  # as the pipelines call it: (sample, timestep, **kwargs), in inference mode
-                inputs = dummy_inputs(unet, device)
+                inputs = dummy_inputs(unet, device, text_embeds_dim=text_embeds_dim)
                 unet(inputs.pop("sample"), inputs.pop("timestep"), **inputs)
     except Exception as exc:  # noqa: BLE001 - compiling is an optimisation: any failure means "run eager"
         _uncompile(unet)
@@ -69,8 +70,11 @@ def compile_unet(unet: torch.nn.Module, device: torch.device, *, warm_up: bool =
     return True
 
 
-def dummy_inputs(unet: torch.nn.Module, device: torch.device, batch: int = 2) -> dict:
-    """UNet inputs of the right shapes (a CFG batch at the native size) for the warm-up forward."""
+def dummy_inputs(unet: torch.nn.Module, device: torch.device, batch: int = 2,
+                 text_embeds_dim: int | None = None) -> dict:
+    """UNet inputs of the right shapes (a CFG batch at the native size) for the warm-up forward. SDXL's pooled
+    width is ``text_embeds_dim`` (default 1280, OpenCLIP-bigG's); its size/crop ids fill the rest of the added
+    embedding: 6 for the base model, 5 for the refiner (which adds an aesthetic score instead of a target size)."""
     config = unet.config
     sample = config.sample_size
     height, width = (sample, sample) if isinstance(sample, int) else sample
@@ -81,8 +85,9 @@ def dummy_inputs(unet: torch.nn.Module, device: torch.device, batch: int = 2) ->
               "timestep": torch.tensor(999.0, device=device),
               "encoder_hidden_states": torch.randn(batch, 77, config.cross_attention_dim, device=device, dtype=dtype),
               "return_dict": False}
-    if config.addition_embed_type == "text_time":  # SDXL: pooled text embeds + 6 size/crop ids
-        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    if config.addition_embed_type == "text_time":
+        pooled = text_embeds_dim or 1280
+        ids = (config.projection_class_embeddings_input_dim - pooled) // config.addition_time_embed_dim
         inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
-                                       "time_ids": torch.zeros(batch, 6, device=device, dtype=dtype)}
+                                       "time_ids": torch.zeros(batch, ids, device=device, dtype=dtype)}
     return inputs

@@ -58,7 +58,7 @@ class ModelManager:
     def __init__(self, settings: Settings, registry: ModelRegistry, load: Loader = loader.load,
                  last_used: LastCheckpoint | None = None, *, owner: DeviceOwner | None = None,
                  selection: CheckpointSelection | None = None,
-                 compile_unet: Callable[[torch.nn.Module, torch.device], bool] = fast_path.compile_unet):
+                 compile_unet: Callable[..., bool] = fast_path.compile_unet):
         """``load`` and ``compile_unet`` (used with --compile) are replaceable: tests share tiny models and compile
         with a backend that generates no C++."""
         self._settings = settings
@@ -146,7 +146,9 @@ class ModelManager:
             kernel = attention.choose(self._settings.attention, device, model.pipe.unet,
                                       memory_short=plan.attention_slicing)  # a forced --attention wins
             attention.apply(model.pipe, kernel)
-            compiled = self._settings.compile and self._compile_unet(model.pipe.unet, device)
+            second = getattr(model.pipe, "text_encoder_2", None)  # SDXL: its projection is the pooled width
+            compiled = self._settings.compile and self._compile_unet(
+                model.pipe.unet, device, text_embeds_dim=second.config.projection_dim if second else None)
             log.info("Placed %s on %s: %s, attention %s%s", info.title, device, plan, kernel,
                      ", UNet compiled" if compiled else "")
             kept = {name: p for name, p in self._placements.items() if self.owner.has(name)}
