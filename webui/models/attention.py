@@ -4,10 +4,10 @@
   memory-efficient kernels on CUDA, no extra package.
 - ``xformers``: xformers' memory-efficient attention; only with the package installed and a CUDA device (diffusers
   refuses it otherwise). An optional extra, never required.
-- ``slicing``: SDPA run a slice of heads at a time (diffusers' attention slicing): least memory, slowest (45% more
-  time on an H100, ../shared/PERF.md). Also what a memory plan asks for on the smallest cards, and the fallback
-  where SDPA is missing.
-- ``auto``: SDPA; when xformers is installed and the device is CUDA, both are timed once per model family on
+- ``slicing``: attention computed a slice of heads at a time with plain matmuls (diffusers' attention slicing,
+  ``SlicedAttnProcessor``): least memory, slowest (23-45% more time per image on an H100 in ../shared/PERF.md and
+  STACK-NOTES.md). Also what a memory plan asks for on the smallest cards, and the fallback where SDPA is missing.
+- ``auto``: SDPA; when xformers is installed and the device is CUDA, both are timed when a checkpoint loads, on
   that UNet's largest self-attention (a few iterations at load) and the faster is kept, both times logged.
 """
 

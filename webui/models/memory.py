@@ -1,7 +1,7 @@
 """Memory profiles: where each part of a checkpoint lives on which device, and which savers it gets.
 
 PyTorch SDPA attention is the default everywhere (see webui/models/attention.py); attention slicing on top of SDPA
-is slower (45% on an H100, ../shared/PERF.md), so a plan asks for it only where memory is shortest. What a plan
+is slower (23-45% per image on an H100, ../shared/PERF.md), so a plan asks for it only where memory is shortest. What a plan
 keeps where, by profile (the GPU parts are written from diffusers'/accelerate's documented APIs and PERF.md's
 figures; this module's own CUDA behaviour has not been measured on a GPU yet):
 
