@@ -63,7 +63,8 @@ def test_nothing_imports_app_py():
 
 # --- one device owner: nothing but webui/models/device.py (and the memory plan it applies) moves weights ---------
 
-DEVICE_OWNERS = {"webui.models.device", "webui.models.memory"}
+# memory.py applies the plan the owner places by; offload.py is that plan's text-encoder visits.
+DEVICE_OWNERS = {"webui.models.device", "webui.models.memory", "webui.models.offload"}
 _WEIGHTS = re.compile(r"(model|pipe|pipeline|unet|vae|text_encoder\w*|encoder|decoder|generator|checker|net|module"
                       r"|lora|upscaler|weights)s?$", re.IGNORECASE)
 _PLACEMENT = {"enable_model_cpu_offload", "enable_sequential_cpu_offload", "to_empty", "cuda"}

@@ -22,18 +22,17 @@ def test_cpu_resolves_to_bf16_or_fp32_and_the_cpu_profile():
 
 @pytest.mark.parametrize("profile, family, expected", [
     ("full", "sd1", memory.MemoryPlan("full", vae_slicing=True)),
-    ("8gb", "sd1", memory.MemoryPlan("8gb", vae_slicing=True, vae_tiling=True)),
-    ("8gb", "sdxl", memory.MemoryPlan("8gb", vae_slicing=True, vae_tiling=True, offload="model")),
-    ("4gb", "sd1", memory.MemoryPlan("4gb", attention_slicing=True, vae_slicing=True, vae_tiling=True,
-                                     offload="model")),
-    ("4gb", "sdxl", memory.MemoryPlan("4gb", attention_slicing=True, vae_slicing=True, vae_tiling=True,
+    ("8gb", "sd1", memory.MemoryPlan("8gb", vae_slicing=True, vae_tile_over=1024)),
+    ("8gb", "sdxl", memory.MemoryPlan("8gb", vae_slicing=True, vae_tile_over=1024, text_encoders="visit")),
+    ("4gb", "sd1", memory.MemoryPlan("4gb", vae_slicing=True, vae_tile_over=512, text_encoders="visit")),
+    ("4gb", "sdxl", memory.MemoryPlan("4gb", attention_slicing=True, vae_slicing=True, vae_tile_over=512,
                                       offload="sequential")),
 ])
 def test_profiles_trade_speed_for_memory_only_where_needed(profile, family, expected):
     plan = memory.plan_for(profile, family)
     assert plan == expected
-    # SDPA is always on; attention slicing (slower on top of SDPA) only where memory is shortest.
-    assert plan.attention_slicing == (profile == "4gb")
+    # SDPA is always on; attention slicing (slower on top of SDPA) only where SDXL must stream its weights.
+    assert plan.attention_slicing == (profile == "4gb" and family == "sdxl")
 
 
 def test_apply_plan_turns_the_savers_on():
@@ -41,7 +40,7 @@ def test_apply_plan_turns_the_savers_on():
 
     pipe = StableDiffusionPipeline(**tiny_sd1_components(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    memory.apply_plan(pipe, memory.plan_for("4gb", "sd1"), torch.device("cpu"))
+    memory.apply_plan(pipe, memory.plan_for("4gb", "sdxl"), torch.device("cpu"))
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     assert pipe.unet.device.type == "cpu"  # offload needs CUDA; on CPU the model simply stays put
 

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoints kept in RAM after leaving the device, so switching back is fast "
                              "(default: sized from the free RAM; 0 = off)")
     parser.add_argument("--memory-profile", choices=MEMORY_PROFILES, default=None,
-                        help="memory savers: auto picks from the GPU's size; 8gb and 4gb trade speed for "
-                             "memory (VAE tiling, offload, attention slicing); cpu runs without a GPU "
+                        help="memory savers: auto picks per checkpoint from the GPU's free memory; 8gb and 4gb "
+                             "trade speed for memory (VAE tiling, text encoders in RAM, offload); cpu runs without a GPU "
                              "(default: the profile chosen in the Settings tab, else auto)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow loading .ckpt/.pt pickle checkpoints (pickles can run code: only files you "

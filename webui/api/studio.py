@@ -80,6 +80,11 @@ class DeviceReport(BaseModel):
     checkpoints: list[str] = Field(description="checkpoints loaded here, least recently used first")
     residents: list[DeviceResident] = Field(description="everything with weights on this device")
     job: dict[str, str] | None = Field(description="the job running here now: id and kind")
+    attention: str = Field(description="attention kernel of the checkpoint used last: sdpa, xformers or slicing")
+    compiled: bool = Field(description="whether that checkpoint's UNet runs compiled (--compile)")
+    plans: dict[str, dict[str, Any]] = Field(
+        description="per loaded checkpoint: memory profile, where the text encoders live, offload, VAE tiling "
+                    "threshold, attention kernel, compiled")
 
 
 class RuntimeDevice(BaseModel):
@@ -155,7 +160,9 @@ def build_studio_router(services: Services) -> APIRouter:
             job = running.get(manager.owner.name)
             reports.append({"name": manager.owner.name, "dtype": report["dtype"], "profile": report["profile"],
                             "checkpoints": report["loaded"], "residents": report["residents"],
-                            "job": {"id": job.id, "kind": job.kind} if job else None})
+                            "job": {"id": job.id, "kind": job.kind} if job else None,
+                            "attention": report["attention"], "compiled": report["compiled"],
+                            "plans": report["plans"]})
         return reports
 
     @router.get("/runtime", response_model=RuntimeReport,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
 from webui.config import Settings
 from webui.errors import ModelLoadError, NoModelAvailable
-from webui.models import loader, memory
+from webui.models import attention, fast_path, loader, memory
 from webui.models.device import DeviceOwner
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.loader import LoadedModel
@@ -31,22 +32,52 @@ CHECKPOINT = "checkpoint"
 
 
 def resident_name(info: CheckpointInfo) -> str:
-    return f"{CHECKPOINT}:{info.title}"
+    return resident_name_of(info.title)
+
+
+def resident_name_of(title: str) -> str:
+    return f"{CHECKPOINT}:{title}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How a checkpoint was put on its device: the memory plan, the attention kernel, and whether its UNet is
+    compiled."""
+
+    plan: memory.MemoryPlan
+    attention: str
+    compiled: bool
+
+    def describe(self) -> dict:
+        return {"profile": self.plan.profile, "text_encoders": self.plan.text_encoders,
+                "offload": self.plan.offload, "vae_tile_over": self.plan.vae_tile_over,
+                "attention": self.attention, "compiled": self.compiled}
 
 
 class ModelManager:
     def __init__(self, settings: Settings, registry: ModelRegistry, load: Loader = loader.load,
                  last_used: LastCheckpoint | None = None, *, owner: DeviceOwner | None = None,
-                 selection: CheckpointSelection | None = None):
+                 selection: CheckpointSelection | None = None,
+                 compile_unet: Callable[..., bool] = fast_path.compile_unet):
+        """``load`` and ``compile_unet`` (used with --compile) are replaceable: tests share tiny models and compile
+        with a backend that generates no C++."""
         self._settings = settings
         self._registry = registry
         self._load = load
+        self._compile_unet = compile_unet
         self.owner = owner or DeviceOwner(memory.resolve_devices(settings.device)[0])
         self.selection = selection or CheckpointSelection(
             registry, last_used or LastCheckpoint(settings.last_checkpoint_file))
         self.device = self.owner.device
         self.dtype = memory.resolve_dtype(settings.precision, self.device)
         self.profile = memory.resolve_profile(settings.memory_profile, self.device)
+        # How each loaded checkpoint was placed (plan, attention kernel, compiled), by resident name.
+        self._placements: dict[str, Placement] = {}
+        self._attention_problem = attention.problem(settings.attention, self.device)
+        if self._attention_problem:
+            log.error("%s", self._attention_problem)
+        if settings.compile:
+            fast_path.use_cache_dir(settings.cache_dir / "torch-compile")
         # Called with each checkpoint this manager loads, after it is on its device (extensions' on_model_loaded,
         # wired in webui/services/container.py). Listeners must not raise.
         self.loaded_listeners: list[Callable[[CheckpointInfo, LoadedModel], None]] = []
@@ -110,7 +141,18 @@ class ModelManager:
             return self._load(info, self.dtype, self._settings.allow_pickle)
 
         def place(model: LoadedModel, device: torch.device) -> None:
-            memory.apply_plan(model.pipe, memory.plan_for(self.profile, model.family), device)
+            plan = memory.plan_for_load(self.profile, model.family, device)
+            memory.apply_plan(model.pipe, plan, device)
+            kernel = attention.choose(self._settings.attention, device, model.pipe.unet,
+                                      memory_short=plan.attention_slicing)  # a forced --attention wins
+            attention.apply(model.pipe, kernel)
+            second = getattr(model.pipe, "text_encoder_2", None)  # SDXL: its projection is the pooled width
+            compiled = self._settings.compile and self._compile_unet(
+                model.pipe.unet, device, text_embeds_dim=second.config.projection_dim if second else None)
+            log.info("Placed %s on %s: %s, attention %s%s", info.title, device, plan, kernel,
+                     ", UNet compiled" if compiled else "")
+            kept = {name: p for name, p in self._placements.items() if self.owner.has(name)}
+            self._placements = {**kept, resident_name(info): Placement(plan, kernel, compiled)}
 
         built: list[bool] = []
 
@@ -118,6 +160,8 @@ class ModelManager:
             built.append(True)
             return build()
 
+        if self._attention_problem:  # a forced kernel that cannot run here: say so before loading anything
+            raise ModelLoadError(self._attention_problem)
         try:
             model = self.owner.resident(resident_name(info), build_once, kind=CHECKPOINT, version=info.sha256 or
                                         info.title, place=place, max_of_kind=self._settings.max_loaded_models)
@@ -136,4 +180,12 @@ class ModelManager:
         report = self.owner.report()
         report.update({"dtype": str(self.dtype).replace("torch.", ""), "profile": self.profile,
                        "loaded": self.loaded_titles()})
+        # Placements of evicted checkpoints are dropped here (the resident table is the truth).
+        loaded = [resident_name_of(title) for title in report["loaded"]]
+        placements = {name: self._placements[name] for name in loaded if name in self._placements}
+        latest = placements[loaded[-1]] if loaded and loaded[-1] in placements else None
+        report["attention"] = latest.attention if latest else self._settings.attention
+        report["compiled"] = bool(latest and latest.compiled)
+        report["plans"] = {name.removeprefix(f"{CHECKPOINT}:"): placement.describe()
+                           for name, placement in placements.items()}
         return report

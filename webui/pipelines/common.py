@@ -215,10 +215,15 @@ def run_latents(runner, kwargs: dict, callback: StepCallback) -> torch.Tensor:
             latents = None
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the memory back before the next job, then explain
-            raise OutOfMemory(
-                f"Out of GPU memory while sampling {kwargs.get('num_images_per_prompt', 1)} image(s). Lower the "
-                "size or batch size, or start with --memory-profile 8gb or 4gb.") from None
+            raise OutOfMemory(_sampling_oom_message(kwargs)) from None
         if not callback.stopped:
             return latents
         stopped = callback.stopped_latents(runner, latents)
         return stopped if stopped is not None else torch.empty(0, 4, 1, 1)  # nothing finished: no image
+
+
+def _sampling_oom_message(kwargs: dict) -> str:
+    count = kwargs.get("num_images_per_prompt", 1)
+    size = f" of {kwargs['width']}x{kwargs['height']}" if kwargs.get("width") and kwargs.get("height") else ""
+    return (f"Out of GPU memory while sampling {count} image(s){size}. Lower the size or batch size, or start "
+            "with --memory-profile 8gb or 4gb. The model stays loaded: the next job can run.")

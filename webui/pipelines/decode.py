@@ -19,6 +19,8 @@ from webui.errors import OutOfMemory
 
 log = logging.getLogger(__name__)
 
+RETRY_TILE = 512  # pixels a side of the tiles an out-of-memory decode is retried with
+
 # A1111's "Approx cheap" latent -> RGB factors: a linear map, no network, fast enough for every few steps.
 _SD_FACTORS = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
                             [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]])
@@ -69,7 +71,7 @@ def _decode_or_tile(vae, latents: torch.Tensor) -> torch.Tensor:
         return _decode(vae, latents)
     except torch.cuda.OutOfMemoryError:
         _release_cached_memory(latents.device)
-        if getattr(vae, "use_tiling", False):  # the memory profile already tiles: nothing smaller to try
+        if getattr(vae, "use_tiling", False) and vae.tile_sample_min_size <= RETRY_TILE:  # nothing smaller to try
             raise OutOfMemory(_oom_message(latents)) from None
     log.warning("Out of memory in VAE decode; retrying tiled")
     try:
@@ -86,9 +88,17 @@ def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
 def _decode_tiled(vae, latents: torch.Tensor) -> torch.Tensor:
     # One image at a time, tile by tile: what enable_slicing() + enable_tiling() would do, without setting either
     # flag on the shared model. tiled_decode is not wrapped in diffusers' offload hook as decode() is, so apply
-    # it here: with model CPU offload the VAE only moves to the GPU in that hook.
+    # it here: with model CPU offload the VAE only moves to the GPU in that hook. Tiles are RETRY_TILE pixels for
+    # the retry (a memory plan may have set larger ones, which just ran out), restored afterwards: the job holds
+    # the model alone while it runs.
     tiled_decode = apply_forward_hook(type(vae).tiled_decode)
-    return torch.cat([tiled_decode(vae, z, return_dict=False)[0] for z in _scaled(vae, latents).split(1)])
+    saved = vae.tile_sample_min_size, vae.tile_latent_min_size
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_sample_min_size, vae.tile_latent_min_size = min(saved[0], RETRY_TILE), min(saved[1], RETRY_TILE // factor)
+    try:
+        return torch.cat([tiled_decode(vae, z, return_dict=False)[0] for z in _scaled(vae, latents).split(1)])
+    finally:
+        vae.tile_sample_min_size, vae.tile_latent_min_size = saved
 
 
 def _scaled(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from webui.models import fast_path
+
 _BLOCK = re.compile(r"(^|\.)((down|up)_blocks\.\d+|mid_block)$")
 
 
@@ -32,7 +34,9 @@ def inside_steps(unet: torch.nn.Module, should_stop: Callable[[], bool]) -> Iter
         if should_stop():
             raise Interrupted
 
-    handles = [block.register_forward_pre_hook(check) for block in blocks(unet)]
+    # A compiled UNet (--compile) runs as one graph: hooks added per job would be ignored or force a recompile, and
+    # its steps take milliseconds on a GPU, so the step callback's check at each step's end is enough there.
+    handles = [] if fast_path.is_compiled(unet) else [block.register_forward_pre_hook(check) for block in blocks(unet)]
     try:
         yield
     finally:
