@@ -49,8 +49,10 @@ def _post(app: RunningApp, path: str, body: dict) -> dict:
 
 
 def test_the_txt2img_page_shows_a_taesd_preview_while_the_job_runs(page, app_server: RunningApp):
-    _post(app_server, "/sdapi/v1/options", {"show_progress_every_n_steps": 1})
     page.get_by_role("tab", name="Settings", exact=True).click()
+    every = page.locator("#setting_show_progress_every_n_steps input[type=number]")
+    every.fill("1")
+    every.blur()
     setting = page.locator("#setting_show_progress_type")
     expect(setting).to_contain_text("VAE-approx")  # the help says where TAESD's files go
     box = setting.locator("input")
@@ -58,8 +60,11 @@ def test_the_txt2img_page_shows_a_taesd_preview_while_the_job_runs(page, app_ser
     page.get_by_role("option", name="TAESD", exact=True).click()
     expect(box).to_have_value("TAESD")
     page.locator("#settings_apply").click()
-    expect(page.locator("#settings_result")).to_contain_text("Saved 1 setting(s)")
-    assert _get(app_server, "/sdapi/v1/options")["show_progress_type"] == "TAESD"
+    expect(page.locator("#settings_result")).to_contain_text("Saved 2 setting(s)")
+    setting.scroll_into_view_if_needed()
+    screenshot(page, "previews-settings.png")
+    options = _get(app_server, "/sdapi/v1/options")
+    assert (options["show_progress_type"], options["show_progress_every_n_steps"]) == ("TAESD", 1)
 
     page.get_by_role("tab", name="txt2img", exact=True).click()
     set_slider(page, "Width", 64)
