@@ -144,7 +144,7 @@ def test_img2img_and_inpaint_previews_have_the_output_size(services):
         assert previews and {image.size for image in previews.values()} == {(96, 64)}
 
 
-@pytest.mark.parametrize("key, value", [("show_progress_type", "Approx NN"), ("show_progress_type", "TAESD"),
+@pytest.mark.parametrize("key, value", [("show_progress_type", "Approx NN"),
                                         ("live_preview_content", "Prompt"),
                                         ("show_progress_every_n_steps", 33)])
 def test_preview_options_this_server_cannot_honour_are_refused(services, key, value):

@@ -418,6 +418,7 @@ class Progress:
     stage: str = ""  # a script's own progress ("Cell 3 of 12"), kept while its generations report their steps
     preview: "Image.Image | None" = None
     preview_id: int = 0
+    preview_renders: int = 0  # live previews drawn: only while someone watches (webui/services/jobs.py)
     metrics: Mapping[str, float] = field(default_factory=dict)  # named figures: a training job's loss, lr
     interrupting: bool = False  # Interrupt was pressed; the job stops at its next check
     skipping: bool = False  # Skip was pressed for the current batch

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from webui.api.images import encode_png
 from webui.errors import InvalidRequest
 from webui.services.container import Services
 from webui.services.job_store import JobRecord
@@ -38,8 +39,20 @@ def _live_progress(services: Services, job_id: str) -> tuple[str | None, dict[st
         return p.state.value, None
     progress = {"state": p.state.value, "step": p.step, "steps": p.steps, "image_index": p.image_index,
                 "image_count": p.image_count, "eta_seconds": p.eta_seconds, "fraction": p.fraction,
-                "textinfo": p.textinfo, "metrics": dict(getattr(p, "metrics", None) or {})}
+                "textinfo": p.textinfo, "metrics": dict(getattr(p, "metrics", None) or {}),
+                "preview_renders": p.preview_renders}
     return p.state.value, progress
+
+
+def _live_preview(services: Services, job_id: str) -> str | None:
+    """A running job's live preview (base64 PNG) for a client that shows it; asking marks the job watched, so it
+    draws previews for the next few seconds (webui/services/jobs.py)."""
+    job = services.queue.get(job_id)
+    if job is None or job.finished:
+        return None
+    job.mark_watched()
+    image = job.progress.preview
+    return encode_png(image) if image is not None else None
 
 
 def _summary(record: JobRecord, services: Services) -> dict[str, Any]:
@@ -55,6 +68,8 @@ def _summary(record: JobRecord, services: Services) -> dict[str, Any]:
         "device": record.device,
         "prompt": prompt if len(prompt) <= PROMPT_SUMMARY else prompt[:PROMPT_SUMMARY - 1] + "…",
         "error": record.error, "progress": progress,
+        # Live previews drawn (only while someone watched); None once the queue has forgotten the job.
+        "preview_renders": job.progress.preview_renders if (job := services.queue.get(record.id)) else None,
     }
 
 
@@ -74,14 +89,18 @@ def build_jobs_router(services: Services) -> APIRouter:
         kinds = tuple(k.strip() for item in kind or [] for k in item.split(",") if k.strip()) or None
         return [_summary(record, services) for record in store.list(limit, offset, kinds)]
 
-    @router.get("/jobs/{job_id}", summary="One job with its full request and result")
-    def get_job(job_id: str) -> Any:
+    @router.get("/jobs/{job_id}", summary="One job with its full request and result; preview=true: its live "
+                                       "preview too (base64 PNG), and the job keeps drawing previews")
+    def get_job(job_id: str, preview: bool = False) -> Any:
         record = store.get(job_id)
         if record is None:
             return _not_found(job_id)
         thumbnail = base64.b64encode(record.thumbnail).decode("ascii") if record.thumbnail else None
-        return {**_summary(record, services), "request": record.request, "result": record.result,
+        body = {**_summary(record, services), "request": record.request, "result": record.result,
                 "input_images": record.input_images, "thumbnail": thumbnail}
+        if preview:
+            body["preview"] = _live_preview(services, job_id)
+        return body
 
     @router.post("/jobs/{job_id}/cancel",
                  summary="Cancel a queued job, or stop a running one at its next step (files stay whole)")

@@ -210,6 +210,8 @@ def build_router(services: Services) -> APIRouter:
         if job is None:
             return {"progress": 0.0, "eta_relative": 0.0, "state": schemas.ProgressState(job_count=0),
                     "current_image": None, "textinfo": None}
+        if not skip_current_image:
+            job.mark_watched()  # a client that shows the preview: the job draws it from now on (webui/services/jobs.py)
         p = job.progress
         image = None
         if p.preview is not None and not skip_current_image:

@@ -163,7 +163,9 @@ class StepCallback:
         shown = self.denoised(pipeline.scheduler, latents) if self._preview.content == COMBINED else latents
         factor = getattr(pipeline, "vae_scale_factor", 8)
         size = self._preview_size or (shown.shape[-1] * factor, shown.shape[-2] * factor)
-        return lambda: render(shown, self._family, size, self._preview.method, pipeline.vae)
+        settings, family = self._preview, self._family
+        # Lazy: drawn (and TAESD's decoder loaded) only when the job is watched (webui/services/jobs.py).
+        return lambda: render(shown, family, size, settings.method, pipeline.vae, settings.tiny_decoder(family))
 
     @staticmethod
     def denoised(scheduler, latents: torch.Tensor) -> torch.Tensor:

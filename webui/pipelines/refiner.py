@@ -12,7 +12,6 @@ on an aesthetic score in their time ids (A1111's defaults: 6 for the prompt, 2.5
 
 from __future__ import annotations
 
-import functools
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
@@ -176,7 +175,7 @@ def _continue(refiner: LoadedModel, scheduler: KDiffusionScheduler, latents: tor
         settings = PreviewSettings.of(preview_every)
         shown = common.StepCallback.denoised(scheduler, latents)
         size = (request.width, request.height)
-        preview = (functools.partial(render, shown, refiner.family, size, settings.method, pipe.vae)
+        preview = (_drawing(shown, refiner.family, size, settings, pipe.vae)
                    if settings.due(done, request.steps) else None)
         listener.on_step(done, request.steps, preview)
         if listener.should_stop():
@@ -206,3 +205,8 @@ def _unet_conditioning(model: LoadedModel, cond, uncond, request: Txt2ImgRequest
     time_ids = batch(torch.tensor([positive], dtype=dtype), torch.tensor([negative], dtype=dtype)).to(device)
     pooled = batch(cond.pooled, uncond.pooled).to(device, dtype)
     return embeds, {"text_embeds": pooled, "time_ids": time_ids}
+
+
+def _drawing(shown: torch.Tensor, family: str, size: tuple[int, int], settings: PreviewSettings, vae):
+    """The preview of one step, drawn only if the job is watched when it is called (TAESD loaded then too)."""
+    return lambda: render(shown, family, size, settings.method, vae, settings.tiny_decoder(family))

@@ -15,6 +15,7 @@ from webui.models.embeddings import EmbeddingLibrary
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.manager import Loader, ModelManager
 from webui.models.memory import resolve_devices
+from webui.models.preview_decoders import PreviewDecoders
 from webui.models.registry import ModelRegistry
 from webui.models.selection import CheckpointSelection
 from webui.models.vae import VaeFiles
@@ -105,6 +106,8 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                                            "sd_vae": vaes.problem},
                              switch=checkpoints.submit_switch, outputs_dir=settings.outputs_dir)
     credentials = ContentCredentials(settings.data_dir / "provenance")
+    tiny_decoders = PreviewDecoders(settings.models_dir / "VAE-approx", manager.dtype,  # TAESD live previews
+                                    allow_external_links=settings.allow_external_model_links)
     upscaling = UpscalingService(
         settings.models_dir, queue, store, allow_external_links=settings.allow_external_model_links,
         max_pixels=settings.limits.max_image_pixels,
@@ -140,7 +143,7 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                                      save_before_hires=lambda: options.value("save_images_before_highres_fix"),
                                      saving=lambda: SaveOptions.from_options(options.get_all()),
                                      upscalers=upscaling,
-                                     preview=lambda: preview_settings(options.value),
+                                     preview=lambda: preview_settings(options.value, tiny_decoders.decoder),
                                      confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
                                      embeddings=embeddings,
                                      loras=JobLoras(loras, allow_pickle=settings.allow_pickle), hooks=hooks),

@@ -376,7 +376,7 @@ class GenerationService:
             # A1111's [seed_first] / [seed_last] name tags: the job's first and last seeds.
             job_seeds = (batch_seeds(request, base_seed, base_subseed, 0)[0][0],
                          batch_seeds(request, base_seed, base_subseed, request.n_iter - 1)[0][-1])
-            preview = self._preview()
+            preview = self._preview().on(ctx.device)  # a TAESD preview's decoder goes on the job's device
             for batch_index in range(request.n_iter):
                 if ctx.interrupted:
                     break

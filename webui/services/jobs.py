@@ -14,6 +14,11 @@ Long jobs call ``ctx.safe_point()`` between units of work (holding no model leas
 there, and interactive jobs waiting for this device run there first. Watchers block on a condition variable
 notified on every progress change, so nobody polls with sleep. A running job past the per-job time limit is
 interrupted exactly as Interrupt does it (the work sees it at its next check), never killed.
+
+Live previews cost a decode each, so a job draws them only while someone is watching it: a watcher blocked in
+``Job.watch`` (the UI's streaming handlers), or a reader that asked for the preview image (``/sdapi/v1/progress``
+without ``skip_current_image``, ``/studio/v1/jobs/{id}?preview=true``) within the last ``WATCH_WINDOW_SECONDS``.
+A client that only waits for the response, or a queued script nobody follows, makes none.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 INTERACTIVE = 10  # generations, style transfer, checkpoint switches: what a person waits for
 LONG = 0          # batch folders, training, grids: run between interactive jobs, can be paused
 FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+WATCH_WINDOW_SECONDS = 5.0  # a reader that asked for the preview keeps a job watched this long (pollers: ~1 s)
 
 
 class JobRecorder(Protocol):
@@ -89,6 +95,8 @@ class Job:
         self._cond = threading.Condition()
         self._progress = Progress(job_id=self.id, state=JobState.QUEUED)
         self._version = 0
+        self._watchers = 0  # threads blocked in watch() now
+        self._watched_until = 0.0  # time.monotonic() until which a past reader still counts as watching
         self._on_interrupt: Callable[[Job], None] = lambda job: None
 
     @property
@@ -118,10 +126,31 @@ class Job:
             self._cond.notify_all()
 
     def watch(self, since: int, timeout: float | None = None) -> tuple[int, Progress]:
-        """Block until the progress changes after version ``since`` (or timeout); return (version, progress)."""
+        """Block until the progress changes after version ``since`` (or timeout); return (version, progress).
+
+        A caller blocked here is watching the job: it draws live previews meanwhile and for
+        ``WATCH_WINDOW_SECONDS`` after."""
         with self._cond:
-            self._cond.wait_for(lambda: self._version > since, timeout=timeout)
-            return self._version, self._progress
+            self._watchers += 1
+            try:
+                self._cond.wait_for(lambda: self._version > since, timeout=timeout)
+                return self._version, self._progress
+            finally:
+                self._watchers -= 1
+                self._watched_until = max(self._watched_until, time.monotonic() + WATCH_WINDOW_SECONDS)
+
+    def mark_watched(self, now: float | None = None) -> None:
+        """A reader asked for the live preview: the job draws previews for the next ``WATCH_WINDOW_SECONDS``.
+        Not a progress change: watchers are not woken by it."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            self._watched_until = max(self._watched_until, now + WATCH_WINDOW_SECONDS)
+
+    def watched(self, now: float | None = None) -> bool:
+        """Whether anyone is watching now (``now``: a ``time.monotonic()`` value, for tests)."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            return self._watchers > 0 or now < self._watched_until
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise its error."""
@@ -204,7 +233,8 @@ class JobContext:
 
     def on_step(self, step: int, steps: int, preview: Callable[[], Image.Image] | None = None,
                 **metrics: float) -> None:
-        """Report a step; ``metrics`` are named figures a job reports beside it (a training job's loss)."""
+        """Report a step; ``metrics`` are named figures a job reports beside it (a training job's loss).
+        ``preview`` draws the live preview; it is called only while someone watches the job."""
         progress = self._job.progress
         changes: dict[str, Any] = {"step": step, "steps": steps}
         if metrics:
@@ -213,9 +243,10 @@ class JobContext:
             per_step = (time.monotonic() - self._image_started) / step
             remaining = (steps - step) + steps * max(0, progress.image_count - progress.image_index - 1)
             changes["eta_seconds"] = per_step * remaining
-        if preview is not None:
+        if preview is not None and self._job.watched():  # nobody watching: the decode is never run
             self._preview_id += 1
-            changes.update(preview=preview(), preview_id=self._preview_id)
+            changes.update(preview=preview(), preview_id=self._preview_id,
+                           preview_renders=progress.preview_renders + 1)
         self._job._update(**changes)
 
     def show_preview(self, image: Image.Image) -> None:

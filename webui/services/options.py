@@ -265,10 +265,13 @@ OPTIONS: dict[str, Option] = {
                                           label="Live preview every N sampling steps (-1: after each batch; 0: never)"),
     "live_previews_image_format": Option(str, "png", choices=("png", "jpeg", "webp")),
     "show_progress_grid": Option(bool, True),
-    # A1111's "Approx NN" and "TAESD" need networks this server does not ship, and only the combined (CFG)
-    # prediction is shown, so those choices are refused.
+    # A1111's "Approx NN" (a pickled network) is refused; TAESD reads models/VAE-approx
+    # (webui/models/preview_decoders.py). Only the combined (CFG) prediction is shown.
     "show_progress_type": Option(str, APPROX_CHEAP, choices=PREVIEW_METHODS, honoured=True, section=PREVIEWS,
-                                 label="Live preview method (Approx cheap: a linear latent map; Full: a VAE decode)"),
+                                 label="Live preview method (Approx cheap: a linear latent map; TAESD: the tiny "
+                                       "decoder in models/VAE-approx, taesd_decoder.safetensors or taesdxl_decoder."
+                                       "safetensors from madebyollin/taesd, Approx cheap while they are missing; "
+                                       "Full: a VAE decode, slow; Approx NN is not supported)"),
     "live_preview_content": Option(str, COMBINED, choices=PREVIEW_CONTENTS, honoured=True, section=PREVIEWS,
                                    label="Live preview subject"),
     "live_preview_refresh_period": Option(int, 1000, 0, 60_000),
