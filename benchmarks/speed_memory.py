@@ -575,7 +575,12 @@ def print_report(header: dict, rows: list[Row], ctx: Context, lifecycle: dict) -
     kinds = ("vanilla", "ours", "ours compile", "ours uncapped")
     for index, r in sorted(enumerate(rows), key=lambda ir: (order[ir[1].workload.name], kinds.index(ir[1].kind))):
         s, m = r.side, r.side.median_s
-        cap = f"{r.cap_gib:g} GiB" if r.cap_gib else ("skipped (CPU)" if r.workload.cap_gib else "-")
+        if r.cap_gib:
+            cap = f"{r.cap_gib:g} GiB"
+        elif r.workload.cap_gib and r.kind != "ours uncapped" and ctx.device.type != "cuda":
+            cap = "none (CPU)"  # a capped workload's side, run uncapped (vanilla) or skipped (ours)
+        else:
+            cap = "-"
         status = s.error or "ok"
         lines.append((r.workload.name, s.name, cap, fmt(m), fmt(m / r.workload.batch if m else None),
                       fmt(unet_steps(r.workload, ctx.steps) / m if m else None, ".2f"),
