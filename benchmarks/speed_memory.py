@@ -141,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="capped workloads that get no 'ours uncapped' reference side (saves GPU minutes)")
     parser.add_argument("--switches", type=int, default=20, help="lifecycle: checkpoint switches")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where to write the checkpoints (SDXL: ~7 GB)")
+    parser.add_argument("--print-json", type=Path, default=None,
+                        help="print the tables of a saved (or partial) JSON report and exit")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the JSON report (default: a new file in the temp dir)")
     args = parser.parse_args(argv)
@@ -563,44 +565,47 @@ def targets(rows: list[Row], ctx: Context, lifecycle: dict | None = None) -> lis
     return [entry for entry in found if entry["value"] is not None or "error" in entry]
 
 
-def print_report(header: dict, rows: list[Row], ctx: Context, lifecycle: dict) -> None:
+def print_report(report: dict) -> None:
+    """The table, the targets and the lifecycle table, from the JSON report (so a saved or partial report prints
+    the same way: ``--print-json``)."""
     print()
-    for key, value in header.items():
+    for key, value in report["header"].items():
         print(f"{key:<20} {value}")
+    if not report.get("complete", True):
+        print("\nINCOMPLETE: the run stopped before its end; these are the sides it finished.")
     print()
-    table = ratios(rows)
+    on_cpu = report.get("device_type") != "cuda"
     lines = [("workload", "side", "cap", "median s", "s/image", "steps/s", "peak GiB", "vs vanilla",
               "vs uncapped", "previews", "NaN img", "status")]
     order = {name: i for i, name in enumerate(WORKLOAD_NAMES)}
     kinds = ("vanilla", "ours", "ours compile", "ours uncapped")
-    for index, r in sorted(enumerate(rows), key=lambda ir: (order[ir[1].workload.name], kinds.index(ir[1].kind))):
-        s, m = r.side, r.side.median_s
-        if r.cap_gib:
-            cap = f"{r.cap_gib:g} GiB"
-        elif r.workload.cap_gib and r.kind != "ours uncapped" and ctx.device.type != "cuda":
+    for row in sorted(report["rows"], key=lambda r: (order.get(r["workload"], 99), kinds.index(r["kind"]))):
+        m = row["median_s"]
+        if row["cap_gib"]:
+            cap = f"{row['cap_gib']:g} GiB"
+        elif row.get("workload_cap_gib") and row["kind"] != "ours uncapped" and on_cpu:
             cap = "none (CPU)"  # a capped workload's side, run uncapped (vanilla) or skipped (ours)
         else:
             cap = "-"
-        status = s.error or "ok"
-        lines.append((r.workload.name, s.name, cap, fmt(m), fmt(m / r.workload.batch if m else None),
-                      fmt(unet_steps(r.workload, ctx.steps) / m if m else None, ".2f"),
-                      fmt(s.peak_allocated_gib, ".2f"), fmt(table.get(index, {}).get("vs_vanilla"), ".3f", "-"),
-                      fmt(table.get(index, {}).get("vs_uncapped"), ".3f", "-"),
-                      "-" if s.previews is None else str(s.previews),
-                      f"{s.nan_images}/{s.images}" if s.images or not s.error else "-", status))
+        lines.append((row["workload"], row["name"], cap, fmt(m), fmt(m / row["batch"] if m else None),
+                      fmt(row["unet_steps"] / m if m else None, ".2f"), fmt(row["peak_allocated_gib"], ".2f"),
+                      fmt(row.get("vs_vanilla"), ".3f", "-"), fmt(row.get("vs_uncapped"), ".3f", "-"),
+                      "-" if row["previews"] is None else str(row["previews"]),
+                      f"{row['nan_images']}/{row['images']}" if row["images"] or not row["error"] else "-",
+                      row["error"] or "ok"))
     print_rows(lines)
-    found = targets(rows, ctx, lifecycle)
-    if found:
+    if report["targets"]:
         print("\ntargets (issue 13; ratios from this run" +
-              (", NOT meaningful on a CPU or with tiny models)" if ctx.tiny or ctx.device.type != "cuda" else ")"))
-        for entry in found:
+              (", NOT meaningful on a CPU or with tiny models)" if on_cpu or report.get("tiny") else ")"))
+        for entry in report["targets"]:
             met = {True: "met", False: "NOT met", None: "-"}[entry["met"]]
             value = fmt(entry["value"], ".3f", entry.get("error", "n/a")[:40])
             print(f"  {entry['target']:<56} {value}  (limit {entry['limit']:g})  {met}")
-    if any(r.side.nan_images for r in rows):
+    if any(row["nan_images"] for row in report["rows"]):
         print("\nnote: NaN images come from random fp16 weights overflowing; the time is unaffected, but ours may "
               "spend extra time on its fp32 VAE re-decode when the VAE overflows (see vae_fp32_redecodes).")
     print()
+    lifecycle = report.get("lifecycle") or {}
     if "rows" in lifecycle:
         print("lifecycle (benchmarks/lifecycle.py)")
         lines = [("measure", "value", "unit", "note")]
@@ -631,6 +636,9 @@ def run_lifecycle_section(ctx: Context, workdir: Path, switches: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_json:
+        print_report(json.loads(args.print_json.read_text()))
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import diffusers
     import transformers
@@ -663,8 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     lifecycle: dict = {}
 
-    def save(complete: bool = False) -> None:
-        write_report(path, header, args, rows, ctx, lifecycle, complete)
+    def save(complete: bool = False) -> dict:
+        return write_report(path, header, args, rows, ctx, lifecycle, complete)
 
     try:
         for family in ("sd1", "sdxl"):
@@ -675,24 +683,25 @@ def main(argv: list[str] | None = None) -> int:
             lifecycle = run_lifecycle_section(ctx, workdir, args.switches)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    save(complete=True)
-    print_report(header, rows, ctx, lifecycle)
+    print_report(save(complete=True))
     print(f"JSON written to {path}")
     errors = [r for r in rows if r.side.error and r.side.error.startswith("ERROR")]
     return 1 if errors or "ERROR" in str(lifecycle.get("error", "")) else 0
 
 
 def write_report(path: Path, header: dict, args: argparse.Namespace, rows: list[Row], ctx: Context,
-                 lifecycle: dict, complete: bool) -> None:
+                 lifecycle: dict, complete: bool) -> dict:
     """The JSON report; written after every side (``complete`` false until the end), atomically."""
     table = ratios(rows)
     report = {
         "complete": complete,
+        "device_type": ctx.device.type,
+        "tiny": ctx.tiny,
         "header": header,
         "args": {k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v
                  for k, v in vars(args).items()},
         "rows": [{"workload": r.workload.name, "describe": r.workload.describe(ctx.tiny, ctx.steps),
-                  "kind": r.kind, "cap_gib": r.cap_gib, "unet_steps": unet_steps(r.workload, ctx.steps),
+                  "kind": r.kind, "cap_gib": r.cap_gib, "workload_cap_gib": r.workload.cap_gib, "unet_steps": unet_steps(r.workload, ctx.steps),
                   "batch": r.workload.batch, **r.side.as_json(), **table.get(index, {})}
                  for index, r in enumerate(rows)],
         "targets": targets(rows, ctx, lifecycle),
@@ -701,6 +710,7 @@ def write_report(path: Path, header: dict, args: argparse.Namespace, rows: list[
     partial = path.with_name(path.name + ".part")
     partial.write_text(json.dumps(report, indent=1, default=str))
     partial.replace(path)
+    return report
 
 
 if __name__ == "__main__":
