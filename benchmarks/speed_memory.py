@@ -28,7 +28,8 @@ Then the lifecycle table (app start, checkpoint load, switching, RSS, LoRA; ``be
 that module is present.
 
 On a CPU (or with ``--tiny``) the same workloads run on tiny random-weight architectures at 1/8 of the size
-(64/128/256 px), 4 steps, without caps: a smoke run that proves the command works; its times mean nothing.
+(64/128/256 px; hires at most ×2), 4 steps, 1 timed run, without caps: a smoke run that proves the command
+works; its times mean nothing.
 Nothing here asserts a time. Figures hold only for the device printed in the header.
 
     .venv/bin/python benchmarks/speed_memory.py                      # everything (full size on a GPU)
