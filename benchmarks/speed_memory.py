@@ -140,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"add an 'ours --compile' side to {COMPILE_ON} (auto: on CUDA only)")
     parser.add_argument("--skip-reference", default="",
                         help="capped workloads that get no 'ours uncapped' reference side (saves GPU minutes)")
+    parser.add_argument("--cpu-threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own; tiny: 1, see the header)")
     parser.add_argument("--switches", type=int, default=20, help="lifecycle: checkpoint switches")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where to write the checkpoints (SDXL: ~7 GB)")
     parser.add_argument("--print-json", type=Path, default=None,
@@ -152,6 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tiny = args.tiny or (args.device == "cpu" and not args.full_size)
     args.steps = args.steps or (TINY_STEPS if args.tiny else 20)
     args.runs = args.runs or (1 if args.tiny else 3)
+    args.cpu_threads = args.cpu_threads or (1 if args.tiny else None)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or [*WORKLOAD_NAMES, LIFECYCLE]
     unknown = sorted(set(names) - {*WORKLOAD_NAMES, LIFECYCLE})
     if unknown:
@@ -646,6 +649,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from webui.models.memory import resolve_dtype
 
+    if args.cpu_threads:
+        # Tiny mode runs one thread: on a shared 2-core VM, two-thread OpenMP regions stalled whenever another
+        # process held a core (a tiny UNet call took 1.65 s instead of 0.06 s, at random, on either side).
+        torch.set_num_threads(args.cpu_threads)
     device = torch.device(args.device)
     dtype = resolve_dtype(args.precision, device)  # the rule ours applies, so both sides run the same dtype
     ctx = Context(device, dtype, args.tiny, args.steps, args.runs, args.warmup_steps)
@@ -658,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "TINY random-weight models at 1/8 size (smoke run: times mean nothing)" if args.tiny
                 else "full-size random-weight SD1.5 / SDXL",
         "dtype": str(dtype).removeprefix("torch."),
+        "cpu threads": f"{torch.get_num_threads()}" + (" (--cpu-threads)" if args.cpu_threads else ""),
         "method": f"1 warm-up ({args.warmup_steps or args.steps} steps) + {args.runs} timed runs per side, "
                   f"{args.steps} steps {SAMPLER} Karras, seed {SEED}; vanilla sides first, then ours",
         "memory caps": "set_per_process_memory_fraction per side" if device.type == "cuda"
