@@ -32,60 +32,26 @@ This script is not a test and nothing under ``tests/`` imports it.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
-import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.bench_common import (GIB, PROMPT, SAMPLER, SEED, OursDecodeProbe, RedecodeCounter,  # noqa: E402
+                                     SideResult, UNetNanProbe, attention_name, build_random_sd15,
+                                     check_param_counts, device_name, failure, fmt, free_memory, param_counts_m,
+                                     peak_gib, print_rows, reset_peak, set_memory_cap, sync, time_side,
+                                     vanilla_pipeline, write_checkpoint)
 
-GIB = 1024**3
-PROMPT = "a photograph of an astronaut riding a horse, highly detailed"
-SEED = 1234
 CFG = 7.5
-SAMPLER = "DPM++ 2M"
-TOKENIZER_DIR = ROOT / "webui" / "models" / "configs" / "clip_tokenizer"
-SCHEDULER_CONFIG = ROOT / "webui" / "models" / "configs" / "scheduler_config.json"
-EXPECTED_PARAMS_M = {"unet": 859.5, "vae": 83.7, "text_encoder": 123.1}
-
-
-@dataclass
-class SideResult:
-    name: str
-    times_s: list[float] = field(default_factory=list)
-    warmup_s: float | None = None
-    load_s: float | None = None  # ours only: checkpoint file -> ready on the device
-    peak_allocated_gib: float | None = None  # None on CPU
-    images: int = 0  # images checked for NaN (timed runs)
-    nan_images: int = 0
-    unet_calls: int = 0  # UNet forward calls during the timed runs
-    nan_unet_calls: int = 0  # of those, how many returned any NaN
-    vae_fp32_redecodes: int = 0  # ours only: decode retried in fp32 because the fp16 VAE gave NaN
-    attention: str = ""
-    error: str | None = None
-
-    @property
-    def median_s(self) -> float | None:
-        return statistics.median(self.times_s) if self.times_s else None
-
-    @property
-    def min_s(self) -> float | None:
-        return min(self.times_s) if self.times_s else None
 
 
 # ----------------------------------------------------------------------------------------- arguments
@@ -125,182 +91,7 @@ def run_dtype(precision: str, device: torch.device) -> torch.dtype:
     return resolve_dtype(precision, device)  # the same rule ours applies, so both sides run the same dtype
 
 
-# ------------------------------------------------------------------------------ random SD1.5 weights
-
-
-def build_random_sd15(seed: int = 0) -> dict[str, torch.nn.Module]:
-    """The SD1.5 UNet, VAE and CLIP-L text encoder with their default random init, built in fp16 on the CPU."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float16)  # half the RAM and faster init than fp32 then cast
-    try:
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            sample_size=512)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
-    finally:
-        torch.set_default_dtype(previous)
-    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval()}
-
-
-def param_counts_m(components: dict[str, torch.nn.Module]) -> dict[str, float]:
-    return {name: round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for name, m in components.items()}
-
-
-def check_param_counts(counts: dict[str, float]) -> None:
-    for name, expected in EXPECTED_PARAMS_M.items():
-        if abs(counts[name] - expected) > 0.2:
-            raise SystemExit(f"{name} has {counts[name]} M params, expected ~{expected} M: not the SD1.5 architecture")
-
-
-def write_checkpoint(components: dict[str, torch.nn.Module], path: Path) -> Path:
-    """One fp16 ``.safetensors`` file in the original LDM layout, like a pruned SD1.5 release."""
-    from safetensors.torch import save_file
-
-    from webui.models.ldm_convert import pipeline_components_to_ldm
-
-    state = pipeline_components_to_ldm(components["unet"], components["vae"], components["text_encoder"])
-    # safetensors needs contiguous tensors that do not share storage.
-    state = {key: tensor.detach().contiguous().clone() for key, tensor in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"format": "pt"})
-    return path
-
-
-# ---------------------------------------------------------------------------------- device helpers
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{torch.cuda.get_device_name(device)} ({props.total_memory / GIB:.1f} GiB)"
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def set_memory_cap(device: torch.device, gib: float) -> str:
-    if device.type != "cuda" or gib <= 0:
-        return "none"
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, gib * GIB / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    return f"{gib:g} GiB (fraction {fraction:.4f} of {total / GIB:.1f} GiB)"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-
-
-def is_oom(exc: BaseException) -> bool:
-    from webui.errors import OutOfMemory
-
-    chain = [exc, exc.__cause__, exc.__context__]
-    return any(isinstance(e, (torch.cuda.OutOfMemoryError, OutOfMemory)) for e in chain if e is not None)
-
-
-# -------------------------------------------------------------------------------------- NaN probes
-
-
-class UNetNanProbe:
-    """Counts UNet forward calls and those that returned NaN, without a host sync per step."""
-
-    def __init__(self, unet: torch.nn.Module):
-        self.calls = 0
-        self.nan_calls: torch.Tensor | int = 0
-        self._handle = unet.register_forward_hook(self._hook)
-
-    def _hook(self, _module, _inputs, output) -> None:
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        self.calls += 1
-        self.nan_calls = self.nan_calls + torch.isnan(sample).any().int()
-
-    def reset(self) -> None:
-        self.calls, self.nan_calls = 0, 0
-
-    def nan_count(self) -> int:
-        return int(self.nan_calls)
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-class RedecodeCounter(logging.Handler):
-    """Counts our decoder's 'VAE produced NaNs; decoding again in fp32' warnings."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "NaN" in record.getMessage():
-            self.count += 1
-
-
-# ------------------------------------------------------------------------------------------ timing
-
-
-def time_side(result: SideResult, run_once: Callable[[int], None], runs: int, device: torch.device,
-              after_warmup: Callable[[], None], warmup_steps: int) -> None:
-    """1 warm-up of ``warmup_steps``, ``after_warmup()`` (resets the probes), then ``runs`` timed calls of
-    ``--steps``, synchronised on both ends."""
-    sync(device)
-    start = time.perf_counter()
-    run_once(warmup_steps)
-    sync(device)
-    result.warmup_s = time.perf_counter() - start
-    after_warmup()
-    for _ in range(runs):
-        sync(device)
-        start = time.perf_counter()
-        run_once(0)
-        sync(device)
-        result.times_s.append(time.perf_counter() - start)
-
-
 # ------------------------------------------------------------------------------------------ vanilla
-
-
-def as_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast only when needed (fp32 on CPU): the modules are built in fp16, like the file."""
-    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
-
-
-def vanilla_pipeline(components: dict[str, torch.nn.Module], dtype: torch.dtype, karras: bool,
-                     device: torch.device):
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
-    base_config = json.loads(SCHEDULER_CONFIG.read_text())  # SD1.5's own scheduler config (PNDM)
-    scheduler = DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++", solver_order=2,
-                                                        use_karras_sigmas=karras)
-    unet, vae, text_encoder = (as_dtype(components[name], dtype) for name in ("unet", "vae", "text_encoder"))
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR), unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)  # diffusers' default attention processor on torch 2 is SDPA (AttnProcessor2_0)
 
 
 def run_vanilla(components: dict[str, torch.nn.Module], args: argparse.Namespace, device: torch.device,
@@ -309,8 +100,8 @@ def run_vanilla(components: dict[str, torch.nn.Module], args: argparse.Namespace
     reset_peak(device)
     pipe = probe = None
     try:
-        pipe = vanilla_pipeline(components, dtype, karras=args.schedule in ("Karras", "Automatic"), device=device)
-        result.attention = type(next(iter(pipe.unet.attn_processors.values()))).__name__
+        pipe = vanilla_pipeline(components, dtype, karras=args.schedule in ("Karras", "Automatic")).to(device)
+        result.attention = attention_name(pipe.unet)
         probe = UNetNanProbe(pipe.unet)
         nan_flags: list[np.ndarray] = []
 
@@ -330,7 +121,7 @@ def run_vanilla(components: dict[str, torch.nn.Module], args: argparse.Namespace
         result.unet_calls, result.nan_unet_calls = probe.calls, probe.nan_count()
         result.peak_allocated_gib = peak_gib(device)
     except Exception as exc:  # noqa: BLE001 - an OOM side is a result, not a crash
-        result.error = f"{'OOM' if is_oom(exc) else 'ERROR'}: {type(exc).__name__}: {exc}"
+        result.error = failure(exc)
         result.peak_allocated_gib = peak_gib(device)
         logging.exception("vanilla side failed")
     finally:
@@ -341,26 +132,6 @@ def run_vanilla(components: dict[str, torch.nn.Module], args: argparse.Namespace
 
 
 # ----------------------------------------------------------------------------------------------- ours
-
-
-class OursDecodeProbe:
-    """Wraps our ``decode_latents`` to see the final image tensor (after its fp32 NaN fallback) per batch."""
-
-    def __init__(self):
-        from webui.pipelines import decode
-
-        self._module = decode
-        self._original = decode.decode_latents
-        self.flags: list[torch.Tensor] = []
-        decode.decode_latents = self._wrapped
-
-    def _wrapped(self, vae, latents):
-        images = self._original(vae, latents)
-        self.flags.append(torch.isnan(images).flatten(1).any(dim=1).cpu())
-        return images
-
-    def remove(self) -> None:
-        self._module.decode_latents = self._original
 
 
 def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -> tuple[SideResult, dict]:
@@ -388,7 +159,7 @@ def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -
         sync(device)
         result.load_s = time.perf_counter() - start
         with services.manager.lease() as model:
-            result.attention = type(next(iter(model.pipe.unet.attn_processors.values()))).__name__
+            result.attention = attention_name(model.pipe.unet)
             probe = UNetNanProbe(model.pipe.unet)
         info.update(profile=services.manager.profile, dtype=str(services.manager.dtype).removeprefix("torch."),
                     preview_every=services.options.value("show_progress_every_n_steps"))
@@ -412,7 +183,7 @@ def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -
         result.vae_fp32_redecodes = redecodes.count
         result.peak_allocated_gib = peak_gib(device)
     except Exception as exc:  # noqa: BLE001 - an OOM side is a result, not a crash
-        result.error = f"{'OOM' if is_oom(exc) else 'ERROR'}: {type(exc).__name__}: {exc}"
+        result.error = failure(exc)
         result.peak_allocated_gib = peak_gib(device)
         logging.exception("our side failed")
     finally:
@@ -431,10 +202,6 @@ def run_ours(checkpoint: Path, args: argparse.Namespace, device: torch.device) -
 # ------------------------------------------------------------------------------------------- report
 
 
-def fmt(value: float | None, spec: str = ".3f", missing: str = "n/a") -> str:
-    return missing if value is None else format(value, spec)
-
-
 def print_table(sides: list[SideResult], header: dict) -> None:
     for key, value in header.items():
         print(f"{key:<18} {value}")
@@ -445,9 +212,7 @@ def print_table(sides: list[SideResult], header: dict) -> None:
         rows.append((s.name, fmt(s.median_s), fmt(s.min_s), fmt(s.warmup_s), fmt(s.peak_allocated_gib, ".2f"),
                      f"{s.nan_images}/{s.images}", f"{s.nan_unet_calls}/{s.unet_calls}", s.attention or "-",
                      s.error or "ok"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    print_rows(rows)
     vanilla, ours = sides
     if vanilla.median_s and ours.median_s:
         print(f"\nratio ours/vanilla: median {ours.median_s / vanilla.median_s:.3f}x, "
@@ -497,9 +262,9 @@ def main() -> int:
     }
     try:
         started = time.perf_counter()
-        components = build_random_sd15()
+        components = build_random_sd15(device=device)  # random init: seconds on a GPU, minutes on a CPU
         counts = param_counts_m(components)
-        check_param_counts(counts)
+        check_param_counts("sd1", counts)
         checkpoint = write_checkpoint(components, workdir / "models" / "Stable-diffusion" / "sd15-random.safetensors")
         header["params (M)"] = ", ".join(f"{k} {v}" for k, v in counts.items())
         header["checkpoint"] = f"{checkpoint.stat().st_size / GIB:.2f} GiB fp16 LDM single file, random weights " \
@@ -527,7 +292,7 @@ def main() -> int:
     print_table(sides, header)
     if args.json:
         report = {"header": header, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "sides": [dict(asdict(s), median_s=s.median_s, min_s=s.min_s) for s in sides],
+                  "sides": [s.as_json() for s in sides],
                   "ratios": ratios(sides)}
         args.json.write_text(json.dumps(report, indent=1))
         print(f"\nJSON written to {args.json}")
