@@ -112,3 +112,10 @@ def test_forced_xformers_on_a_cpu_is_a_clear_load_error_and_the_report_names_the
             "attention": "sdpa", "compiled": False}}
     finally:
         services.queue.shutdown()
+
+
+def test_before_any_checkpoint_the_report_names_the_kernel_that_will_run() -> None:
+    assert attention.expected("auto", CPU, xformers=True) == "sdpa"  # nothing to time without CUDA
+    assert attention.expected("auto", CUDA, xformers=False) == "sdpa"
+    assert attention.expected("auto", CUDA, xformers=True) == "auto"  # timed when a checkpoint loads
+    assert attention.expected("slicing", CPU) == "slicing"

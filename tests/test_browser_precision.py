@@ -28,7 +28,7 @@ def app_server(tmp_path_factory, model_files, chromium_binary) -> Iterator[Runni
 
 def test_the_page_says_bf16_and_a_bf16_image_reaches_the_gallery(page, app_server: RunningApp):
     line = page.locator("#runtime_info")
-    expect(line).to_have_text(re.compile(r"^\s*Running on CPU.* · bf16 \(.+\) · profile cpu\s*$"))
+    expect(line).to_have_text(re.compile(r"^\s*Running on CPU.* · bf16 \(.+\) · profile cpu · attention sdpa\s*$"))
     assert re.search(r"Running on CPU.* · bf16 \(", app_server.log())  # and the start-up log says the same
 
     page.locator("#txt2img_prompt textarea").fill("a lighthouse at dusk")

@@ -101,6 +101,16 @@ def time_kernel(kernel: str, shape: AttentionShape, device: torch.device, dtype:
     return (time.perf_counter() - start) / iterations
 
 
+def expected(choice: str, device: torch.device, xformers: bool | None = None) -> str:
+    """What runs before any checkpoint is placed: the forced kernel, SDPA where "auto" has nothing to time
+    (no CUDA or no xformers), else "auto" (timed at load; the memory plan may still ask for slicing)."""
+    if choice != "auto":
+        return choice
+    if device.type != "cuda" or not (xformers_installed() if xformers is None else xformers):
+        return SDPA
+    return choice
+
+
 def choose(choice: str, device: torch.device, unet: torch.nn.Module, *, memory_short: bool = False,
            xformers: bool | None = None, timer: Timer | None = None) -> str:
     """The kernel to run: ``choice`` when forced (see ``problem`` for the ones that cannot run), else "auto"'s

@@ -184,7 +184,7 @@ class ModelManager:
         loaded = [resident_name_of(title) for title in report["loaded"]]
         placements = {name: self._placements[name] for name in loaded if name in self._placements}
         latest = placements[loaded[-1]] if loaded and loaded[-1] in placements else None
-        report["attention"] = latest.attention if latest else self._settings.attention
+        report["attention"] = latest.attention if latest else attention.expected(self._settings.attention, self.device)
         report["compiled"] = bool(latest and latest.compiled)
         report["plans"] = {name.removeprefix(f"{CHECKPOINT}:"): placement.describe()
                            for name, placement in placements.items()}
