@@ -72,6 +72,13 @@ class DeviceResident(BaseModel):
     in_use: bool
 
 
+class RamCachedCheckpoint(BaseModel):
+    name: str = Field(description="the checkpoint's title")
+    dtype: str
+    bytes: int
+    pinned: bool = Field(description="kept in page-locked memory (faster to copy to a GPU)")
+
+
 class DeviceReport(BaseModel):
     name: str = Field(description='"cpu", "cuda:0" ...: one worker runs one job at a time on each')
     dtype: str
@@ -79,6 +86,9 @@ class DeviceReport(BaseModel):
     checkpoints: list[str] = Field(description="checkpoints loaded here, least recently used first")
     residents: list[DeviceResident] = Field(description="everything with weights on this device")
     job: dict[str, str] | None = Field(description="the job running here now: id and kind")
+    ram_cache: list[RamCachedCheckpoint] = Field(
+        default_factory=list, description="checkpoints kept in RAM after leaving a device (shared by all devices), "
+                                          "least recently used first: switching back to one is a copy, not a load")
 
 
 def _base64_bytes(data: str) -> bytes:
@@ -138,6 +148,7 @@ def build_studio_router(services: Services) -> APIRouter:
             job = running.get(manager.owner.name)
             reports.append({"name": manager.owner.name, "dtype": report["dtype"], "profile": report["profile"],
                             "checkpoints": report["loaded"], "residents": report["residents"],
+                            "ram_cache": report.get("ram_cache", []),
                             "job": {"id": job.id, "kind": job.kind} if job else None})
         return reports
 

@@ -20,6 +20,7 @@ from webui.models import loader, memory
 from webui.models.device import DeviceOwner
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.loader import LoadedModel
+from webui.models.ram_cache import CacheKey, RamCache, file_version
 from webui.models.registry import ModelRegistry
 from webui.models.selection import CheckpointSelection
 from webui.types import CheckpointInfo
@@ -37,7 +38,9 @@ def resident_name(info: CheckpointInfo) -> str:
 class ModelManager:
     def __init__(self, settings: Settings, registry: ModelRegistry, load: Loader = loader.load,
                  last_used: LastCheckpoint | None = None, *, owner: DeviceOwner | None = None,
-                 selection: CheckpointSelection | None = None):
+                 selection: CheckpointSelection | None = None, ram_cache: RamCache | None = None):
+        """``ram_cache``: where evicted checkpoints wait to be used again (shared by every device's manager;
+        default: one of this manager's own, sized by ``settings.ram_cache_gib``)."""
         self._settings = settings
         self._registry = registry
         self._load = load
@@ -47,6 +50,7 @@ class ModelManager:
         self.device = self.owner.device
         self.dtype = memory.resolve_dtype(settings.precision, self.device)
         self.profile = memory.resolve_profile(settings.memory_profile, self.device)
+        self.ram_cache = ram_cache if ram_cache is not None else RamCache.from_gib(settings.ram_cache_gib)
         # Called with each checkpoint this manager loads, after it is on its device (extensions' on_model_loaded,
         # wired in webui/services/container.py). Listeners must not raise.
         self.loaded_listeners: list[Callable[[CheckpointInfo, LoadedModel], None]] = []
@@ -105,9 +109,21 @@ class ModelManager:
                 yield model
 
     def _get(self, info: CheckpointInfo) -> LoadedModel:
+        key = CacheKey.of(info, self.dtype, self.profile)
+        read_as: list = []  # the file's version when it was read: what an evicted copy is cached under
+
         def build() -> LoadedModel:
+            version = file_version(info)  # before reading: an edit made while reading shows as a new version
+            read_as.append(version)
+            cached = self.ram_cache.take(key, version)
+            if cached is not None:
+                log.info("Taking %s from the RAM cache (%s, %s)", info.title, self.device, self.dtype)
+                return cached
             log.info("Loading %s (%s, %s, profile %s)", info.title, self.device, self.dtype, self.profile)
             return self._load(info, self.dtype, self._settings.allow_pickle)
+
+        def keep_in_ram(model: LoadedModel, size: int) -> None:
+            self.ram_cache.put(key, read_as[-1], info.title, model, size, self.device)
 
         def place(model: LoadedModel, device: torch.device) -> None:
             memory.apply_plan(model.pipe, memory.plan_for(self.profile, model.family), device)
@@ -120,7 +136,8 @@ class ModelManager:
 
         try:
             model = self.owner.resident(resident_name(info), build_once, kind=CHECKPOINT, version=info.sha256 or
-                                        info.title, place=place, max_of_kind=self._settings.max_loaded_models)
+                                        info.title, place=place, max_of_kind=self._settings.max_loaded_models,
+                                        on_evict=keep_in_ram)
         except torch.cuda.OutOfMemoryError as exc:
             raise ModelLoadError(f"Out of GPU memory while loading {info.name}. Try --memory-profile 4gb.") from exc
         if built:
@@ -135,5 +152,5 @@ class ModelManager:
         """What is on this device. Never waits for a running job."""
         report = self.owner.report()
         report.update({"dtype": str(self.dtype).replace("torch.", ""), "profile": self.profile,
-                       "loaded": self.loaded_titles()})
+                       "loaded": self.loaded_titles(), "ram_cache": self.ram_cache.report()})
         return report

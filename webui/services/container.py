@@ -15,6 +15,7 @@ from webui.models.embeddings import EmbeddingLibrary
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.manager import Loader, ModelManager
 from webui.models.memory import resolve_devices
+from webui.models.ram_cache import RamCache
 from webui.models.registry import ModelRegistry
 from webui.models.selection import CheckpointSelection
 from webui.models.vae import VaeFiles
@@ -88,7 +89,9 @@ def build_services(settings: Settings, *, load: Loader | None = None,
     registry.refresh()
     selection = CheckpointSelection(registry, LastCheckpoint(settings.last_checkpoint_file))
     extra = {"load": load} if load is not None else {}
-    devices = tuple(ModelManager(settings, registry, owner=DeviceOwner(device), selection=selection, **extra)
+    ram_cache = RamCache.from_gib(settings.ram_cache_gib)  # one for every device: RAM is one pool
+    devices = tuple(ModelManager(settings, registry, owner=DeviceOwner(device), selection=selection,
+                                 ram_cache=ram_cache, **extra)
                     for device in resolve_devices(settings.device))
     manager = devices[0]
     jobs_store = JobStore(settings.data_dir / "studio.sqlite3", settings.data_dir / "history" / "inputs")
