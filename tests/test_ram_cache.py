@@ -17,7 +17,7 @@ from tests.lora_files import kohya_lora
 from webui.models import loader
 from webui.models.device import DeviceOwner, module_bytes
 from webui.models.manager import ModelManager
-from webui.models.ram_cache import GIB, CacheKey, RamCache
+from webui.models.ram_cache import GIB, CacheKey, RamCache, should_pin
 from webui.models.registry import HashCache, ModelRegistry
 from webui.services.container import build_services
 from webui.types import Txt2ImgRequest
@@ -259,3 +259,11 @@ def test_a_stale_version_is_dropped_not_served():
     assert cache.put(key, "v1", "x", block(), 16_640, torch.device("cpu"))
     assert cache.take(key, "v2") is None and cache.report() == []
     assert cache.take(key, "v1") is None  # gone for good
+
+
+def test_only_a_small_share_of_the_ram_is_pinned():
+    # An SD1.5 fp16 model (2 GB) on a 32 GiB machine is pinned; SDXL (7 GB) is not, nor a second 2 GB one
+    # (pinned blocks are counted at twice their size: the allocator rounds them up to a power of two).
+    assert should_pin(2 * GIB, 0, 32 * GIB)
+    assert not should_pin(7 * GIB, 0, 32 * GIB)
+    assert not should_pin(2 * GIB, 4 * GIB, 32 * GIB)

@@ -2,7 +2,8 @@
 
 When the device owner evicts a checkpoint to make room (``--max-loaded-models`` or free device memory), the model
 manager hands it here instead of dropping it: from a CUDA device its weights are first moved into CPU memory
-(page-locked while that stays a small share of the RAM); on the CPU the model object is simply kept. Asking for
+(page-locked while that stays a small share of the RAM, which makes the copy back to the GPU faster); on the CPU
+the model object is simply kept. Asking for
 the checkpoint again takes it out of the cache, and the device owner places it again: a copy to the device instead
 of reading, hashing and converting the file.
 
@@ -35,7 +36,10 @@ log = logging.getLogger(__name__)
 
 GIB = 1024 ** 3
 MIN_MARGIN = 2 * GIB  # RAM always left free: the next load, a job's activations, the rest of the system
-PINNED_SHARE = 4      # page-locked memory cannot be swapped out: at most 1/4 of the RAM is pinned by the cache
+PINNED_SHARE = 8      # page-locked memory cannot be swapped out: at most 1/8 of the RAM is pinned by the cache
+# torch's pinned-memory allocator rounds each block up to a power of two (and keeps freed blocks for reuse), so a
+# pinned entry is counted at twice its size: the worst case.
+PINNED_FOOTPRINT = 2
 
 
 def available_ram() -> int:
@@ -84,7 +88,8 @@ class _Entry:
     title: str
     version: Hashable
     value: Any
-    size: int
+    size: int       # bytes of weights
+    footprint: int  # bytes of RAM it is counted for (pinned: more, see PINNED_FOOTPRINT)
     pinned: bool
 
 
@@ -126,8 +131,9 @@ class RamCache:
                     for k, e in self._entries.items()]
 
     def used_bytes(self) -> int:
+        """RAM the entries are counted for."""
         with self._state:
-            return sum(e.size for e in self._entries.values())
+            return sum(e.footprint for e in self._entries.values())
 
     # ------------------------------------------------------------------------------------------ take / put
 
@@ -154,10 +160,11 @@ class RamCache:
             return False
         with self._insert:
             on_cpu = device.type == "cpu"
-            if not self._make_room(key, size, already_in_ram=on_cpu):
+            pin = not on_cpu and self._may_pin(size)
+            footprint = size * PINNED_FOOTPRINT if pin else size
+            if not self._make_room(key, footprint, already_in_ram=on_cpu):
                 log.info("RAM cache: no room for %s (%.2f GiB)", title, size / GIB)
                 return False
-            pin = not on_cpu and self._may_pin(size)
             if not on_cpu:
                 try:
                     if not release_to_host(value, pin=pin):
@@ -166,7 +173,7 @@ class RamCache:
                     log.warning("RAM cache: could not move %s to RAM: %s", title, exc)
                     return False
             with self._state:
-                self._entries[key] = _Entry(title, version, value, size, pin)
+                self._entries[key] = _Entry(title, version, value, size, footprint, pin)
             log.info("RAM cache: keeping %s (%.2f GiB)", title, size / GIB)
             return True
 
@@ -179,17 +186,18 @@ class RamCache:
         """Drop least recently used entries until ``size`` more bytes fit; False (nothing dropped) if they never
         would. The room is what the entries take now plus what the system has available, less the margin (a
         model evicted from the CPU is in RAM already; one from a GPU still has to be copied in)."""
+        free = self._available() - self.margin()  # read before taking the lock: reports never wait
         with self._state:
             self._entries.pop(key, None)  # an older copy of the same checkpoint (another device evicted it too)
-            cached = sum(e.size for e in self._entries.values())
-            room = cached + (size if already_in_ram else 0) + self._available() - self.margin()
+            cached = sum(e.footprint for e in self._entries.values())
+            room = cached + (size if already_in_ram else 0) + free
             limit = room if self._limit is None else min(self._limit, room)
             if size > limit:
                 return False
             dropped = []
             while self._entries and cached + size > limit:
                 _, old = self._entries.popitem(last=False)
-                cached -= old.size
+                cached -= old.footprint
                 dropped.append(old.title)
                 old = None  # noqa: F841 - the last reference: gc.collect below can free it
         for title in dropped:
@@ -199,7 +207,12 @@ class RamCache:
         return True
 
     def _may_pin(self, size: int) -> bool:
-        """Pin while the cache's page-locked memory stays a small share of the RAM."""
         with self._state:
-            pinned = sum(e.size for e in self._entries.values() if e.pinned)
-        return pinned + size <= self._total() // PINNED_SHARE
+            pinned = sum(e.footprint for e in self._entries.values() if e.pinned)
+        return should_pin(size, pinned, self._total())
+
+
+def should_pin(size: int, pinned: int, total: int) -> bool:
+    """Pin a ``size``-byte model while the cache's page-locked memory (``pinned`` bytes now) stays a small share
+    of the ``total`` RAM: cheap then, and never starving the rest of the system of swappable memory."""
+    return pinned + size * PINNED_FOOTPRINT <= total // PINNED_SHARE
