@@ -214,6 +214,31 @@ def test_rss_does_not_grow_over_twenty_switches(data_dir, model_files):
     assert growth < 3 * size + 32 * 1024 ** 2, f"RSS grew by {growth / 2**20:.1f} MiB over 20 switches"
 
 
+def test_a_checkpoint_that_does_not_fit_brings_back_the_evicted_one_from_ram(data_dir, model_files, counting,
+                                                                             monkeypatch):
+    """Out of GPU memory while placing B: A, evicted for it, comes back from RAM (no second read of its file)."""
+    from webui.errors import ModelLoadError
+    from webui.models import memory
+
+    manager = ModelManager(make_settings(data_dir, max_loaded_models=1), registry_of_installed(data_dir, model_files),
+                           load=counting)
+    manager.select("tiny-sd15")
+    real_apply = memory.apply_plan
+
+    def no_room_for_other(pipe, plan, device):
+        if manager.ram_cache.report():  # A has been evicted into RAM: B is being placed
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_apply(pipe, plan, device)
+
+    monkeypatch.setattr(memory, "apply_plan", no_room_for_other)
+    with pytest.raises(ModelLoadError, match="Out of GPU memory while loading other-sd15"):
+        manager.select("other-sd15")
+    monkeypatch.setattr(memory, "apply_plan", real_apply)
+    assert [t.split(" ")[0] for t in manager.loaded_titles()] == ["tiny-sd15.safetensors"]
+    assert counting.calls == ["tiny-sd15.safetensors", "other-sd15.safetensors"]
+    assert manager.selected.name == "tiny-sd15.safetensors"
+
+
 # --- the device owner's eviction handler and the cache's own rules, on plain modules ------------------------------
 
 def block() -> torch.nn.Module:
@@ -233,6 +258,14 @@ def test_the_eviction_handler_gets_what_makes_room_only():
     owner.resident("checkpoint:b", block, kind="checkpoint", max_of_kind=1, version=2, on_evict=keep("b"))
     owner.evict("checkpoint:b")
     assert handed == [("a", module_bytes(a))]  # a stale version and an explicit unload are just dropped
+
+
+def test_evictions_for_the_memory_budget_are_handed_over_too():
+    owner = DeviceOwner("cpu", budget_bytes=int(module_bytes(block()) * 1.5))
+    handed: list[str] = []
+    owner.resident("gan", block, kind="gan", on_evict=lambda value, size: handed.append("gan"))
+    owner.resident("checkpoint:a", block, kind="checkpoint")
+    assert handed == ["gan"] and owner.names() == ["checkpoint:a"]
 
 
 def test_a_failing_handler_does_not_stop_the_eviction():
