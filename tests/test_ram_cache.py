@@ -300,3 +300,27 @@ def test_only_a_small_share_of_the_ram_is_pinned():
     assert should_pin(2 * GIB, 0, 32 * GIB)
     assert not should_pin(7 * GIB, 0, 32 * GIB)
     assert not should_pin(2 * GIB, 4 * GIB, 32 * GIB)
+
+
+def test_a_model_placed_with_offload_hooks_is_cached_with_its_weights(tiny_model):
+    """Sequential offload leaves meta tensors in the modules and the weights in accelerate's hooks: leaving the
+    device removes the hooks, which puts the weights back, so the cached model is whole (and the memory plan adds
+    the hooks again when it is placed)."""
+    from accelerate import cpu_offload
+    from diffusers import StableDiffusionPipeline
+
+    from tests.tiny_models import tiny_sd1_components
+
+    pipe = StableDiffusionPipeline(**tiny_sd1_components(seed=0), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    cpu_offload(pipe.unet, execution_device=torch.device("cpu"))
+    assert pipe.unet.conv_in.weight.is_meta
+    model = type(tiny_model)(**{**vars(tiny_model), "pipe": pipe})
+    cache = RamCache(None, available=lambda: 64 * GIB, total=lambda: 64 * GIB)
+    assert cache.put(CacheKey("x", "float32", "4gb"), "v1", "x", model, module_bytes(model),
+                     torch.device("cuda"))  # from a GPU: its weights are released to RAM
+    # Pinning needs a CUDA driver, which this machine lacks: the model is kept in plain memory instead.
+    assert [e["pinned"] for e in cache.report()] == [False]
+    assert not hasattr(pipe.unet, "_hf_hook")
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())

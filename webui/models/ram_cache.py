@@ -167,15 +167,28 @@ class RamCache:
                 return False
             if not on_cpu:
                 try:
-                    if not release_to_host(value, pin=pin):
-                        return False
-                except RuntimeError as exc:  # out of host memory, or pinning refused by the driver
+                    kept, pin = self._release(value, title, pin)
+                except RuntimeError as exc:  # out of host memory
                     log.warning("RAM cache: could not move %s to RAM: %s", title, exc)
                     return False
+                if not kept:
+                    return False
+                footprint = size * PINNED_FOOTPRINT if pin else size
             with self._state:
                 self._entries[key] = _Entry(title, version, value, size, footprint, pin)
             log.info("RAM cache: keeping %s (%.2f GiB)", title, size / GIB)
             return True
+
+    @staticmethod
+    def _release(value: Any, title: str, pin: bool) -> tuple[bool, bool]:
+        """Move ``value``'s weights into RAM, pinned if asked and the driver allows it, else pageable.
+        Returns (kept, pinned)."""
+        if pin:
+            try:
+                return release_to_host(value, pin=True), True
+            except RuntimeError as exc:  # page-locking refused (driver, ulimit): plain memory works too
+                log.info("RAM cache: keeping %s in pageable memory (%s)", title, exc)
+        return release_to_host(value, pin=False), False
 
     def clear(self) -> None:
         with self._state:
