@@ -3,6 +3,7 @@ with a LoRA left in it, within its size, and without memory growing over many sw
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 
@@ -316,7 +317,7 @@ def test_a_model_placed_with_offload_hooks_is_cached_with_its_weights(tiny_model
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     cpu_offload(pipe.unet, execution_device=torch.device("cpu"))
     assert pipe.unet.conv_in.weight.is_meta
-    model = type(tiny_model)(**{**vars(tiny_model), "pipe": pipe})
+    model = dataclasses.replace(tiny_model, pipe=pipe)
     cache = RamCache(None, available=lambda: 64 * GIB, total=lambda: 64 * GIB)
     assert cache.put(CacheKey("x", "float32", "4gb"), "v1", "x", model, module_bytes(model),
                      torch.device("cuda"))  # from a GPU: its weights are released to RAM
