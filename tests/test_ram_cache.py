@@ -325,3 +325,15 @@ def test_a_model_placed_with_offload_hooks_is_cached_with_its_weights(tiny_model
     assert [e["pinned"] for e in cache.report()] == [False]
     assert not hasattr(pipe.unet, "_hf_hook")
     assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+
+
+def test_the_flag_sets_the_size_and_refuses_a_negative_one(capsys):
+    from webui.cli import parse_settings
+
+    assert parse_settings([]).ram_cache_gib is None  # auto
+    assert not RamCache.from_gib(parse_settings(["--ram-cache-gib", "0"]).ram_cache_gib).enabled
+    assert RamCache.from_gib(parse_settings(["--ram-cache-gib", "1.5"]).ram_cache_gib).enabled
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse_settings(["--ram-cache-gib", bad])
+        assert "--ram-cache-gib must be 0 (off) or more" in capsys.readouterr().err
