@@ -108,6 +108,10 @@ def test_an_edited_file_is_read_again(switching, counting, data_dir, model_files
     switching.checkpoints.switch("tiny-sd15")
     assert counting.calls[-1] == "tiny-sd15.safetensors" and len(counting.calls) == 4
     assert not np.array_equal(image(switching), first)
+    # Edited while on the device: not kept when it leaves.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000_000))
+    switching.checkpoints.switch("other-sd15")
+    assert switching.manager.memory_report()["ram_cache"] == []
 
 
 def test_ram_cache_off_reads_the_file_every_time(data_dir, model_files, counting):

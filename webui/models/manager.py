@@ -123,7 +123,8 @@ class ModelManager:
             return self._load(info, self.dtype, self._settings.allow_pickle)
 
         def keep_in_ram(model: LoadedModel, size: int) -> None:
-            self.ram_cache.put(key, read_as[-1], info.title, model, size, self.device)
+            if read_as[-1] == file_version(info):  # a file edited since it was read is not worth keeping
+                self.ram_cache.put(key, read_as[-1], info.title, model, size, self.device)
 
         def place(model: LoadedModel, device: torch.device) -> None:
             memory.apply_plan(model.pipe, memory.plan_for(self.profile, model.family), device)
