@@ -157,7 +157,6 @@ def run_lifecycle(device: str, full_size: bool, workdir: Path, switches: int = 2
 
     Returns rows ``{"measure", "value", "unit", "note"}``."""
     from webui.config import Settings
-    from webui.models.device import module_bytes
     from webui.services.container import build_services
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -177,9 +176,7 @@ def run_lifecycle(device: str, full_size: bool, workdir: Path, switches: int = 2
                     "build_services: the registry hashes each new file once (cached by path, size, mtime)"))
     try:
         first = timed(lambda: services.checkpoints.switch(a), sync)
-        with services.manager.lease() as model:
-            model_mib = module_bytes(model) / MIB
-            dtype = str(model.dtype).replace("torch.", "")
+        model_mib, dtype = describe_model(services)
         again = [timed(lambda name=name: services.checkpoints.switch(name), sync) for name in (b, a, b)]
     finally:
         services.queue.shutdown()
@@ -215,6 +212,14 @@ def run_lifecycle(device: str, full_size: bool, workdir: Path, switches: int = 2
     finally:
         services.queue.shutdown()
     return rows
+
+
+def describe_model(services) -> tuple[float, str]:
+    """The loaded model's weights in MiB and its dtype (no reference to it is kept: it must be freed on eviction)."""
+    from webui.models.device import module_bytes
+
+    with services.manager.lease() as model:
+        return module_bytes(model) / MIB, str(model.dtype).replace("torch.", "")
 
 
 def time_lora(services, data: Path, full_size: bool, sync: Callable[[], None]) -> list[dict]:

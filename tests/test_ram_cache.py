@@ -177,6 +177,28 @@ def test_auto_size_follows_the_ram_the_system_has_available(data_dir, model_file
     assert counting.calls[-1] == "other-sd15.safetensors"  # it was not kept: read again
 
 
+def test_a_load_from_disk_first_drops_what_the_cache_keeps_if_ram_is_short(data_dir, model_files, counting):
+    """A load needs RAM for the file's tensors and the model built from them: the cache gives way before it."""
+    for name in ("single", "other", "diffusers"):
+        install(model_files[name], data_dir)
+    available = {"bytes": 64 * GIB}
+    cache = RamCache(None, available=lambda: available["bytes"], total=lambda: 64 * GIB, margin_bytes=2 * GIB)
+    manager = ModelManager(make_settings(data_dir, max_loaded_models=1), registry_of(data_dir), load=counting,
+                           ram_cache=cache)
+    manager.select("tiny-sd15")
+    manager.select("other-sd15")
+    assert [e["name"].split(" ")[0] for e in cache.report()] == ["tiny-sd15.safetensors"]
+    folder = data_dir / "models" / "Stable-diffusion" / "tiny-diffusers"
+    folder_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    available["bytes"] = 2 * GIB + 2 * folder_bytes  # less than a load of tiny-diffusers may need (3x its files)
+    manager.select("tiny-diffusers")
+    # tiny-sd15 was dropped before the load; other-sd15, evicted after it, fits (it is in RAM already).
+    assert [e["name"].split(" ")[0] for e in cache.report()] == ["other-sd15.safetensors"]
+    manager.select("tiny-sd15")
+    assert counting.calls == ["tiny-sd15.safetensors", "other-sd15.safetensors", "tiny-diffusers",
+                              "tiny-sd15.safetensors"]
+
+
 def registry_of_installed(data_dir, model_files) -> ModelRegistry:
     install(model_files["single"], data_dir)
     install(model_files["other"], data_dir)

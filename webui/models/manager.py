@@ -20,7 +20,7 @@ from webui.models import loader, memory
 from webui.models.device import DeviceOwner
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.loader import LoadedModel
-from webui.models.ram_cache import CacheKey, RamCache, file_version
+from webui.models.ram_cache import CacheKey, RamCache, file_version, load_bytes
 from webui.models.registry import ModelRegistry
 from webui.models.selection import CheckpointSelection
 from webui.types import CheckpointInfo
@@ -119,6 +119,7 @@ class ModelManager:
             if cached is not None:
                 log.info("Taking %s from the RAM cache (%s, %s)", info.title, self.device, self.dtype)
                 return cached
+            self.ram_cache.make_room_for_load(load_bytes(info))
             log.info("Loading %s (%s, %s, profile %s)", info.title, self.device, self.dtype, self.profile)
             return self._load(info, self.dtype, self._settings.allow_pickle)
 

@@ -57,6 +57,17 @@ def total_ram() -> int:
     return psutil.virtual_memory().total
 
 
+def load_bytes(info: CheckpointInfo) -> int:
+    """RAM a load of this checkpoint may need at its peak, roughly: the file's tensors plus the model built from
+    them, up to twice their size (an fp16 file loaded in fp32): three times the file (or folder)."""
+    path = Path(info.path)
+    try:
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    except OSError:
+        return 0
+    return 3 * size
+
+
 def file_version(info: CheckpointInfo) -> Hashable | None:
     """The checkpoint's content as of now, cheaply: its sha256 (as the registry last hashed it) with the size and
     mtime of the file, or of every file of a diffusers folder. None when it cannot be read (never cached)."""
@@ -192,6 +203,23 @@ class RamCache:
             except RuntimeError as exc:  # page-locking refused (driver, ulimit): plain memory works too
                 log.info("RAM cache: keeping %s in pageable memory (%s)", title, exc)
         return release_to_host(value, pin=False), False
+
+    def make_room_for_load(self, need_bytes: int) -> None:
+        """Before a checkpoint is read from disk: drop least recently used entries until the system has
+        ``need_bytes`` available beyond the margin (or the cache is empty), so a load never runs out of RAM
+        because of what the cache keeps."""
+        free = self._available() - self.margin()
+        dropped = []
+        with self._state:
+            while self._entries and free < need_bytes:
+                _, old = self._entries.popitem(last=False)
+                free += old.footprint
+                dropped.append(old.title)
+                old = None  # noqa: F841 - the last reference: gc.collect below can free it
+        for title in dropped:
+            log.info("RAM cache: dropping %s to make room for a load", title)
+        if dropped:
+            gc.collect()
 
     def clear(self) -> None:
         with self._state:
