@@ -363,3 +363,14 @@ def test_the_flag_sets_the_size_and_refuses_a_negative_one(capsys):
         with pytest.raises(SystemExit):
             parse_settings(["--ram-cache-gib", bad])
         assert "--ram-cache-gib must be 0 (off) or more" in capsys.readouterr().err
+
+
+def test_a_training_run_loading_its_own_copy_gets_the_ram_first(data_dir, model_files):
+    from webui.services.training_setup import training_resources
+
+    cache = RamCache(None, available=lambda: 2 * GIB, total=lambda: 64 * GIB, margin_bytes=2 * GIB)
+    assert cache.put(CacheKey("old.safetensors", "float32", "cpu"), "v1", "old", block(), 16_640,
+                     torch.device("cpu"))  # on the CPU: kept while the margin is free (it is, exactly)
+    resources = training_resources(make_settings(data_dir), registry_of_installed(data_dir, model_files), cache)
+    model = resources.load_checkpoint("tiny-sd15")
+    assert model.info.name == "tiny-sd15.safetensors" and cache.report() == []  # dropped before the load

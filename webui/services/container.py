@@ -127,7 +127,8 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                                  allow_external_links=settings.allow_external_model_links,
                                  credentials=credentials, provenance=provenance)
     training = build_training_service(settings, queue, registry,
-                                      refresh=[style.refresh_models, loras.refresh, embeddings.refresh])
+                                      refresh=[style.refresh_models, loras.refresh, embeddings.refresh],
+                                      ram_cache=ram_cache)
     loaded: list[ExtensionHost] = []  # the extensions load last (their contexts use the services)
     hooks = Hooks(lambda: loaded[0] if loaded else None, guard=PolicyGuard.capture())
 
