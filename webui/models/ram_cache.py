@@ -13,8 +13,9 @@ LoRAs are never in a cached model: a job's LoRAs are restored byte for byte when
 
 Size: ``Settings.ram_cache_gib`` (0 = off; None = auto). At every insert the cache also checks the RAM the system
 has available and keeps a safety margin free, dropping least recently used entries, so it never pushes the
-machine into swap, whatever size was asked for. (Not checked after an insert: RAM that other work takes later,
-e.g. a CPU training run, does not shrink the cache; ``--ram-cache-gib 0`` leaves all of it to them.)
+machine into swap, whatever size was asked for. Before a checkpoint is read from disk (for a device, or a training
+run's own copy) it gives way too, until the load has the RAM it may need. Other RAM use does not shrink it between
+those points; ``--ram-cache-gib 0`` leaves all of the RAM to it.
 
 Not measured on a GPU yet: the copy back to the device is what a switch costs there (issue 13's target: at most 1 s for
 SD1.5).
