@@ -374,3 +374,18 @@ def test_a_training_run_loading_its_own_copy_gets_the_ram_first(data_dir, model_
     resources = training_resources(make_settings(data_dir), registry_of_installed(data_dir, model_files), cache)
     model = resources.load_checkpoint("tiny-sd15")
     assert model.info.name == "tiny-sd15.safetensors" and cache.report() == []  # dropped before the load
+
+
+def test_one_cache_for_every_device(data_dir, model_files, counting):
+    svc = make_services(data_dir, model_files, counting, device="cpu:0,cpu:1")
+    try:
+        first, second = svc.devices
+        assert first.ram_cache is second.ram_cache  # RAM is one pool
+        first.select("tiny-sd15")
+        first.select("other-sd15")  # tiny-sd15 leaves cpu:0 for RAM
+        with second.lease("tiny-sd15") as model:  # cpu:1 takes it from there
+            assert model.info.name == "tiny-sd15.safetensors"
+        assert counting.calls == ["tiny-sd15.safetensors", "other-sd15.safetensors"]
+        assert [d["ram_cache"] for d in (first.memory_report(), second.memory_report())] == [[], []]
+    finally:
+        svc.queue.shutdown()
