@@ -73,6 +73,13 @@ class DeviceResident(BaseModel):
     in_use: bool
 
 
+class RamCachedCheckpoint(BaseModel):
+    name: str = Field(description="the checkpoint's title")
+    dtype: str
+    bytes: int
+    pinned: bool = Field(description="kept in page-locked memory (faster to copy to a GPU)")
+
+
 class DeviceReport(BaseModel):
     name: str = Field(description='"cpu", "cuda:0" ...: one worker runs one job at a time on each')
     dtype: str
@@ -85,6 +92,9 @@ class DeviceReport(BaseModel):
     plans: dict[str, dict[str, Any]] = Field(
         description="per loaded checkpoint: memory profile, where the text encoders live, offload, VAE tiling "
                     "threshold, attention kernel, compiled")
+    ram_cache: list[RamCachedCheckpoint] = Field(
+        default_factory=list, description="checkpoints kept in RAM after leaving a device (shared by all devices), "
+                                          "least recently used first: switching back to one is a copy, not a load")
 
 
 class RuntimeDevice(BaseModel):
@@ -162,7 +172,7 @@ def build_studio_router(services: Services) -> APIRouter:
                             "checkpoints": report["loaded"], "residents": report["residents"],
                             "job": {"id": job.id, "kind": job.kind} if job else None,
                             "attention": report["attention"], "compiled": report["compiled"],
-                            "plans": report["plans"]})
+                            "plans": report["plans"], "ram_cache": report.get("ram_cache", [])})
         return reports
 
     @router.get("/runtime", response_model=RuntimeReport,

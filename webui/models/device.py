@@ -24,6 +24,9 @@ import torch
 log = logging.getLogger(__name__)
 
 Placer = Callable[[Any, torch.device], None]
+# Called with a resident's value and size when room is made for another one (not on explicit unloads): the
+# checkpoint RAM cache (webui/models/ram_cache.py) keeps it instead of dropping it. Must not raise.
+EvictionHandler = Callable[[Any, int], None]
 
 # accelerate's init_empty_weights (used by the checkpoint loader, and by transformers' from_pretrained) patches
 # torch.nn.Module for the whole process while a model is built: a model built at the same time on another device's
@@ -52,6 +55,28 @@ def module_bytes(obj: Any) -> int:
     """Bytes of the tensors an object would put on the device (its modules' parameters and buffers)."""
     return sum(t.numel() * t.element_size() for module in modules_of(obj)
                for t in (*module.parameters(), *module.buffers()))
+
+
+def release_to_host(obj: Any, *, pin: bool = False) -> bool:
+    """Move an evicted resident's weights from its device into CPU memory (page-locked when ``pin``, which makes
+    the next copy to the GPU faster), so it can be kept in RAM. Offload hooks are removed first (they restore the
+    weights they hold; the memory plan adds them again when it is placed). False, with nothing kept, when some
+    weights exist only as meta tensors."""
+    for item in [obj, getattr(obj, "pipe", None)]:
+        remove_hooks = getattr(item, "remove_all_hooks", None)
+        if callable(remove_hooks):
+            remove_hooks()
+    tensors = [t for module in modules_of(obj) for t in (*module.parameters(), *module.buffers())]
+    if any(t.is_meta for t in tensors):
+        return False
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor.device.type == "cpu" and (not pin or tensor.is_pinned()):
+                continue
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            host.copy_(tensor.data)
+            tensor.data = host  # in place, as Module.to does: references to the parameter stay valid
+    return True
 
 
 def default_placer(dtype: torch.dtype | None = None) -> Placer:
@@ -125,13 +150,16 @@ class DeviceOwner:
     # ------------------------------------------------------------------------------------- residents
 
     def resident(self, name: str, build: Callable[[], Any], *, kind: str, version: Hashable = None,
-                 place: Placer | None = None, max_of_kind: int | None = None) -> Any:
+                 place: Placer | None = None, max_of_kind: int | None = None,
+                 on_evict: EvictionHandler | None = None) -> Any:
         """The resident ``name`` at ``version``, building and placing it when it is not here yet.
 
         Load first, evict after: ``build()`` runs (on the CPU) before anything is evicted, so a file that does
         not load costs nothing. Then room is made (``max_of_kind`` residents of this kind at most, and on CUDA the
         free memory it needs), and ``place(value, device)`` puts it on the device (default: ``.to(device)``). If
-        placing fails, what was evicted for it is rebuilt. Call it while holding ``work()``.
+        placing fails, what was evicted for it is rebuilt. ``on_evict(value, size)`` is called when this resident
+        is later evicted to make room for another (count limit or memory), instead of just dropping it. Call it
+        while holding ``work()``.
         """
         with self._work:
             with self._state:
@@ -152,7 +180,8 @@ class DeviceOwner:
                 raise
             with self._state:
                 self._residents[name] = Resident(name, kind, version, value, size,
-                                                 extra={"build": build, "place": place, "max_of_kind": max_of_kind})
+                                                 extra={"build": build, "place": place, "max_of_kind": max_of_kind,
+                                                        "on_evict": on_evict})
             return value
 
     @contextmanager
@@ -188,19 +217,22 @@ class DeviceOwner:
     def _make_room(self, kind: str, size: int, max_of_kind: int | None, replacing: str) -> list[Resident]:
         """Evict least recently used residents (never pinned ones) until the new one may be placed."""
         evicted: list[Resident] = []
+        popped: list[tuple[Resident, Any]] = []
         with self._state:
-            if replacing in self._residents:  # an older version of the same name goes first
-                evicted.append(self._pop(replacing))
+            if replacing in self._residents:  # an older version of the same name goes first, and for good
+                evicted.append(self._pop(replacing)[0])
             if max_of_kind is not None:
                 same = [r.name for r in self._residents.values() if r.kind == kind and not r.pins]
                 while same and len(same) + 1 > max(1, max_of_kind):
-                    evicted.append(self._pop(same.pop(0)))
+                    popped.append(self._pop(same.pop(0)))
+        evicted.extend(self._retire(popped))
         while self._budget is not None and self.used_bytes() + size > self._budget:
             with self._state:
                 victim = next((r.name for r in self._residents.values() if not r.pins), None)
                 if victim is None:
                     break
-                evicted.append(self._pop(victim))
+                popped = [self._pop(victim)]
+            evicted.extend(self._retire(popped))
         if self.device.type == "cuda":
             self.free_cache()
             while torch.cuda.mem_get_info(self.device)[0] < size + self._reserve:
@@ -208,22 +240,41 @@ class DeviceOwner:
                     victim = next((r.name for r in self._residents.values() if not r.pins), None)
                     if victim is None:
                         break
-                    evicted.append(self._pop(victim))
+                    popped = [self._pop(victim)]
+                evicted.extend(self._retire(popped))
                 self.free_cache()
         for resident in evicted:
             log.info("Unloading %s from %s to make room", resident.name, self.name)
         return evicted
 
-    def _pop(self, name: str) -> Resident:
-        """Remove a resident (state lock held); what is returned keeps how to rebuild it, not its weights."""
-        return replace(self._residents.pop(name), value=None)
+    def _pop(self, name: str) -> tuple[Resident, Any]:
+        """Remove a resident (state lock held): its record, which keeps how to rebuild it but not its weights,
+        and its value."""
+        resident = self._residents.pop(name)
+        return replace(resident, value=None), resident.value
+
+    def _retire(self, popped: list[tuple[Resident, Any]]) -> list[Resident]:
+        """Hand evicted values to their eviction handler (outside the state lock: it may copy gigabytes), then
+        drop them: ``popped`` is emptied, so that free_cache can release what nothing else keeps."""
+        records = [resident for resident, _ in popped]
+        while popped:
+            resident, value = popped.pop(0)
+            handler = resident.extra.get("on_evict")
+            if handler is not None:
+                try:
+                    handler(value, resident.size)
+                except Exception as exc:  # noqa: BLE001 - keeping a copy is optional; the eviction goes on
+                    log.warning("Could not keep %s in RAM: %s", resident.name, exc)
+            del value
+        return records
 
     def _rebuild(self, evicted: list[Resident]) -> None:
         """Best effort after a failed placement: bring back what was evicted for it (newest first)."""
         for resident in reversed(evicted):
             try:
                 self.resident(resident.name, resident.extra["build"], kind=resident.kind, version=resident.version,
-                              place=resident.extra["place"], max_of_kind=resident.extra["max_of_kind"])
+                              place=resident.extra["place"], max_of_kind=resident.extra["max_of_kind"],
+                              on_evict=resident.extra.get("on_evict"))
             except Exception as exc:  # noqa: BLE001 - the original failure is what the caller reports
                 log.warning("Could not restore %s after a failed load: %s", resident.name, exc)
 

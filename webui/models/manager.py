@@ -21,6 +21,7 @@ from webui.models import attention, fast_path, loader, memory
 from webui.models.device import DeviceOwner
 from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.loader import LoadedModel
+from webui.models.ram_cache import CacheKey, RamCache, file_version, load_bytes
 from webui.models.registry import ModelRegistry
 from webui.models.selection import CheckpointSelection
 from webui.types import CheckpointInfo
@@ -57,10 +58,11 @@ class Placement:
 class ModelManager:
     def __init__(self, settings: Settings, registry: ModelRegistry, load: Loader = loader.load,
                  last_used: LastCheckpoint | None = None, *, owner: DeviceOwner | None = None,
-                 selection: CheckpointSelection | None = None,
+                 selection: CheckpointSelection | None = None, ram_cache: RamCache | None = None,
                  compile_unet: Callable[..., bool] = fast_path.compile_unet):
         """``load`` and ``compile_unet`` (used with --compile) are replaceable: tests share tiny models and compile
-        with a backend that generates no C++."""
+        with a backend that generates no C++. ``ram_cache``: where evicted checkpoints wait to be used again (shared
+        by every device's manager; default: one of this manager's own, sized by ``settings.ram_cache_gib``)."""
         self._settings = settings
         self._registry = registry
         self._load = load
@@ -78,6 +80,7 @@ class ModelManager:
             log.error("%s", self._attention_problem)
         if settings.compile:
             fast_path.use_cache_dir(settings.cache_dir / "torch-compile")
+        self.ram_cache = ram_cache if ram_cache is not None else RamCache.from_gib(settings.ram_cache_gib)
         # Called with each checkpoint this manager loads, after it is on its device (extensions' on_model_loaded,
         # wired in webui/services/container.py). Listeners must not raise.
         self.loaded_listeners: list[Callable[[CheckpointInfo, LoadedModel], None]] = []
@@ -136,9 +139,23 @@ class ModelManager:
                 yield model
 
     def _get(self, info: CheckpointInfo) -> LoadedModel:
+        key = CacheKey.of(info, self.dtype, self.profile)
+        read_as: list = []  # the file's version when it was read: what an evicted copy is cached under
+
         def build() -> LoadedModel:
+            version = file_version(info)  # before reading: an edit made while reading shows as a new version
+            read_as.append(version)
+            cached = self.ram_cache.take(key, version)
+            if cached is not None:
+                log.info("Taking %s from the RAM cache (%s, %s)", info.title, self.device, self.dtype)
+                return cached
+            self.ram_cache.make_room_for_load(load_bytes(info))
             log.info("Loading %s (%s, %s, profile %s)", info.title, self.device, self.dtype, self.profile)
             return self._load(info, self.dtype, self._settings.allow_pickle)
+
+        def keep_in_ram(model: LoadedModel, size: int) -> None:
+            if read_as[-1] == file_version(info):  # a file edited since it was read is not worth keeping
+                self.ram_cache.put(key, read_as[-1], info.title, model, size, self.device)
 
         def place(model: LoadedModel, device: torch.device) -> None:
             plan = memory.plan_for_load(self.profile, model.family, device)
@@ -164,7 +181,8 @@ class ModelManager:
             raise ModelLoadError(self._attention_problem)
         try:
             model = self.owner.resident(resident_name(info), build_once, kind=CHECKPOINT, version=info.sha256 or
-                                        info.title, place=place, max_of_kind=self._settings.max_loaded_models)
+                                        info.title, place=place, max_of_kind=self._settings.max_loaded_models,
+                                        on_evict=keep_in_ram)
         except torch.cuda.OutOfMemoryError as exc:
             raise ModelLoadError(f"Out of GPU memory while loading {info.name}. Try --memory-profile 4gb.") from exc
         if built:
@@ -179,7 +197,7 @@ class ModelManager:
         """What is on this device. Never waits for a running job."""
         report = self.owner.report()
         report.update({"dtype": str(self.dtype).replace("torch.", ""), "profile": self.profile,
-                       "loaded": self.loaded_titles()})
+                       "loaded": self.loaded_titles(), "ram_cache": self.ram_cache.report()})
         # Placements of evicted checkpoints are dropped here (the resident table is the truth).
         loaded = [resident_name_of(title) for title in report["loaded"]]
         placements = {name: self._placements[name] for name in loaded if name in self._placements}

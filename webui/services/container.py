@@ -16,6 +16,7 @@ from webui.models.last_checkpoint import LastCheckpoint
 from webui.models.manager import Loader, ModelManager
 from webui.models.memory import resolve_devices
 from webui.models.preview_decoders import PreviewDecoders
+from webui.models.ram_cache import RamCache
 from webui.models.registry import ModelRegistry
 from webui.models.selection import CheckpointSelection
 from webui.models.vae import VaeFiles
@@ -89,7 +90,9 @@ def build_services(settings: Settings, *, load: Loader | None = None,
     registry.refresh()
     selection = CheckpointSelection(registry, LastCheckpoint(settings.last_checkpoint_file))
     extra = {"load": load} if load is not None else {}
-    devices = tuple(ModelManager(settings, registry, owner=DeviceOwner(device), selection=selection, **extra)
+    ram_cache = RamCache.from_gib(settings.ram_cache_gib)  # one for every device: RAM is one pool
+    devices = tuple(ModelManager(settings, registry, owner=DeviceOwner(device), selection=selection,
+                                 ram_cache=ram_cache, **extra)
                     for device in resolve_devices(settings.device))
     manager = devices[0]
     jobs_store = JobStore(settings.data_dir / "studio.sqlite3", settings.data_dir / "history" / "inputs")
@@ -127,7 +130,8 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                                  allow_external_links=settings.allow_external_model_links,
                                  credentials=credentials, provenance=provenance)
     training = build_training_service(settings, queue, registry,
-                                      refresh=[style.refresh_models, loras.refresh, embeddings.refresh])
+                                      refresh=[style.refresh_models, loras.refresh, embeddings.refresh],
+                                      ram_cache=ram_cache)
     loaded: list[ExtensionHost] = []  # the extensions load last (their contexts use the services)
     hooks = Hooks(lambda: loaded[0] if loaded else None, guard=PolicyGuard.capture())
 

@@ -12,6 +12,7 @@ from webui.config import Settings
 from webui.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from webui.models import detect, loader
 from webui.models.loader import LoadedModel
+from webui.models.ram_cache import RamCache, load_bytes
 from webui.models.registry import ModelRegistry
 from webui.services.folders import folder_policy
 from webui.services.jobs import JobQueue
@@ -26,7 +27,10 @@ DEFAULT_METHODS: tuple[TrainingMethod, ...] = (LORA_METHOD, DREAMBOOTH_METHOD, t
                                                 CYCLEGAN_METHOD, PIX2PIX_METHOD)
 
 
-def training_resources(settings: Settings, registry: ModelRegistry) -> TrainingResources:
+def training_resources(settings: Settings, registry: ModelRegistry,
+                       ram_cache: RamCache | None = None) -> TrainingResources:
+    """``ram_cache``: the checkpoints kept in RAM for fast switching, which give way before a run loads its own
+    copy (that load, and the run's memory check, need the RAM)."""
     def find(title: str):
         try:
             return registry.find(title)
@@ -35,8 +39,11 @@ def training_resources(settings: Settings, registry: ModelRegistry) -> TrainingR
 
     def load_checkpoint(title: str) -> LoadedModel:
         # Always a fresh fp32 copy from disk: a run adds adapters to it and must never touch the generation cache.
+        info = find(title)
+        if ram_cache is not None:
+            ram_cache.make_room_for_load(load_bytes(info))
         try:
-            return loader.load(find(title), torch.float32, settings.allow_pickle)
+            return loader.load(info, torch.float32, settings.allow_pickle)
         except ModelLoadError as exc:
             raise InvalidRequest("base_model", str(exc)) from None
 
@@ -60,11 +67,13 @@ def training_resources(settings: Settings, registry: ModelRegistry) -> TrainingR
 
 def build_training_service(settings: Settings, queue: JobQueue, registry: ModelRegistry, *,
                            refresh: Sequence[Callable[[], object]] = (),
-                           methods: Sequence[TrainingMethod] = DEFAULT_METHODS) -> TrainingService:
+                           methods: Sequence[TrainingMethod] = DEFAULT_METHODS,
+                           ram_cache: RamCache | None = None) -> TrainingService:
     """``refresh``: model lists to rescan when a run writes its result (the checkpoint registry always is)."""
     def written(path: Path) -> None:
         for rescan in (registry.refresh, *refresh):
             rescan()
 
-    return TrainingService(methods, queue, training_resources(settings, registry), settings.data_dir / "training",
+    return TrainingService(methods, queue, training_resources(settings, registry, ram_cache),
+                           settings.data_dir / "training",
                            on_artifact=written)
