@@ -19,8 +19,8 @@ Method (see /work/shared/PERF.md):
   the file, so only one copy of the weights is alive at a time).
 * ``--memory-gib`` caps the process with ``torch.cuda.set_per_process_memory_fraction`` to simulate a smaller
   card: allocations past it raise out-of-memory as on a real card. A side that runs out reports OOM.
-  Note: our ``--profile auto`` reads the card's real total memory, not this cap; pass ``--profile 8gb`` to get
-  what an 8 GB card would get.
+  Our ``--profile auto`` picks from the memory free at load time, which the cap limits too; ``--profile 8gb``
+  forces what an 8 GB card would get.
 
 Figures are only valid on the device named in the output (and only on a GPU: CPU runs are smoke tests).
 This script is not a test and nothing under ``tests/`` imports it.

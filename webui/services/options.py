@@ -219,6 +219,7 @@ OPTIONS: dict[str, Option] = {
     "token_merging_ratio": Option(float, 0.0, 0, 0.9),
     "token_merging_ratio_img2img": Option(float, 0.0, 0, 0.9),
     "token_merging_ratio_hr": Option(float, 0.0, 0, 0.9),
+    # A1111 counts checkpoints cached in RAM; ours is sized in GiB (--ram-cache-gib), so a count is refused.
     "sd_checkpoint_cache": Option(int, 0, 0, 10),
     "sd_vae_checkpoint_cache": Option(int, 0, 0, 10),
     "sd_checkpoints_limit": Option(int, 1, 1, 10),
