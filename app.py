@@ -42,12 +42,17 @@ def main(argv: list[str] | None = None) -> int:
 
     restart_requested = threading.Event()
 
-    def restart() -> None:
-        # "Apply and restart UI": end the server like Ctrl+C, then exec this same command line again (below).
-        restart_requested.set()
+    def stop_server() -> None:
         server.should_exit = True
         # A graceful shutdown waits for open connections (pages keep event streams open): not for long.
         threading.Timer(5.0, lambda: setattr(server, "force_exit", True)).start()
+
+    def restart() -> None:
+        # "Apply and restart UI": end the server like Ctrl+C, then exec this same command line again (below).
+        # Not at once: the reply saying so travels on an event stream the page may still be opening, and a
+        # server that is shutting down accepts no new connections.
+        restart_requested.set()
+        threading.Timer(2.0, stop_server).start()
 
     services = build_services(settings, restart=restart)
     logging.getLogger("webui").info("Running on %s", describe_runtime(services))

@@ -117,11 +117,11 @@ def test_apply_and_restart_brings_the_changes_in(page, app_server: RunningApp):
     open_tab(page)
     expect(page.locator("#extensions_restart_note")).to_contain_text("running jobs are interrupted")
     page.locator("#extensions_apply_restart").click()
-    expect(page.locator("#extensions_restart_status")).to_contain_text("Restarting...")
+    expect(page.locator("#extensions_restart_status")).to_contain_text("Restarting...", timeout=15_000)
     # The page reloads by itself once the restarted server answers; the new process loaded the changes.
     page.wait_for_event("load", timeout=120_000)
     open_tab(page)
-    expect(table_row(page, "hello")).to_contain_text("loaded")
+    expect(table_row(page, "hello")).to_contain_text("loaded", timeout=30_000)  # the fresh page loads its table
     expect(table_row(page, "good")).to_contain_text("disabled")
     expect(table_row(page, "good")).not_to_contain_text("after restart")
     assert app_server.process.poll() is None  # the same process, re-executed
