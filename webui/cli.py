@@ -9,6 +9,7 @@ from pathlib import Path
 from webui.api.hosts import HostError, parse_allowed_host
 from webui.api.security import CredentialError, Credentials, parse_credentials, read_credentials_file
 from webui.config import ATTENTIONS, DEVICE_LIST, MEMORY_PROFILES, PRECISIONS, REPO_ROOT, Limits, Settings
+from webui.scaleout.config import DEFAULT_REPLICA_CACHE, ScaleOutConfig, check_address, parse_replicas
 from webui.stored_options import MEMORY_PROFILE_KEY, stored_option
 from webui.image_io import DEFAULT_FORMATS, OPTIONAL_FORMATS, parse_image_formats
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ram-cache-gib", type=float, default=None, metavar="GIB",
                         help="checkpoints kept in RAM after leaving the device, so switching back is fast "
                              "(default: sized from the free RAM; 0 = off)")
+    add_scale_out_arguments(parser)
     parser.add_argument("--memory-profile", choices=MEMORY_PROFILES, default=None,
                         help="memory savers: auto picks per checkpoint from the GPU's free memory; 8gb and 4gb "
                              "trade speed for memory (VAE tiling, text encoders in RAM, offload); cpu runs without a GPU "
@@ -149,6 +151,54 @@ def parse_origins(value: str | None) -> tuple[str, ...]:
     return origins
 
 
+def add_scale_out_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale-out on a Ray cluster (needs requirements-ray.txt; docs/scale-out.md)")
+    group.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="run generation on Ray Serve replicas: auto (the cluster this host joined with ray "
+                            "start), HOST:6379, ray://HOST:10001, or local (start a one-host cluster here); "
+                            "unset = this process generates and Ray is not imported")
+    group.add_argument("--ray-replicas", default=None, metavar="N|MIN:MAX",
+                       help="replica count, or autoscaling bounds from the queue length (default: one per GPU in "
+                            "the cluster, at least 1)")
+    group.add_argument("--ray-replica-gpus", type=float, default=None, metavar="F",
+                       help="GPUs per replica (0.5 puts two on one card; default 1 when the cluster has GPUs, "
+                            "else 0 = CPU replicas)")
+    group.add_argument("--ray-replica-cpus", type=float, default=1.0, metavar="F", help="CPUs per replica")
+    group.add_argument("--ray-models-dir", type=Path, default=None, metavar="PATH",
+                       help="the models folder as the replicas' hosts see it (a shared mount); checkpoints not "
+                            "found there are fetched from this process by hash (default: this process's path)")
+    group.add_argument("--ray-replica-cache", default=DEFAULT_REPLICA_CACHE, metavar="DIR",
+                       help="folder on each replica host for fetched checkpoints (sha256-verified)")
+
+
+def parse_scale_out(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ScaleOutConfig | None:
+    """The --ray-* flags -> ScaleOutConfig (None without --ray-address; the others then refused)."""
+    if args.ray_address is None:
+        given = [flag for flag, value in (("--ray-replicas", args.ray_replicas),
+                                          ("--ray-replica-gpus", args.ray_replica_gpus),
+                                          ("--ray-models-dir", args.ray_models_dir)) if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} {'need' if len(given) > 1 else 'needs'} --ray-address")
+        return None
+    low = high = None
+    try:
+        address = check_address(args.ray_address)
+    except ValueError as exc:
+        parser.error(f"--ray-address: {exc}")
+    if args.ray_replicas is not None:
+        try:
+            low, high = parse_replicas(args.ray_replicas)
+        except ValueError as exc:
+            parser.error(f"--ray-replicas: {exc}")
+    for flag, value in (("--ray-replica-gpus", args.ray_replica_gpus), ("--ray-replica-cpus", args.ray_replica_cpus)):
+        if value is not None and not value >= 0:
+            parser.error(f"{flag} must be 0 or more")
+    models = args.ray_models_dir.expanduser() if args.ray_models_dir is not None else None
+    return ScaleOutConfig(address=address, min_replicas=low, max_replicas=high, replica_gpus=args.ray_replica_gpus,
+                          replica_cpus=args.ray_replica_cpus, models_dir=models,
+                          replica_cache=args.ray_replica_cache)
+
+
 def parse_folders(value: str | None, parser: argparse.ArgumentParser) -> tuple[Path, ...]:
     folders = tuple(Path(item.strip()).expanduser().resolve() for item in (value or "").split(",") if item.strip())
     for folder in folders:
@@ -234,4 +284,5 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         insecure_api_no_auth=args.insecure_api_no_auth, insecure_ui_no_auth=args.insecure_ui_no_auth,
         safe_mode=args.safe_mode, enable_insecure_extension_access=args.enable_insecure_extension_access,
         extensions_index=args.extensions_index.strip(),
-        attention=args.attention, compile=args.compile, ram_cache_gib=args.ram_cache_gib)
+        attention=args.attention, compile=args.compile, ram_cache_gib=args.ram_cache_gib,
+        scale_out=parse_scale_out(args, parser))

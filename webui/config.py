@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.image_io import DEFAULT_FORMATS
+from webui.scaleout.config import ScaleOutConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +86,8 @@ class Settings:
     attention: str = "auto"
     compile: bool = False
     ram_cache_gib: float | None = None
+    # Scale-out (issue 14, docs/scale-out.md): generation on Ray Serve replicas; None = this process runs it.
+    scale_out: "ScaleOutConfig | None" = None
 
     @property
     def exposed(self) -> bool:

@@ -22,6 +22,7 @@ from webui.models.selection import CheckpointSelection
 from webui.models.vae import VaeFiles
 from webui.provenance.credentials import ContentCredentials
 from webui.provenance.policy import ProvenancePolicy
+from webui.scaleout.status import ClusterView
 from webui.services.checkpoints import CheckpointService
 from webui.services.downloads import DefaultModelDownloader
 from webui.services.extensions import ExtensionsService
@@ -72,6 +73,7 @@ class Services:
     extensions: ExtensionHost | None = None  # the extensions found at start: their status and what they registered
     extension_admin: ExtensionsService | None = None  # the Extensions tab: install/update/remove/enable, restart
     scripts: ScriptService | None = None  # the extensions' scripts (A1111's Script dropdown), one job each
+    scaleout: ClusterView | None = None  # --ray-address: the Ray Serve replicas (webui/scaleout); None: local only
 
 
 def build_services(settings: Settings, *, load: Loader | None = None,
