@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     finally:
         services.queue.shutdown()
+        if services.scaleout is not None:
+            services.scaleout.close()  # the replicas hold GPUs: removed with the front
         services.registry.close()  # also when run() ended without a signal
         services.jobs_store.close()
     if restart_requested.is_set():

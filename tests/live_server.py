@@ -73,3 +73,5 @@ def live_server(data_dir: Path, model_files: dict[str, Path], *, load: Loader | 
             sock.close()
     finally:
         services.queue.shutdown()
+        if services.scaleout is not None:
+            services.scaleout.close()

@@ -456,6 +456,7 @@ class GenerationResult:
     grid: "Image.Image | None" = None  # A1111's batch grid, when the return_grid option asks for it
     grid_path: Path | None = None      # where the grid was saved (grid_save)
     images_start_with_grid: bool = False  # a script's result: images[0] is its grid (A1111's index_of_first_image)
+    replica: str | None = None  # scale-out: the Ray replica that made the images (None: this process)
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,11 @@ class CheckpointSwitchRequest(BaseModel):
 
 
 class CheckpointService:
-    def __init__(self, registry: ModelRegistry, queue: JobQueue):
+    def __init__(self, registry: ModelRegistry, queue: JobQueue, *, load: bool = True):
+        """``load``: False with scale-out, where replicas load checkpoints and a switch only sets the default."""
         self._registry = registry
         self._queue = queue
+        self._load = load
         queue.register(JobKind(KIND, self._switch, uses_checkpoint=True, switches_checkpoint=True))
 
     def submit_switch(self, query: str, field: str = "sd_model_checkpoint") -> Job:
@@ -43,7 +45,10 @@ class CheckpointService:
     def switch(self, query: str, timeout: float | None = None) -> CheckpointInfo:
         return self.submit_switch(query).wait(timeout)
 
-    @staticmethod
-    def _switch(ctx: JobContext, request: CheckpointSwitchRequest) -> CheckpointInfo:
+    def _switch(self, ctx: JobContext, request: CheckpointSwitchRequest) -> CheckpointInfo:
+        if not self._load:
+            info = self._registry.find(request.checkpoint)
+            ctx.models.selection.choose(info)
+            return info
         ctx.report(f"Loading {request.checkpoint}")
         return ctx.models.select(request.checkpoint)

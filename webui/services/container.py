@@ -99,9 +99,10 @@ def build_services(settings: Settings, *, load: Loader | None = None,
     manager = devices[0]
     jobs_store = JobStore(settings.data_dir / "studio.sqlite3", settings.data_dir / "history" / "inputs")
     jobs_store.mark_unfinished_interrupted()  # before this run queues anything: what is left is the last run's
+    front = _connect_cluster(settings)  # --ray-address: generation runs on Ray Serve replicas
     queue = JobQueue(max_pending=settings.limits.queue_size, max_job_seconds=settings.limits.max_job_seconds,
-                     devices=devices, store=jobs_store)
-    checkpoints = CheckpointService(registry, queue)
+                     devices=devices, store=jobs_store, remote_slots=front.max_replicas if front else 0)
+    checkpoints = CheckpointService(registry, queue, load=front is None)
     store = ImageStore(settings.outputs_dir)
     safety = SafetyService(settings.models_dir, manager.dtype)
     vaes = VaeFiles(settings.vae_dir, hashes.sha256, allow_pickle=settings.allow_pickle,
@@ -134,6 +135,8 @@ def build_services(settings: Settings, *, load: Loader | None = None,
     training = build_training_service(settings, queue, registry,
                                       refresh=[style.refresh_models, loras.refresh, embeddings.refresh],
                                       ram_cache=ram_cache)
+    remote = None if front is None else front.deploy(manager.resolve, options.get_all,
+                                                     lambda: queue.in_flight_remote)
     loaded: list[ExtensionHost] = []  # the extensions load last (their contexts use the services)
     hooks = Hooks(lambda: loaded[0] if loaded else None, guard=PolicyGuard.capture())
 
@@ -152,7 +155,8 @@ def build_services(settings: Settings, *, load: Loader | None = None,
                                      preview=lambda: preview_settings(options.value, tiny_decoders.decoder),
                                      confirm_after=lambda: options.value("confirm_long_jobs_seconds"),
                                      embeddings=embeddings,
-                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle), hooks=hooks),
+                                     loras=JobLoras(loras, allow_pickle=settings.allow_pickle), hooks=hooks,
+                                     remote=remote),
         options=options,
         downloads=DefaultModelDownloader(settings.checkpoints_dir, enabled=settings.allow_download),
         style=style,
@@ -168,6 +172,7 @@ def build_services(settings: Settings, *, load: Loader | None = None,
         embeddings=embeddings,
         extra_networks=ExtraNetworksService(registry, loras, embeddings, manager,
                                             allow_external_links=settings.allow_external_model_links),
+        scaleout=front,
     )
     loaded.append(_load_extensions(settings, services, extensions))
     for device in devices:
@@ -175,6 +180,15 @@ def build_services(settings: Settings, *, load: Loader | None = None,
     host = loaded[0]
     return replace(services, extensions=host, extension_admin=ExtensionsService(settings, host, restart=restart),
                    scripts=ScriptService(host, services.generation, queue, registry, upscaling))
+
+
+def _connect_cluster(settings: Settings):
+    """The Ray front (webui/scaleout/front.py) with --ray-address; None otherwise, and Ray is never imported."""
+    if settings.scale_out is None:
+        return None
+    from webui.scaleout.front import RayFront
+
+    return RayFront(settings)
 
 
 def _load_extensions(settings: Settings, services: Services, in_code: Sequence[Extension]) -> ExtensionHost:

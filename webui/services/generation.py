@@ -11,9 +11,9 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from webui import VERSION
 from webui.config import Settings
@@ -49,7 +49,8 @@ from webui.services.saving import ImageSaver, SaveOptions, image_bytes
 from webui.services.storage import ImageStore
 from webui.grids import image_grid
 from webui.services.upscaling import UpscalingService
-from webui.types import GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, Txt2ImgRequest, safe_label
+from webui.types import (CheckpointInfo, GenerationResult, Img2ImgBatchRequest, Img2ImgRequest, Txt2ImgRequest,
+                         safe_label)
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
@@ -59,6 +60,13 @@ MAX_LOADED_VAES = 2  # VAE files kept on a device between jobs (about 160 MB eac
 
 def _pixels(count: int) -> str:
     return f"{count / 1e6:.1f} MP" if count >= 100_000 else f"{count} pixels"
+
+
+class RemoteGenerator(Protocol):
+    """Makes a job's images elsewhere (a Ray replica, webui/scaleout/remote.py): the same generation, returned
+    unmarked and unsaved; this process applies provenance and saves, so results land in one place."""
+
+    def generate(self, ctx: JobContext, request: Txt2ImgRequest, safety_check: bool) -> GenerationResult: ...
 
 
 class GenerationService:
@@ -71,10 +79,12 @@ class GenerationService:
                  saving: Callable[[], SaveOptions] = SaveOptions, upscalers: UpscalingService | None = None,
                  preview: Callable[[], PreviewSettings] = PreviewSettings,
                  confirm_after: Callable[[], float] = lambda: 0, embeddings: EmbeddingLibrary | None = None,
-                 loras: JobLoras | None = None, hooks: Hooks | None = None):
+                 loras: JobLoras | None = None, hooks: Hooks | None = None, remote: RemoteGenerator | None = None):
         """``upscalers``: the upscaler models hires fix may use (None: only the built-in ones); ``embeddings``:
         the textual-inversion files prompts may name (None: none); ``loras``: the LoRAs prompts may name (None: a
-        registry over ``models/Lora`` of its own); ``hooks``: the extensions' hooks (None: no extensions)."""
+        registry over ``models/Lora`` of its own); ``hooks``: the extensions' hooks (None: no extensions);
+        ``remote``: scale-out: where images are made (Ray replicas); this process then finishes and saves them."""
+        self._remote = remote
         self._embeddings = embeddings
         self._hooks = hooks or Hooks.none()
         self._loras = loras or JobLoras(LoraRegistry(settings.lora_dir,
@@ -133,12 +143,14 @@ class GenerationService:
         return self._manager.registry.find(query).title if query else None
 
     def _txt2img_job(self, ctx: JobContext, request: Txt2ImgRequest) -> GenerationResult:
+        return self._run(ctx, request, self._txt2img_task(ctx, request), self._provenance())
+
+    def _txt2img_task(self, ctx: JobContext, request: Txt2ImgRequest) -> "_Txt2Img":
         keep = request.enable_hr and request.save_images and self._save_before_hires()
         upscalers = self._upscalers
         model_upscale = None if upscalers is None else (
             lambda image, size, name: upscalers.upscale_with_model(ctx, image, size, name))
-        return self._run(ctx, request, _Txt2Img(request, keep_first_pass=keep, model_upscale=model_upscale),
-                         self._provenance())
+        return _Txt2Img(request, keep_first_pass=keep, model_upscale=model_upscale)
 
     def _img2img_job(self, ctx: JobContext, request: Img2ImgRequest) -> GenerationResult:
         return self._run(ctx, request, _Img2Img(request), self._provenance())
@@ -192,7 +204,7 @@ class GenerationService:
         target = self._folders.output_folder(request.output_dir, "output_dir") if request.output_dir else None
         # The whole folder runs on the checkpoint that was the default when it started, even if the user
         # switches models while it runs (interactive jobs may run between its images).
-        template = request.template.model_copy(update={"checkpoint": ctx.models.resolve(
+        template = request.template.model_copy(update={"checkpoint": self._manager.resolve(
             request.template.checkpoint).title})
         return self._run_batch_folder(ctx, template, files, target, self._provenance())
 
@@ -350,6 +362,8 @@ class GenerationService:
              policy: ProvenancePolicy, grids: bool = True) -> GenerationResult:
         """The batch loop both tasks share: seeds, progress, interrupt/skip, infotext, provenance, saving.
         ``grids``: False for a batch folder's images, which get no grid (as A1111's img2img batch)."""
+        if self._remote is not None:
+            return self._finish_remote(ctx, request, task, policy, grids)
         started = time.time()
         saving = self._saving()
         warnings: list[str] = []
@@ -418,20 +432,64 @@ class GenerationService:
                     result.subseeds.append(subseed)
                     result.infotexts.append(final.infotext)
                     if request.save_images and saving.samples_save:
-                        name = replace(_name_context(request, model, seed, batch_index, index, started, task,
+                        name = replace(_name_context(request, model.info, seed, batch_index, index, started, task,
                                                      vae.name), seeds=job_seeds)
                         self._save(result, final, task.category, name, saving, policy)
                 if out.first_pass:
-                    names = [replace(_name_context(request, model, seed, batch_index, index, started, task,
+                    names = [replace(_name_context(request, model.info, seed, batch_index, index, started, task,
                                                    vae.name), seeds=job_seeds) for index, seed in enumerate(seeds)]
                     self._save_first_pass(ctx, out.first_pass, names, batch_params, request, policy, task, result,
                                           saving)
             if grids:
-                self._grid(result, request, saving, policy, task, model, started, first_params, vae.name)
+                self._grid(result, request, saving, policy, task, started, first_params, vae.name)
             result.interrupted = ctx.interrupted
             if ctx.limit_message:
                 result.warnings.append(f"The job was {ctx.limit_message}; {len(result.images)} image(s) done.")
         return result
+
+    def _finish_remote(self, ctx: JobContext, request: Txt2ImgRequest, task: "_Task", policy: ProvenancePolicy,
+                       grids: bool) -> GenerationResult:
+        """Scale-out: a replica makes the images (``run_for_front`` there); here they get provenance, are saved
+        and gridded exactly as ``_run`` does it, so outputs and history stay in this one place."""
+        result = self._remote.generate(ctx, request, policy.safety_check)
+        ran = result.request or request
+        result.request = ran.model_copy(update={"save_images": request.save_images})
+        if getattr(task, "keep_first_pass", False):
+            result.warnings.append("The images before hires fix are not saved when generating on Ray replicas "
+                                   "(scale-out) yet; only the final images are.")
+        saving = self._saving()
+        images, infotexts = result.images, result.infotexts
+        result.images, result.infotexts, result.pngs = [], [], []
+        job_seeds = (result.seeds[0], result.seeds[-1]) if result.seeds else ()
+        names = _ModelNames(result.model_name or "", result.model_hash)
+        first_params: dict = {}
+        for index, (image, infotext, seed) in enumerate(zip(images, infotexts, result.seeds)):
+            parsed = parse_infotext(infotext)
+            params = dict(parsed.params)
+            first_params = first_params or {k: v for k, v in params.items() if k != "Safety checker"}
+            final = finish_png(image, parsed.prompt, parsed.negative_prompt, params, policy, self._credentials,
+                               title=f"Stable Studio {task.category}, seed {seed}")
+            result.images.append(final.image)
+            result.pngs.append(final.png)
+            result.infotexts.append(final.infotext)
+            if request.save_images and saving.samples_save:
+                batch_index, in_batch = divmod(index, request.batch_size)
+                name = replace(_name_context(request, names, seed, batch_index, in_batch, result.started, task,
+                                             result.vae_name), seeds=job_seeds)
+                self._save(result, final, task.category, name, saving, policy)
+        if grids:
+            self._grid(result, request, saving, policy, task, result.started, first_params, result.vae_name)
+        return result
+
+    def run_for_front(self, ctx: JobContext, request: Txt2ImgRequest, safety_check: bool) -> GenerationResult:
+        """On a scale-out replica: the generation the front asked for, checked again against this process's
+        limits and files, with the extensions' hooks and the safety checker (``safety_check``) but without
+        provenance marks or saving: the front applies those (``_finish_remote``)."""
+        self.check_request(request)
+        request = request.model_copy(update={"save_images": False})
+        policy = ProvenancePolicy(ai_marker=False, watermark=False, c2pa=False, safety_check=safety_check)
+        task: _Task = _Img2Img(request) if isinstance(request, Img2ImgRequest) else self._txt2img_task(ctx, request)
+        return self._run(ctx, request, task, policy, grids=False)
 
     @contextmanager
     def _step_hooks(self, ctx: JobContext, request: Txt2ImgRequest, values: dict,
@@ -453,8 +511,7 @@ class GenerationService:
             ctx.step_hook = previous
 
     def _grid(self, result: GenerationResult, request: Txt2ImgRequest, options: SaveOptions,
-              policy: ProvenancePolicy, task: "_Task", model: LoadedModel, started: float, params: dict,
-              vae_name: str | None) -> None:
+              policy: ProvenancePolicy, task: "_Task", started: float, params: dict, vae_name: str | None) -> None:
         """A1111's grid of the job's images: returned first in the UI's gallery (``return_grid``) and saved in
         ``<category>-grids/`` (``grid_save``), with the first image's infotext and every provenance mark."""
         if not result.images or (len(result.images) < 2 and options.grid_only_if_multiple):
@@ -468,7 +525,8 @@ class GenerationService:
         if options.return_grid:
             result.grid = final.image
         if save:
-            name = _name_context(request, model, result.seeds[0], 0, 0, started, task, vae_name)
+            name = _name_context(request, _ModelNames(result.model_name or "", result.model_hash),
+                                 result.seeds[0], 0, 0, started, task, vae_name)
             name = replace(name, seeds=tuple(result.seeds))
             result.grid_path = self._save(result, final, task.category, name, options, policy, grid=True)
 
@@ -651,12 +709,20 @@ def _ti_hashes(model: LoadedModel) -> dict[str, str]:
     return {"TI hashes": text} if text else {}
 
 
-def _name_context(request: Txt2ImgRequest, model: LoadedModel, seed: int, iteration: int, index: int,
-                  started: float, task: "_Task", vae_name: str | None) -> NameContext:
+@dataclass(frozen=True)
+class _ModelNames:
+    """What a file name may say about the checkpoint (a CheckpointInfo has the same two fields)."""
+
+    model_name: str
+    short_hash: str | None
+
+
+def _name_context(request: Txt2ImgRequest, model: "CheckpointInfo | _ModelNames", seed: int, iteration: int,
+                  index: int, started: float, task: "_Task", vae_name: str | None) -> NameContext:
     """What a saved image's file name may use (A1111's FilenameGenerator fields)."""
     return NameContext(
         seed=seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
-        model_name=model.info.model_name, model_hash=model.info.short_hash or "",
+        model_name=model.model_name, model_hash=model.short_hash or "",
         sampler=request.sampler_name, scheduler=request.scheduler, steps=request.steps, cfg=request.cfg_scale,
         width=request.width, height=request.height, clip_skip=request.clip_skip,
         denoising=request.denoising_strength if task.category == "img2img" else None,

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 INTERACTIVE = 10  # generations, style transfer, checkpoint switches: what a person waits for
 LONG = 0          # batch folders, training, grids: run between interactive jobs, can be paused
 FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+RELAYED_PROGRESS = frozenset({"step", "steps", "image_index", "image_count", "eta_seconds", "textinfo"})
 WATCH_WINDOW_SECONDS = 5.0  # a reader that asked for the preview keeps a job watched this long (pollers: ~1 s)
 
 
@@ -180,15 +181,20 @@ class Job:
 @dataclass
 class Worker:
     """One device's worker: its memory owner, its checkpoint manager (None in queues without models), and the
-    stack of jobs it is running (more than one while a long job lets interactive ones run at a safe point)."""
+    stack of jobs it is running (more than one while a long job lets interactive ones run at a safe point).
+
+    A remote slot (``remote``, scale-out: webui/scaleout) runs generation jobs by sending them to a Ray replica;
+    it has no models of its own, and only generation jobs run there."""
 
     owner: DeviceOwner
     models: ModelManager | None
     running: list[Job]
+    remote: bool = False
+    label: str = ""  # a remote slot's name ("ray-1"); a device worker is named by its device
 
     @property
     def name(self) -> str:
-        return self.owner.name
+        return self.label or self.owner.name
 
     def has_loaded(self, title: str | None) -> bool:
         return bool(title) and self.models is not None and self.models.has_loaded(title)
@@ -254,6 +260,22 @@ class JobContext:
         self._preview_id += 1
         self._job._update(preview=image, preview_id=self._preview_id)
 
+    def relay(self, changes: dict[str, Any], preview: Image.Image | None = None) -> None:
+        """Progress measured elsewhere (a scale-out replica running this job's generation) shown as this job's:
+        the step/image counters, ETA and text; ``preview``: a new live preview drawn there."""
+        update = {key: value for key, value in changes.items() if key in RELAYED_PROGRESS}
+        if preview is not None:
+            self._preview_id += 1
+            update.update(preview=preview, preview_id=self._preview_id,
+                          preview_renders=self._job.progress.preview_renders + 1)
+        if update:
+            self._job._update(**update)
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone watches this job now (live previews are drawn only then)."""
+        return self._job.watched()
+
     def set_stage(self, text: str) -> None:
         """A script's own progress ("Cell 3 of 12"): shown before the step of the generation it runs."""
         self._job._update(stage=text)
@@ -311,10 +333,12 @@ class JobContext:
 class JobQueue:
     def __init__(self, max_pending: int = 16, max_job_seconds: float | None = None,
                  clock: Callable[[], float] = time.monotonic, *, devices: Sequence[ModelManager] = (),
-                 store: JobRecorder | None = None):
+                 store: JobRecorder | None = None, remote_slots: int = 0):
         """``devices``: one worker per manager (none: one CPU worker without models, for queues that run no
         checkpoints). ``max_job_seconds``: a running job is interrupted past it (None or 0: no limit); ``clock``
-        is what the limit is measured with (tests pass their own). ``store`` records every job."""
+        is what the limit is measured with (tests pass their own). ``store`` records every job.
+        ``remote_slots``: scale-out: that many jobs at once are sent to replicas; generation jobs (kinds that use
+        a checkpoint, checkpoint switches aside) then run only there, every other kind on ``devices``."""
         self._max_pending = max_pending
         self._max_job_seconds = max_job_seconds or None
         self._clock = clock
@@ -326,6 +350,11 @@ class JobQueue:
         self._lock = threading.Condition()
         self._stopping = False
         self._workers = [Worker(m.owner, m, []) for m in devices] or [Worker(DeviceOwner("cpu"), None, [])]
+        # A remote slot's owner is a placeholder CPU owner: what a job places through ctx.device there (a script's
+        # upscaler model, say) runs in this process.
+        self._workers += [Worker(DeviceOwner("cpu"), None, [], remote=True, label=f"ray-{k + 1}")
+                          for k in range(remote_slots)]
+        self._remote = remote_slots > 0
         self._threads = [threading.Thread(target=self._run, args=(w,), name=f"worker-{w.name}", daemon=True)
                          for w in self._workers]
         for thread in self._threads:
@@ -392,11 +421,18 @@ class JobQueue:
 
     @property
     def devices(self) -> list[str]:
-        return [w.name for w in self._workers]
+        """This process's devices (remote slots are not devices of this process)."""
+        return [w.name for w in self._workers if not w.remote]
 
     @property
     def device_owners(self) -> list[DeviceOwner]:
-        return [w.owner for w in self._workers]
+        return [w.owner for w in self._workers if not w.remote]
+
+    @property
+    def in_flight_remote(self) -> int:
+        """Jobs sent to replicas now (scale-out)."""
+        with self._lock:
+            return sum(len(w.running) for w in self._workers if w.remote)
 
     # ------------------------------------------------------------------------------------- control
 
@@ -499,6 +535,8 @@ class JobQueue:
                 continue
             if job.pause_requested.is_set():
                 continue
+            if self._remote and worker.remote != (job.spec.uses_checkpoint and not job.spec.switches_checkpoint):
+                continue  # scale-out: generation goes to the replicas, everything else stays on this process
             title = self._title(job, worker)
             if title and not worker.has_loaded(title) and any(w.has_loaded(title) for w in idle):
                 continue  # another free device has its checkpoint loaded: leave the job to it

@@ -1,0 +1,242 @@
+"""Scale-out on a real Ray cluster: a local CPU cluster this module starts (``ray start --head``) and stops.
+
+The front is the app's own services (``build_services`` with ``--ray-address``), served over HTTP like the real
+app; two CPU replicas run the tiny checkpoints. The replicas get an empty shared models folder, so they fetch each
+checkpoint from the front by sha256, as replicas on other hosts without a network mount do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+import requests
+import webuiapi
+
+from tests.browser_support import free_port
+from tests.conftest import install, make_settings
+from tests.live_server import LiveServer, live_server
+from webui.scaleout.config import ScaleOutConfig
+from webui.services.container import build_services
+from webui.types import JobState, Txt2ImgRequest
+
+pytest.importorskip("ray.serve", reason="scale-out needs requirements-ray.txt")
+pytestmark = pytest.mark.ray
+
+RAY = Path(sys.executable).with_name("ray")  # the venv's CLI: its workers run this same Python
+SIZE = {"width": 64, "height": 64}
+START_SECONDS = 240  # two replicas importing torch and diffusers at once on a loaded 2-core machine
+
+
+@dataclass
+class Cluster:
+    address: str
+    temp: Path
+    processes: list[psutil.Process]  # the head's processes and their children, found once it started
+
+    def stop(self) -> None:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=_ray_env())
+
+
+def _ray_env() -> dict[str, str]:
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+
+
+def _cluster_processes(temp: Path) -> list[psutil.Process]:
+    """The head's processes (their command lines name our temp dir) and everything they started."""
+    found: list[psutil.Process] = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if str(temp) in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+                found.extend(process.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay short
+    port = free_port()
+    started = subprocess.run(
+        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=4", "--num-gpus=0",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        capture_output=True, text=True, timeout=180, env=_ray_env())
+    assert started.returncode == 0, started.stdout + started.stderr
+    running = Cluster(f"127.0.0.1:{port}", temp, [])
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def front(cluster, model_files, tmp_path_factory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("scale-out")
+    shared = root / "shared-models"  # the replicas' "network mount": empty, so they fetch by hash
+    shared.mkdir()
+    config = ScaleOutConfig(address=cluster.address, min_replicas=2, max_replicas=2, replica_cpus=1,
+                            models_dir=shared, replica_cache=str(root / "replica-cache"))
+    with live_server(root / "data", model_files, scale_out=config) as live:
+        cluster.processes = _cluster_processes(cluster.temp)
+        yield live
+
+
+@pytest.fixture(scope="module")
+def single(model_files, tmp_path_factory):
+    """The same checkpoints in a plain single-process app (no Ray), for comparing results."""
+    data = tmp_path_factory.mktemp("single") / "data"
+    install(model_files["single"], data)
+    install(model_files["other"], data)
+    services = build_services(make_settings(data))
+    yield services
+    services.queue.shutdown()
+
+
+def _titles(front: LiveServer) -> list[str]:
+    return sorted(info.title for info in front.services.registry.list())
+
+
+def _replica_of(front: LiveServer, job_id: str, timeout: float = 60) -> tuple[str, int]:
+    """(replica id, pid) of the replica running the front's job ``job_id``, from the replicas' own reports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for replica in front.services.scaleout.status().replicas:
+            if replica.job_id == job_id:
+                return replica.replica_id, replica.pid
+        time.sleep(0.1)
+    raise AssertionError(f"no replica reported running job {job_id}")
+
+
+def test_two_checkpoints_run_at_once_on_the_replicas_that_hold_them(front):
+    generation = front.services.generation
+    first, second = _titles(front)
+
+    def run_both():
+        jobs = [generation.submit_txt2img(Txt2ImgRequest(prompt="a lighthouse", steps=4, seed=7, checkpoint=title,
+                                                         **SIZE)) for title in (first, second)]
+        return jobs, [job.wait(START_SECONDS) for job in jobs]
+
+    _, warm = run_both()  # each checkpoint lands on its own replica (one job at a time per replica)
+    assert warm[0].replica and warm[1].replica and warm[0].replica != warm[1].replica
+    jobs, again = run_both()
+    assert [result.replica for result in again] == [result.replica for result in warm]  # checkpoint affinity
+    a, b = jobs
+    assert a.started_at < b.finished_at and b.started_at < a.finished_at  # the two ran at the same time
+    loaded = {replica.replica_id: replica.loaded for replica in front.services.scaleout.status().replicas}
+    assert loaded[again[0].replica] == (first,) and loaded[again[1].replica] == (second,)
+    # The replicas had no shared copy: each fetched its checkpoint from the front and kept it under its sha256.
+    cache = front.services.settings.scale_out.replica_cache
+    fetched = sorted(path.stem for path in Path(cache, "checkpoints").glob("*.safetensors"))
+    assert fetched == sorted(info.sha256 for info in front.services.registry.list())
+    # The front saved every image (outputs/ and the history are only here).
+    assert all(len(result.paths) == 1 and result.paths[0].is_file() for result in warm + again)
+    assert front.services.jobs_store.get(a.id).status == JobState.DONE.value
+
+
+def test_results_equal_the_single_process_app_pixel_for_pixel(front, single):
+    for title in _titles(front):
+        request = Txt2ImgRequest(prompt="a red barn, (snow:1.2)", negative_prompt="blurry", steps=5, seed=1234,
+                                 batch_size=2, checkpoint=title, **SIZE)
+        remote = front.services.generation.txt2img(request, timeout=START_SECONDS)
+        local = single.generation.txt2img(request, timeout=120)
+        assert remote.replica and local.replica is None
+        assert remote.seeds == local.seeds
+        assert [image.tobytes() for image in remote.images] == [image.tobytes() for image in local.images]
+        assert remote.infotexts == local.infotexts  # provenance marks included (the front applies them)
+
+
+def test_interrupt_reaches_the_replica_and_keeps_what_was_made(front):
+    job = front.services.generation.submit_txt2img(Txt2ImgRequest(prompt="long", steps=150, n_iter=3, seed=3,
+                                                                  **SIZE))
+    deadline = time.monotonic() + START_SECONDS
+    while job.progress.step < 2 and not job.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.progress.steps == 150  # the replica's progress is relayed to the front's job
+    job.interrupt()
+    result = job.wait(START_SECONDS)
+    assert result.interrupted and len(result.images) == 1  # the image being made when Interrupt came
+    assert job.progress.image_index == 0
+
+
+def test_a_replica_killed_mid_job_is_retried_once_and_saved_once(front):
+    outputs = front.services.settings.outputs_dir
+    before = set(outputs.rglob("*.png"))
+    job = front.services.generation.submit_txt2img(Txt2ImgRequest(prompt="survivor", steps=60, seed=11, **SIZE))
+    replica, pid = _replica_of(front, job.id)
+    deadline = time.monotonic() + START_SECONDS
+    while job.progress.step < 2 and not job.finished and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not job.finished, "the job ended before its replica could be killed"
+    os.kill(pid, signal.SIGKILL)
+    result = job.wait(START_SECONDS)
+    assert result.replica != replica
+    assert any("stopped" in warning and "ran again" in warning for warning in result.warnings)
+    new = set(outputs.rglob("*.png")) - before
+    assert len(new) == 1 and new == set(result.paths)  # one run's image saved, once
+    record = front.services.jobs_store.get(job.id)
+    assert record.status == JobState.DONE.value
+    # The front kept serving: the next job runs normally.
+    assert front.services.generation.txt2img(Txt2ImgRequest(prompt="next", steps=3, seed=1, **SIZE),
+                                             timeout=START_SECONDS).images
+
+
+def test_the_api_works_unchanged_with_webuiapi(front):
+    api = webuiapi.WebUIApi(host=front.host, port=front.port, sampler="Euler a", steps=3)
+    result = api.txt2img(prompt="a lighthouse at dusk", seed=99, **SIZE)
+    assert result.image.size == (64, 64)
+    assert result.info["seed"] == 99 and "Seed: 99" in result.info["infotexts"][0]
+    models = {model["title"] for model in api.get_sd_models()}
+    assert models == set(_titles(front))
+    progress = requests.get(f"{front.api}/progress", timeout=10).json()
+    assert progress["state"]["interrupted"] is False
+
+
+def test_the_ui_generates_through_the_replicas(front, browser):
+    from tests.browser_support import expect, screenshot
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(45_000)
+    page = context.new_page()
+    try:
+        page.goto(front.url + "/")
+        page.locator("#txt2img_prompt textarea").fill("a windmill")
+        for label, value in (("Width", 64), ("Height", 64), ("Sampling steps", 3)):
+            box = page.locator("#tab_txt2img").get_by_label(f"number input for {label}", exact=True)
+            box.fill(str(value))
+            box.press("Enter")
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=START_SECONDS * 1000)
+        expect(page.locator("#html_info_txt2img")).to_contain_text("a windmill")
+        screenshot(page, "scale-out-txt2img.png")
+    finally:
+        context.close()
+    job = front.services.queue.jobs()[-1]
+    assert job.kind == "txt2img" and job.device.startswith("ray-") and job.result.replica
+
+
+def test_the_cluster_stops_and_leaves_no_processes(cluster, front):
+    processes = list(cluster.processes)
+    assert processes, "the cluster's processes were not found"
+    front.services.scaleout.close()
+    cluster.stop()
+    deadline = time.monotonic() + 60
+    alive = processes
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.2)
+    assert not alive, [p.pid for p in alive]
+    assert not threading.active_count() > 200  # no thread leak from the Ray client either

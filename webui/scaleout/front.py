@@ -1,0 +1,146 @@
+"""The front's connection to the Ray cluster: connect, deploy the replicas, read their status, clean up.
+
+Only imported with ``--ray-address``. The front is a Ray driver in namespace ``stable-studio``; it runs one Serve
+application ("stable-studio") with one deployment (``StudioReplica``) and no Serve HTTP proxy: the replicas are
+reached only from here, over Ray's own protocol, and this process stays the only HTTP entry. A small control actor
+(webui/scaleout/control.py) pinned to this node carries Interrupt/Skip to replicas, their status back, and
+checkpoint files to replicas that do not share the models folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import replace
+from typing import Any, Callable
+
+import ray
+from ray import serve
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from webui.config import REPO_ROOT, Settings
+from webui.scaleout.config import APP_NAME, NAMESPACE, ScaleOutConfig
+from webui.scaleout.control import FrontControl
+from webui.scaleout.remote import RemoteGeneration
+from webui.scaleout.replica import ReplicaConfig, StudioReplica
+from webui.scaleout.status import STALE_SECONDS, ClusterStatus
+
+log = logging.getLogger(__name__)
+DEPLOYMENT = "StudioReplica"
+FORGET_SECONDS = 120.0  # a replica silent this long is gone (Serve replaced it): dropped from the table
+# Environment the replicas' processes need: our code on the path (the same checkout path on every host) and no
+# model hub (models come from the front or the shared folder).
+REPLICA_ENV = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+class RayFront:
+    """Implements ``ClusterView`` (webui/scaleout/status.py)."""
+
+    def __init__(self, settings: Settings):
+        config = settings.scale_out
+        if config is None:
+            raise ValueError("RayFront needs --ray-address")
+        self.config: ScaleOutConfig = config
+        self._settings = settings
+        self._in_flight: Callable[[], int] = lambda: 0
+        local = config.address == "local"
+        log.info("Connecting to the Ray cluster at %s", config.address)
+        ray.init(address=None if local else config.address, namespace=NAMESPACE, log_to_driver=False,
+                 **({"include_dashboard": False} if local else {}))
+        resources = ray.cluster_resources()
+        self.cluster_gpus = int(resources.get("GPU", 0))
+        self.replica_gpus = config.replica_gpus if config.replica_gpus is not None else (
+            1.0 if self.cluster_gpus else 0.0)
+        default = max(1, int(self.cluster_gpus / self.replica_gpus)) if self.replica_gpus else 1
+        self.min_replicas = config.min_replicas if config.min_replicas is not None else default
+        self.max_replicas = config.max_replicas if config.max_replicas is not None else default
+        self._control_name = f"front-control-{uuid.uuid4().hex[:8]}"
+        here = ray.get_runtime_context().get_node_id()
+        self.control = ray.remote(FrontControl).options(
+            name=self._control_name, namespace=NAMESPACE, num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True)).remote()
+        self.handle: Any = None
+
+    def deploy(self, resolve, options: Callable[[], dict[str, Any]],
+               in_flight: Callable[[], int]) -> RemoteGeneration:
+        """Start (or update) the replicas and return what sends generation jobs to them. Waits until the minimum
+        number of replicas is up."""
+        self._in_flight = in_flight
+        config, settings = self.config, self._settings
+        replica = ReplicaConfig(
+            settings=replace(settings, gradio_auth=(), api_auth=()),  # replicas serve nobody: no credentials
+            control=self._control_name,
+            models_dir=str(config.models_dir or settings.models_dir),
+            extensions_dir=str(settings.extensions_dir), embeddings_dir=str(settings.embeddings_dir),
+            cache=config.replica_cache, gpus=self.replica_gpus)
+        scaling: dict[str, Any] = (
+            {"num_replicas": self.max_replicas} if self.min_replicas == self.max_replicas else
+            {"autoscaling_config": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                    "target_ongoing_requests": 1, "upscale_delay_s": 3,
+                                    "downscale_delay_s": 120}})
+        deployment = serve.deployment(
+            StudioReplica, name=DEPLOYMENT, max_ongoing_requests=1, graceful_shutdown_timeout_s=10,
+            health_check_period_s=10,
+            ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": self.replica_gpus,
+                               "runtime_env": {"env_vars": {**REPLICA_ENV, **_passed_env()}}},
+            **scaling)
+        serve.start(proxy_location="Disabled")  # no Serve HTTP entry: this process is the only one
+        log.info("Starting %s Ray Serve replica(s) (%s GPU, %s CPU each); the first start imports the model code",
+                 f"{self.min_replicas}-{self.max_replicas}" if self.min_replicas != self.max_replicas
+                 else self.max_replicas, self.replica_gpus, config.replica_cpus)
+        started = time.monotonic()
+        self.handle = serve.run(deployment.bind(replica), name=APP_NAME, route_prefix=None)
+        log.info("Replicas ready after %.0f s", time.monotonic() - started)
+        return RemoteGeneration(handle=self.handle, control=self.control, resolve=resolve, options=options,
+                                replica_count=self.replica_count)
+
+    # ---- ClusterView
+    def status(self) -> ClusterStatus:
+        application, states, message = "NOT_STARTED", {}, ""
+        try:
+            app = serve.status().applications.get(APP_NAME)
+            if app is not None:
+                application = str(getattr(app.status, "value", app.status))
+                deployment = app.deployments.get(DEPLOYMENT)
+                if deployment is not None:
+                    states = {str(getattr(k, "value", k)): int(v) for k, v in deployment.replica_states.items()}
+                    message = deployment.message or app.message or ""
+            replicas = self._reports()
+        except Exception as exc:  # noqa: BLE001 - the page says what is wrong instead of failing
+            return ClusterStatus(address=self.config.address, application="UNREACHABLE",
+                                 min_replicas=self.min_replicas, max_replicas=self.max_replicas,
+                                 in_flight=self._in_flight(), message=f"Cannot read the cluster's status: {exc}")
+        return ClusterStatus(address=self.config.address, application=application, min_replicas=self.min_replicas,
+                             max_replicas=self.max_replicas, replica_states=states, replicas=tuple(replicas),
+                             in_flight=self._in_flight(), message=message)
+
+    def _reports(self) -> list:
+        now = time.time()
+        reports = ray.get(self.control.replicas.remote(), timeout=5)
+        kept = []
+        for report in sorted(reports, key=lambda r: r.replica_id):
+            age = now - report.last_seen
+            if age > FORGET_SECONDS:
+                self.control.drop.remote(report.replica_id)
+                continue
+            kept.append(replace(report, health="unreachable") if age > STALE_SECONDS else report)
+        return kept
+
+    def replica_count(self) -> int:
+        return sum(1 for r in self._reports() if r.health != "unreachable")
+
+    def close(self) -> None:
+        """Remove the replicas (they hold GPUs) and disconnect; a local cluster stops with it."""
+        try:
+            serve.delete(APP_NAME)
+        except Exception:  # noqa: BLE001 - the cluster may already be gone
+            log.warning("Could not remove the Serve application", exc_info=True)
+        ray.shutdown()
+
+
+def _passed_env() -> dict[str, str]:
+    """Switches the replicas must share with the front."""
+    keys = ("GRADIO_ANALYTICS_ENABLED", "RAY_AUTH_MODE")
+    return {key: os.environ[key] for key in keys if key in os.environ}
