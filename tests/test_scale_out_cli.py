@@ -173,3 +173,13 @@ def test_launch_installs_ray_only_with_the_flag(tmp_path, argv, extras):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "ensure-args").read_text().strip() == extras
     assert (tmp_path / "python-args").read_text().split() == ["app.py", *argv]
+
+
+def test_missing_ray_is_reported_where_ray_is_not_installed():
+    # -S: no site-packages, so this interpreter has no ray at all (the usual install without requirements-ray.txt).
+    code = ("import sys; sys.path.insert(0, '.'); from webui.scaleout.requirements import missing_ray; "
+            "print(missing_ray())")
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "--ray-address needs Ray Serve" in result.stdout and "requirements-ray.txt" in result.stdout
