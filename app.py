@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     from webui.cli import parse_settings
 
     settings = parse_settings(argv)  # --help exits here, before the heavy imports below
+    if settings.scale_out is not None:
+        from webui.scaleout.requirements import missing_ray
+
+        if (problem := missing_ray()) is not None:
+            print(problem, file=sys.stderr, flush=True)
+            return 2
     # Decide before loading models or binding the port, so a refusal is immediate.
     errors, warnings = exposure_problems(settings)
     report_exposure(errors, warnings)

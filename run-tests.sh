@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. ./run-tests.sh -k infotext).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/ensure-venv.sh requirements-test.txt
+bash scripts/ensure-venv.sh requirements-test.txt requirements-ray.txt  # the scale-out tests run by default
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "Installing Chromium for the browser tests (Debian package)"
