@@ -186,6 +186,9 @@ def _connect_cluster(settings: Settings):
     """The Ray front (webui/scaleout/front.py) with --ray-address; None otherwise, and Ray is never imported."""
     if settings.scale_out is None:
         return None
+    from webui.scaleout.auth import use_token_if_present
+
+    use_token_if_present(settings.scale_out.address)  # before Ray is imported: it reads the mode once
     from webui.scaleout.front import RayFront
 
     return RayFront(settings)
