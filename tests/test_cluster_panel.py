@@ -66,12 +66,14 @@ def test_a_silent_replica_turns_unreachable_whatever_it_said_last():
     assert [row[6] for row in rows] == ["idle", "unreachable", "unreachable"]
     assert rows[0][5] == ""  # no job
     assert [row[7] for row in rows] == ["9 s ago", "11 s ago", "10 min ago"]
+    assert f"<td{cluster_panel.ALERT}>unreachable</td>" in cluster_panel.table_html(cluster(stale), NOW)
 
 
 def test_a_load_error_is_shown_and_escaped():
     broken = replica(health="idle", error="<b>sd15.safetensors</b>: sha256 differs (expected ab12, got cd34)")
     table = cluster_panel.table_html(cluster(broken), NOW)
-    assert "&lt;b&gt;sd15.safetensors&lt;/b&gt;: sha256 differs (expected ab12, got cd34)" in table
+    assert f"<td{cluster_panel.ALERT}>&lt;b&gt;sd15.safetensors&lt;/b&gt;: sha256 differs (expected ab12, got cd34)" \
+        in table  # in red
     assert "<b>" not in table
     assert "class='replica-idle'" in table
 

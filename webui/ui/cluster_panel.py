@@ -24,6 +24,7 @@ SETTINGS_TAB_LABEL = "Settings"
 REFRESH_SECONDS = 5.0
 COLUMNS = ("Replica", "Host", "PID", "Device", "Loaded checkpoints", "Current job", "Health", "Last seen", "Error")
 NO_REPLICA = "No replica has reported yet"
+ALERT = " style='color: #b42318'"  # .studio-error's red
 
 
 def off_note(devices: list[str]) -> str:
@@ -69,8 +70,11 @@ def table_html(status: ClusterStatus, now: float) -> str:
     body = []
     for replica, row in zip(status.replicas, replica_rows(status, now)):
         health = html.escape(row[6], quote=True)
+        red = {6} if row[6] == "unreachable" else set()  # a silent replica and a load error stand out
+        red |= {8} if row[8] else set()
         body.append(f"<tr data-replica='{html.escape(replica.replica_id, quote=True)}' class='replica-{health}'>"
-                    + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>")
+                    + "".join(f"<td{ALERT if i in red else ''}>{html.escape(cell)}</td>" for i, cell in enumerate(row))
+                    + "</tr>")
     empty = f"<tr><td colspan={len(COLUMNS)}>{NO_REPLICA}</td></tr>"
     return (f"<table id='cluster_replicas' class='studio-table'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body) or empty}</tbody></table>")
