@@ -218,5 +218,7 @@ def _select(client, api_name: str, label: str) -> str:
 
 
 def test_the_timer_ticks_only_while_settings_is_the_selected_tab(on_client):
+    timers = [c for c in on_client.get("/config").json()["components"] if c.get("type") == "timer"]
+    assert [(t["props"]["value"], t["props"]["active"]) for t in timers] == [(5, False)]  # off until Settings opens
     assert _select(on_client, "studio_cluster_timer", "Settings")["active"] is True
     assert _select(on_client, "studio_cluster_timer", "txt2img")["active"] is False
