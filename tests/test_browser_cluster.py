@@ -13,7 +13,7 @@ import pytest
 from tests.browser_support import (  # noqa: F401  (_report_failures: screenshots + app log on failure)
     ARTIFACTS, RunningApp, _report_failures, app_server, browser, chromium_binary, expect, page, screenshot)
 from tests.live_server import live_server
-from tests.test_cluster_panel import StatusSource, cluster, replica
+from tests.cluster_data import StatusSource, cluster, replica
 
 pytestmark = pytest.mark.browser
 
