@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import uvicorn
 
@@ -40,14 +40,16 @@ class LiveServer:
 
 @contextmanager
 def live_server(data_dir: Path, model_files: dict[str, Path], *, load: Loader | None = None,
-                **settings_overrides) -> Iterator[LiveServer]:
+                adapt: Callable[[Services], Services] | None = None, **settings_overrides) -> Iterator[LiveServer]:
     """Serve the app over ``data_dir`` (holding the "single" and "other" tiny checkpoints) until the block ends.
 
-    ``load``: the session's shared tiny-model loader (the ``tiny_loader`` fixture), so no test reloads them."""
+    ``load``: the session's shared tiny-model loader (the ``tiny_loader`` fixture), so no test reloads them.
+    ``adapt``: returns the services the app is built over (e.g. ``dataclasses.replace`` with a cluster view)."""
     install(model_files["single"], data_dir)
     install(model_files["other"], data_dir)
     services = build_services(make_settings(data_dir, **settings_overrides), load=load)
     try:
+        services = adapt(services) if adapt else services  # the same queue: shut down below either way
         app = create_app(services)
         # Bind here and hand the socket to uvicorn: no window in which another process can take the port.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -19,6 +19,7 @@ from webui.api.security import API_PREFIXES, DOCS_ASSETS, install_security
 from webui.api.studio import build_studio_router
 from webui.api.training import build_training_router
 from webui.api.merge import build_merge_router
+from webui.api.replicas import build_replicas_router
 from webui.extensions.hooks import Hooks
 from webui.services.container import Services
 from webui.ui.app import CSS, build_ui
@@ -44,6 +45,7 @@ def create_app(services: Services, hosts: HostPolicy | None = None) -> FastAPI:
     app.include_router(build_merge_router(services))
     app.include_router(build_extra_networks_router(services))
     app.include_router(build_extensions_router(services))
+    app.include_router(build_replicas_router(services))
     if services.extensions is not None:  # /ext/<name>/ (a raising on_app_started is logged; the app starts)
         Hooks(services.extensions).app_started(app, APIRouter)
     demo = build_ui(services)

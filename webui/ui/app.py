@@ -13,6 +13,7 @@ from webui.errors import StudioError
 from webui.services.container import Services
 from webui.ui import (extension_tabs, extensions_tab, extra_networks, extras, form_defaults, gallery_actions, history,
                       img2img, page_load, pnginfo, scripts_area, size_defaults, styles, train, txt2img)
+from webui.ui import cluster_panel
 from webui.ui.runtime_line import build as build_runtime_line
 from webui.ui.settings import build_settings_tab
 
@@ -98,9 +99,10 @@ def build_ui(services: Services) -> gr.Blocks:
                     scripts_area.wire_paste(send[tab_id], pasted, tab.scripts)
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 history.build(services, demo, history_tab, history.HistoryTargets(t2i, i2i, checkpoint, tabs))
-            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
                 build_settings_tab(services)
                 extension_tabs.build_settings(services)  # a section per extension that has settings
+                cluster_panel.build(services, settings_tab, tabs)  # the Ray replicas (--ray-address), or "off"
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build(services)
             extension_tabs.build_tabs(services)  # the extensions' own tabs
