@@ -27,8 +27,8 @@ import pytest
 import requests
 import webuiapi
 
-from tests.browser_support import browser as browser_fixture  # noqa: F401 (Chromium, module-scoped)
-from tests.browser_support import chromium_binary, expect, free_port, screenshot, set_slider  # noqa: F401
+from tests.browser_support import (  # noqa: F401 (browser, chromium_binary: fixtures)
+    ARTIFACTS, browser, chromium_binary, expect, free_port, screenshot, set_slider)
 from tests.conftest import install, make_settings
 from tests.live_server import LiveServer, live_server
 from webui.scaleout.config import ScaleOutConfig
@@ -230,9 +230,23 @@ def test_the_api_works_unchanged_with_webuiapi(front):
     assert progress["state"]["interrupted"] is False
 
 
+    def recovered():  # Serve replaces the replica killed earlier: the cluster is whole again
+        cluster = requests.get(f"{front.url}/studio/v1/replicas", timeout=10).json()
+        fresh = [r for r in cluster["replicas"] if r["health"] in ("idle", "busy")]
+        return cluster if cluster["application"] == "RUNNING" and len(fresh) == 2 else None
+
+    deadline = time.monotonic() + START_SECONDS
+    while (cluster := recovered()) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cluster is not None, requests.get(f"{front.url}/studio/v1/replicas", timeout=10).json()
+    assert cluster["enabled"] is True
+    assert all(r["pid"] > 0 and r["device"].startswith("CPU") for r in cluster["replicas"]
+               if r["health"] != "unreachable")
+
+
 @pytest.mark.browser
-def test_the_ui_generates_through_the_replicas(front, browser_fixture):
-    context = browser_fixture.new_context(viewport={"width": 1400, "height": 1000})
+def test_the_ui_generates_through_the_replicas(front, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(45_000)
     page = context.new_page()
     try:
@@ -245,6 +259,14 @@ def test_the_ui_generates_through_the_replicas(front, browser_fixture):
         expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=START_SECONDS * 1000)
         expect(page.locator("#txt2img_info textarea")).to_have_value(re.compile(r"a windmill[\s\S]*Steps: 3"))
         screenshot(page, "scale-out-txt2img.png")
+        page.get_by_role("tab", name="Settings", exact=True).click()
+        expect(page.locator("#cluster_summary")).to_contain_text(f"Ray cluster {front.services.settings.scale_out.address}",
+                                                                 timeout=60_000)
+        # The two live replicas (the one killed earlier stays listed as unreachable for a while).
+        live = page.locator("#cluster_replicas tr.replica-idle, #cluster_replicas tr.replica-busy")
+        expect(live).to_have_count(2)
+        expect(live.first).to_contain_text("CPU")
+        page.locator("#settings_section_cluster").screenshot(path=str(ARTIFACTS / "scale-out-cluster.png"))
     finally:
         context.close()
     job = front.services.queue.jobs()[-1]
