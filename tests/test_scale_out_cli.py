@@ -35,7 +35,7 @@ def test_without_the_flag_there_is_no_scale_out(tmp_path):
 
 
 @pytest.mark.parametrize("address", ["auto", "local", "10.0.0.5:6379", "head.cluster.local:6379",
-                                     "ray://head:10001", "ray://10.0.0.5:10001"])
+                                     "ray://head:10001", "ray://10.0.0.5:10001", "[::1]:6379", "ray://[fd00::5]:10001"])
 def test_addresses_accepted(tmp_path, address):
     config = scale_out(tmp_path, "--ray-address", address)
     assert config == ScaleOutConfig(address=address)  # defaults: one replica per GPU, 1 CPU each, the usual cache
@@ -62,7 +62,7 @@ def test_every_flag_reaches_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("address", ["", "somewhere", "http://head:8265", "head:port", "ray://", "auto; rm -rf /",
-                                     "head:6379/x"])
+                                     "head:6379/x", "head:99999999", "head:0", "ray://a:b:c"])
 def test_bad_address_refused_naming_the_forms(tmp_path, capsys, address):
     err = refusal(tmp_path, capsys, "--ray-address", address)
     assert f"--ray-address: {address.strip()!r} is not auto, local, HOST:PORT" in err
@@ -98,6 +98,8 @@ def test_zero_gpus_means_cpu_replicas(tmp_path):
     (["--ray-replicas", "2"], "--ray-replicas needs --ray-address"),
     (["--ray-replica-gpus", "1"], "--ray-replica-gpus needs --ray-address"),
     (["--ray-models-dir", "/mnt/models"], "--ray-models-dir needs --ray-address"),
+    (["--ray-replica-cpus", "2"], "--ray-replica-cpus needs --ray-address"),
+    (["--ray-replica-cache", "/var/cache/x"], "--ray-replica-cache needs --ray-address"),
     (["--ray-replicas", "2", "--ray-models-dir", "/mnt/models"], "--ray-replicas, --ray-models-dir need --ray-address"),
 ])
 def test_replica_flags_without_an_address_refused(tmp_path, capsys, argv, message):

@@ -163,12 +163,13 @@ def add_scale_out_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ray-replica-gpus", type=float, default=None, metavar="F",
                        help="GPUs per replica (0.5 puts two on one card; default 1 when the cluster has GPUs, "
                             "else 0 = CPU replicas)")
-    group.add_argument("--ray-replica-cpus", type=float, default=1.0, metavar="F", help="CPUs per replica")
+    group.add_argument("--ray-replica-cpus", type=float, default=None, metavar="F", help="CPUs per replica (default 1)")
     group.add_argument("--ray-models-dir", type=Path, default=None, metavar="PATH",
                        help="the models folder as the replicas' hosts see it (a shared mount); checkpoints not "
                             "found there are fetched from this process by hash (default: this process's path)")
-    group.add_argument("--ray-replica-cache", default=DEFAULT_REPLICA_CACHE, metavar="DIR",
-                       help="folder on each replica host for fetched checkpoints (sha256-verified)")
+    group.add_argument("--ray-replica-cache", default=None, metavar="DIR",
+                       help=f"folder on each replica host for fetched checkpoints (sha256-verified; default "
+                            f"{DEFAULT_REPLICA_CACHE})")
 
 
 def parse_scale_out(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ScaleOutConfig | None:
@@ -176,7 +177,9 @@ def parse_scale_out(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if args.ray_address is None:
         given = [flag for flag, value in (("--ray-replicas", args.ray_replicas),
                                           ("--ray-replica-gpus", args.ray_replica_gpus),
-                                          ("--ray-models-dir", args.ray_models_dir)) if value is not None]
+                                          ("--ray-replica-cpus", args.ray_replica_cpus),
+                                          ("--ray-models-dir", args.ray_models_dir),
+                                          ("--ray-replica-cache", args.ray_replica_cache)) if value is not None]
         if given:
             parser.error(f"{', '.join(given)} {'need' if len(given) > 1 else 'needs'} --ray-address")
         return None
@@ -195,8 +198,8 @@ def parse_scale_out(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             parser.error(f"{flag} must be 0 or more")
     models = args.ray_models_dir.expanduser() if args.ray_models_dir is not None else None
     return ScaleOutConfig(address=address, min_replicas=low, max_replicas=high, replica_gpus=args.ray_replica_gpus,
-                          replica_cpus=args.ray_replica_cpus, models_dir=models,
-                          replica_cache=args.ray_replica_cache)
+                          replica_cpus=1.0 if args.ray_replica_cpus is None else args.ray_replica_cpus,
+                          models_dir=models, replica_cache=args.ray_replica_cache or DEFAULT_REPLICA_CACHE)
 
 
 def parse_folders(value: str | None, parser: argparse.ArgumentParser) -> tuple[Path, ...]:

@@ -9,7 +9,8 @@ from pathlib import Path
 APP_NAME = "stable-studio"          # the Serve application; one per cluster namespace
 NAMESPACE = "stable-studio"         # Ray namespace of the front's control actor and the Serve app
 DEFAULT_REPLICA_CACHE = "~/.cache/stable-studio/replica"  # on each replica's host: fetched checkpoints, hashes
-ADDRESS = re.compile(r"auto|local|ray://[A-Za-z0-9.\-\[\]:]+|[A-Za-z0-9.\-\[\]]+:\d+")
+HOST = r"(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.\-]+)"  # a name, an IPv4 address or a bracketed IPv6 address
+ADDRESS = re.compile(rf"auto|local|(ray://)?{HOST}:\d{{1,5}}")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ def parse_replicas(value: str) -> tuple[int, int]:
 def check_address(value: str) -> str:
     """``--ray-address``: auto, local, host:port or ray://host:port; ValueError otherwise."""
     value = value.strip()
-    if not ADDRESS.fullmatch(value):
+    port = value.rpartition(":")[2]
+    if not ADDRESS.fullmatch(value) or (port.isdigit() and not 0 < int(port) < 65536):
         raise ValueError(f"{value!r} is not auto, local, HOST:PORT (the head's GCS port, usually 6379) or "
                          "ray://HOST:10001 (Ray Client)")
     return value

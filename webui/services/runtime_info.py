@@ -58,8 +58,14 @@ def runtime(managers: tuple[ModelManager, ...]) -> list[DeviceRuntime]:
 
 
 def describe_runtime(services: Services) -> str:
-    """One line per worker, joined by "; ": "CPU (Intel Xeon) · bf16 (native AMX/AVX512-BF16) · profile cpu"."""
-    return "; ".join(device.describe() for device in runtime(services.devices))
+    """One line per worker, joined by "; ": "CPU (Intel Xeon) · bf16 (native AMX/AVX512-BF16) · profile cpu".
+    With scale-out, generation runs on the Ray replicas: said first (their devices are in Settings > Cluster)."""
+    local = "; ".join(device.describe() for device in runtime(services.devices))
+    scale_out = services.settings.scale_out
+    if scale_out is None:
+        return local
+    return (f"Ray Serve replicas at {scale_out.address} for generation (see Settings > Cluster); this process "
+            f"(training, Extras, style transfer): {local}")
 
 
 def _device_name(device: torch.device) -> str:

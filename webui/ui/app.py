@@ -112,6 +112,8 @@ def build_ui(services: Services) -> gr.Blocks:
         gallery_actions.wire_galleries(services, {"txt2img": t2i.outputs, "img2img": i2i.outputs}, send_targets,
                                        tabs, lambda text, widgets: pnginfo.field_updates(text, widgets)[0])
         devices = ", ".join(services.queue.devices)
+        if services.settings.scale_out is not None:
+            devices += f" + Ray replicas at {services.settings.scale_out.address}"
         gr.Markdown(f"<small>Stable Studio {VERSION} · device{'s' if len(services.devices) > 1 else ''} {devices} · "
                     f"profile {services.manager.profile} · API docs at <a href='/docs'>/docs</a></small>")
 
