@@ -57,10 +57,12 @@ class RayFront:
         self.min_replicas = config.min_replicas if config.min_replicas is not None else default
         self.max_replicas = config.max_replicas if config.max_replicas is not None else default
         self._control_name = f"front-control-{uuid.uuid4().hex[:8]}"
-        here = ray.get_runtime_context().get_node_id()
+        # On this node, so it can read the checkpoint files replicas fetch (under Ray Client, ray://, this process
+        # is no node: the actor lands anywhere and replicas need the shared models folder).
+        here = None if config.address.startswith("ray://") else ray.get_runtime_context().get_node_id()
+        placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=True)} if here else {}
         self.control = ray.remote(FrontControl).options(
-            name=self._control_name, namespace=NAMESPACE, num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True)).remote()
+            name=self._control_name, namespace=NAMESPACE, num_cpus=0, **placement).remote()
         self.handle: Any = None
 
     def deploy(self, resolve, options: Callable[[], dict[str, Any]],
@@ -74,7 +76,10 @@ class RayFront:
             control=self._control_name,
             models_dir=str(config.models_dir or settings.models_dir),
             extensions_dir=str(settings.extensions_dir), embeddings_dir=str(settings.embeddings_dir),
-            cache=config.replica_cache, gpus=self.replica_gpus)
+            cache=config.replica_cache, gpus=self.replica_gpus,
+            state_files=tuple((name, (settings.data_dir / name).read_text(encoding="utf-8"))
+                              for name in ("extensions.json", "extension-settings.json")
+                              if (settings.data_dir / name).is_file()))
         scaling: dict[str, Any] = (
             {"num_replicas": self.max_replicas} if self.min_replicas == self.max_replicas else
             {"autoscaling_config": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,

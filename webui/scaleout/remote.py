@@ -98,6 +98,7 @@ class RemoteGeneration:
 
     def _stream(self, ctx: JobContext, job: RemoteJob, model_id: str) -> GenerationResult:
         sent, skips = Signals(), 0
+        ctx.relay({"textinfo": "Waiting for a free replica"})  # autoscaling may still be starting one
         try:
             stream = self.handle.options(stream=True, multiplexed_model_id=model_id).run.remote(job)
             for event in stream:

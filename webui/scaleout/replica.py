@@ -51,6 +51,9 @@ class ReplicaConfig:
     embeddings_dir: str | None
     cache: str                      # --ray-replica-cache
     gpus: float                     # > 0: the replica runs on the GPU Ray gave it
+    # The front's extensions.json and extension-settings.json (name -> text): which extensions are enabled and
+    # their settings, so replicas run the same hooks the front would.
+    state_files: tuple[tuple[str, str], ...] = ()
 
 
 class StudioReplica:
@@ -71,6 +74,8 @@ class StudioReplica:
                            allow_external_model_links=True)  # our own links into the shared or cached files
         shared = _existing(config.models_dir)
         _link_shared(data, shared, config.extensions_dir, config.embeddings_dir)
+        for name, text in config.state_files:
+            (data / name).write_text(text, encoding="utf-8")
         from webui.services.container import build_services  # heavy: torch, diffusers
 
         self.services = build_services(settings)
