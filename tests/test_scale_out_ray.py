@@ -31,6 +31,7 @@ from tests.browser_support import (  # noqa: F401 (browser, chromium_binary: fix
     ARTIFACTS, browser, chromium_binary, expect, free_port, screenshot, set_slider)
 from tests.conftest import install, make_settings
 from tests.live_server import LiveServer, live_server
+from webui.errors import ModelLoadError
 from webui.scaleout.config import ScaleOutConfig
 from webui.services.container import build_services
 from webui.types import JobState, Txt2ImgRequest
@@ -182,6 +183,33 @@ def test_results_equal_the_single_process_app_pixel_for_pixel(front, single):
         assert remote.seeds == local.seeds
         assert [image.tobytes() for image in remote.images] == [image.tobytes() for image in local.images]
         assert remote.infotexts == local.infotexts  # provenance marks included (the front applies them)
+
+
+def test_a_checkpoint_no_replica_can_load_fails_naming_each_replicas_reason(front):
+    folder = front.services.settings.checkpoints_dir
+    broken = folder / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a safetensors header}" + bytes(4096))
+    front.services.registry.refresh()
+    title = front.services.registry.find("broken").title
+    try:
+        job = front.services.generation.submit_txt2img(Txt2ImgRequest(prompt="x", steps=3, checkpoint=title,
+                                                                      **SIZE))
+        with pytest.raises(ModelLoadError) as failed:
+            job.wait(START_SECONDS)
+        message = str(failed.value)
+        replicas = [r.replica_id for r in front.services.scaleout.status().replicas]
+        # Tried on one replica, then the other (the first declines it), then given up with both reasons.
+        assert message.startswith(f"No replica could load {title}: replica ")
+        assert all(f"replica {replica}:" in message for replica in replicas), message
+        errors = [r.error or "" for r in front.services.scaleout.status().replicas]
+        assert all("broken" in error for error in errors), errors  # the replicas table says why
+        assert front.services.jobs_store.get(job.id).status == JobState.FAILED.value
+    finally:
+        broken.unlink()
+        front.services.registry.refresh()
+    # The other checkpoints still run.
+    assert front.services.generation.txt2img(Txt2ImgRequest(prompt="fine", steps=3, seed=2, **SIZE),
+                                             timeout=START_SECONDS).images
 
 
 def test_interrupt_reaches_the_replica_and_keeps_what_was_made(front):

@@ -79,7 +79,7 @@ class RemoteGeneration:
                     problems.append(f"replica {retry.replica_id}: {retry.message}")
                     if retry.replica_id and retry.replica_id not in avoid:
                         avoid.append(retry.replica_id)
-                if len(avoid) >= max(1, self.replica_count()) or attempts > 12:
+                if len(avoid) >= max(1, self.replica_count()) or attempts > 20:
                     raise ModelLoadError(f"No replica could load {base.title}: " + "; ".join(problems)) from None
                 ctx.relay({"textinfo": f"Replica {retry.replica_id} could not load the checkpoint; trying another"})
                 continue

@@ -106,11 +106,14 @@ class StudioReplica:
         except InvalidRequest as exc:
             yield self._failure("invalid", exc.reason, exc.field)
             return
-        await self.get_model(serve.get_multiplexed_model_id())  # only once the files are here
         self._current = job
         self._report()
         try:
             async for event in self._follow(job):
+                if isinstance(event, RemoteResult):
+                    # Tell Serve this replica holds the checkpoint only once a job ran on it: a replica that
+                    # failed to load it must not attract the next jobs for it.
+                    await self.get_model(serve.get_multiplexed_model_id())
                 yield event
         finally:
             self._current = None
