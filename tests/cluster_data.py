@@ -30,3 +30,6 @@ class StatusSource:
         if isinstance(self.current, Exception):
             raise self.current
         return self.current
+
+    def close(self) -> None:
+        self.closed = True  # the app's shutdown closes its cluster view (a real one removes its replicas)

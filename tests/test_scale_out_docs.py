@@ -4,6 +4,7 @@ exist."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -11,21 +12,28 @@ from pathlib import Path
 import pytest
 import yaml
 
-from webui.cli import build_parser, parse_scale_out
-from webui.scaleout.config import DEFAULT_REPLICA_CACHE
+from webui.cli import build_parser, parse_scale_out, parse_settings
+from webui.scaleout.config import APP_NAME, DEFAULT_REPLICA_CACHE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOC = REPO_ROOT / "docs" / "scale-out.md"
-MANIFEST = REPO_ROOT / "deploy" / "raycluster.yaml"
+MANIFESTS = [REPO_ROOT / "deploy" / "raycluster.yaml", REPO_ROOT / "deploy" / "rayservice.yaml"]
 RAY_FLAG = re.compile(r"--ray-[a-z][a-z-]*[a-z]")
 
 
-@pytest.fixture(scope="module")
-def manifest() -> dict[str, dict]:
-    documents = list(yaml.safe_load_all(MANIFEST.read_text()))
+@pytest.fixture(scope="module", params=MANIFESTS, ids=lambda path: path.name)
+def manifest(request) -> dict[str, dict]:
+    """The manifest's documents by kind; a RayService's cluster is also under "RayCluster" (its
+    rayClusterConfig), so both files meet the same checks."""
+    documents = list(yaml.safe_load_all(request.param.read_text()))
     kinds = [document["kind"] for document in documents]
     assert len(set(kinds)) == len(kinds)
-    return {document["kind"]: document for document in documents}
+    by_kind = {document["kind"]: document for document in documents}
+    if "RayService" in by_kind:
+        service = by_kind["RayService"]
+        by_kind["RayCluster"] = {"apiVersion": service["apiVersion"], "metadata": service["metadata"],
+                                 "spec": service["spec"]["rayClusterConfig"]}
+    return by_kind
 
 
 def ray_pip_version() -> str:
@@ -51,9 +59,11 @@ def pod_specs(cluster: dict) -> list[dict]:
 
 
 def test_manifest_kinds_and_api_versions(manifest):
-    assert {kind: document["apiVersion"] for kind, document in manifest.items()} == {
-        "RayCluster": "ray.io/v1", "PersistentVolumeClaim": "v1", "Service": "v1",
-        "NetworkPolicy": "networking.k8s.io/v1"}
+    expected = {"RayCluster": "ray.io/v1", "PersistentVolumeClaim": "v1", "Service": "v1",
+                "NetworkPolicy": "networking.k8s.io/v1"}
+    if "RayService" in manifest:
+        expected["RayService"] = "ray.io/v1"
+    assert {kind: document["apiVersion"] for kind, document in manifest.items()} == expected
     assert manifest["RayCluster"]["spec"]["rayVersion"] == ray_pip_version()
 
 
@@ -87,6 +97,32 @@ def test_the_front_in_the_head_pod_runs_with_flags_app_py_accepts(manifest):
     # KubeRay's generated `ray start` runs first (the annotation hands the command to us).
     assert manifest["RayCluster"]["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
     assert script.index("$KUBERAY_GEN_RAY_START_CMD &") < script.index("python app.py")
+
+
+def test_the_rayservice_deploys_the_replicas_the_attached_front_expects():
+    documents = {d["kind"]: d for d in yaml.safe_load_all(MANIFESTS[1].read_text())}
+    service = documents["RayService"]["spec"]
+    serve_config = yaml.safe_load(service["serveConfigV2"])
+    (application,) = serve_config["applications"]
+    assert application["name"] == APP_NAME and application["route_prefix"] is None  # no HTTP route of ours
+    module, _, name = application["import_path"].partition(":")
+    assert callable(getattr(importlib.import_module(module), name))
+    script = " ".join(head_container({"spec": service["rayClusterConfig"]})["args"])
+    front = shlex.split(script[script.index("python app.py"):])[2:]
+    assert "--ray-attach" in front
+    # The replicas are built from the front's own flags, minus attaching and the front's logins and host names.
+    dropped = {"--ray-attach"}
+    kept, skip = [], False
+    for flag in front:
+        if skip:
+            skip = False
+        elif flag in ("--gradio-auth-path", "--api-auth-file", "--allowed-hosts"):
+            skip = True
+        elif flag not in dropped:
+            kept.append(flag)
+    assert application["args"]["flags"] == kept
+    settings = parse_settings(kept)
+    assert settings.scale_out is not None and not settings.scale_out.attach
 
 
 def test_gpu_workers_and_one_shared_data_volume_at_the_same_path(manifest):

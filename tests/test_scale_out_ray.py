@@ -8,6 +8,7 @@ checkpoint from the front by sha256, as replicas on other hosts without a networ
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -26,15 +27,18 @@ import psutil
 import pytest
 import requests
 import webuiapi
+from PIL import Image
 
 from tests.browser_support import (  # noqa: F401 (browser, chromium_binary: fixtures)
     ARTIFACTS, browser, chromium_binary, expect, free_port, screenshot, set_slider)
 from tests.conftest import install, make_settings
 from tests.live_server import LiveServer, live_server
 from webui.errors import ModelLoadError
+from webui.extensions.api import infotext_fields
 from webui.scaleout.config import ScaleOutConfig
+from webui.cli import parse_settings
 from webui.services.container import build_services
-from webui.types import JobState, Txt2ImgRequest
+from webui.types import Img2ImgRequest, JobState, Txt2ImgRequest
 
 pytestmark = pytest.mark.ray
 TOKEN = secrets.token_hex(32)  # this module's cluster requires it (Ray's token authentication)
@@ -42,7 +46,7 @@ TOKEN = secrets.token_hex(32)  # this module's cluster requires it (Ray's token 
 AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 SAVED_AUTH = {key: os.environ.get(key) for key in AUTH}
 os.environ.update(AUTH)
-pytest.importorskip("ray.serve", reason="scale-out needs requirements-ray.txt")
+serve = pytest.importorskip("ray.serve", reason="scale-out needs requirements-ray.txt")
 
 RAY = Path(sys.executable).with_name("ray")  # the venv's CLI: its workers run this same Python
 SIZE = {"width": 64, "height": 64}
@@ -171,6 +175,7 @@ def test_two_checkpoints_run_at_once_on_the_replicas_that_hold_them(front):
     # The front saved every image (outputs/ and the history are only here).
     assert all(len(result.paths) == 1 and result.paths[0].is_file() for result in warm + again)
     assert front.services.jobs_store.get(a.id).status == JobState.DONE.value
+    assert not serve.status().proxies  # no Serve HTTP proxy: the front is the only entry
 
 
 def test_results_equal_the_single_process_app_pixel_for_pixel(front, single):
@@ -183,6 +188,34 @@ def test_results_equal_the_single_process_app_pixel_for_pixel(front, single):
         assert remote.seeds == local.seeds
         assert [image.tobytes() for image in remote.images] == [image.tobytes() for image in local.images]
         assert remote.infotexts == local.infotexts  # provenance marks included (the front applies them)
+
+
+def test_img2img_with_a_mask_equals_the_single_process_app(front, single):
+    init = Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    request = Img2ImgRequest(prompt="a stone wall", steps=4, seed=21, denoising_strength=0.6, init_images=[init],
+                             mask=mask, **SIZE)
+    remote = front.services.generation.img2img(request, timeout=START_SECONDS)
+    local = single.generation.img2img(request, timeout=120)
+    assert remote.replica and remote.images[0].tobytes() == local.images[0].tobytes()
+    assert remote.infotexts == local.infotexts and "Denoising strength: 0.6" in remote.infotexts[0]
+
+
+def test_a_script_runs_on_the_front_and_its_generations_on_the_replicas(front):
+    # A1111 clients' X/Y/Z plot: Steps 2,3 x the two checkpoints; the grid is made and saved by the front.
+    args = [4, "2,3", [], 11, "", ["tiny-sd15", "other-sd15"], 0, "", [], True, True, False, False, 0, False, False]
+    response = requests.post(f"{front.api}/txt2img", json={"prompt": "a fox", "seed": 5, "steps": 2, **SIZE,
+                                                           "script_name": "x/y/z plot", "script_args": args},
+                             timeout=START_SECONDS)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 1 + 4
+    models = [infotext_fields(text)["Model"] for text in info["infotexts"][1:]]
+    assert models == ["tiny-sd15", "tiny-sd15", "other-sd15", "other-sd15"]
+    job = next(j for j in reversed(front.services.queue.jobs()) if j.kind == "txt2img-script")
+    assert job.device.startswith("ray-") and job.result.grid_path is not None and job.result.grid_path.is_file()
 
 
 def test_a_checkpoint_no_replica_can_load_fails_naming_each_replicas_reason(front):
@@ -212,17 +245,26 @@ def test_a_checkpoint_no_replica_can_load_fails_naming_each_replicas_reason(fron
                                              timeout=START_SECONDS).images
 
 
-def test_interrupt_reaches_the_replica_and_keeps_what_was_made(front):
+def _wait_for(job, predicate, what: str):
+    deadline = time.monotonic() + START_SECONDS
+    while not predicate(job.progress):
+        assert not job.finished, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {START_SECONDS} s"
+        job.mark_watched()  # as a reader polling the preview does: the replica draws previews meanwhile
+        time.sleep(0.05)
+
+
+def test_previews_skip_and_interrupt_reach_the_replica(front):
     job = front.services.generation.submit_txt2img(Txt2ImgRequest(prompt="long", steps=150, n_iter=3, seed=3,
                                                                   **SIZE))
-    deadline = time.monotonic() + START_SECONDS
-    while job.progress.step < 2 and not job.finished and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job.progress.steps == 150  # the replica's progress is relayed to the front's job
+    _wait_for(job, lambda p: p.preview is not None, "live preview")  # drawn there, shown here
+    assert job.progress.steps == 150 and job.progress.preview_renders >= 1
+    job.skip()  # ends the first image early; the job goes on with the next
+    _wait_for(job, lambda p: p.image_index == 1 and p.step >= 2, "second image")
     job.interrupt()
     result = job.wait(START_SECONDS)
-    assert result.interrupted and len(result.images) == 1  # the image being made when Interrupt came
-    assert job.progress.image_index == 0
+    assert result.interrupted and len(result.images) == 2  # the skipped image and the interrupted one are kept
+    assert len(result.paths) == 2
 
 
 def test_a_replica_killed_mid_job_is_retried_once_and_saved_once(front):
@@ -301,10 +343,57 @@ def test_the_ui_generates_through_the_replicas(front, browser):
     assert job.kind == "txt2img" and job.device.startswith("ray-") and job.result.replica
 
 
+DEPLOY_AS_KUBERAY = """
+import json, sys
+import ray
+from ray import serve
+from webui.scaleout import serve_app
+from webui.scaleout.config import APP_NAME
+flags = json.loads(sys.argv[1])
+ray.init(address=flags[flags.index("--ray-address") + 1])
+serve.start(proxy_location="Disabled")
+serve.run(serve_app.app({"flags": flags}), name=APP_NAME, route_prefix=None)
+"""
+SERVE_STATUS = """
+import sys
+import ray
+from ray import serve
+from webui.scaleout.config import APP_NAME
+ray.init(address=sys.argv[1])
+app = serve.status().applications.get(APP_NAME)
+print(app.status if app else "absent")
+serve.delete(APP_NAME)
+"""
+
+
+def test_a_front_attaches_to_replicas_the_cluster_deployed(cluster, front, model_files, tmp_path):
+    front.services.scaleout.close()  # one front per cluster: the module's front leaves (its replicas with it)
+    data = tmp_path / "data"
+    install(model_files["single"], data)
+    flags = ["--data-dir", str(data), "--ray-address", cluster.address, "--ray-replicas", "1",
+             "--ray-replica-gpus", "0", "--device", "cpu", "--precision", "fp32", "--no-download"]
+    # What a KubeRay RayService does with serveConfigV2: another driver deploys the import path and goes away.
+    deployed = subprocess.run([sys.executable, "-c", DEPLOY_AS_KUBERAY, json.dumps(flags)], capture_output=True,
+                              text=True, env=_ray_env(), timeout=START_SECONDS, cwd=Path(__file__).parents[1])
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    services = build_services(parse_settings([*flags, "--ray-attach"]))
+    try:
+        result = services.generation.txt2img(Txt2ImgRequest(prompt="attached", steps=3, seed=8, **SIZE),
+                                             timeout=START_SECONDS)
+        assert result.replica and len(result.paths) == 1 and result.paths[0].is_relative_to(data)
+    finally:
+        services.queue.shutdown()
+        services.scaleout.close()
+    # The front left; the replicas it attached to stay, as their owner (the RayService) deployed them.
+    status = subprocess.run([sys.executable, "-c", SERVE_STATUS, cluster.address], capture_output=True, text=True,
+                            env=_ray_env(), timeout=120, cwd=Path(__file__).parents[1])
+    assert status.stdout.strip().splitlines()[-1] == "RUNNING", status.stderr[-3000:]
+
+
 def test_the_cluster_stops_and_leaves_no_processes(cluster, front):
     processes = list(cluster.processes)
     assert processes, "the cluster's processes were not found"
-    front.services.scaleout.close()  # the app's own shutdown: removes the replicas, disconnects
+    front.services.scaleout.close()  # the app's own shutdown (again: it is idempotent)
     cluster.stop()
     deadline = time.monotonic() + 60
     alive = processes

@@ -19,12 +19,21 @@ MIB = 1024 * 1024
 ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except "None" (those flags say in their own words what unset means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch.sh",
         description="Stable Studio: a self-hosted Stable Diffusion web UI with an A1111-compatible API. "
                     "Put checkpoints in <data-dir>/models/Stable-diffusion/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT,
                         help="root holding models/, outputs/, extensions/ and embeddings/")
     parser.add_argument("--port", type=int, default=7860, help="port for the UI and the API")
@@ -167,6 +176,9 @@ def add_scale_out_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ray-models-dir", type=Path, default=None, metavar="PATH",
                        help="the models folder as the replicas' hosts see it (a shared mount); checkpoints not "
                             "found there are fetched from this process by hash (default: this process's path)")
+    group.add_argument("--ray-attach", action="store_true", default=None,
+                       help="use the replicas the cluster deployed from webui.scaleout.serve_app (a KubeRay "
+                            "RayService, deploy/rayservice.yaml) instead of deploying them; give the same flags")
     group.add_argument("--ray-replica-cache", default=None, metavar="DIR",
                        help=f"folder on each replica host for fetched checkpoints (sha256-verified; default "
                             f"{DEFAULT_REPLICA_CACHE})")
@@ -179,7 +191,8 @@ def parse_scale_out(args: argparse.Namespace, parser: argparse.ArgumentParser) -
                                           ("--ray-replica-gpus", args.ray_replica_gpus),
                                           ("--ray-replica-cpus", args.ray_replica_cpus),
                                           ("--ray-models-dir", args.ray_models_dir),
-                                          ("--ray-replica-cache", args.ray_replica_cache)) if value is not None]
+                                          ("--ray-replica-cache", args.ray_replica_cache),
+                                          ("--ray-attach", args.ray_attach)) if value is not None]
         if given:
             parser.error(f"{', '.join(given)} {'need' if len(given) > 1 else 'needs'} --ray-address")
         return None
@@ -199,7 +212,8 @@ def parse_scale_out(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     models = args.ray_models_dir.expanduser() if args.ray_models_dir is not None else None
     return ScaleOutConfig(address=address, min_replicas=low, max_replicas=high, replica_gpus=args.ray_replica_gpus,
                           replica_cpus=1.0 if args.ray_replica_cpus is None else args.ray_replica_cpus,
-                          models_dir=models, replica_cache=args.ray_replica_cache or DEFAULT_REPLICA_CACHE)
+                          models_dir=models, replica_cache=args.ray_replica_cache or DEFAULT_REPLICA_CACHE,
+                          attach=bool(args.ray_attach))
 
 
 def parse_folders(value: str | None, parser: argparse.ArgumentParser) -> tuple[Path, ...]:

@@ -26,6 +26,7 @@ class ScaleOutConfig:
     replica_cpus: float = 1.0
     models_dir: Path | None = None
     replica_cache: str = DEFAULT_REPLICA_CACHE
+    attach: bool = False  # the replicas are deployed by the cluster (a KubeRay RayService), not by the front
 
 
 def parse_replicas(value: str) -> tuple[int, int]:

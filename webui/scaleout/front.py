@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -20,19 +19,17 @@ import ray
 from ray import serve
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from webui.config import REPO_ROOT, Settings
+from webui.config import Settings
+from webui.errors import StudioError
 from webui.scaleout.config import APP_NAME, NAMESPACE, ScaleOutConfig
 from webui.scaleout.control import FrontControl
 from webui.scaleout.remote import RemoteGeneration
-from webui.scaleout.replica import ReplicaConfig, StudioReplica
+from webui.scaleout.deployment import CONTROL_NAME, DEPLOYMENT, replica_application, replica_counts
 from webui.scaleout.status import STALE_SECONDS, ClusterStatus
 
 log = logging.getLogger(__name__)
-DEPLOYMENT = "StudioReplica"
 FORGET_SECONDS = 120.0  # a replica silent this long is gone (Serve replaced it): dropped from the table
-# Environment the replicas' processes need: our code on the path (the same checkout path on every host) and no
-# model hub (models come from the front or the shared folder).
-REPLICA_ENV = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+ATTACH_SECONDS = 30 * 60.0  # --ray-attach waits this long for the cluster to deploy the replicas
 
 
 class RayFront:
@@ -49,57 +46,59 @@ class RayFront:
         log.info("Connecting to the Ray cluster at %s", config.address)
         ray.init(address=None if local else config.address, namespace=NAMESPACE, log_to_driver=False,
                  **({"include_dashboard": False} if local else {}))
-        resources = ray.cluster_resources()
-        self.cluster_gpus = int(resources.get("GPU", 0))
-        self.replica_gpus = config.replica_gpus if config.replica_gpus is not None else (
-            1.0 if self.cluster_gpus else 0.0)
-        default = max(1, int(self.cluster_gpus / self.replica_gpus)) if self.replica_gpus else 1
-        self.min_replicas = config.min_replicas if config.min_replicas is not None else default
-        self.max_replicas = config.max_replicas if config.max_replicas is not None else default
-        self._control_name = f"front-control-{uuid.uuid4().hex[:8]}"
+        self.replica_gpus, self.min_replicas, self.max_replicas = replica_counts(
+            settings, int(ray.cluster_resources().get("GPU", 0)))
         # On this node, so it can read the checkpoint files replicas fetch (under Ray Client, ray://, this process
         # is no node: the actor lands anywhere and replicas need the shared models folder).
         here = None if config.address.startswith("ray://") else ray.get_runtime_context().get_node_id()
         placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=True)} if here else {}
+        try:
+            ray.get_actor(CONTROL_NAME, namespace=NAMESPACE)
+        except ValueError:
+            pass  # no other front: the usual case
+        else:
+            raise StudioError(f"Another Stable Studio front is connected to the Ray cluster at {config.address} "
+                              f"(its actor {CONTROL_NAME!r} exists); one front per cluster")
         self.control = ray.remote(FrontControl).options(
-            name=self._control_name, namespace=NAMESPACE, num_cpus=0, **placement).remote()
+            name=CONTROL_NAME, namespace=NAMESPACE, num_cpus=0, **placement).remote()
         self.handle: Any = None
+        self._closed = False
 
     def deploy(self, resolve, options: Callable[[], dict[str, Any]],
                in_flight: Callable[[], int]) -> RemoteGeneration:
         """Start (or update) the replicas and return what sends generation jobs to them. Waits until the minimum
         number of replicas is up."""
         self._in_flight = in_flight
-        config, settings = self.config, self._settings
-        replica = ReplicaConfig(
-            settings=replace(settings, gradio_auth=(), api_auth=()),  # replicas serve nobody: no credentials
-            control=self._control_name,
-            models_dir=str(config.models_dir or settings.models_dir),
-            extensions_dir=str(settings.extensions_dir), embeddings_dir=str(settings.embeddings_dir),
-            cache=config.replica_cache, gpus=self.replica_gpus,
-            state_files=tuple((name, (settings.data_dir / name).read_text(encoding="utf-8"))
-                              for name in ("extensions.json", "extension-settings.json")
-                              if (settings.data_dir / name).is_file()))
-        scaling: dict[str, Any] = (
-            {"num_replicas": self.max_replicas} if self.min_replicas == self.max_replicas else
-            {"autoscaling_config": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                                    "target_ongoing_requests": 1, "upscale_delay_s": 3,
-                                    "downscale_delay_s": 120}})
-        deployment = serve.deployment(
-            StudioReplica, name=DEPLOYMENT, max_ongoing_requests=1, graceful_shutdown_timeout_s=10,
-            health_check_period_s=10,
-            ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": self.replica_gpus,
-                               "runtime_env": {"env_vars": {**REPLICA_ENV, **_passed_env()}}},
-            **scaling)
+        config = self.config
+        if config.attach:
+            self.handle = self._attach()
+            return RemoteGeneration(handle=self.handle, control=self.control, resolve=resolve, options=options,
+                                    replica_count=self.replica_count)
+        application = replica_application(self._settings, self.replica_gpus, self.min_replicas, self.max_replicas,
+                                          _passed_env())
         serve.start(proxy_location="Disabled")  # no Serve HTTP entry: this process is the only one
         log.info("Starting %s Ray Serve replica(s) (%s GPU, %s CPU each); the first start imports the model code",
                  f"{self.min_replicas}-{self.max_replicas}" if self.min_replicas != self.max_replicas
                  else self.max_replicas, self.replica_gpus, config.replica_cpus)
         started = time.monotonic()
-        self.handle = serve.run(deployment.bind(replica), name=APP_NAME, route_prefix=None)
+        self.handle = serve.run(application, name=APP_NAME, route_prefix=None)
         log.info("Replicas ready after %.0f s", time.monotonic() - started)
         return RemoteGeneration(handle=self.handle, control=self.control, resolve=resolve, options=options,
                                 replica_count=self.replica_count)
+
+    def _attach(self) -> Any:
+        """--ray-attach: the application is deployed by someone else (a KubeRay RayService): wait for it."""
+        log.info("Waiting for the Serve application %r (deployed by the cluster, --ray-attach)", APP_NAME)
+        deadline = time.monotonic() + ATTACH_SECONDS
+        while True:
+            app = serve.status().applications.get(APP_NAME)
+            if app is not None and str(getattr(app.status, "value", app.status)) == "RUNNING":
+                return serve.get_app_handle(APP_NAME)
+            if time.monotonic() > deadline:
+                raise StudioError(f"--ray-attach: no running Serve application {APP_NAME!r} on the cluster after "
+                                  f"{ATTACH_SECONDS:.0f} s (status: {app.status if app else 'absent'}); deploy it "
+                                  "(deploy/rayservice.yaml) or start without --ray-attach")
+            time.sleep(2)
 
     # ---- ClusterView
     def status(self) -> ClusterStatus:
@@ -137,9 +136,14 @@ class RayFront:
         return sum(1 for r in self._reports() if r.health != "unreachable")
 
     def close(self) -> None:
-        """Remove the replicas (they hold GPUs) and disconnect; a local cluster stops with it."""
+        """Remove the replicas (they hold GPUs) and disconnect; a local cluster stops with it. Replicas deployed
+        by the cluster (--ray-attach) stay: their owner manages them. Closing twice does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            serve.delete(APP_NAME)
+            if not self.config.attach:
+                serve.delete(APP_NAME)
         except Exception:  # noqa: BLE001 - the cluster may already be gone
             log.warning("Could not remove the Serve application", exc_info=True)
         ray.shutdown()

@@ -62,7 +62,8 @@ class StudioReplica:
     def __init__(self, config: ReplicaConfig):
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.pid = os.getpid()
-        self._control = ray.get_actor(config.control, namespace=NAMESPACE)
+        self._control_name = config.control
+        self._control_actor: Any = None
         self._current: RemoteJob | None = None
         self._error: str | None = None
         self._started = False
@@ -178,6 +179,14 @@ class StudioReplica:
     def _failure(self, reason: str, message: str, field: str | None = None) -> RemoteFailure:
         return RemoteFailure(reason=reason, message=message, field=field, replica_id=self.replica_id)
 
+    @property
+    def _control(self) -> Any:
+        """The front's control actor. Looked up when first needed: replicas a RayService deploys can start before
+        the front does (a job, though, always comes from a running front)."""
+        if self._control_actor is None:
+            self._control_actor = ray.get_actor(self._control_name, namespace=NAMESPACE)
+        return self._control_actor
+
     def _read_chunk(self, sha256: str, offset: int) -> bytes:
         return ray.get(self._control.read.remote(sha256, offset))
 
@@ -200,7 +209,8 @@ class StudioReplica:
     def _report(self) -> None:
         try:
             self._control.report.remote(self._status())
-        except Exception:  # noqa: BLE001 - the front may be restarting; the next report tries again
+        except Exception:  # noqa: BLE001 - no front yet, or it is restarting; the next report tries again
+            self._control_actor = None
             log.debug("Could not report to the front", exc_info=True)
 
     def _report_forever(self) -> None:
