@@ -206,7 +206,8 @@ def test_a_script_runs_on_the_front_and_its_generations_on_the_replicas(front):
     # A1111 clients' X/Y/Z plot: Steps 2,3 x the two checkpoints; the grid is made and saved by the front.
     args = [4, "2,3", [], 11, "", ["tiny-sd15", "other-sd15"], 0, "", [], True, True, False, False, 0, False, False]
     response = requests.post(f"{front.api}/txt2img", json={"prompt": "a fox", "seed": 5, "steps": 2, **SIZE,
-                                                           "script_name": "x/y/z plot", "script_args": args},
+                                                           "save_images": True, "script_name": "x/y/z plot",
+                                                           "script_args": args},
                              timeout=START_SECONDS)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -361,7 +362,7 @@ from ray import serve
 from webui.scaleout.config import APP_NAME
 ray.init(address=sys.argv[1])
 app = serve.status().applications.get(APP_NAME)
-print(app.status if app else "absent")
+print(getattr(app.status, "value", app.status) if app else "absent")
 serve.delete(APP_NAME)
 """
 
