@@ -7,6 +7,7 @@ import hashlib
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ from webui.errors import ModelLoadError
 from webui.models.registry import HashCache, ModelRegistry
 from webui.scaleout.messages import CheckpointRef, RemoteResult
 from webui.scaleout.model_source import ModelSource
-from webui.services.jobs import JobKind, JobQueue
-from webui.types import GenerationResult, Txt2ImgRequest
+from webui.services.jobs import LONG, JobKind, JobQueue
+from webui.types import GenerationResult, JobState, Txt2ImgRequest
 
 
 def _ref(path: Path, name: str | None = None) -> CheckpointRef:
@@ -117,6 +118,13 @@ def test_names_that_leave_the_checkpoints_folder_are_refused(replica, model_file
         ModelSource(registry, None, cache, Front().read).ensure(ref)
 
 
+def _wait(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the queue did not get there"
+        time.sleep(0.01)
+
+
 def test_generation_goes_to_remote_slots_and_everything_else_stays_here():
     queue = JobQueue(remote_slots=2)
     release = threading.Event()
@@ -128,21 +136,24 @@ def test_generation_goes_to_remote_slots_and_everything_else_stays_here():
     queue.register(JobKind("txt2img", hold, uses_checkpoint=True))
     queue.register(JobKind("checkpoint-switch", hold, uses_checkpoint=True, switches_checkpoint=True))
     queue.register(JobKind("extras", hold))
+    queue.register(JobKind("train", hold, pausable=True, priority=LONG))
     try:
+        training = queue.submit("train")  # a long job holds this process's device...
+        _wait(lambda: training.state is JobState.RUNNING)
         generations = [queue.submit("txt2img") for _ in range(3)]
         extras = queue.submit("extras")
-        deadline = threading.Event()
-        while queue.in_flight_remote < 2 and not deadline.wait(0.01):
-            pass
-        assert queue.in_flight_remote == 2  # two slots: the third generation waits for one
-        assert queue.position(generations[2]) == 1
+        _wait(lambda: queue.in_flight_remote == 2)
+        # ...and interactive generations run at the same time on the replicas' slots: never starved by it.
+        assert training.state is JobState.RUNNING
+        assert queue.position(generations[2]) == 1  # two slots: the third generation waits for one
+        assert extras.state is JobState.QUEUED  # local work waits for this process's device
         release.set()
-        for job in [*generations, extras]:
+        for job in [training, *generations, extras]:
             job.wait(30)
         switch = queue.submit("checkpoint-switch")
         switch.wait(30)
         assert {job.device for job in generations} <= {"ray-1", "ray-2"}
-        assert extras.device == "cpu" and switch.device == "cpu"  # a switch only sets the default, here
+        assert extras.device == training.device == switch.device == "cpu"  # a switch only sets the default, here
         assert queue.devices == ["cpu"]  # remote slots are not this process's devices
     finally:
         release.set()
