@@ -8,8 +8,6 @@ chunks, so a replica without the shared models folder can fetch one. It lives as
 
 from __future__ import annotations
 
-import os
-
 from webui.scaleout.messages import Signals
 from webui.scaleout.status import ReplicaStatus
 
@@ -61,6 +59,3 @@ class FrontControl:
         with open(entry[0], "rb") as handle:
             handle.seek(offset)
             return handle.read(min(length, CHUNK_BYTES))
-
-    def node_pid(self) -> int:
-        return os.getpid()

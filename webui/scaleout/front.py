@@ -25,7 +25,7 @@ from webui.scaleout.config import APP_NAME, NAMESPACE, ScaleOutConfig
 from webui.scaleout.control import FrontControl
 from webui.scaleout.remote import RemoteGeneration
 from webui.scaleout.deployment import CONTROL_NAME, DEPLOYMENT, replica_application, replica_counts
-from webui.scaleout.status import STALE_SECONDS, ClusterStatus
+from webui.scaleout.status import ClusterStatus
 
 log = logging.getLogger(__name__)
 FORGET_SECONDS = 120.0  # a replica silent this long is gone (Serve replaced it): dropped from the table
@@ -129,7 +129,7 @@ class RayFront:
             if age > FORGET_SECONDS:
                 self.control.drop.remote(report.replica_id)
                 continue
-            kept.append(replace(report, health="unreachable") if age > STALE_SECONDS else report)
+            kept.append(replace(report, health=report.health_at(now)))
         return kept
 
     def replica_count(self) -> int:

@@ -28,6 +28,11 @@ class ReplicaStatus:
     last_seen: float          # time.time() of its last report
     error: str | None = None  # the last checkpoint it could not load, and why
 
+    def health_at(self, now: float) -> str:
+        """Its own health, or "unreachable" once it has been silent longer than STALE_SECONDS (a killed process
+        or a lost host never reports again)."""
+        return "unreachable" if now - self.last_seen > STALE_SECONDS else self.health
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["loaded"] = list(self.loaded)

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from webui.scaleout.status import STALE_SECONDS, ClusterStatus, ClusterView, ReplicaStatus
+from webui.scaleout.status import ClusterStatus, ClusterView, ReplicaStatus
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ OFF_MESSAGE = "Scale-out is off: start with --ray-address (docs/scale-out.md)"
 
 def observed_health(replica: ReplicaStatus, now: float) -> str:
     """The replica's own health, or "unreachable" once it has been silent longer than STALE_SECONDS."""
-    return "unreachable" if now - replica.last_seen > STALE_SECONDS else replica.health
+    return replica.health_at(now)
 
 
 def seconds_since_seen(replica: ReplicaStatus, now: float) -> float:
