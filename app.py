@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from webui.api.hosts import HostError, HostPolicy
+    from webui.errors import StudioError
     from webui.server import create_app
     from webui.services.container import build_services
     from webui.services.runtime_info import describe_runtime
@@ -60,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         restart_requested.set()
         threading.Timer(2.0, stop_server).start()
 
-    services = build_services(settings, restart=restart)
+    try:
+        services = build_services(settings, restart=restart)
+    except StudioError as exc:  # e.g. --ray-address: the cluster or its replicas could not be reached or started
+        report_exposure([str(exc)], [])
+        return 2
     logging.getLogger("webui").info("Running on %s", describe_runtime(services))
 
     class Server(uvicorn.Server):

@@ -9,6 +9,7 @@ checkpoint files to replicas that do not share the models folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -81,10 +82,25 @@ class RayFront:
                  f"{self.min_replicas}-{self.max_replicas}" if self.min_replicas != self.max_replicas
                  else self.max_replicas, self.replica_gpus, config.replica_cpus)
         started = time.monotonic()
-        self.handle = serve.run(application, name=APP_NAME, route_prefix=None)
+        try:
+            self.handle = serve.run(application, name=APP_NAME, route_prefix=None)
+        except RuntimeError as exc:  # Serve gave up starting them: say why, and leave no broken app behind
+            reason = self._deployment_problem() or str(exc)
+            with contextlib.suppress(Exception):
+                serve.delete(APP_NAME)
+            raise StudioError(f"The Ray Serve replicas could not start: {reason}") from None
         log.info("Replicas ready after %.0f s", time.monotonic() - started)
         return RemoteGeneration(handle=self.handle, control=self.control, resolve=resolve, options=options,
                                 replica_count=self.replica_count)
+
+    def _deployment_problem(self) -> str:
+        """The last line of the error Serve recorded for the replicas (their constructor's exception)."""
+        with contextlib.suppress(Exception):
+            app = serve.status().applications.get(APP_NAME)
+            deployment = app.deployments.get(DEPLOYMENT) if app is not None else None
+            lines = [line.strip() for line in (deployment.message if deployment else "").splitlines() if line.strip()]
+            return lines[-1] if lines else ""
+        return ""
 
     def _attach(self) -> Any:
         """--ray-attach: the application is deployed by someone else (a KubeRay RayService): wait for it."""
